@@ -1,0 +1,47 @@
+// The per-step arena: a chunked bump allocator. Chunks are never moved or freed until the arena
+// dies; reset() rewinds the cursor so the next step reuses the same memory. The high-water mark
+// tells how much one step needed (it is logged, and varies with K and expert loads).
+#pragma once
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "runtime/tensor.h"
+
+namespace anyk {
+
+class Arena {
+ public:
+  explicit Arena(size_t chunk_bytes = size_t(64) << 20);
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena();
+
+  // Uninitialised memory, aligned to `align` (a power of two, at most 4096).
+  void* alloc(size_t bytes, size_t align = 64);
+  template <class T> T* alloc_n(size_t n) {
+    return static_cast<T*>(alloc(n * sizeof(T), alignof(T) < 64 ? 64 : alignof(T)));
+  }
+  Tensor tensor(Shape s, DType dt, bool zero = false);
+
+  void reset();                                  // rewind; keeps every chunk
+  size_t used() const { return used_; }          // bytes handed out since reset (with padding)
+  size_t high_water() const { return high_water_; }
+  size_t capacity() const;                       // bytes held in all chunks
+  size_t num_chunks() const { return chunks_.size(); }
+
+ private:
+  struct Chunk {
+    std::byte* base;
+    size_t size;
+  };
+  std::vector<Chunk> chunks_;
+  size_t chunk_bytes_;
+  size_t cur_ = 0;      // index of the chunk being filled
+  size_t offset_ = 0;   // bytes used in chunks_[cur_]
+  size_t used_ = 0;
+  size_t high_water_ = 0;
+};
+
+}  // namespace anyk
