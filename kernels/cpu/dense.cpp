@@ -1,0 +1,224 @@
+// CPU kernels of the dense ops: embedding, linear, add/scale, RMSNorm, RoPE, SwiGLU,
+// cross-entropy. Backward kernels add into their gradient outputs (see kernels.h).
+#include <cmath>
+
+#include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/kernels.h"
+
+namespace anyk::cpu {
+
+template <class T> void embedding_forward(T* out, const int* ids, const T* wte, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* src = wte + static_cast<int64_t>(ids[n]) * C;
+    T* dst = out + static_cast<int64_t>(n) * C;
+    for (int c = 0; c < C; ++c) dst[c] = src[c];
+  }
+}
+
+template <class T> void embedding_backward(T* dwte, const T* dout, const int* ids, int N, int C) {
+  // Rows of dwte repeat across tokens, so parallelise over columns, not tokens.
+#pragma omp parallel for schedule(static)
+  for (int c0 = 0; c0 < C; c0 += 16) {
+    int c1 = c0 + 16 < C ? c0 + 16 : C;
+    for (int n = 0; n < N; ++n) {
+      T* dst = dwte + static_cast<int64_t>(ids[n]) * C;
+      const T* src = dout + static_cast<int64_t>(n) * C;
+      for (int c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+  }
+}
+
+template <class T> void linear_forward(T* out, const T* x, const T* w, int N, int I, int O) {
+  MatMap<T> Y(out, N, O);
+  Y.noalias() = CMatMap<T>(x, N, I) * CMatMap<T>(w, O, I).transpose();
+}
+
+template <class T>
+void linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, int N, int I, int O) {
+  CMatMap<T> dY(dout, N, O);
+  if (dx) MatMap<T>(dx, N, I).noalias() += dY * CMatMap<T>(w, O, I);
+  if (dw) MatMap<T>(dw, O, I).noalias() += dY.transpose() * CMatMap<T>(x, N, I);
+}
+
+template <class T> void add_forward(T* out, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+template <class T> void add_backward(T* da, T* db, const T* dout, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    if (da) da[i] += dout[i];
+    if (db) db[i] += dout[i];
+  }
+}
+
+template <class T> void scale_forward(T* out, const T* a, T s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = s * a[i];
+}
+
+template <class T> void scale_backward(T* da, const T* dout, T s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) da[i] += s * dout[i];
+}
+
+template <class T>
+void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int N, int C, double eps) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* xr = x + static_cast<int64_t>(n) * C;
+    T* yr = out + static_cast<int64_t>(n) * C;
+    T ss = 0;
+    for (int c = 0; c < C; ++c) ss += xr[c] * xr[c];
+    T r = T(1) / std::sqrt(ss / T(C) + T(eps));
+    rstd[n] = r;
+    for (int c = 0; c < C; ++c) yr[c] = xr[c] * r * w[c];
+  }
+}
+
+template <class T>
+void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int N,
+                      int C) {
+  // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), with xhat = x * rstd, dxhat = dout * w.
+  if (dx) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      const T* xr = x + static_cast<int64_t>(n) * C;
+      const T* dy = dout + static_cast<int64_t>(n) * C;
+      T* dxr = dx + static_cast<int64_t>(n) * C;
+      T r = rstd[n], dot = 0;
+      for (int c = 0; c < C; ++c) dot += dy[c] * w[c] * xr[c] * r;
+      dot /= T(C);
+      for (int c = 0; c < C; ++c) dxr[c] += r * (dy[c] * w[c] - xr[c] * r * dot);
+    }
+  }
+  if (dw) {
+    // dw accumulates over rows: parallel over columns.
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += 16) {
+      int c1 = c0 + 16 < C ? c0 + 16 : C;
+      for (int n = 0; n < N; ++n) {
+        const T* xr = x + static_cast<int64_t>(n) * C;
+        const T* dy = dout + static_cast<int64_t>(n) * C;
+        for (int c = c0; c < c1; ++c) dw[c] += dy[c] * xr[c] * rstd[n];
+      }
+    }
+  }
+}
+
+template <class T>
+static void rope_apply(T* out, const T* x, int B, int Tn, int NHx, int D, int nrot, double theta,
+                       double sign, bool accumulate) {
+  int half = D / 2;
+  int64_t row = static_cast<int64_t>(NHx) * D;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int b = 0; b < B; ++b) {
+    for (int t = 0; t < Tn; ++t) {
+      const T* xr = x + (static_cast<int64_t>(b) * Tn + t) * row;
+      T* yr = out + (static_cast<int64_t>(b) * Tn + t) * row;
+      for (int i = 0; i < half; ++i) {
+        double ang = t * std::pow(theta, -2.0 * i / D);
+        T c = T(std::cos(ang)), s = T(sign * std::sin(ang));
+        for (int h = 0; h < nrot; ++h) {
+          T x1 = xr[h * D + i], x2 = xr[h * D + i + half];
+          T y1 = x1 * c - x2 * s, y2 = x1 * s + x2 * c;
+          if (accumulate) {
+            yr[h * D + i] += y1;
+            yr[h * D + i + half] += y2;
+          } else {
+            yr[h * D + i] = y1;
+            yr[h * D + i + half] = y2;
+          }
+        }
+      }
+      for (int64_t j = static_cast<int64_t>(nrot) * D; j < row; ++j)
+        yr[j] = accumulate ? yr[j] + xr[j] : xr[j];
+    }
+  }
+}
+
+template <class T>
+void rope_forward(T* out, const T* x, int B, int Tn, int NHx, int D, int nrot, double theta) {
+  rope_apply(out, x, B, Tn, NHx, D, nrot, theta, 1.0, false);
+}
+
+template <class T>
+void rope_backward(T* dx, const T* dout, int B, int Tn, int NHx, int D, int nrot, double theta) {
+  rope_apply(dx, dout, B, Tn, NHx, D, nrot, theta, -1.0, true);  // the inverse rotation
+}
+
+template <class T> void swiglu_forward(T* out, const T* h, int M, int H) {
+#pragma omp parallel for schedule(static)
+  for (int m = 0; m < M; ++m) {
+    const T* g = h + static_cast<int64_t>(m) * 2 * H;
+    const T* u = g + H;
+    T* y = out + static_cast<int64_t>(m) * H;
+    for (int j = 0; j < H; ++j) y[j] = g[j] / (T(1) + std::exp(-g[j])) * u[j];
+  }
+}
+
+template <class T> void swiglu_backward(T* dh, const T* dout, const T* h, int M, int H) {
+#pragma omp parallel for schedule(static)
+  for (int m = 0; m < M; ++m) {
+    const T* g = h + static_cast<int64_t>(m) * 2 * H;
+    const T* u = g + H;
+    const T* dy = dout + static_cast<int64_t>(m) * H;
+    T* dg = dh + static_cast<int64_t>(m) * 2 * H;
+    T* du = dg + H;
+    for (int j = 0; j < H; ++j) {
+      T sig = T(1) / (T(1) + std::exp(-g[j]));
+      T silu = g[j] * sig;
+      dg[j] += dy[j] * u[j] * sig * (T(1) + g[j] * (T(1) - sig));
+      du[j] += dy[j] * silu;
+    }
+  }
+}
+
+template <class T>
+void cross_entropy_forward(T* losses, const T* logits, const int* targets, int N, int V) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* z = logits + static_cast<int64_t>(n) * V;
+    T mx = z[0];
+    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+    T s = 0;
+    for (int v = 0; v < V; ++v) s += std::exp(z[v] - mx);
+    losses[n] = mx + std::log(s) - z[targets[n]];
+  }
+}
+
+template <class T>
+void cross_entropy_backward(T* dlogits, const T* dlosses, const T* logits, const int* targets, int N,
+                            int V) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    const T* z = logits + static_cast<int64_t>(n) * V;
+    T* dz = dlogits + static_cast<int64_t>(n) * V;
+    T mx = z[0];
+    for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
+    T s = 0;
+    for (int v = 0; v < V; ++v) s += std::exp(z[v] - mx);
+    T g = dlosses[n], inv = T(1) / s;
+    for (int v = 0; v < V; ++v) dz[v] += g * std::exp(z[v] - mx) * inv;
+    dz[targets[n]] -= g;
+  }
+}
+
+ANYK_INSTANTIATE(embedding_forward)
+ANYK_INSTANTIATE(embedding_backward)
+ANYK_INSTANTIATE(linear_forward)
+ANYK_INSTANTIATE(linear_backward)
+ANYK_INSTANTIATE(add_forward)
+ANYK_INSTANTIATE(add_backward)
+ANYK_INSTANTIATE(scale_forward)
+ANYK_INSTANTIATE(scale_backward)
+ANYK_INSTANTIATE(rmsnorm_forward)
+ANYK_INSTANTIATE(rmsnorm_backward)
+ANYK_INSTANTIATE(rope_forward)
+ANYK_INSTANTIATE(rope_backward)
+ANYK_INSTANTIATE(swiglu_forward)
+ANYK_INSTANTIATE(swiglu_backward)
+ANYK_INSTANTIATE(cross_entropy_forward)
+ANYK_INSTANTIATE(cross_entropy_backward)
+
+}  // namespace anyk::cpu

@@ -1,0 +1,172 @@
+// K strategies drawn from the counter-based RNG, the layer_weighted distribution, and the
+// per-token top-p count. Each strategy hashes with its own stream constant so they never correlate.
+#include "model/k_schedule.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "runtime/check.h"
+#include "runtime/rng.h"
+
+namespace anyk {
+
+namespace {
+
+// Stream constants for hash_key, one per strategy.
+constexpr uint64_t kStreamGlobal = 0x4B5EED01ULL;
+constexpr uint64_t kStreamMicro = 0x4B5EED02ULL;
+constexpr uint64_t kStreamLayer = 0x4B5EED03ULL;
+constexpr uint64_t kStreamLayerWeighted = 0x4B5EED04ULL;
+
+struct NamedStrategy {
+  const char* name;
+  KStrategy value;
+};
+constexpr std::array<NamedStrategy, 6> kStrategies = {{{"fixed", KStrategy::Fixed},
+                                                        {"global", KStrategy::Global},
+                                                        {"micro", KStrategy::Micro},
+                                                        {"layer", KStrategy::Layer},
+                                                        {"layer_weighted", KStrategy::LayerWeighted},
+                                                        {"top_p", KStrategy::TopP}}};
+
+std::string valid_names() {
+  std::string s;
+  for (const auto& n : kStrategies) s += (s.empty() ? "" : ", ") + std::string(n.name);
+  return s;
+}
+
+}  // namespace
+
+KStrategy parse_k_strategy(const std::string& name) {
+  for (const auto& n : kStrategies)
+    if (name == n.name) return n.value;
+  ANYK_FAIL("unknown K strategy '" << name << "'; hint: valid names are " << valid_names());
+}
+
+std::string k_strategy_name(KStrategy s) {
+  for (const auto& n : kStrategies)
+    if (s == n.value) return n.name;
+  ANYK_FAIL("invalid KStrategy value " << static_cast<int>(s));
+}
+
+std::vector<double> layer_weighted_probs(int k_min, int k_max, double tau) {
+  ANYK_CHECK(k_min >= 1 && k_min <= k_max,
+             "layer_weighted range [" << k_min << ", " << k_max
+                                      << "] is invalid; hint: need 1 <= k_min <= k_max");
+  ANYK_CHECK(tau > 0.0 && std::isfinite(tau),
+             "layer_weighted tau = " << tau << " must be > 0; hint: the paper uses tau = 2");
+  std::vector<double> w(static_cast<size_t>(k_max - k_min + 1));
+  double sum = 0.0;
+  for (int k = k_min; k <= k_max; ++k) sum += w[k - k_min] = std::exp(std::log(double(k)) / tau);
+  for (double& x : w) x /= sum;
+  return w;
+}
+
+KSchedule::KSchedule(KScheduleConfig cfg, int num_layers, int num_experts)
+    : cfg_(cfg), num_layers_(num_layers), num_experts_(num_experts) {
+  const std::string name = k_strategy_name(cfg_.strategy);
+  ANYK_CHECK(num_layers >= 1, "K schedule: num_layers = " << num_layers << " must be >= 1");
+  ANYK_CHECK(num_experts >= 1, "K schedule: num_experts = " << num_experts << " must be >= 1");
+  if (cfg_.strategy == KStrategy::Fixed) {
+    ANYK_CHECK(cfg_.k_fixed >= 1 && cfg_.k_fixed <= num_experts,
+               "K schedule: k_fixed = " << cfg_.k_fixed << " is outside [1, " << num_experts
+                                        << "] (E = " << num_experts
+                                        << "); hint: set k.fixed between 1 and the expert count");
+    return;
+  }
+  ANYK_CHECK(cfg_.k_min >= 1, "K schedule (" << name << "): k_min = " << cfg_.k_min
+                                             << " must be >= 1; hint: set k.min to at least 1");
+  ANYK_CHECK(cfg_.k_min <= cfg_.k_max, "K schedule (" << name << "): k_min = " << cfg_.k_min
+                                                      << " exceeds k_max = " << cfg_.k_max
+                                                      << "; hint: set k.min <= k.max");
+  ANYK_CHECK(cfg_.k_max <= num_experts,
+             "K schedule (" << name << "): k_max = " << cfg_.k_max << " exceeds the number of "
+                            << "experts E = " << num_experts << "; hint: set k.max <= "
+                            << num_experts << " or add experts");
+  if (cfg_.strategy == KStrategy::LayerWeighted) {
+    ANYK_CHECK(cfg_.tau > 0.0 && std::isfinite(cfg_.tau),
+               "K schedule (layer_weighted): tau = " << cfg_.tau
+                                                     << " must be > 0; hint: the paper uses 2");
+    const std::vector<double> p = layer_weighted_probs(cfg_.k_min, cfg_.k_max, cfg_.tau);
+    double c = 0.0;
+    for (double x : p) cdf_.push_back(c += x);
+  }
+  if (cfg_.strategy == KStrategy::TopP) {
+    ANYK_CHECK(cfg_.top_p > 0.0 && cfg_.top_p <= 1.0,
+               "K schedule (top_p): top_p = " << cfg_.top_p
+                                              << " is outside (0, 1]; hint: the paper uses 0.1");
+  }
+}
+
+std::vector<int> KSchedule::draw(int64_t step, int micro) const {
+  ANYK_CHECK(step >= 0 && micro >= 0, "K schedule draw at step " << step << ", micro " << micro
+                                                                 << ": both must be >= 0");
+  const uint64_t seed = cfg_.seed, s = static_cast<uint64_t>(step), mb = static_cast<uint64_t>(micro);
+  const uint64_t span = static_cast<uint64_t>(cfg_.k_max - cfg_.k_min + 1);
+  const auto uniform_k = [&](uint64_t h) { return cfg_.k_min + static_cast<int>(uniform_int(h, span)); };
+  std::vector<int> k(static_cast<size_t>(num_layers_));
+  switch (cfg_.strategy) {
+    case KStrategy::Fixed:
+      std::fill(k.begin(), k.end(), cfg_.k_fixed);
+      break;
+    case KStrategy::Global:
+      std::fill(k.begin(), k.end(), uniform_k(hash_key(seed, kStreamGlobal, s)));
+      break;
+    case KStrategy::Micro:
+      std::fill(k.begin(), k.end(), uniform_k(hash_key(seed, kStreamMicro, s, mb)));
+      break;
+    case KStrategy::Layer:
+      for (int l = 0; l < num_layers_; ++l)
+        k[l] = uniform_k(hash_key(seed, kStreamLayer, s, mb, static_cast<uint64_t>(l)));
+      break;
+    case KStrategy::LayerWeighted:
+      for (int l = 0; l < num_layers_; ++l) {
+        const double u = uniform01(hash_key(seed, kStreamLayerWeighted, s, mb, static_cast<uint64_t>(l)));
+        // Inverse CDF; the last bin also catches u beyond cdf.back() from rounding.
+        int j = 0;
+        while (j + 1 < static_cast<int>(cdf_.size()) && u >= cdf_[j]) ++j;
+        k[l] = cfg_.k_min + j;
+      }
+      break;
+    case KStrategy::TopP:
+      std::fill(k.begin(), k.end(), cfg_.k_max);
+      break;
+  }
+  return k;
+}
+
+template <class T>
+int top_p_count(const T* probs, int E, double p, int k_min, int k_max) {
+  ANYK_CHECK(E >= 1 && k_min >= 1 && k_min <= k_max && k_max <= E,
+             "top_p_count: need 1 <= k_min <= k_max <= E, got k_min = "
+                 << k_min << ", k_max = " << k_max << ", E = " << E);
+  ANYK_CHECK(p > 0.0 && p <= 1.0, "top_p_count: p = " << p << " is outside (0, 1]");
+  // Only the largest k_max values matter (the answer is capped there), so partially sort those.
+  // Small E stays on the stack: this runs once per token.
+  constexpr int kStack = 256;
+  std::array<double, kStack> stack_buf;
+  std::vector<double> heap_buf;
+  double* buf = stack_buf.data();
+  if (E > kStack) {
+    heap_buf.resize(static_cast<size_t>(E));
+    buf = heap_buf.data();
+  }
+  for (int e = 0; e < E; ++e) {
+    const double x = static_cast<double>(probs[e]);
+    buf[e] = std::isnan(x) ? 0.0 : x;  // NaN would break the sort's ordering
+  }
+  std::partial_sort(buf, buf + k_max, buf + E, [](double a, double b) { return a > b; });
+  double sum = 0.0;
+  for (int k = 1; k <= k_max; ++k) {
+    sum += buf[k - 1];
+    if (sum >= p) return std::max(k, k_min);
+  }
+  return k_max;
+}
+
+template int top_p_count<float>(const float*, int, double, int, int);
+template int top_p_count<double>(const double*, int, double, int, int);
+
+}  // namespace anyk

@@ -1,0 +1,95 @@
+// The MoE transformer LM; see lm.h.
+#include "model/lm.h"
+
+#include <cmath>
+#include <string>
+
+#include "runtime/rng.h"
+
+namespace anyk {
+
+LM::LM(const ModelConfig& cfg, Dispatcher& dispatcher) : cfg_(cfg), d_(&dispatcher), ps_(cfg.dtype) {
+  cfg_.validate();
+  ANYK_CHECK(dispatcher.num_experts() == cfg.experts,
+             "dispatcher has " << dispatcher.num_experts() << " experts, model " << cfg.experts);
+  int C = cfg.dim;
+  wte_ = ps_.add("wte", {cfg.vocab, C}, Region::Dense, false);
+  for (int l = 0; l < cfg.layers; ++l) {
+    std::string p = "layers." + std::to_string(l);
+    Block b;
+    b.ln1 = ps_.add(p + ".ln1", {C}, Region::Dense, false);
+    b.wqkv = ps_.add(p + ".attn.wqkv", {3 * C, C}, Region::Dense, true);
+    b.wo = ps_.add(p + ".attn.wo", {C, C}, Region::Dense, true);
+    b.ln2 = ps_.add(p + ".ln2", {C}, Region::Dense, false);
+    b.moe = std::make_unique<MoELayer>(ps_, p + ".moe", C, cfg.expert_hidden, dispatcher);
+    blocks_.push_back(std::move(b));
+  }
+  lnf_ = ps_.add("lnf", {C}, Region::Dense, false);
+  ps_.finalize();
+}
+
+void LM::init(uint64_t seed) {
+  const double out_std = cfg_.init_std / std::sqrt(2.0 * cfg_.layers);
+  for (int id = 0; id < ps_.size(); ++id) {
+    const ParamInfo& info = ps_.info(id);
+    const std::string& n = info.name;
+    bool norm = n == "lnf" || n.ends_with(".ln1") || n.ends_with(".ln2");
+    bool out_proj = n.ends_with(".attn.wo") || n.ends_with(".experts.w2");
+    double std = out_proj ? out_std : cfg_.init_std;
+    // Expert tensors hold E_local experts; index elements by global expert id.
+    int64_t base = 0;
+    if (info.region == Region::Expert)
+      base = int64_t(d_->first_expert()) * (info.shape.numel() / info.shape[0]);
+    uint64_t stream = hash_name(n);
+    Tensor t = ps_.value(id);
+    dispatch(t.dtype, [&](auto tag) {
+      using T = decltype(tag);
+      T* p = t.ptr<T>();
+      for (int64_t i = 0; i < t.numel(); ++i)
+        p[i] = norm ? T(1) : T(std * normal_from(hash_key(seed, stream, uint64_t(base + i))));
+    });
+  }
+}
+
+Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
+                std::span<const int> k, ForwardStats* stats, double loss_norm) const {
+  const int C = cfg_.dim, NH = cfg_.heads, D = C / NH, N = B * T;
+  ANYK_CHECK(int(k.size()) == cfg_.layers,
+             "forward needs one K per layer: got " << k.size() << " for " << cfg_.layers << " layers");
+  for (int l = 0; l < cfg_.layers; ++l)
+    ANYK_CHECK(k[l] >= 1 && k[l] <= cfg_.experts,
+               "K = " << k[l] << " at layer " << l << " is outside [1, E=" << cfg_.experts << "]");
+  if (stats) stats->layers.assign(cfg_.layers, MoEStats{});
+
+  Var x = embedding(tape, inputs, N, ps_.var(wte_));  // (N,C)
+  Var aux_total;
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const Block& b = blocks_[l];
+    Var h = rmsnorm(tape, x, ps_.var(b.ln1), cfg_.norm_eps);
+    Var qkv = linear(tape, h, ps_.var(b.wqkv));                          // (N,C) -> (N,3C)
+    qkv = rope(tape, view(qkv, {B, T, 3 * NH, D}), 2 * NH, cfg_.rope_theta);  // q, k heads rotated
+    Var att = attention(tape, view(qkv, {B, T, 3 * C}), NH);             // (B,T,3C) -> (B,T,C)
+    Var a = linear(tape, view(att, {N, C}), ps_.var(b.wo));              // (N,C)
+    x = add(tape, x, a);
+    h = rmsnorm(tape, x, ps_.var(b.ln2), cfg_.norm_eps);
+    Var aux;
+    Var m = b.moe->forward(tape, h, k[l], cfg_.router, &aux, stats ? &stats->layers[l] : nullptr);
+    x = add(tape, x, m);
+    aux_total = l == 0 ? aux : add(tape, aux_total, aux);
+  }
+  x = rmsnorm(tape, x, ps_.var(lnf_), cfg_.norm_eps);
+  Var logits = linear(tape, x, ps_.var(wte_));  // tied head: (N,C) -> (N,V)
+  if (!targets) return logits;
+  Var ce = cross_entropy(tape, logits, targets, loss_norm);
+  Var loss = add(tape, ce, aux_total);
+  if (stats) {
+    dispatch(ce.dtype(), [&](auto tag) {
+      using TT = decltype(tag);
+      stats->ce = double(ce.val.ptr<TT>()[0]);
+      stats->aux = double(aux_total.val.ptr<TT>()[0]);
+    });
+  }
+  return loss;
+}
+
+}  // namespace anyk

@@ -1,0 +1,56 @@
+// The MoE transformer language model: embedding (tied LM head) -> L pre-norm blocks of
+// [RMSNorm -> causal attention (RoPE) -> residual -> RMSNorm -> MoE -> residual] -> RMSNorm ->
+// logits -> cross-entropy (+ the routers' auxiliary losses). Every forward takes the K of each
+// layer, so any K, per layer, works at any call.
+#pragma once
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/config.h"
+#include "model/moe.h"
+#include "parallel/dispatcher.h"
+#include "runtime/params.h"
+
+namespace anyk {
+
+struct ForwardStats {
+  double ce = 0;    // mean cross-entropy over this call's tokens (nats)
+  double aux = 0;   // sum of the routers' auxiliary losses
+  std::vector<MoEStats> layers;
+};
+
+class LM {
+ public:
+  // The dispatcher decides which experts are local (all of them for LocalDispatcher).
+  LM(const ModelConfig& cfg, Dispatcher& dispatcher);
+
+  // Deterministic initialisation: every value is a pure function of (seed, parameter name,
+  // global element index), so the same seed gives the same model under any expert layout.
+  void init(uint64_t seed);
+
+  // inputs, targets: (B,T) token ids; targets may be null (then the returned Var is the
+  // logits (B*T,V) and no loss is computed). k: one K per layer (k.size() == L).
+  // loss_norm > 0 divides the summed token losses by it (global token count under data
+  // parallelism); 0 means this call's B*T. Returns the scalar total loss (CE + aux).
+  Var forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
+              std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0) const;
+
+  const ModelConfig& config() const { return cfg_; }
+  ParamStore& params() { return ps_; }
+  const ParamStore& params() const { return ps_; }
+  const Dispatcher& dispatcher() const { return *d_; }
+
+ private:
+  struct Block {
+    int ln1, wqkv, wo, ln2;
+    std::unique_ptr<MoELayer> moe;
+  };
+  ModelConfig cfg_;
+  Dispatcher* d_;
+  ParamStore ps_;
+  int wte_, lnf_;
+  std::vector<Block> blocks_;
+};
+
+}  // namespace anyk

@@ -1,0 +1,47 @@
+// Router, Experts and MoELayer; see moe.h.
+#include "model/moe.h"
+
+namespace anyk {
+
+Router::Router(ParamStore& ps, const std::string& prefix, int C, int E)
+    : ps_(&ps), w_(ps.add(prefix + ".router", {E, C}, Region::Dense, true)) {}
+
+RouterOut Router::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt) const {
+  Var logits = linear(tape, x, ps_->var(w_));  // (N,C) -> (N,E)
+  return router(tape, logits, K, opt);
+}
+
+Experts::Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, int H)
+    : ps_(&ps),
+      w13_(ps.add(prefix + ".experts.w13", {E_local, 2 * H, C}, Region::Expert, true)),
+      w2_(ps.add(prefix + ".experts.w2", {E_local, C, H}, Region::Expert, true)) {}
+
+Var Experts::forward(Tape& tape, const Var& rows, const int* offsets) const {
+  Var h = grouped_linear(tape, rows, ps_->var(w13_), offsets);  // (R,C) -> (R,2H)
+  Var a = swiglu(tape, h);                                      // (R,2H) -> (R,H)
+  return grouped_linear(tape, a, ps_->var(w2_), offsets);       // (R,H) -> (R,C)
+}
+
+MoELayer::MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Dispatcher& d)
+    : d_(&d), router_(ps, prefix, C, d.num_experts()), experts_(ps, prefix, d.num_local(), C, H) {}
+
+Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt, Var* aux,
+                      MoEStats* st) const {
+  int N = int(x.shape()[0]);
+  RouterOut r = router_.forward(tape, x, K, opt);
+  DispatchPlan plan;
+  Var rows = d_->permute(tape, x, r.ids, N, K, plan);    // (N,C) -> (R,C) by local expert
+  Var y = experts_.forward(tape, rows, plan.offsets);    // (R,C) -> (R,C)
+  Var out = d_->unpermute(tape, y, r.weights, plan);     // (R,C) -> (N,C), weighted
+  if (aux) *aux = r.aux;
+  if (st) {
+    st->lb = r.lb;
+    st->z = r.z;
+    st->kl = r.kl;
+    st->assignments = r.assignments;
+    st->counts.assign(r.counts, r.counts + d_->num_experts());
+  }
+  return out;
+}
+
+}  // namespace anyk

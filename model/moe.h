@@ -1,0 +1,60 @@
+// The MoE layer as three parts with Megatron-shaped boundaries: Router (logits -> top-K ids and
+// weights, aux losses), Experts (SwiGLU per local expert over its contiguous rows) and the
+// Dispatcher (permute / unpermute, possibly across ranks) that connects them.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "parallel/dispatcher.h"
+#include "runtime/ops/ops.h"
+#include "runtime/params.h"
+
+namespace anyk {
+
+class Router {
+ public:
+  Router(ParamStore& ps, const std::string& prefix, int C, int E);
+  // x (N,C) -> routing with K slots per token
+  RouterOut forward(Tape& tape, const Var& x, int K, const RouterOptions& opt) const;
+  int weight_id() const { return w_; }
+
+ private:
+  ParamStore* ps_;
+  int w_;  // (E,C)
+};
+
+class Experts {
+ public:
+  Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, int H);
+  // rows (R,C) grouped by local expert (offsets (E_local+1)) -> (R,C)
+  Var forward(Tape& tape, const Var& rows, const int* offsets) const;
+  int w13_id() const { return w13_; }
+  int w2_id() const { return w2_; }
+
+ private:
+  ParamStore* ps_;
+  int w13_;  // (E_local, 2H, C)  [gate | up]
+  int w2_;   // (E_local, C, H)
+};
+
+struct MoEStats {
+  double lb = 0, z = 0, kl = 0;
+  int64_t assignments = 0;   // routed (token, expert) pairs on this rank
+  std::vector<int> counts;   // (E) assignments per global expert on this rank's tokens
+};
+
+class MoELayer {
+ public:
+  MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Dispatcher& d);
+  // x (N,C) -> (N,C), with K experts per token; aux gets this layer's auxiliary loss (1)
+  Var forward(Tape& tape, const Var& x, int K, const RouterOptions& opt, Var* aux, MoEStats* st) const;
+  const Router& router() const { return router_; }
+  const Experts& experts() const { return experts_; }
+
+ private:
+  Dispatcher* d_;
+  Router router_;
+  Experts experts_;
+};
+
+}  // namespace anyk

@@ -1,0 +1,70 @@
+// AdamW with decoupled weight decay over flat float regions, plus global gradient-norm clipping.
+// A region is one flat (param, grad) pair of n floats; spans mark which slices are updated and
+// which of them get weight decay. Elements in no span are left untouched (frozen).
+#pragma once
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace anyk {
+
+struct AdamWConfig {
+  double lr = 3e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+};
+
+/// One contiguous slice [offset, offset+numel) of a flat buffer and whether weight decay applies.
+struct ParamSpan {
+  int64_t offset;
+  int64_t numel;
+  bool decay;
+};
+
+/// AdamW: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; mhat = m/(1-b1^t); vhat = v/(1-b2^t);
+/// p -= lr*wd*p (decayed spans only); p -= lr * mhat / (sqrt(vhat) + eps).
+/// cfg.lr is only a default for callers; step() takes the learning rate from the schedule.
+class AdamW {
+ public:
+  explicit AdamW(AdamWConfig cfg);
+
+  /// Registers a flat region: param and grad are (n) floats owned by the caller and must outlive
+  /// the optimizer. Allocates zeroed m, v of (n). Spans must lie in [0, n) and not overlap.
+  /// Returns the region index.
+  int add_region(float* param, const float* grad, int64_t n, std::vector<ParamSpan> spans);
+
+  /// One update of every region with learning rate lr; increments the step count first, so the
+  /// first call uses t = 1 in the bias correction.
+  void step(double lr);
+
+  int64_t step_count() const { return t_; }
+  void set_step_count(int64_t t);  // for resuming from a checkpoint
+
+  float* m(int region);  // (n) first moment, for checkpoints
+  float* v(int region);  // (n) second moment, for checkpoints
+  int64_t region_size(int region) const;
+  int num_regions() const { return static_cast<int>(regions_.size()); }
+  const AdamWConfig& config() const { return cfg_; }
+
+ private:
+  struct Region {
+    float* param;
+    const float* grad;
+    int64_t n;
+    std::vector<ParamSpan> spans;
+    std::vector<float> m, v;  // (n) each
+  };
+  const Region& region_at(int region) const;
+
+  AdamWConfig cfg_;
+  int64_t t_ = 0;
+  std::vector<Region> regions_;
+};
+
+/// L2 norm over all buffers, accumulated in double. Each pair is (pointer, numel).
+double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads);
+
+/// Scales every buffer in place by max_norm / norm when norm > max_norm, so the new global norm
+/// is max_norm. max_norm <= 0 disables clipping. A non-finite norm leaves the grads untouched (the
+/// caller sees it in the return value and should skip the step). Returns the pre-clip norm.
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm);
+
+}  // namespace anyk

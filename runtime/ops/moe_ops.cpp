@@ -1,0 +1,172 @@
+// The MoE ops and their gradient rules: the router (top-K routing plus the load-balance, z and
+// hierarchical-KL losses), the row gather / weighted scatter-add permutation duals, and the
+// per-expert grouped matmul.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/kernels.h"
+#include "runtime/ops/ops.h"
+
+namespace anyk {
+
+RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt) {
+  ANYK_CHECK(logits.shape().ndim == 2, "router expects logits (N,E), got " << logits.shape().str());
+  int N = int(logits.shape()[0]), E = int(logits.shape()[1]);
+  ANYK_CHECK(K >= 1 && K <= E, "router: K = " << K << " must be in [1, E=" << E << "]");
+  Arena& arena = tape.arena();
+  RouterOut r;
+  r.probs = arena.tensor({N, E}, logits.dtype());
+  Tensor lse = arena.tensor({N}, logits.dtype());
+  int* ids = arena.alloc_n<int>(size_t(N) * K);
+  int* counts = arena.alloc_n<int>(E);
+  r.weights = tape.make({N, K}, logits.dtype(), logits.requires_grad());
+  r.aux = tape.make({1}, logits.dtype(), logits.requires_grad());
+  // Per-expert fraction of assignments f_e (no gradient) and mean probability P_e.
+  double* f = arena.alloc_n<double>(E);
+  dispatch(logits.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* p = r.probs.ptr<T>();
+    cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(),
+                           nullptr, N, E, K, opt.renormalize);
+    if (opt.top_p > 0) {
+      // Per-token K: the smallest k whose sorted probabilities reach top_p, in [k_min, K].
+      int* kc = arena.alloc_n<int>(N);
+      for (int n = 0; n < N; ++n) {
+        double acc = 0;
+        int k = 0;
+        const int* id = ids + int64_t(n) * K;  // already sorted by probability, best first
+        while (k < K && acc < opt.top_p) acc += p[int64_t(n) * E + id[k++]];
+        kc[n] = std::max(std::min(k, K), std::min(opt.k_min, K));
+      }
+      cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(), kc,
+                             N, E, K, opt.renormalize);
+    }
+    std::fill(counts, counts + E, 0);
+    int64_t total = 0;
+    for (int64_t i = 0; i < int64_t(N) * K; ++i)
+      if (ids[i] >= 0) ++counts[ids[i]], ++total;
+    double lb = 0, z = 0, kl = 0;
+    for (int e = 0; e < E; ++e) {
+      double P = 0;
+      for (int n = 0; n < N; ++n) P += p[int64_t(n) * E + e];
+      P /= N;
+      f[e] = total ? double(counts[e]) / double(total) : 0.0;
+      lb += f[e] * P;
+    }
+    lb *= E;
+    for (int n = 0; n < N; ++n) {
+      double l = lse.ptr<T>()[n];
+      z += l * l;
+      for (int e = 0; e < E; ++e) {
+        double q = p[int64_t(n) * E + e];
+        if (q > 0) kl += q * std::log(q * E);
+      }
+    }
+    z /= N;
+    kl /= N;
+    r.lb = lb;
+    r.z = z;
+    r.kl = kl;
+    r.assignments = total;
+    r.aux.val.ptr<T>()[0] = T(opt.lb_coef * lb + opt.z_coef * z - opt.kl_coef * kl);
+  });
+  r.ids = ids;
+  r.counts = counts;
+  if (r.weights.requires_grad()) {
+    Var lg = logits, w = r.weights, aux = r.aux;
+    Tensor probs = r.probs;
+    Arena* ap = &arena;
+    RouterOptions o = opt;
+    tape.record("router", [=] {
+      dispatch(lg.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* p = probs.ptr<T>();
+        double ga = aux.grad.ptr<T>()[0];
+        // d aux / d probs: load balance E f_e / N per token; -KL gives -(log(q E) + 1) / N.
+        T* dp = ap->alloc_n<T>(size_t(N) * E);
+        T* dl = ap->alloc_n<T>(N);
+        for (int n = 0; n < N; ++n) {
+          for (int e = 0; e < E; ++e) {
+            double q = p[int64_t(n) * E + e];
+            double g = o.lb_coef * E * f[e] / N;
+            if (o.kl_coef != 0 && q > 0) g -= o.kl_coef * (std::log(q * E) + 1.0) / N;
+            dp[int64_t(n) * E + e] = T(ga * g);
+          }
+          dl[n] = T(ga * o.z_coef * 2.0 * lse.ptr<T>()[n] / N);
+        }
+        cpu::router_backward<T>(lg.grad.ptr<T>(), w.grad.ptr<T>(), dp, dl, p, ids, N, E, K,
+                                o.renormalize);
+      });
+    });
+  }
+  return r;
+}
+
+Var gather_rows(Tape& tape, const Var& x, const int* rows, int M) {
+  int C = int(x.shape()[-1]);
+  Var out = tape.make({M, C}, x.dtype(), x.requires_grad());
+  dispatch(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::gather_rows_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), rows, M, C);
+  });
+  if (out.requires_grad())
+    tape.record("gather_rows", [=] {
+      dispatch(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::gather_rows_backward<T>(x.grad.ptr<T>(), out.grad.ptr<T>(), rows, M, C);
+      });
+    });
+  return out;
+}
+
+Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const int* tok, const int* widx, int N) {
+  int C = int(y.shape()[-1]), M = int(y.val.numel() / C);
+  Var wv = w ? *w : Var{};
+  bool needs = y.requires_grad() || (w && w->requires_grad());
+  Var out = tape.make({N, C}, y.dtype(), needs);
+  dispatch(y.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    std::fill(out.val.ptr<T>(), out.val.ptr<T>() + int64_t(N) * C, T(0));
+    cpu::scatter_add_rows_forward<T>(out.val.ptr<T>(), y.val.ptr<T>(),
+                                     w ? wv.val.ptr<T>() : nullptr, tok, widx, M, C);
+  });
+  if (out.requires_grad())
+    tape.record("scatter_add_rows", [=] {
+      dispatch(y.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::scatter_add_rows_backward<T>(
+            y.requires_grad() ? y.grad.ptr<T>() : nullptr,
+            wv.requires_grad() ? wv.grad.ptr<T>() : nullptr, out.grad.ptr<T>(), y.val.ptr<T>(),
+            wv.val.defined() ? wv.val.ptr<T>() : nullptr, tok, widx, M, C);
+      });
+    });
+  return out;
+}
+
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets) {
+  ANYK_CHECK(w.shape().ndim == 3, "grouped_linear expects w (E,O,I), got " << w.shape().str());
+  int E = int(w.shape()[0]), O = int(w.shape()[1]), I = int(w.shape()[2]);
+  int M = int(x.val.numel() / I);
+  ANYK_CHECK(x.shape()[-1] == I && offsets[0] == 0 && offsets[E] == M,
+             "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()
+                                  << " and offsets [0.." << offsets[E] << "]");
+  Var out = tape.make({M, O}, x.dtype(), any_grad({&x, &w}));
+  dispatch(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::grouped_linear_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), offsets, E, I, O);
+  });
+  if (out.requires_grad())
+    tape.record("grouped_linear", [=] {
+      dispatch(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        cpu::grouped_linear_backward<T>(x.requires_grad() ? x.grad.ptr<T>() : nullptr,
+                                        w.requires_grad() ? w.grad.ptr<T>() : nullptr,
+                                        out.grad.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), offsets,
+                                        E, I, O);
+      });
+    });
+  return out;
+}
+
+}  // namespace anyk

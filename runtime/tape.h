@@ -1,0 +1,97 @@
+// The autodiff tape. A Var is a value and (when it needs one) a gradient of the same shape. Ops
+// append a backward closure to the tape; backward() walks it in reverse. Closures are placed in
+// the step arena (no heap allocation per op) and must capture only trivially destructible data.
+// Contract: every backward closure ADDS into the gradients of its inputs (+=), so a Var used
+// twice, and parameters across micro-batches, accumulate naturally.
+#pragma once
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "runtime/arena.h"
+#include "runtime/tensor.h"
+
+namespace anyk {
+
+struct Var {
+  Tensor val;
+  Tensor grad;  // undefined (data == nullptr) when no gradient is needed
+  bool requires_grad() const { return grad.data != nullptr; }
+  const Shape& shape() const { return val.shape; }
+  DType dtype() const { return val.dtype; }
+};
+
+// Every differentiable op in the runtime, by the name it records on the tape. The gradient-check
+// suite has one entry per name and fails if an op is missing from its table.
+inline constexpr std::string_view kAllOps[] = {
+    "embedding", "linear",  "add",         "rmsnorm",     "rope",          "attention",
+    "swiglu",    "cross_entropy", "router", "gather_rows", "scatter_add_rows", "grouped_linear",
+    "scale"};
+
+class Tape {
+ public:
+  explicit Tape(Arena& arena) : arena_(&arena) { nodes_.reserve(1024); }
+
+  Arena& arena() { return *arena_; }
+  // With grad disabled (evaluation), ops record nothing and allocate no gradients.
+  bool grad_enabled() const { return grad_enabled_; }
+  void set_grad_enabled(bool on) { grad_enabled_ = on; }
+
+  // A fresh activation: value uninitialised, gradient zeroed when `needs_grad` and grad is on.
+  Var make(Shape s, DType dt, bool needs_grad) {
+    Var v;
+    v.val = arena_->tensor(s, dt, false);
+    if (needs_grad && grad_enabled_) v.grad = arena_->tensor(s, dt, true);
+    return v;
+  }
+
+  template <class F> void record(std::string_view op, F&& fn) {
+    using Fn = std::decay_t<F>;
+    static_assert(std::is_trivially_destructible_v<Fn>,
+                  "tape closures live in the arena and are never destroyed: capture views only");
+    if (!grad_enabled_) return;
+    check_op_name(op);
+    void* mem = arena_->alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
+    Fn* p = new (mem) Fn(std::forward<F>(fn));
+    nodes_.push_back(Node{op, [](void* q) { (*static_cast<Fn*>(q))(); }, p});
+  }
+
+  // Seeds d(loss) = 1 (loss must be a scalar with a gradient) and runs every closure in reverse.
+  void backward(const Var& loss);
+  // Runs every closure in reverse with the output gradients already seeded by the caller.
+  void backward_seeded();
+  // Forget the recorded ops (the owner resets the arena separately).
+  void clear() { nodes_.clear(); }
+
+  size_t size() const { return nodes_.size(); }
+  std::string_view op_at(size_t i) const { return nodes_[i].op; }
+
+ private:
+  static void check_op_name(std::string_view op);
+  struct Node {
+    std::string_view op;
+    void (*run)(void*);
+    void* closure;
+  };
+  Arena* arena_;
+  bool grad_enabled_ = true;
+  std::vector<Node> nodes_;
+};
+
+// The same Var seen with another shape of equal element count (value and gradient alike).
+inline Var view(const Var& v, Shape s) {
+  Var o;
+  o.val = v.val.view(s);
+  if (v.grad.defined()) o.grad = v.grad.view(s);
+  return o;
+}
+
+// Whether any of the inputs needs a gradient (then the output does too).
+inline bool any_grad(std::initializer_list<const Var*> vs) {
+  for (const Var* v : vs)
+    if (v->requires_grad()) return true;
+  return false;
+}
+
+}  // namespace anyk
