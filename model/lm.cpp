@@ -81,6 +81,9 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
   Var logits = linear(tape, x, ps_.var(wte_));  // tied head: (N,C) -> (N,V)
   if (!targets) return logits;
   Var ce = cross_entropy(tape, logits, targets, loss_norm);
+  // Under accumulation / data parallelism each call's aux loss is weighted by its token share,
+  // so the summed gradients equal those of one call over the whole global batch.
+  if (loss_norm > 0 && loss_norm != double(N)) aux_total = scale(tape, aux_total, double(N) / loss_norm);
   Var loss = add(tape, ce, aux_total);
   if (stats) {
     dispatch(ce.dtype(), [&](auto tag) {

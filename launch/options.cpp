@@ -1,0 +1,202 @@
+// Train options: the option table, INI round trip, validation and conversion to library configs.
+#include "launch/options.h"
+
+#include <omp.h>
+
+#include <charconv>
+#include <fstream>
+#include <sstream>
+
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+namespace {
+
+std::string value_string(const std::string& v) { return v; }
+std::string value_string(bool v) { return v ? "true" : "false"; }
+template <class T> std::string value_string(T v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);  // shortest form that reads back exactly
+  return std::string(buf, r.ptr);
+}
+
+}  // namespace
+
+template <class T> void OptionTable::add(const char* name, T* field, const char* help) {
+  desc_.add_options()(name, po::value<T>(field)->default_value(*field, value_string(*field)), help);
+  writers_.emplace_back(name, [field] { return value_string(*field); });
+}
+
+void OptionTable::add_switch(const char* name, bool* field, const char* help) {
+  desc_.add_options()(name, po::bool_switch(field)->default_value(*field), help);
+  writers_.emplace_back(name, [field] { return value_string(*field); });
+}
+
+std::string OptionTable::to_ini() const {
+  std::string s;
+  for (const auto& [name, w] : writers_) s += name + " = " + w() + "\n";
+  return s;
+}
+
+int cli_style() {
+  using namespace po::command_line_style;
+  return default_style & ~allow_guessing;
+}
+
+void bind_train_options(OptionTable& t, TrainOptions& o) {
+  t.add("data", &o.data, "directory holding train.bin and val.bin (from `anyk prepare`)");
+  t.add("run-dir", &o.run_dir, "output directory: train.log, metrics.jsonl, config.ini, model.h5, sweep.json");
+  t.add("steps", &o.steps, "optimizer steps");
+  t.add("seed", &o.seed, "seed of initialisation, data windows and K draws");
+  t.add("layers", &o.layers, "L: transformer blocks");
+  t.add("dim", &o.dim, "C: model dimension");
+  t.add("heads", &o.heads, "NH: attention heads (must divide dim; head dim even)");
+  t.add("experts", &o.experts, "E: experts per MoE layer");
+  t.add("expert-hidden", &o.expert_hidden, "H: hidden size of each SwiGLU expert");
+  t.add("seq-len", &o.seq_len, "T: tokens per training window");
+  t.add("vocab", &o.vocab, "V: vocabulary size (0 = 256 for byte data); every token must be < V");
+  t.add("batch", &o.batch, "B: windows per micro-batch");
+  t.add("grad-accum", &o.grad_accum, "A: micro-batches per optimizer step");
+  t.add("lr", &o.lr, "peak learning rate");
+  t.add("min-lr", &o.min_lr, "learning rate at the end of the cosine decay");
+  t.add("warmup", &o.warmup, "linear warm-up steps");
+  t.add("weight-decay", &o.weight_decay, "AdamW decoupled weight decay (not on norms/embeddings)");
+  t.add("grad-clip", &o.grad_clip, "global gradient-norm clip (0 = off)");
+  t.add("k-strategy", &o.k_strategy,
+        "how many experts are active: fixed, global, micro, layer, layer_weighted, top_p");
+  t.add("k-min", &o.k_min, "smallest K drawn (all strategies but fixed; per-token floor for top_p)");
+  t.add("k-max", &o.k_max, "largest K drawn (cap of the per-token K for top_p); <= experts");
+  t.add("k", &o.k, "K of the fixed strategy");
+  t.add("tau", &o.tau, "layer_weighted temperature: P(K=k) ~ k^(1/tau)");
+  t.add("top-p", &o.top_p, "top_p threshold: per token, smallest k whose top-k mass >= p");
+  t.add("lb-coef", &o.lb_coef, "load-balance loss coefficient");
+  t.add("z-coef", &o.z_coef, "router z-loss coefficient");
+  t.add("router-kl-weight", &o.router_kl_weight, "EMoE hierarchical router loss weight (-KL(q||U))");
+  t.add_switch("no-renormalize", &o.no_renormalize,
+               "keep raw softmax mass as gate weights instead of renormalising over the chosen K");
+  t.add("log-every", &o.log_every, "log one line every N steps (first and last step always)");
+  t.add("eval-every", &o.eval_every, "validation eval every N steps (0 = only the final sweep)");
+  t.add("eval-windows", &o.eval_windows, "validation windows per eval (0 = all)");
+  t.add("threads", &o.threads, "OpenMP threads (0 = all available)");
+}
+
+void read_train_config(const std::string& path, TrainOptions& o) {
+  std::ifstream in(path);
+  ANYK_CHECK(in, "cannot read config file " << path << " hint: check the path");
+  OptionTable t("config");
+  bind_train_options(t, o);
+  po::variables_map vm;
+  try {
+    po::store(po::parse_config_file(in, t.desc(), false), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    ANYK_FAIL("in config file " << path << ": " << e.what());
+  }
+}
+
+void validate_train_options(TrainOptions& o) {
+  ANYK_CHECK(!o.data.empty(), "--data is required hint: pass the directory made by `anyk prepare`");
+  ANYK_CHECK(!o.run_dir.empty(), "--run-dir is required hint: pass a directory for the run's outputs");
+  ANYK_CHECK(o.steps >= 1, "--steps " << o.steps << " must be >= 1");
+  ANYK_CHECK(o.seed >= 0, "--seed " << o.seed << " must be >= 0");
+  auto pos = [](int64_t v, const char* name) {
+    ANYK_CHECK(v >= 1, "--" << name << " " << v << " must be >= 1");
+  };
+  pos(o.layers, "layers");
+  pos(o.dim, "dim");
+  pos(o.heads, "heads");
+  pos(o.experts, "experts");
+  pos(o.expert_hidden, "expert-hidden");
+  pos(o.seq_len, "seq-len");
+  pos(o.batch, "batch");
+  pos(o.grad_accum, "grad-accum");
+  pos(o.log_every, "log-every");
+  ANYK_CHECK(o.vocab >= 0 && o.vocab <= 65536, "--vocab " << o.vocab << " must be in [0, 65536]");
+  if (o.vocab == 0) o.vocab = 256;
+  ANYK_CHECK(o.eval_every >= 0, "--eval-every " << o.eval_every << " must be >= 0");
+  ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
+  ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
+  if (o.threads == 0) o.threads = omp_get_max_threads();
+  ANYK_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr " << o.lr << " must be > 0");
+  ANYK_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr,
+             "--min-lr " << o.min_lr << " must be in [0, --lr " << o.lr << "]");
+  ANYK_CHECK(o.warmup >= 0 && o.warmup <= o.steps,
+             "--warmup " << o.warmup << " must be in [0, --steps " << o.steps << "]");
+  ANYK_CHECK(o.weight_decay >= 0, "--weight-decay " << o.weight_decay << " must be >= 0");
+  ANYK_CHECK(o.grad_clip >= 0, "--grad-clip " << o.grad_clip << " must be >= 0 (0 = off)");
+  ANYK_CHECK(o.lb_coef >= 0, "--lb-coef " << o.lb_coef << " must be >= 0");
+  ANYK_CHECK(o.z_coef >= 0, "--z-coef " << o.z_coef << " must be >= 0");
+  ANYK_CHECK(o.router_kl_weight >= 0, "--router-kl-weight " << o.router_kl_weight << " must be >= 0");
+  KStrategy s = parse_k_strategy(o.k_strategy);  // names the valid strategies on failure
+  if (s == KStrategy::Fixed) {
+    ANYK_CHECK(o.k >= 1 && o.k <= o.experts,
+               "--k " << o.k << " must be in [1, --experts " << o.experts << "]");
+  } else {
+    ANYK_CHECK(o.k_min >= 1, "--k-min " << o.k_min << " must be >= 1");
+    ANYK_CHECK(o.k_max <= o.experts, "--k-max " << o.k_max << " exceeds --experts " << o.experts
+                                                << " hint: a token cannot use more experts than exist");
+    ANYK_CHECK(o.k_min <= o.k_max, "--k-min " << o.k_min << " exceeds --k-max " << o.k_max);
+  }
+  ANYK_CHECK(o.tau > 0 && std::isfinite(o.tau), "--tau " << o.tau << " must be > 0");
+  ANYK_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p " << o.top_p << " must be in (0, 1]");
+}
+
+ModelConfig model_config(const TrainOptions& o) {
+  ModelConfig c;
+  c.vocab = o.vocab == 0 ? 256 : o.vocab;
+  c.dim = o.dim;
+  c.layers = o.layers;
+  c.heads = o.heads;
+  c.experts = o.experts;
+  c.expert_hidden = o.expert_hidden;
+  c.seq_len = o.seq_len;
+  c.router.renormalize = !o.no_renormalize;
+  c.router.lb_coef = o.lb_coef;
+  c.router.z_coef = o.z_coef;
+  c.router.kl_coef = o.router_kl_weight;
+  c.router.top_p = 0.0;
+  c.router.k_min = 1;
+  return c;
+}
+
+KScheduleConfig k_schedule_config(const TrainOptions& o) {
+  KScheduleConfig k;
+  k.strategy = parse_k_strategy(o.k_strategy);
+  k.k_min = o.k_min;
+  k.k_max = o.k_max;
+  k.k_fixed = o.k;
+  k.tau = o.tau;
+  k.top_p = o.top_p;
+  k.seed = uint64_t(o.seed);
+  return k;
+}
+
+LrSchedule lr_schedule(const TrainOptions& o) {
+  LrSchedule s;
+  s.max_lr = o.lr;
+  s.min_lr = o.min_lr;
+  s.warmup = o.warmup;
+  s.total = o.steps;
+  return s;
+}
+
+std::vector<int> parse_int_list(const std::string& text, const std::string& option) {
+  std::vector<int> out;
+  size_t i = 0;
+  while (i <= text.size()) {
+    size_t j = text.find(',', i);
+    if (j == std::string::npos) j = text.size();
+    std::string item = text.substr(i, j - i);
+    int v = 0;
+    auto r = std::from_chars(item.data(), item.data() + item.size(), v);
+    ANYK_CHECK(!item.empty() && r.ec == std::errc() && r.ptr == item.data() + item.size(),
+               "--" << option << " '" << text << "': '" << item
+                    << "' is not an integer hint: use a comma-separated list such as 1,2,4");
+    out.push_back(v);
+    i = j + 1;
+  }
+  return out;
+}
+
+}  // namespace anyk::launch

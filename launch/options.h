@@ -1,0 +1,74 @@
+// The `anyk train` options: one struct, one Boost.Program_options table that binds every field,
+// the INI form (same long names) written to run_dir/config.ini and read back by --config and by
+// `anyk eval`, and the translation into the library's config types.
+#pragma once
+#include <boost/program_options.hpp>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/k_schedule.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+
+namespace anyk::launch {
+
+namespace po = boost::program_options;
+
+struct TrainOptions {
+  std::string data, run_dir, config;
+  int64_t steps = 1000, seed = 1;
+  int layers = 4, dim = 128, heads = 4, experts = 8, expert_hidden = 128, seq_len = 128;
+  int vocab = 0;  // 0: 256 (byte data)
+  int batch = 16, grad_accum = 1;
+  double lr = 3e-3, min_lr = 3e-4, weight_decay = 0.1, grad_clip = 1.0;
+  int64_t warmup = 50;
+  std::string k_strategy = "layer";
+  int k_min = 1, k_max = 4, k = 2;
+  double tau = 2.0, top_p = 0.1;
+  double lb_coef = 0.01, z_coef = 0.001, router_kl_weight = 0.0;
+  bool no_renormalize = false;
+  int64_t log_every = 10, eval_every = 200, eval_windows = 64;
+  int threads = 0;  // 0: omp_get_max_threads()
+};
+
+// A Program_options table whose every entry also knows how to print its current value, so the
+// resolved options can be written back as INI without a second list of names to keep in sync.
+class OptionTable {
+ public:
+  explicit OptionTable(const std::string& caption) : desc_(caption) {}
+  template <class T> void add(const char* name, T* field, const char* help);
+  void add_switch(const char* name, bool* field, const char* help);
+  po::options_description& desc() { return desc_; }
+  // "name = value" lines for every bound option (strings, numbers in shortest round-trip form).
+  std::string to_ini() const;
+
+ private:
+  po::options_description desc_;
+  std::vector<std::pair<std::string, std::function<std::string()>>> writers_;
+};
+
+// Binds every train option (except --config and --help) to the fields of o; defaults are the
+// values o holds when called.
+void bind_train_options(OptionTable& table, TrainOptions& o);
+
+// Reads an INI file of train options into o (unknown keys and bad values throw, naming the file).
+void read_train_config(const std::string& path, TrainOptions& o);
+
+// Range checks on every field, with the option's name in the message. Resolves vocab 0 -> 256
+// and threads 0 -> omp_get_max_threads().
+void validate_train_options(TrainOptions& o);
+
+ModelConfig model_config(const TrainOptions& o);  // router.top_p stays 0 (forced K)
+KScheduleConfig k_schedule_config(const TrainOptions& o);
+LrSchedule lr_schedule(const TrainOptions& o);
+
+// The command-line style every anyk command uses: long options, no prefix guessing.
+int cli_style();
+
+// "1,2,4" -> {1,2,4}; throws anyk::Error naming the option on anything else.
+std::vector<int> parse_int_list(const std::string& text, const std::string& option);
+
+}  // namespace anyk::launch

@@ -1,0 +1,80 @@
+// JSON formatting, the stdout+log line sink, and the SGEMM peak measurement.
+#include "launch/report.h"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <vector>
+
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+std::string json_string(const std::string& s) {
+  std::string o = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      o += '\\';
+      o += char(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      o += buf;
+    } else {
+      o += char(c);
+    }
+  }
+  return o + "\"";
+}
+
+LineSink::~LineSink() {
+  if (log_) std::fclose(log_);
+}
+
+void LineSink::open_log(const std::string& path) {
+  if (log_) std::fclose(log_);
+  log_ = std::fopen(path.c_str(), "w");
+  ANYK_CHECK(log_, "cannot write " << path << " hint: check permissions and free space");
+}
+
+void LineSink::line(const std::string& s) {
+  std::fputs(s.c_str(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (log_) {
+    std::fputs(s.c_str(), log_);
+    std::fputc('\n', log_);
+    std::fflush(log_);
+  }
+}
+
+double measure_sgemm_flops_single_core() {
+  constexpr int n = 512;
+  Eigen::MatrixXf a = Eigen::MatrixXf::Random(n, n), b = Eigen::MatrixXf::Random(n, n), c(n, n);
+  const int saved = Eigen::nbThreads();
+  Eigen::setNbThreads(1);
+  c.noalias() = a * b;  // warm-up: page in buffers, pack kernels
+  std::vector<double> secs;
+  for (int rep = 0; rep < 7; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    c.noalias() = a * b;
+    auto t1 = std::chrono::steady_clock::now();
+    secs.push_back(std::chrono::duration<double>(t1 - t0).count());
+  }
+  Eigen::setNbThreads(saved);
+  std::sort(secs.begin(), secs.end());
+  volatile float sink = c(0, 0);  // keep the product alive
+  (void)sink;
+  return 2.0 * double(n) * n * n / secs[secs.size() / 2];
+}
+
+}  // namespace anyk::launch

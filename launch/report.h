@@ -1,0 +1,29 @@
+// Small output helpers shared by the commands: JSON number/string formatting, a line sink that
+// writes to stdout and (optionally) a log file, and the single-core SGEMM rate used for MFU.
+#pragma once
+#include <cstdio>
+#include <string>
+
+namespace anyk::launch {
+
+// A finite double as the shortest exact decimal; NaN and infinities as null (JSON has neither).
+std::string json_number(double v);
+// A JSON string literal with quotes and escapes.
+std::string json_string(const std::string& s);
+
+// Writes every line to stdout (flushed) and, when open, to a log file.
+class LineSink {
+ public:
+  LineSink() = default;
+  ~LineSink();
+  void open_log(const std::string& path);  // truncates
+  void line(const std::string& s);
+
+ private:
+  std::FILE* log_ = nullptr;
+};
+
+// FLOP/s of one core on a 512x512x512 float GEMM (Eigen, single-threaded, median of 7 reps).
+double measure_sgemm_flops_single_core();
+
+}  // namespace anyk::launch
