@@ -1,11 +1,124 @@
-// Placeholder dispatcher; replaced by the full CLI.
+// The command dispatcher: top-level help, `anyk prepare`, and the one place where errors become
+// a single stderr line and exit code 2 (train and eval live in train.cpp and evaluate.cpp).
 #include "launch/cli.h"
 
+#include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "data/prepare.h"
+#include "launch/evaluate.h"
+#include "launch/options.h"
+#include "launch/train.h"
+#include "runtime/check.h"
 
 namespace anyk {
-int run_cli(int argc, char** argv) {
-  std::puts("anyk: train once, serve any K");
+
+namespace {
+
+namespace po = boost::program_options;
+
+constexpr const char* kUsage =
+    "anyk: train once, serve any K - elastic Mixture-of-Experts language models\n"
+    "\n"
+    "usage: anyk <command> [options]      (anyk <command> --help for every option)\n"
+    "\n"
+    "commands:\n"
+    "  prepare  --input PATH... --out DIR [--val-fraction 0.05]\n"
+    "           byte-tokenise text files/folders into DIR/train.bin and DIR/val.bin\n"
+    "  train    --data DIR --run-dir DIR [--config FILE] [--steps N --seed S --layers L --dim C\n"
+    "           --heads NH --experts E --expert-hidden H --seq-len T --batch B --grad-accum A\n"
+    "           --lr --min-lr --warmup --weight-decay --grad-clip --k-strategy NAME --k-min A\n"
+    "           --k-max B --k K --tau --top-p --lb-coef --z-coef --router-kl-weight\n"
+    "           --no-renormalize --log-every --eval-every --eval-windows --threads --vocab]\n"
+    "           train an MoE LM; --k-strategy is one of fixed, global, micro, layer,\n"
+    "           layer_weighted, top_p; ends with a K-sweep table of val loss and bits/byte\n"
+    "  eval     --run-dir DIR --data DIR (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [--json FILE]\n"
+    "           [--eval-windows N] [--batch B] [--threads N]\n"
+    "           validation loss and bits per byte of a trained run at each K setting\n"
+    "\n"
+    "example:\n"
+    "  anyk prepare --input /usr/share/games/fortunes --out data/fortunes\n"
+    "  anyk train --data data/fortunes --run-dir runs/quick --k-strategy layer --k-min 1 --k-max 4\n"
+    "  anyk eval --run-dir runs/quick --data data/fortunes --layer-k 4,3,2,1\n";
+
+int prepare_command(int argc, char** argv) {
+  std::vector<std::string> inputs;
+  std::string out;
+  double val_fraction = 0.05;
+  bool help = false;
+  po::options_description desc(
+      "anyk prepare --input PATH... --out DIR [--val-fraction 0.05]\n"
+      "Byte-tokenise text files or folders (walked recursively, sorted; fortune *.dat index files\n"
+      "and hidden entries skipped) into llm.c-format shards DIR/train.bin and DIR/val.bin");
+  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
+      "input", po::value(&inputs)->multitoken(), "text files or directories (one or more)")(
+      "out", po::value(&out), "output directory")(
+      "val-fraction", po::value(&val_fraction)->default_value(0.05),
+      "fraction of the tokens (the last ones) held out for validation");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).style(launch::cli_style()).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    ANYK_FAIL(e.what() << " hint: see anyk prepare --help");
+  }
+  if (help) {
+    std::cout << desc << "\n";
+    return 0;
+  }
+  ANYK_CHECK(!inputs.empty(), "--input is required hint: see anyk prepare --help");
+  ANYK_CHECK(!out.empty(), "--out is required hint: see anyk prepare --help");
+  ANYK_CHECK(val_fraction > 0 && val_fraction < 1,
+             "--val-fraction " << val_fraction << " must be in (0, 1)");
+  data::PrepareStats st = data::prepare(inputs, out, val_fraction, [](const std::string& line) {
+    std::printf("prepare: %s\n", line.c_str());
+    std::fflush(stdout);
+  });
+  std::printf("prepare: %lld files, %lld bytes -> %s/train.bin (%lld tokens), %s/val.bin (%lld tokens)\n",
+              (long long)st.files, (long long)st.bytes, out.c_str(), (long long)st.train_tokens,
+              out.c_str(), (long long)st.val_tokens);
   return 0;
 }
+
+// One line, whatever the message holds.
+void print_error(std::string msg) {
+  for (char& c : msg)
+    if (c == '\n' || c == '\r') c = ' ';
+  std::fflush(stdout);
+  std::fprintf(stderr, "anyk: error: %s\n", msg.c_str());
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    // Each command parses argv from its own name on (argv[0] is skipped by Program_options).
+    if (cmd == "prepare") return prepare_command(argc - 1, argv + 1);
+    if (cmd == "train") return launch::train_command(argc - 1, argv + 1);
+    if (cmd == "eval") return launch::eval_command(argc - 1, argv + 1);
+    ANYK_CHECK(false, "unknown command '" << cmd << "' hint: commands are prepare, train, eval; see anyk --help");
+  } catch (const Error& e) {
+    print_error(e.what());
+  } catch (const po::error& e) {
+    print_error(std::string(e.what()) + " hint: see anyk " + cmd + " --help");
+  } catch (const std::exception& e) {
+    print_error(e.what());
+  }
+  return 2;
+}
+
 }  // namespace anyk

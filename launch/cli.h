@@ -1,5 +1,6 @@
-// Command-line entry: `anyk <command> [options]`. Returns the process exit code; every user
-// error is one line on stderr and a non-zero code.
+// Command-line entry: `anyk <command> [options]` with commands prepare, train and eval. Returns
+// the process exit code: 0 on success, 2 on a user error, which is one line on stderr
+// (`anyk: error: <message>`).
 #pragma once
 
 namespace anyk {
