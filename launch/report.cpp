@@ -64,7 +64,7 @@ double measure_sgemm_flops_single_core() {
   Eigen::setNbThreads(1);
   c.noalias() = a * b;  // warm-up: page in buffers, pack kernels
   std::vector<double> secs;
-  for (int rep = 0; rep < 7; ++rep) {
+  for (int rep = 0; rep < 21; ++rep) {
     auto t0 = std::chrono::steady_clock::now();
     c.noalias() = a * b;
     auto t1 = std::chrono::steady_clock::now();

@@ -86,6 +86,8 @@ bool parse_and_validate(int argc, char** argv, Prepared& p) {
     ANYK_FAIL(e.what() << " hint: see anyk train --help");
   }
 
+  // The default warm-up must not make a short run (--steps 10) an error; an explicit one may.
+  if (vm["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
   validate_train_options(o);
   p.model = model_config(o);
   p.model.validate();

@@ -27,7 +27,7 @@ struct Var {
 inline constexpr std::string_view kAllOps[] = {
     "embedding", "linear",  "add",         "rmsnorm",     "rope",          "attention",
     "swiglu",    "cross_entropy", "router", "gather_rows", "scatter_add_rows", "grouped_linear",
-    "scale"};
+    "scale",     "all_to_all_rows"};
 
 class Tape {
  public:

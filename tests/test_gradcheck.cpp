@@ -7,6 +7,7 @@
 #include <set>
 #include <string>
 
+#include "parallel/all_to_all.h"
 #include "runtime/ops/ops.h"
 #include "test_util.h"
 
@@ -31,6 +32,7 @@ const int kRows[7] = {2, 0, 2, 1, 3, 0, 2};       // gather rows of a (4,C) inpu
 const int kTok[5] = {1, 0, 1, 2, 0};              // scatter rows -> token
 const int kWidx[5] = {3, 0, 2, 4, 1};             // and weight slot
 const int kOffsets[4] = {0, 3, 3, 7};             // three experts, the middle one empty
+const int kSelfCounts[1] = {4};                   // all_to_all_rows on one rank: 4 rows to itself
 
 std::vector<OpCase> table() {
   std::vector<OpCase> t;
@@ -98,6 +100,11 @@ std::vector<OpCase> table() {
   t.push_back({"grouped_linear", "3 experts, one empty", {{7, 4}, {3, 5, 4}}, 1.0,
                [](Tape& tp, std::vector<Var>& in) {
                  return std::vector<Var>{grouped_linear(tp, in[0], in[1], kOffsets)};
+               }});
+  t.push_back({"all_to_all_rows", "one rank (MPI_COMM_SELF)", {{4, 3}}, 1.0,
+               [](Tape& tp, std::vector<Var>& in) {
+                 static Comm self = Comm::self();
+                 return std::vector<Var>{all_to_all_rows(tp, in[0], kSelfCounts, kSelfCounts, self)};
                }});
   return t;
 }

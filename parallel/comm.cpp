@@ -1,0 +1,139 @@
+// MPI implementation of Comm; see comm.h.
+#include "parallel/comm.h"
+
+#include <climits>
+#include <cstdlib>
+#include <utility>
+
+namespace anyk {
+
+namespace {
+void finalize_at_exit() {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (!fin) MPI_Finalize();
+}
+}  // namespace
+
+void mpi_init_once(int* argc, char*** argv) {
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (inited) return;
+  int provided = 0;
+  ANYK_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  std::atexit(finalize_at_exit);
+}
+
+bool mpi_launched() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+Comm::Comm(MPI_Comm c, bool owned) : c_(c), owned_(owned) {
+  ANYK_MPI_CHECK(MPI_Comm_rank(c_, &rank_));
+  ANYK_MPI_CHECK(MPI_Comm_size(c_, &size_));
+}
+
+Comm::Comm(Comm&& o) noexcept
+    : c_(std::exchange(o.c_, MPI_COMM_NULL)), owned_(std::exchange(o.owned_, false)), rank_(o.rank_), size_(o.size_) {}
+
+Comm& Comm::operator=(Comm&& o) noexcept {
+  std::swap(c_, o.c_);
+  std::swap(owned_, o.owned_);
+  std::swap(rank_, o.rank_);
+  std::swap(size_, o.size_);
+  return *this;
+}
+
+Comm::~Comm() {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (owned_ && c_ != MPI_COMM_NULL && !fin) MPI_Comm_free(&c_);
+}
+
+Comm Comm::world() {
+  mpi_init_once();
+  return Comm(MPI_COMM_WORLD, false);
+}
+
+Comm Comm::self() {
+  mpi_init_once();
+  return Comm(MPI_COMM_SELF, false);
+}
+
+Comm Comm::split(int color, int key) const {
+  MPI_Comm out;
+  ANYK_MPI_CHECK(MPI_Comm_split(c_, color, key, &out));
+  MPI_Comm_set_errhandler(out, MPI_ERRORS_RETURN);
+  return Comm(out, true);
+}
+
+void Comm::barrier() const { ANYK_MPI_CHECK(MPI_Barrier(c_)); }
+
+void Comm::all_reduce_sum(float* data, int64_t n) const {
+  if (size_ == 1) return;
+  for (int64_t off = 0; off < n; off += INT_MAX / 2) {
+    int cnt = int(std::min<int64_t>(INT_MAX / 2, n - off));
+    ANYK_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, cnt, MPI_FLOAT, MPI_SUM, c_));
+  }
+}
+
+void Comm::all_reduce_sum(double* data, int64_t n) const {
+  if (size_ == 1) return;
+  for (int64_t off = 0; off < n; off += INT_MAX / 2) {
+    int cnt = int(std::min<int64_t>(INT_MAX / 2, n - off));
+    ANYK_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + off, cnt, MPI_DOUBLE, MPI_SUM, c_));
+  }
+}
+
+double Comm::all_reduce_max(double v) const {
+  if (size_ == 1) return v;
+  ANYK_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, c_));
+  return v;
+}
+
+double Comm::all_reduce_sum(double v) const {
+  if (size_ == 1) return v;
+  ANYK_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_SUM, c_));
+  return v;
+}
+
+std::vector<int> Comm::all_to_all(const std::vector<int>& send) const {
+  ANYK_CHECK(int(send.size()) % size_ == 0, "all_to_all: " << send.size() << " values for " << size_ << " ranks");
+  std::vector<int> recv(send.size());
+  int per = int(send.size()) / size_;
+  ANYK_MPI_CHECK(MPI_Alltoall(send.data(), per, MPI_INT, recv.data(), per, MPI_INT, c_));
+  return recv;
+}
+
+void Comm::all_to_all_v(const void* send, const int* send_counts, void* recv, const int* recv_counts,
+                        int64_t row_bytes) const {
+  // One MPI datatype per row keeps the counts in rows; displacements must still fit an int.
+  std::vector<int> sd(size_), rd(size_);
+  int64_t s = 0, r = 0;
+  for (int i = 0; i < size_; ++i) {
+    sd[i] = int(s);
+    rd[i] = int(r);
+    s += send_counts[i];
+    r += recv_counts[i];
+  }
+  ANYK_CHECK(s <= INT_MAX && r <= INT_MAX && row_bytes <= INT_MAX,
+             "all-to-all of " << s << " rows out / " << r << " rows in of " << row_bytes
+                              << " bytes would overflow MPI's int counts. hint: lower --batch or "
+                                 "--seq-len per rank, or use more expert-parallel ranks");
+  MPI_Datatype row;
+  ANYK_MPI_CHECK(MPI_Type_contiguous(int(row_bytes), MPI_BYTE, &row));
+  ANYK_MPI_CHECK(MPI_Type_commit(&row));
+  int rc = MPI_Alltoallv(send, send_counts, sd.data(), row, recv, recv_counts, rd.data(), row, c_);
+  MPI_Type_free(&row);
+  ANYK_MPI_CHECK(rc);
+}
+
+void Comm::abort(int code) const {
+  MPI_Abort(c_ == MPI_COMM_NULL ? MPI_COMM_WORLD : c_, code);
+  std::abort();
+}
+
+}  // namespace anyk

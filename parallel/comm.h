@@ -1,0 +1,73 @@
+// A communicator: the small interface the rest of anyk uses to talk to other ranks (rank, size,
+// split, all-reduce, all-to-all(v)), implemented over MPI. Every MPI call goes through
+// ANYK_MPI_CHECK, which throws with file:line and a hint. Groups are passed to the objects that
+// use them; nothing reaches for MPI_COMM_WORLD except the code that builds the groups.
+#pragma once
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1  // the C API only; the deprecated C++ bindings warn
+#endif
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/check.h"
+
+#define ANYK_MPI_CHECK(call)                                                                  \
+  do {                                                                                        \
+    int anyk_rc_ = (call);                                                                    \
+    if (anyk_rc_ != MPI_SUCCESS) {                                                            \
+      char anyk_buf_[MPI_MAX_ERROR_STRING];                                                   \
+      int anyk_len_ = 0;                                                                      \
+      MPI_Error_string(anyk_rc_, anyk_buf_, &anyk_len_);                                      \
+      ANYK_FAIL(#call << " failed: " << std::string(anyk_buf_, anyk_len_)                      \
+                      << ". hint: check the MPI launch (mpirun/srun) and that every rank runs " \
+                         "the same command");                                                 \
+    }                                                                                         \
+  } while (0)
+
+namespace anyk {
+
+// Initialises MPI once (idempotent; thread level FUNNELED) and finalises it at exit.
+void mpi_init_once(int* argc = nullptr, char*** argv = nullptr);
+bool mpi_launched();  // true when started by mpirun/srun with more than one rank
+
+class Comm {
+ public:
+  Comm() = default;
+  explicit Comm(MPI_Comm c, bool owned = false);
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+  Comm(Comm&& o) noexcept;
+  Comm& operator=(Comm&& o) noexcept;
+  ~Comm();
+
+  static Comm world();
+  static Comm self();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm raw() const { return c_; }
+  Comm split(int color, int key) const;
+
+  void barrier() const;
+  void all_reduce_sum(float* data, int64_t n) const;   // in place; chunked past INT_MAX
+  void all_reduce_sum(double* data, int64_t n) const;
+  double all_reduce_max(double v) const;
+  double all_reduce_sum(double v) const;
+  // send[i] goes to rank i; returns what each rank sent here.
+  std::vector<int> all_to_all(const std::vector<int>& send) const;
+  // Rows of `row_bytes` bytes: send_counts[i] rows to rank i, recv_counts[i] from rank i.
+  void all_to_all_v(const void* send, const int* send_counts, void* recv, const int* recv_counts,
+                    int64_t row_bytes) const;
+  // Abort every rank of the job (used when one rank fails, so no rank waits forever).
+  [[noreturn]] void abort(int code) const;
+
+ private:
+  MPI_Comm c_ = MPI_COMM_NULL;
+  bool owned_ = false;
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace anyk

@@ -1,0 +1,202 @@
+// The `anyk` command line as a user meets it: bad input gives one `anyk: error:` line naming the
+// offending option or value, a non-zero exit and no run directory; --help describes the commands.
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int rc;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A fresh directory under the system temp dir, removed when the fixture dies.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static std::atomic<int> counter{0};
+    path = fs::temp_directory_path() /
+           ("anyk_test_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+std::string anyk_bin() {
+  const char* b = std::getenv("ANYK_BIN");
+  REQUIRE_MESSAGE(b != nullptr, "ANYK_BIN is not set (run through ctest)");
+  return b;
+}
+
+Result run(const std::string& args, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  std::string cmd = anyk_bin() + " " + args + " >" + out.string() + " 2>" + err.string();
+  int status = std::system(cmd.c_str());
+  Result r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  if (!s.empty() && s.back() != '\n') ++n;
+  return n;
+}
+
+// A small prepared data dir, so that the only fault in a command is the one under test.
+fs::path make_data(const TempDir& t) {
+  fs::path text = t.path / "fox.txt";
+  {
+    std::ofstream o(text);
+    for (int i = 0; i < 900; ++i) o << "the quick brown fox jumps over the lazy dog. ";
+  }
+  fs::path data = t.path / "data";
+  Result r = run("prepare --input " + text.string() + " --out " + data.string(), t.path);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  REQUIRE(fs::exists(data / "train.bin"));
+  REQUIRE(fs::exists(data / "val.bin"));
+  return data;
+}
+
+// The contract every rejected command meets.
+void expect_rejected(const Result& r, const fs::path& run_dir, std::initializer_list<std::string> needles) {
+  INFO("stderr: " << r.err);
+  CHECK(r.rc != 0);
+  CHECK(count_lines(r.err) == 1);
+  CHECK(r.err.find("error") != std::string::npos);
+  for (const auto& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, "missing '" << n << "'");
+  CHECK_FALSE(fs::exists(run_dir));
+}
+
+const std::string kTiny = " --layers 1 --dim 16 --heads 2 --experts 4 --expert-hidden 16 --seq-len 16 --batch 2 "
+                          "--steps 2 --warmup 0 --threads 1";
+
+}  // namespace
+
+TEST_CASE("cli: train rejects bad input with one error line and writes nothing") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  const std::string base = "train --data " + data.string() + " --run-dir " + run_dir.string() + kTiny;
+
+  SUBCASE("unknown option") {
+    expect_rejected(run(base + " --frobnicate 3", t.path), run_dir, {"frobnicate"});
+  }
+  SUBCASE("k-max above experts") {
+    expect_rejected(run(base + " --k-max 7", t.path), run_dir, {"--k-max", "7"});
+  }
+  SUBCASE("missing data dir") {
+    const fs::path missing = t.path / "no_such_data";
+    expect_rejected(run("train --data " + missing.string() + " --run-dir " + run_dir.string() + kTiny, t.path),
+                    run_dir, {missing.string()});
+  }
+  SUBCASE("non-numeric value") {
+    expect_rejected(run(base + " --steps abc", t.path), run_dir, {"steps", "abc"});
+  }
+  SUBCASE("non-numeric value in a config file") {
+    const fs::path cfg = t.path / "bad.ini";
+    std::ofstream(cfg) << "dim = wide\n";
+    expect_rejected(run(base + " --config " + cfg.string(), t.path), run_dir, {"dim", "wide"});
+  }
+  SUBCASE("unknown K strategy") {
+    expect_rejected(run(base + " --k-strategy sometimes", t.path), run_dir, {"sometimes"});
+  }
+  SUBCASE("vocab smaller than the data's tokens") {
+    expect_rejected(run(base + " --vocab 100", t.path), run_dir, {"100"});
+  }
+}
+
+TEST_CASE("cli: a config file sets options and flags override it") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  const fs::path cfg = t.path / "c.ini";
+  std::ofstream(cfg) << "# comment\ndim = 16\nheads = 2\nexperts = 4\nsteps = 999\n";
+  Result r = run("train --config " + cfg.string() + " --data " + data.string() + " --run-dir " + run_dir.string() +
+                     " --layers 1 --expert-hidden 16 --seq-len 16 --batch 2 --steps 2 --warmup 0 --threads 1"
+                     " --eval-windows 2",
+                 t.path);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  const std::string ini = slurp(run_dir / "config.ini");
+  CHECK(ini.find("dim = 16\n") != std::string::npos);
+  CHECK(ini.find("steps = 2\n") != std::string::npos);  // the flag won over the file's 999
+  CHECK(fs::exists(run_dir / "model.h5"));
+}
+
+TEST_CASE("cli: help and usage") {
+  TempDir t;
+  Result top = run("--help", t.path);
+  CHECK(top.rc == 0);
+  CHECK(top.out.find("--k-strategy") != std::string::npos);
+  Result train = run("train --help", t.path);
+  CHECK(train.rc == 0);
+  CHECK(train.out.find("--k-strategy") != std::string::npos);
+  CHECK(train.out.find("--router-kl-weight") != std::string::npos);
+  Result eval = run("eval --help", t.path);
+  CHECK(eval.rc == 0);
+  CHECK(eval.out.find("--layer-k") != std::string::npos);
+  Result prep = run("prepare --help", t.path);
+  CHECK(prep.rc == 0);
+  CHECK(prep.out.find("--val-fraction") != std::string::npos);
+  Result none = run("", t.path);
+  CHECK(none.rc == 2);
+  CHECK(none.err.find("usage") != std::string::npos);
+  Result bad = run("fly", t.path);
+  CHECK(bad.rc != 0);
+  CHECK(count_lines(bad.err) == 1);
+  CHECK(bad.err.find("fly") != std::string::npos);
+}
+
+TEST_CASE("cli: eval rejects a per-layer K list of the wrong length") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  Result r = run("train --data " + data.string() + " --run-dir " + run_dir.string() + kTiny + " --eval-windows 2",
+                 t.path);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  Result e = run("eval --run-dir " + run_dir.string() + " --data " + data.string() + " --layer-k 2,2", t.path);
+  CHECK(e.rc != 0);
+  CHECK(count_lines(e.err) == 1);
+  CHECK(e.err.find("--layer-k") != std::string::npos);
+  Result e2 = run("eval --run-dir " + run_dir.string() + " --data " + data.string() + " --k 5", t.path);
+  CHECK(e2.rc != 0);
+  CHECK(e2.err.find("5") != std::string::npos);
+  // A weights file that lacks a dataset the config needs: the error names the file and dataset.
+  fs::path other = t.path / "other";
+  fs::create_directories(other);
+  std::string ini = slurp(run_dir / "config.ini");
+  auto pos = ini.find("layers = 1");
+  REQUIRE(pos != std::string::npos);
+  ini.replace(pos, 10, "layers = 2");
+  std::ofstream(other / "config.ini") << ini;
+  fs::copy_file(run_dir / "model.h5", other / "model.h5");
+  Result e3 = run("eval --run-dir " + other.string() + " --data " + data.string() + " --k 1", t.path);
+  CHECK(e3.rc != 0);
+  CHECK(count_lines(e3.err) == 1);
+  CHECK(e3.err.find("model.h5") != std::string::npos);
+  CHECK(e3.err.find("layers.1.") != std::string::npos);
+}
