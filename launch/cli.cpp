@@ -62,7 +62,7 @@ int prepare_command(int argc, char** argv) {
       "fraction of the tokens (the last ones) held out for validation");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(desc).style(launch::cli_style()).run(), vm);
+    po::store(launch::parse_command_line(argc, argv, desc, "prepare"), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     ANYK_FAIL(e.what() << " hint: see anyk prepare --help");

@@ -142,7 +142,7 @@ int eval_command(int argc, char** argv) {
       "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all available)");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(desc).style(cli_style()).run(), vm);
+    po::store(parse_command_line(argc, argv, desc, "eval"), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     ANYK_FAIL(e.what() << " hint: see anyk eval --help");

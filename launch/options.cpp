@@ -44,6 +44,16 @@ int cli_style() {
   return default_style & ~allow_guessing;
 }
 
+po::parsed_options parse_command_line(int argc, char** argv, const po::options_description& desc,
+                                      const std::string& command) {
+  po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(cli_style()).run();
+  for (const po::option& opt : parsed.options)
+    ANYK_CHECK(opt.position_key < 0, "unexpected argument '" << (opt.value.empty() ? "" : opt.value[0])
+                                                             << "' hint: options are --name value; see anyk "
+                                                             << command << " --help");
+  return parsed;
+}
+
 void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("data", &o.data, "directory holding train.bin and val.bin (from `anyk prepare`)");
   t.add("run-dir", &o.run_dir, "output directory: train.log, metrics.jsonl, config.ini, model.h5, sweep.json");

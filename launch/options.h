@@ -68,6 +68,11 @@ LrSchedule lr_schedule(const TrainOptions& o);
 // The command-line style every anyk command uses: long options, no prefix guessing.
 int cli_style();
 
+// Parses argv (argv[0] = the command name) with desc in cli_style(); a stray positional word is
+// an error naming it. Program_options errors propagate (the caller adds the help hint).
+po::parsed_options parse_command_line(int argc, char** argv, const po::options_description& desc,
+                                      const std::string& command);
+
 // "1,2,4" -> {1,2,4}; throws anyk::Error naming the option on anything else.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 

@@ -61,7 +61,7 @@ bool parse_and_validate(int argc, char** argv, Prepared& p) {
       "help,h", po::bool_switch(&help), "show this help");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(table.desc()).style(cli_style()).run(), vm);
+    po::store(parse_command_line(argc, argv, table.desc(), "train"), vm);
   } catch (const po::error& e) {
     ANYK_FAIL(e.what() << " hint: see anyk train --help");
   }
@@ -192,14 +192,18 @@ int train_command(int argc, char** argv) {
 
   const double core_flops = measure_sgemm_flops_single_core();
   const double peak = core_flops * o.threads;
-  out.line("anyk train: " + lm.config().summary() + fmt(" active@K=%d: %lld", top_p ? o.k_max : ks.draw(0, 0)[0],
-                                                         (long long)lm.config().active_params(top_p ? o.k_max : ks.draw(0, 0)[0])));
+  const int k_lo = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_min;
+  const int k_hi = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_max;
+  out.line("anyk train: " + lm.config().summary() +
+           fmt(" | active params/token: %lld at K=%d, %lld at K=%d", (long long)lm.config().active_params(k_lo),
+               k_lo, (long long)lm.config().active_params(k_hi), k_hi));
   out.line(fmt("data: %zu train / %zu val tokens from %s; B=%d T=%d A=%d (%d tokens/step), %lld steps",
                p.train_tokens->size(), p.val_tokens->size(), o.data.c_str(), B, T, A, B * T * A,
                (long long)o.steps));
   out.line(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(),
-               p.kcfg.strategy == KStrategy::Fixed ? fmt("K=%d", o.k).c_str()
-                                                   : fmt("K in [%d,%d]", o.k_min, o.k_max).c_str(),
+               p.kcfg.strategy == KStrategy::Fixed  ? fmt("K=%d", o.k).c_str()
+               : p.kcfg.strategy == KStrategy::TopP ? fmt("p=%g, per-token K in [%d,%d]", o.top_p, o.k_min, o.k_max).c_str()
+                                                    : fmt("K in [%d,%d]", o.k_min, o.k_max).c_str(),
                (long long)o.seed));
   out.line(fmt("peak: %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", o.threads,
                core_flops * 1e-9, peak * 1e-9));

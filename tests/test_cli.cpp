@@ -92,8 +92,9 @@ void expect_rejected(const Result& r, const fs::path& run_dir, std::initializer_
   CHECK_FALSE(fs::exists(run_dir));
 }
 
-const std::string kTiny = " --layers 1 --dim 16 --heads 2 --experts 4 --expert-hidden 16 --seq-len 16 --batch 2 "
-                          "--steps 2 --warmup 0 --threads 1";
+const std::string kTinyNoSteps =
+    " --layers 1 --dim 16 --heads 2 --experts 4 --expert-hidden 16 --seq-len 16 --batch 2 --warmup 0 --threads 1";
+const std::string kTiny = kTinyNoSteps + " --steps 2";
 
 }  // namespace
 
@@ -115,12 +116,18 @@ TEST_CASE("cli: train rejects bad input with one error line and writes nothing")
                     run_dir, {missing.string()});
   }
   SUBCASE("non-numeric value") {
-    expect_rejected(run(base + " --steps abc", t.path), run_dir, {"steps", "abc"});
+    expect_rejected(run("train --data " + data.string() + " --run-dir " + run_dir.string() + kTinyNoSteps +
+                            " --steps abc",
+                        t.path),
+                    run_dir, {"steps", "abc"});
   }
   SUBCASE("non-numeric value in a config file") {
     const fs::path cfg = t.path / "bad.ini";
-    std::ofstream(cfg) << "dim = wide\n";
-    expect_rejected(run(base + " --config " + cfg.string(), t.path), run_dir, {"dim", "wide"});
+    std::ofstream(cfg) << "tau = wide\n";
+    expect_rejected(run(base + " --config " + cfg.string(), t.path), run_dir, {"tau", "wide", cfg.string()});
+  }
+  SUBCASE("stray positional argument") {
+    expect_rejected(run(base + " extra", t.path), run_dir, {"extra"});
   }
   SUBCASE("unknown K strategy") {
     expect_rejected(run(base + " --k-strategy sometimes", t.path), run_dir, {"sometimes"});
