@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "data/shard.h"
@@ -26,7 +27,8 @@ bool is_hidden(const fs::path& p) {
 }
 
 // Files under dir, recursively, sorted by path. Symlinked directories are not followed (the
-// iterator's default), so a link back up the tree cannot loop; symlinks to files are kept.
+// iterator's default), so a link back up the tree cannot loop; a symlinked file is kept unless
+// its target is already in the list.
 std::vector<fs::path> walk_dir(const fs::path& dir) {
   std::vector<fs::path> files;
   std::error_code ec;
@@ -45,7 +47,16 @@ std::vector<fs::path> walk_dir(const fs::path& dir) {
     files.push_back(e.path());
   }
   std::sort(files.begin(), files.end());
-  return files;
+  // A symlinked file whose target is also in the tree would be read twice (fortunes' *.u8 files
+  // link to the plain ones): keep the first path, in sorted order, of each real file.
+  std::set<fs::path> seen;
+  std::vector<fs::path> unique;
+  for (const fs::path& f : files) {
+    std::error_code cec;
+    fs::path real = fs::canonical(f, cec);
+    if (seen.insert(cec ? f : real).second) unique.push_back(f);
+  }
+  return unique;
 }
 
 void append_file(const fs::path& p, std::string& out) {

@@ -2,6 +2,8 @@
 // a single stderr line and exit code 2 (train and eval live in train.cpp and evaluate.cpp).
 #include "launch/cli.h"
 
+#include "parallel/comm.h"
+
 #include <boost/program_options.hpp>
 #include <cstdio>
 #include <cstring>
@@ -118,6 +120,9 @@ int run_cli(int argc, char** argv) {
   } catch (const std::exception& e) {
     print_error(e.what());
   }
+  // Under MPI one failing rank must bring the whole job down now, not leave the others waiting
+  // in a collective: the message is already printed, so abort every rank.
+  abort_job_if_parallel(2);
   return 2;
 }
 

@@ -1,6 +1,8 @@
 // Train options: the option table, INI round trip, validation and conversion to library configs.
 #include "launch/options.h"
 
+#include "parallel/comm.h"
+
 #include <omp.h>
 
 #include <charconv>
@@ -88,7 +90,10 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("log-every", &o.log_every, "log one line every N steps (first and last step always)");
   t.add("eval-every", &o.eval_every, "validation eval every N steps (0 = only the final sweep)");
   t.add("eval-windows", &o.eval_windows, "validation windows per eval (0 = all)");
-  t.add("threads", &o.threads, "OpenMP threads (0 = all available)");
+  t.add("threads", &o.threads, "OpenMP threads per rank (0 = this node's cores / its ranks)");
+  t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
+                     "world = ep x edp (0 = all ranks)");
+  t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
 }
 
 void read_train_config(const std::string& path, TrainOptions& o) {
@@ -127,7 +132,8 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.eval_every >= 0, "--eval-every " << o.eval_every << " must be >= 0");
   ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
-  if (o.threads == 0) o.threads = omp_get_max_threads();
+  ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
+  if (o.threads == 0) o.threads = default_threads();
   ANYK_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr " << o.lr << " must be > 0");
   ANYK_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr,
              "--min-lr " << o.min_lr << " must be in [0, --lr " << o.lr << "]");

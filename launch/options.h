@@ -31,7 +31,9 @@ struct TrainOptions {
   double lb_coef = 0.01, z_coef = 0.001, router_kl_weight = 0.0;
   bool no_renormalize = false;
   int64_t log_every = 10, eval_every = 200, eval_windows = 64;
-  int threads = 0;  // 0: omp_get_max_threads()
+  int threads = 0;  // 0: the cores of this node divided among its ranks
+  int ep = 0;       // expert-parallel ranks (0: all ranks)
+  bool profile = false;
 };
 
 // A Program_options table whose every entry also knows how to print its current value, so the

@@ -26,6 +26,10 @@
 #include "model/lm.h"
 #include "optim/adamw.h"
 #include "parallel/dispatcher.h"
+#include "parallel/gather.h"
+#include "parallel/grad_sync.h"
+#include "parallel/groups.h"
+#include "parallel/mpi_dispatcher.h"
 #include "runtime/check.h"
 
 namespace anyk::launch {
@@ -51,7 +55,7 @@ std::string usage_line() {
 }
 
 // Parses and validates everything; touches no file. Returns false when --help was shown.
-bool parse_and_validate(int argc, char** argv, Prepared& p) {
+bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
   TrainOptions& o = p.o;
   bool help = false;
   OptionTable table(usage_line());
@@ -89,6 +93,7 @@ bool parse_and_validate(int argc, char** argv, Prepared& p) {
   // The default warm-up must not make a short run (--steps 10) an error; an explicit one may.
   if (vm["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
   validate_train_options(o);
+  check_layout(world_size, o.ep, o.experts);
   p.model = model_config(o);
   p.model.validate();
   p.kcfg = k_schedule_config(o);
@@ -140,19 +145,42 @@ std::vector<ParamSpan> spans_of(const ParamStore& ps, Region r) {
 
 }  // namespace
 
+// Fault injection for the tests of failure handling: ANYK_FAULT_INJECT="rank:step" makes that
+// rank fail with an error at that step (1-based), as a bad file or a dead node would.
+void maybe_inject_fault(int rank, int64_t step) {
+  const char* spec = std::getenv("ANYK_FAULT_INJECT");
+  if (!spec) return;
+  int r = -1;
+  long long st = -1;
+  if (std::sscanf(spec, "%d:%lld", &r, &st) == 2 && r == rank && st == step)
+    ANYK_FAIL("injected fault on rank " << rank << " at step " << step << " (ANYK_FAULT_INJECT)");
+}
+
 int train_command(int argc, char** argv) {
+  // MPI is always up (a single process is a world of one); every rank validates everything.
+  Comm world = Comm::world();
+  const int P = world.size(), rank = world.rank();
+  const bool root = rank == 0;
   Prepared p;
-  if (!parse_and_validate(argc, argv, p)) return 0;
+  if (!parse_and_validate(argc, argv, p, P)) return 0;
   const TrainOptions& o = p.o;
 
-  // Everything is valid: from here on files are written.
-  fs::create_directories(o.run_dir);
-  write_text_file(o.run_dir + "/config.ini", p.config_ini);
+  // Everything is valid: from here on files are written (by rank 0 only).
   LineSink out;
-  out.open_log(o.run_dir + "/train.log");
-  std::FILE* metrics = std::fopen((o.run_dir + "/metrics.jsonl").c_str(), "w");
-  ANYK_CHECK(metrics, "cannot write " << o.run_dir << "/metrics.jsonl");
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, std::fclose);
+  std::FILE* metrics = nullptr;
+  if (root) {
+    fs::create_directories(o.run_dir);
+    write_text_file(o.run_dir + "/config.ini", p.config_ini);
+    out.open_log(o.run_dir + "/train.log");
+    metrics = std::fopen((o.run_dir + "/metrics.jsonl").c_str(), "w");
+    ANYK_CHECK(metrics, "cannot write " << o.run_dir << "/metrics.jsonl");
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, [](std::FILE* f) {
+    return f ? std::fclose(f) : 0;
+  });
+  auto say = [&](const std::string& line) {
+    if (root) out.line(line);
+  };
 
   omp_set_num_threads(o.threads);
   const int B = o.batch, T = o.seq_len, A = o.grad_accum, L = o.layers, E = o.experts;
@@ -163,55 +191,75 @@ int train_command(int argc, char** argv) {
     train_cfg.router.top_p = o.top_p;
     train_cfg.router.k_min = o.k_min;
   }
-  LocalDispatcher disp(E);
-  LM lm(train_cfg, disp);
+  // world = ep x edp; experts split over the ep group, replicated over edp.
+  ProcessGroups groups = make_groups(Comm::world(), o.ep, E);
+  std::unique_ptr<Dispatcher> disp;
+  MpiDispatcher* mpi_disp = nullptr;
+  if (groups.ep_size == 1) {
+    disp = std::make_unique<LocalDispatcher>(E);
+  } else {
+    auto d = std::make_unique<MpiDispatcher>(groups.ep, E);
+    mpi_disp = d.get();
+    disp = std::move(d);
+  }
+  LM lm(train_cfg, *disp);
   lm.init(uint64_t(o.seed));
-  // Evaluation always forces K; under top_p training the router differs, so eval uses a twin.
+  // Evaluation and saving use a single-process copy with every expert, on rank 0: under expert
+  // parallelism the experts are gathered into it, and evaluation always forces K (a top_p
+  // router differs), so a twin is needed in those cases.
+  LocalDispatcher full_disp(E);
   std::unique_ptr<LM> eval_twin;
-  if (top_p) eval_twin = std::make_unique<LM>(p.model, disp);
-  auto eval_model = [&]() -> const LM& {
+  if (top_p || groups.ep_size > 1) eval_twin = std::make_unique<LM>(p.model, full_disp);
+  auto eval_model = [&]() -> const LM& {  // collective: every rank calls it
     if (!eval_twin) return lm;
-    copy_params(lm, *eval_twin);
+    if (groups.ep_size > 1)
+      gather_full_params(lm.params(), groups.ep.rank() == 0 ? &eval_twin->params() : nullptr, groups.ep);
+    else
+      copy_params(lm, *eval_twin);
     return *eval_twin;
   };
 
   ParamStore& ps = lm.params();
   AdamW opt(AdamWConfig{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
-  std::vector<std::pair<float*, int64_t>> grads;
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
     if (n == 0) continue;
     opt.add_region(static_cast<float*>(ps.region_data(r)), static_cast<const float*>(ps.region_grad(r)), n,
                    spans_of(ps, r));
-    grads.emplace_back(static_cast<float*>(ps.region_grad(r)), n);
   }
+  auto region_grad = [&](Region r) {
+    return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(r)), ps.region_numel(r));
+  };
   ps.zero_grad();
 
   data::Loader loader(p.train_tokens, T, uint64_t(o.seed));
   data::Loader val(p.val_tokens, T, uint64_t(o.seed));
 
   const double core_flops = measure_sgemm_flops_single_core();
-  const double peak = core_flops * o.threads;
+  const double peak = core_flops * o.threads * P;
   const int k_lo = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_min;
   const int k_hi = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_max;
-  out.line("anyk train: " + lm.config().summary() +
+  say("anyk train: " + lm.config().summary() +
            fmt(" | active params/token: %lld at K=%d, %lld at K=%d", (long long)lm.config().active_params(k_lo),
                k_lo, (long long)lm.config().active_params(k_hi), k_hi));
-  out.line(fmt("data: %zu train / %zu val tokens from %s; B=%d T=%d A=%d (%d tokens/step), %lld steps",
-               p.train_tokens->size(), p.val_tokens->size(), o.data.c_str(), B, T, A, B * T * A,
-               (long long)o.steps));
-  out.line(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(),
+  say(fmt("data: %zu train / %zu val tokens from %s; B=%d T=%d A=%d x %d ranks (%d tokens/step), %lld steps",
+          p.train_tokens->size(), p.val_tokens->size(), o.data.c_str(), B, T, A, P, B * T * A * P,
+          (long long)o.steps));
+  say(fmt("layout: %d ranks = ep %d x edp %d, %d experts per rank, %d threads per rank", P, groups.ep_size,
+          groups.edp_size, disp->num_local(), o.threads));
+  say(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(),
                p.kcfg.strategy == KStrategy::Fixed  ? fmt("K=%d", o.k).c_str()
                : p.kcfg.strategy == KStrategy::TopP ? fmt("p=%g, per-token K in [%d,%d]", o.top_p, o.k_min, o.k_max).c_str()
                                                     : fmt("K in [%d,%d]", o.k_min, o.k_max).c_str(),
                (long long)o.seed));
-  out.line(fmt("peak: %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", o.threads,
-               core_flops * 1e-9, peak * 1e-9));
+  say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P, o.threads,
+          core_flops * 1e-9, peak * 1e-9));
 
   Arena arena;
   Tape tape(arena);
   std::vector<int> in(size_t(B) * T), tgt(size_t(B) * T);
-  const double loss_norm = double(B) * T * A;
+  const double loss_norm = double(B) * T * A * P;  // the global token count of a step
+  const int64_t global_seqs = int64_t(B) * A * P;
   const double attn_flops_per_token = 12.0 * L * T * o.dim;
 
   // Accumulators over the steps since the last log line.
@@ -222,7 +270,8 @@ int train_command(int argc, char** argv) {
     std::vector<int> eval_ks =
         p.kcfg.strategy == KStrategy::Fixed ? std::vector<int>{o.k} : std::vector<int>{o.k_min, o.k_max};
     if (eval_ks.size() == 2 && eval_ks[0] == eval_ks[1]) eval_ks.pop_back();
-    const LM& em = eval_model();
+    const LM& em = eval_model();  // collective
+    if (!root) return;            // rank 0 evaluates the full model; the others go on
     std::string line = fmt("eval  step %lld |", (long long)step_done);
     for (int k : eval_ks) {
       std::vector<int> kk(L, k);
@@ -236,53 +285,87 @@ int train_command(int argc, char** argv) {
     }
     std::fflush(metrics);
     line.pop_back();
-    out.line(line);
+    say(line);
   };
 
+  using clock = std::chrono::steady_clock;
+  auto secs = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  // Step-time split since the last log line (seconds): compute (forward + backward, without the
+  // dispatcher's exchanges), dispatch (count + row exchanges, including waiting for peers),
+  // gradient sync, optimizer (norm, clipping, AdamW).
+  double t_compute = 0, t_dispatch = 0, t_sync = 0, t_optim = 0;
+  // Per step, reduced over all ranks in one call: [CE, assignments (L), counts (L*E)].
+  std::vector<double> red(1 + L + size_t(L) * E);
+
   for (int64_t s = 0; s < o.steps; ++s) {
-    const auto t0 = std::chrono::steady_clock::now();
-    double ce = 0, mean_k = 0, imbalance = 0;
-    int imb_n = 0;
-    std::vector<double> k_first;  // realised K per layer of micro-batch 0
+    const auto t0 = clock::now();
+    std::fill(red.begin(), red.end(), 0.0);
+    std::vector<double> k_first;  // realised K per layer of rank 0's first micro-batch
+    if (mpi_disp) mpi_disp->reset_timers();
     for (int a = 0; a < A; ++a) {
-      std::vector<int> k = ks.draw(s, a);
-      loader.next(B, 0, 1, in.data(), tgt.data());
+      // Global micro-batch m of this step: rank-major, so that 1 rank with A*P micro-batches
+      // reads exactly what P ranks with A each read, and draws the same K.
+      const int m = rank * A + a;
+      std::vector<int> k = ks.draw(s, m);
+      loader.batch(s * global_seqs + int64_t(m) * B, B, in.data(), tgt.data());
       arena.reset();
       tape.clear();
       ForwardStats st;
       Var loss = lm.forward(tape, in.data(), tgt.data(), B, T, k, &st, loss_norm);
       tape.backward(loss);
-      ce += st.ce;  // each micro-batch's summed CE / (B*T*A): the sum is the step's mean
-      double mk = 0;
+      red[0] += st.ce;  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
       for (int l = 0; l < L; ++l) {
         const MoEStats& ls = st.layers[l];
-        const double per_tok = double(ls.assignments) / (double(B) * T);
-        mk += per_tok;
-        if (a == 0) k_first.push_back(top_p ? per_tok : double(k[l]));
-        if (ls.assignments > 0 && !ls.counts.empty()) {
-          int mx = 0;
-          for (int c : ls.counts) mx = std::max(mx, c);
-          imbalance += mx / (double(ls.assignments) / ls.counts.size());
-          ++imb_n;
-        }
+        red[1 + l] += double(ls.assignments);
+        for (int e = 0; e < E && e < int(ls.counts.size()); ++e) red[1 + L + size_t(l) * E + e] += ls.counts[e];
+        if (a == 0) k_first.push_back(top_p ? double(ls.assignments) / (double(B) * T) : double(k[l]));
       }
-      mean_k += mk / L;
     }
+    maybe_inject_fault(rank, s + 1);
     arena.reset();
     tape.clear();
-    mean_k /= A;
-    imbalance = imb_n ? imbalance / imb_n : 0;
-    const double gnorm = clip_grad_norm(grads, o.grad_clip);
+    const auto t1 = clock::now();
+    sync_gradients(ps, groups);
+    world.all_reduce_sum(red.data(), int64_t(red.size()));
+    const auto t2 = clock::now();
+    // Global gradient norm, each parameter counted once: dense gradients are identical on every
+    // rank after the sync; each expert lives on one rank of an ep group.
+    auto dense = region_grad(Region::Dense), expert = region_grad(Region::Expert);
+    const double dn = global_grad_norm({{dense.first, dense.second}});
+    double en2 = 0;
+    if (expert.second) {
+      const double en = global_grad_norm({{expert.first, expert.second}});
+      en2 = groups.ep.all_reduce_sum(en * en);
+    }
+    const double gnorm = std::sqrt(dn * dn + en2);
+    const double ce = red[0];
     ANYK_CHECK(std::isfinite(gnorm) && std::isfinite(ce),
                "training diverged at step " << s + 1 << " (loss " << ce << ", grad norm " << gnorm
                                             << ") hint: lower --lr or raise --warmup");
+    if (o.grad_clip > 0 && gnorm > o.grad_clip) {
+      const float f = float(o.grad_clip / gnorm);
+      for (auto g : {dense, expert})
+        for (int64_t i = 0; i < g.second; ++i) g.first[i] *= f;
+    }
     const double lr = p.lr.at(s);
     opt.step(lr);
     ps.zero_grad();
-    const auto t1 = std::chrono::steady_clock::now();
+    const auto t3 = clock::now();
+    const double dispatch_s = mpi_disp ? mpi_disp->exchange_seconds() : 0.0;
+    t_dispatch += dispatch_s;
+    t_compute += secs(t0, t1) - dispatch_s;
+    t_sync += secs(t1, t2);
+    t_optim += secs(t2, t3);
 
-    const int64_t tokens = int64_t(B) * T * A;
-    interval_secs += std::chrono::duration<double>(t1 - t0).count();
+    const int64_t tokens = int64_t(B) * T * A * P;
+    double mean_k = 0, imbalance = 0;
+    for (int l = 0; l < L; ++l) {
+      mean_k += red[1 + l] / double(tokens) / L;
+      double mx = 0;
+      for (int e = 0; e < E; ++e) mx = std::max(mx, red[1 + L + size_t(l) * E + e]);
+      if (red[1 + l] > 0) imbalance += mx / (red[1 + l] / E) / L;
+    }
+    interval_secs += secs(t0, t3);
     interval_tokens += tokens;
     interval_flops += double(tokens) * (6.0 * double(lm.config().active_params(mean_k)) + attn_flops_per_token);
 
@@ -291,40 +374,51 @@ int train_command(int argc, char** argv) {
       const double tps = interval_tokens / interval_secs;
       const double mfu = interval_flops / interval_secs / peak;
       const double arena_mb = double(arena.high_water()) / (1 << 20);
-      out.line(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | K %.2f | "
-                   "imb %.2f | arena %.1f MB",
-                   int(std::to_string(o.steps).size()), (long long)done, (long long)o.steps, ce, lr, gnorm, tps,
-                   100 * mfu, mean_k, imbalance, arena_mb));
-      std::string kl = "[";
-      for (size_t l = 0; l < k_first.size(); ++l)
-        kl += (l ? ", " : "") + (top_p ? json_number(k_first[l]) : std::to_string(int(k_first[l])));
-      kl += "]";
-      std::fprintf(metrics,
-                   "{\"type\": \"train\", \"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, "
-                   "\"tok_per_s\": %s, \"mfu\": %s, \"mean_k\": %s, \"imbalance\": %s, \"k_per_layer\": %s, "
-                   "\"arena_mb\": %s}\n",
-                   (long long)done, json_number(ce).c_str(), json_number(lr).c_str(), json_number(gnorm).c_str(),
-                   json_number(tps).c_str(), json_number(mfu).c_str(), json_number(mean_k).c_str(),
-                   json_number(imbalance).c_str(), kl.c_str(), json_number(arena_mb).c_str());
-      std::fflush(metrics);
+      const int64_t n_steps = done == 1 ? 1 : (done % o.log_every == 0 ? o.log_every : done % o.log_every);
+      say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | K %.2f | "
+              "imb %.2f | arena %.1f MB",
+              int(std::to_string(o.steps).size()), (long long)done, (long long)o.steps, ce, lr, gnorm, tps,
+              100 * mfu, mean_k, imbalance, arena_mb));
+      if (o.profile)
+        say(fmt("  time/step: compute %.1f ms | dispatch %.1f ms | grad sync %.1f ms | optimizer %.1f ms",
+                1e3 * t_compute / n_steps, 1e3 * t_dispatch / n_steps, 1e3 * t_sync / n_steps,
+                1e3 * t_optim / n_steps));
+      if (metrics) {
+        std::string kl = "[";
+        for (size_t l = 0; l < k_first.size(); ++l)
+          kl += (l ? ", " : "") + (top_p ? json_number(k_first[l]) : std::to_string(int(k_first[l])));
+        kl += "]";
+        std::fprintf(metrics,
+                     "{\"type\": \"train\", \"step\": %lld, \"loss\": %s, \"lr\": %s, \"grad_norm\": %s, "
+                     "\"tok_per_s\": %s, \"mfu\": %s, \"mean_k\": %s, \"imbalance\": %s, \"k_per_layer\": %s, "
+                     "\"arena_mb\": %s, \"t_compute\": %s, \"t_dispatch\": %s, \"t_sync\": %s, \"t_optim\": %s}\n",
+                     (long long)done, json_number(ce).c_str(), json_number(lr).c_str(), json_number(gnorm).c_str(),
+                     json_number(tps).c_str(), json_number(mfu).c_str(), json_number(mean_k).c_str(),
+                     json_number(imbalance).c_str(), kl.c_str(), json_number(arena_mb).c_str(),
+                     json_number(t_compute / n_steps).c_str(), json_number(t_dispatch / n_steps).c_str(),
+                     json_number(t_sync / n_steps).c_str(), json_number(t_optim / n_steps).c_str());
+        std::fflush(metrics);
+      }
       interval_secs = interval_flops = 0;
       interval_tokens = 0;
+      t_compute = t_dispatch = t_sync = t_optim = 0;
     }
     if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) run_eval(done);
   }
 
-  save_weights(o.run_dir + "/model.h5", lm);
-  out.line("saved " + o.run_dir + "/model.h5");
+  const LM& em = eval_model();  // collective: gathers the experts onto rank 0
+  if (!root) return 0;
+  save_weights(o.run_dir + "/model.h5", em);
+  say("saved " + o.run_dir + "/model.h5");
 
   // K-sweep: every uniform K on the same val windows.
-  const LM& em = eval_model();
   std::vector<EvalResult> rs;
   for (int k = 1; k <= E; ++k) {
     std::vector<int> kk(L, k);
     rs.push_back(evaluate(em, val, kk, B, o.eval_windows, arena, "sweep"));
   }
-  out.line(fmt("K-sweep on %lld val windows of %d tokens:", (long long)rs[0].windows, T));
-  for (const auto& line : result_table(rs, lm.config().vocab == 256)) out.line(line);
+  say(fmt("K-sweep on %lld val windows of %d tokens:", (long long)rs[0].windows, T));
+  for (const auto& line : result_table(rs, lm.config().vocab == 256)) say(line);
   write_text_file(o.run_dir + "/sweep.json", results_json(rs));
   for (const auto& r : rs)
     std::fprintf(metrics, "{\"type\": \"sweep\", \"k\": %d, \"val_loss\": %s, \"bits_per_byte\": %s}\n", r.k[0],

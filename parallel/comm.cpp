@@ -1,7 +1,11 @@
 // MPI implementation of Comm; see comm.h.
 #include "parallel/comm.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <utility>
 
@@ -29,6 +33,34 @@ bool mpi_launched() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS"})
     if (std::getenv(v)) return true;
   return false;
+}
+
+void abort_job_if_parallel(int code) {
+  int inited = 0, fin = 0, size = 1;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&fin);
+  if (!inited || fin) return;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (size > 1) {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+  }
+}
+
+int default_threads() {
+  int cores = omp_get_max_threads(), local = 1;
+  int inited = 0, fin = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&fin);
+  if (inited && !fin) {
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+      MPI_Comm_size(node, &local);
+      MPI_Comm_free(&node);
+    }
+  }
+  return std::max(1, cores / std::max(1, local));
 }
 
 Comm::Comm(MPI_Comm c, bool owned) : c_(c), owned_(owned) {
@@ -129,6 +161,11 @@ void Comm::all_to_all_v(const void* send, const int* send_counts, void* recv, co
   int rc = MPI_Alltoallv(send, send_counts, sd.data(), row, recv, recv_counts, rd.data(), row, c_);
   MPI_Type_free(&row);
   ANYK_MPI_CHECK(rc);
+}
+
+void Comm::gather(const float* send, int64_t n, float* recv, int root) const {
+  ANYK_CHECK(n <= INT_MAX, "gather of " << n << " values would overflow MPI's int counts");
+  ANYK_MPI_CHECK(MPI_Gather(send, int(n), MPI_FLOAT, recv, int(n), MPI_FLOAT, root, c_));
 }
 
 void Comm::abort(int code) const {

@@ -32,6 +32,11 @@ namespace anyk {
 // Initialises MPI once (idempotent; thread level FUNNELED) and finalises it at exit.
 void mpi_init_once(int* argc = nullptr, char*** argv = nullptr);
 bool mpi_launched();  // true when started by mpirun/srun with more than one rank
+// OpenMP threads a rank should use by default: the cores OpenMP sees divided by the ranks on
+// this node (so 2 ranks on a 2-core node do not oversubscribe it), at least 1.
+int default_threads();
+// When MPI is up with more than one rank, MPI_Abort the whole job (after a rank's fatal error).
+void abort_job_if_parallel(int code);
 
 class Comm {
  public:
@@ -61,6 +66,8 @@ class Comm {
   // Rows of `row_bytes` bytes: send_counts[i] rows to rank i, recv_counts[i] from rank i.
   void all_to_all_v(const void* send, const int* send_counts, void* recv, const int* recv_counts,
                     int64_t row_bytes) const;
+  // Root gathers n values from every rank, in rank order, into recv (size() * n, root only).
+  void gather(const float* send, int64_t n, float* recv, int root) const;
   // Abort every rank of the job (used when one rank fails, so no rank waits forever).
   [[noreturn]] void abort(int code) const;
 
