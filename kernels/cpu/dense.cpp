@@ -106,28 +106,42 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
   }
 }
 
+template <class T> void rope_tables(T* cos, T* sin, int Tn, int D, double theta) {
+  const int half = D / 2;
+  for (int t = 0; t < Tn; ++t)
+    for (int i = 0; i < half; ++i) {
+      double ang = t * std::pow(theta, -2.0 * i / D);
+      cos[int64_t(t) * half + i] = T(std::cos(ang));
+      sin[int64_t(t) * half + i] = T(std::sin(ang));
+    }
+}
+
 template <class T>
-static void rope_apply(T* out, const T* x, int B, int Tn, int NHx, int D, int nrot, double theta,
-                       double sign, bool accumulate) {
-  int half = D / 2;
-  int64_t row = static_cast<int64_t>(NHx) * D;
+static void rope_apply(T* out, const T* x, const T* cos, const T* sin, int B, int Tn, int NHx, int D,
+                       int nrot, T sign, bool accumulate) {
+  const int half = D / 2;
+  const int64_t row = static_cast<int64_t>(NHx) * D;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; ++b) {
     for (int t = 0; t < Tn; ++t) {
       const T* xr = x + (static_cast<int64_t>(b) * Tn + t) * row;
       T* yr = out + (static_cast<int64_t>(b) * Tn + t) * row;
-      for (int i = 0; i < half; ++i) {
-        double ang = t * std::pow(theta, -2.0 * i / D);
-        T c = T(std::cos(ang)), s = T(sign * std::sin(ang));
-        for (int h = 0; h < nrot; ++h) {
-          T x1 = xr[h * D + i], x2 = xr[h * D + i + half];
-          T y1 = x1 * c - x2 * s, y2 = x1 * s + x2 * c;
+      const T* ct = cos + static_cast<int64_t>(t) * half;
+      const T* st = sin + static_cast<int64_t>(t) * half;
+      for (int h = 0; h < nrot; ++h) {
+        const T* x1 = xr + h * D;
+        const T* x2 = x1 + half;
+        T* y1 = yr + h * D;
+        T* y2 = y1 + half;
+        for (int i = 0; i < half; ++i) {
+          T c = ct[i], s = sign * st[i];
+          T a = x1[i] * c - x2[i] * s, bb = x1[i] * s + x2[i] * c;
           if (accumulate) {
-            yr[h * D + i] += y1;
-            yr[h * D + i + half] += y2;
+            y1[i] += a;
+            y2[i] += bb;
           } else {
-            yr[h * D + i] = y1;
-            yr[h * D + i + half] = y2;
+            y1[i] = a;
+            y2[i] = bb;
           }
         }
       }
@@ -138,13 +152,13 @@ static void rope_apply(T* out, const T* x, int B, int Tn, int NHx, int D, int nr
 }
 
 template <class T>
-void rope_forward(T* out, const T* x, int B, int Tn, int NHx, int D, int nrot, double theta) {
-  rope_apply(out, x, B, Tn, NHx, D, nrot, theta, 1.0, false);
+void rope_forward(T* out, const T* x, const T* cos, const T* sin, int B, int Tn, int NHx, int D, int nrot) {
+  rope_apply(out, x, cos, sin, B, Tn, NHx, D, nrot, T(1), false);
 }
 
 template <class T>
-void rope_backward(T* dx, const T* dout, int B, int Tn, int NHx, int D, int nrot, double theta) {
-  rope_apply(dx, dout, B, Tn, NHx, D, nrot, theta, -1.0, true);  // the inverse rotation
+void rope_backward(T* dx, const T* dout, const T* cos, const T* sin, int B, int Tn, int NHx, int D, int nrot) {
+  rope_apply(dx, dout, cos, sin, B, Tn, NHx, D, nrot, T(-1), true);  // the inverse rotation
 }
 
 template <class T> void swiglu_forward(T* out, const T* h, int M, int H) {
@@ -214,6 +228,7 @@ ANYK_INSTANTIATE(scale_forward)
 ANYK_INSTANTIATE(scale_backward)
 ANYK_INSTANTIATE(rmsnorm_forward)
 ANYK_INSTANTIATE(rmsnorm_backward)
+ANYK_INSTANTIATE(rope_tables)
 ANYK_INSTANTIATE(rope_forward)
 ANYK_INSTANTIATE(rope_backward)
 ANYK_INSTANTIATE(swiglu_forward)

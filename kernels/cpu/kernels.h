@@ -33,11 +33,13 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
                       int C);
 
 // Rotary embedding on x (B,T,NHx,D): heads [0, nrot) are rotated (pairs i, i+D/2, angle
-// t * theta^(-2i/D)), the rest copied. Backward is the inverse rotation.
+// t * theta^(-2i/D)), the rest copied. cos, sin: (T, D/2) tables of those angles (see
+// rope_tables). Backward is the inverse rotation.
+template <class T> void rope_tables(T* cos, T* sin, int Tn, int D, double theta);
 template <class T>
-void rope_forward(T* out, const T* x, int B, int Tn, int NHx, int D, int nrot, double theta);
+void rope_forward(T* out, const T* x, const T* cos, const T* sin, int B, int Tn, int NHx, int D, int nrot);
 template <class T>
-void rope_backward(T* dx, const T* dout, int B, int Tn, int NHx, int D, int nrot, double theta);
+void rope_backward(T* dx, const T* dout, const T* cos, const T* sin, int B, int Tn, int NHx, int D, int nrot);
 
 // Causal multi-head self-attention. qkv (B,T,3C) packed [q | k | v], each C = NH*D.
 // out (B,T,C)  att (B,NH,T,T) softmax probabilities, saved.  scratch (B,NH,T,T) for backward.

@@ -126,15 +126,21 @@ Var rope(Tape& tape, const Var& x, int nrot, double theta) {
   ANYK_CHECK(D % 2 == 0 && nrot <= NHx, "rope: head dim " << D << " must be even, nrot " << nrot
                                                           << " <= heads " << NHx);
   Var out = tape.make(x.shape(), x.dtype(), x.requires_grad());
+  // The angle tables are computed once per call (T x D/2), not per element.
+  Tensor cs = tape.arena().tensor({2, T_, D / 2}, x.dtype());
   dispatch(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    cpu::rope_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), B, T_, NHx, D, nrot, theta);
+    T* c = cs.ptr<T>();
+    cpu::rope_tables<T>(c, c + int64_t(T_) * (D / 2), T_, D, theta);
+    cpu::rope_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), c, c + int64_t(T_) * (D / 2), B, T_, NHx, D, nrot);
   });
   if (out.requires_grad())
     tape.record("rope", [=] {
       dispatch(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        cpu::rope_backward<T>(x.grad.ptr<T>(), out.grad.ptr<T>(), B, T_, NHx, D, nrot, theta);
+        const T* c = cs.ptr<T>();
+        cpu::rope_backward<T>(x.grad.ptr<T>(), out.grad.ptr<T>(), c, c + int64_t(T_) * (D / 2), B, T_, NHx, D,
+                              nrot);
       });
     });
   return out;
