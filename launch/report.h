@@ -23,7 +23,7 @@ class LineSink {
   std::FILE* log_ = nullptr;
 };
 
-// FLOP/s of one core on a 512x512x512 float GEMM (Eigen, single-threaded, median of 21 reps).
+// FLOP/s of one core on a 512x512x512 float GEMM (Eigen, single-threaded, fastest of 21 reps).
 double measure_sgemm_flops_single_core();
 
 }  // namespace anyk::launch
