@@ -19,17 +19,20 @@ constexpr uint64_t kStreamGlobal = 0x4B5EED01ULL;
 constexpr uint64_t kStreamMicro = 0x4B5EED02ULL;
 constexpr uint64_t kStreamLayer = 0x4B5EED03ULL;
 constexpr uint64_t kStreamLayerWeighted = 0x4B5EED04ULL;
+constexpr uint64_t kStreamEMoEPool = 0x4B5EED05ULL;
+constexpr uint64_t kStreamEMoESample = 0x4B5EED06ULL;
 
 struct NamedStrategy {
   const char* name;
   KStrategy value;
 };
-constexpr std::array<NamedStrategy, 6> kStrategies = {{{"fixed", KStrategy::Fixed},
+constexpr std::array<NamedStrategy, 7> kStrategies = {{{"fixed", KStrategy::Fixed},
                                                         {"global", KStrategy::Global},
                                                         {"micro", KStrategy::Micro},
                                                         {"layer", KStrategy::Layer},
                                                         {"layer_weighted", KStrategy::LayerWeighted},
-                                                        {"top_p", KStrategy::TopP}}};
+                                                        {"top_p", KStrategy::TopP},
+                                                        {"emoe", KStrategy::EMoE}}};
 
 std::string valid_names() {
   std::string s;
@@ -69,11 +72,18 @@ KSchedule::KSchedule(KScheduleConfig cfg, int num_layers, int num_experts)
   const std::string name = k_strategy_name(cfg_.strategy);
   ANYK_CHECK(num_layers >= 1, "K schedule: num_layers = " << num_layers << " must be >= 1");
   ANYK_CHECK(num_experts >= 1, "K schedule: num_experts = " << num_experts << " must be >= 1");
-  if (cfg_.strategy == KStrategy::Fixed) {
+  if (cfg_.strategy == KStrategy::Fixed || cfg_.strategy == KStrategy::EMoE) {
     ANYK_CHECK(cfg_.k_fixed >= 1 && cfg_.k_fixed <= num_experts,
                "K schedule: k_fixed = " << cfg_.k_fixed << " is outside [1, " << num_experts
                                         << "] (E = " << num_experts
                                         << "); hint: set k.fixed between 1 and the expert count");
+    if (cfg_.strategy == KStrategy::EMoE) {
+      k_ideal_ = cfg_.k_ideal > 0 ? cfg_.k_ideal : std::min(3 * cfg_.k_fixed, num_experts);
+      ANYK_CHECK(k_ideal_ >= cfg_.k_fixed && k_ideal_ <= num_experts,
+                 "K schedule (emoe): k_ideal = " << k_ideal_ << " must be in [k_train = " << cfg_.k_fixed
+                                                 << ", E = " << num_experts
+                                                 << "]; hint: set --k-ideal between --k and --experts");
+    }
     return;
   }
   ANYK_CHECK(cfg_.k_min >= 1, "K schedule (" << name << "): k_min = " << cfg_.k_min
@@ -109,6 +119,7 @@ std::vector<int> KSchedule::draw(int64_t step, int micro) const {
   std::vector<int> k(static_cast<size_t>(num_layers_));
   switch (cfg_.strategy) {
     case KStrategy::Fixed:
+    case KStrategy::EMoE:  // EMoE computes k_train experts per token; the pool varies instead
       std::fill(k.begin(), k.end(), cfg_.k_fixed);
       break;
     case KStrategy::Global:
@@ -135,6 +146,22 @@ std::vector<int> KSchedule::draw(int64_t step, int micro) const {
       break;
   }
   return k;
+}
+
+std::vector<int> KSchedule::pools(int64_t step, int micro) const {
+  std::vector<int> p(static_cast<size_t>(num_layers_), 0);
+  if (cfg_.strategy != KStrategy::EMoE) return p;
+  const uint64_t span = static_cast<uint64_t>(k_ideal_ - cfg_.k_fixed + 1);
+  for (int l = 0; l < num_layers_; ++l)
+    p[l] = cfg_.k_fixed + static_cast<int>(uniform_int(
+                              hash_key(cfg_.seed, kStreamEMoEPool, static_cast<uint64_t>(step),
+                                       static_cast<uint64_t>(micro), static_cast<uint64_t>(l)),
+                              span));
+  return p;
+}
+
+uint64_t KSchedule::sample_key(int64_t step, int micro) const {
+  return hash_key(cfg_.seed, kStreamEMoESample, static_cast<uint64_t>(step), static_cast<uint64_t>(micro));
 }
 
 template <class T>

@@ -8,9 +8,9 @@
 
 namespace anyk {
 
-enum class KStrategy { Fixed, Global, Micro, Layer, LayerWeighted, TopP };
+enum class KStrategy { Fixed, Global, Micro, Layer, LayerWeighted, TopP, EMoE };
 
-/// "fixed", "global", "micro", "layer", "layer_weighted", "top_p"; anything else throws anyk::Error
+/// "fixed", "global", "micro", "layer", "layer_weighted", "top_p", "emoe"; anything else throws anyk::Error
 /// listing the valid names.
 KStrategy parse_k_strategy(const std::string& name);
 std::string k_strategy_name(KStrategy s);
@@ -18,7 +18,8 @@ std::string k_strategy_name(KStrategy s);
 struct KScheduleConfig {
   KStrategy strategy = KStrategy::Layer;
   int k_min = 1, k_max = 4;  // range for global/micro/layer/layer_weighted; k_max caps top_p
-  int k_fixed = 2;           // K of the fixed strategy
+  int k_fixed = 2;           // K of the fixed strategy, and EMoE's k_train
+  int k_ideal = 0;           // emoe: the largest pool size (0: min(3 * k_train, E))
   double tau = 2.0;          // layer_weighted: P(K=k) ∝ k^(1/tau)
   double top_p = 0.1;        // top_p: per-token mass threshold
   uint64_t seed = 0;
@@ -34,6 +35,14 @@ class KSchedule {
   /// the per-token K that the router decides with top_p_count.
   std::vector<int> draw(int64_t step, int micro) const;
 
+  /// EMoE stochastic co-activation: the pool size of every layer at (step, micro), uniform in
+  /// [k_train, k_ideal] per (step, micro, layer); zeros for the other strategies.
+  std::vector<int> pools(int64_t step, int micro) const;
+  /// The key from which the router draws each token's k_train experts out of its pool.
+  uint64_t sample_key(int64_t step, int micro) const;
+  /// EMoE's resolved k_ideal (0 for the other strategies).
+  int k_ideal() const { return k_ideal_; }
+
   const KScheduleConfig& config() const { return cfg_; }
   int num_layers() const { return num_layers_; }
   int num_experts() const { return num_experts_; }
@@ -43,6 +52,7 @@ class KSchedule {
  private:
   KScheduleConfig cfg_;
   int num_layers_, num_experts_;
+  int k_ideal_ = 0;
   std::vector<double> cdf_;  // (k_max - k_min + 1) cumulative layer_weighted probabilities
 };
 

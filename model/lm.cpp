@@ -52,8 +52,11 @@ void LM::init(uint64_t seed) {
 }
 
 Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
-                std::span<const int> k, ForwardStats* stats, double loss_norm) const {
+                std::span<const int> k, ForwardStats* stats, double loss_norm,
+                std::span<const int> pool, uint64_t sample_key) const {
   const int C = cfg_.dim, NH = cfg_.heads, D = C / NH, N = B * T;
+  ANYK_CHECK(pool.empty() || int(pool.size()) == cfg_.layers,
+             "forward needs one EMoE pool size per layer: got " << pool.size());
   ANYK_CHECK(int(k.size()) == cfg_.layers,
              "forward needs one K per layer: got " << k.size() << " for " << cfg_.layers << " layers");
   for (int l = 0; l < cfg_.layers; ++l)
@@ -73,7 +76,12 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
     x = add(tape, x, a);
     h = rmsnorm(tape, x, ps_.var(b.ln2), cfg_.norm_eps);
     Var aux;
-    Var m = b.moe->forward(tape, h, k[l], cfg_.router, &aux, stats ? &stats->layers[l] : nullptr);
+    RouterOptions ro = cfg_.router;
+    if (!pool.empty() && pool[l] > k[l]) {
+      ro.pool = pool[l];
+      ro.sample_key = hash_key(sample_key, uint64_t(l));
+    }
+    Var m = b.moe->forward(tape, h, k[l], ro, &aux, stats ? &stats->layers[l] : nullptr);
     x = add(tape, x, m);
     aux_total = l == 0 ? aux : add(tape, aux_total, aux);
   }

@@ -33,8 +33,13 @@ class LM {
   // logits (B*T,V) and no loss is computed). k: one K per layer (k.size() == L).
   // loss_norm > 0 divides the summed token losses by it (global token count under data
   // parallelism); 0 means this call's B*T. Returns the scalar total loss (CE + aux).
+  // pool (optional, L values): EMoE pool sizes (0 or <= K: plain top-K), with sample_key
+  // keying each token's draw (mixed with the layer index).
   Var forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
-              std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0) const;
+              std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0,
+              std::span<const int> pool = {}, uint64_t sample_key = 0) const;
+  // Replace the router options (e.g. evaluate a top_p-trained model at forced K).
+  void set_router_options(const RouterOptions& o) { cfg_.router = o; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return ps_; }

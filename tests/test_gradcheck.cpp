@@ -88,6 +88,10 @@ std::vector<OpCase> table() {
   RouterOptions tp = o;
   tp.top_p = 0.6;
   t.push_back(router_case("top_p 0.6, K <= 4", 4, tp));
+  RouterOptions em = o;
+  em.pool = 4;
+  em.sample_key = 77;
+  t.push_back(router_case("EMoE: K=2 drawn from a pool of 4", 2, em));
   t.push_back({"gather_rows", "repeated rows", {{4, 3}}, 1.0, [](Tape& tp, std::vector<Var>& in) {
                  return std::vector<Var>{gather_rows(tp, in[0], kRows, 7)};
                }});

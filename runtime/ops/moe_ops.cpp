@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/kernels.h"
 #include "runtime/ops/ops.h"
+#include "runtime/rng.h"
 
 namespace anyk {
 
@@ -29,7 +30,34 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
     T* p = r.probs.ptr<T>();
     cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(),
                            nullptr, N, E, K, opt.renormalize);
-    if (opt.top_p > 0) {
+    if (opt.pool > K) {
+      // EMoE: top-`pool` by probability, then K of them per token, uniformly without
+      // replacement (a partial Fisher-Yates on pool slots), kept in probability order.
+      ANYK_CHECK(opt.pool <= E, "router: EMoE pool " << opt.pool << " exceeds E = " << E);
+      const int Pk = opt.pool;
+      int* pid = arena.alloc_n<int>(size_t(N) * Pk);
+      T* pw = arena.alloc_n<T>(size_t(N) * Pk);
+      cpu::router_forward<T>(p, lse.ptr<T>(), pid, pw, logits.val.ptr<T>(), nullptr, N, E, Pk, opt.renormalize);
+      T* w = r.weights.val.ptr<T>();
+      for (int n = 0; n < N; ++n) {
+        int slot[64];
+        ANYK_CHECK(Pk <= 64, "router: EMoE pool " << Pk << " is larger than 64");
+        for (int j = 0; j < Pk; ++j) slot[j] = j;
+        for (int j = 0; j < K; ++j) {
+          int pick = j + int(uniform_int(hash_key(opt.sample_key, uint64_t(n), uint64_t(j)), uint64_t(Pk - j)));
+          std::swap(slot[j], slot[pick]);
+        }
+        std::sort(slot, slot + K);  // probability order (the pool is sorted best first)
+        const int* pn = pid + int64_t(n) * Pk;
+        double S = 0;
+        for (int j = 0; j < K; ++j) S += p[int64_t(n) * E + pn[slot[j]]];
+        for (int j = 0; j < K; ++j) {
+          int e = pn[slot[j]];
+          ids[int64_t(n) * K + j] = e;
+          w[int64_t(n) * K + j] = T(opt.renormalize ? p[int64_t(n) * E + e] / S : p[int64_t(n) * E + e]);
+        }
+      }
+    } else if (opt.top_p > 0) {
       // Per-token K: the smallest k whose sorted probabilities reach top_p, in [k_min, K].
       int* kc = arena.alloc_n<int>(N);
       for (int n = 0; n < N; ++n) {

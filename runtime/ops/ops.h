@@ -32,6 +32,10 @@ struct RouterOptions {
   double kl_coef = 0.0;     // EMoE hierarchical router loss -KL(q || U)
   double top_p = 0.0;       // > 0: per-token K = smallest k with top-k mass >= top_p
   int k_min = 1;            // lower clamp of the per-token K under top_p
+  // EMoE stochastic co-activation: when pool > K, each token computes K experts drawn uniformly
+  // without replacement from its top-`pool` experts (keyed by sample_key and the token index).
+  int pool = 0;
+  uint64_t sample_key = 0;
 };
 
 struct RouterOut {
