@@ -1,5 +1,6 @@
 // The command dispatcher: top-level help, `anyk prepare`, and the one place where errors become
-// a single stderr line and exit code 2 (train and eval live in train.cpp and evaluate.cpp).
+// a single stderr line and exit code 2 (train, eval and convert live in train.cpp, evaluate.cpp
+// and convert.cpp).
 #include "launch/cli.h"
 
 #include "parallel/comm.h"
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "data/prepare.h"
+#include "launch/convert.h"
 #include "launch/evaluate.h"
 #include "launch/options.h"
 #include "launch/train.h"
@@ -36,17 +38,24 @@ constexpr const char* kUsage =
     "           --heads NH --experts E --expert-hidden H --seq-len T --batch B --grad-accum A\n"
     "           --lr --min-lr --warmup --weight-decay --grad-clip --k-strategy NAME --k-min A\n"
     "           --k-max B --k K --tau --top-p --lb-coef --z-coef --router-kl-weight\n"
-    "           --no-renormalize --log-every --eval-every --eval-windows --threads --vocab]\n"
+    "           --no-renormalize --log-every --eval-every --eval-windows --threads --vocab --ep\n"
+    "           --save-every N --keep M --resume DIR|latest]\n"
     "           train an MoE LM; --k-strategy is one of fixed, global, micro, layer,\n"
-    "           layer_weighted, top_p; ends with a K-sweep table of val loss and bits/byte\n"
-    "  eval     --run-dir DIR --data DIR (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [--json FILE]\n"
-    "           [--eval-windows N] [--batch B] [--threads N]\n"
-    "           validation loss and bits per byte of a trained run at each K setting\n"
+    "           layer_weighted, top_p; ends with a K-sweep table of val loss and bits/byte;\n"
+    "           checkpoints go to RUN_DIR/checkpoints/step_<n> (every N steps and at the end)\n"
+    "  eval     (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) --data DIR\n"
+    "           (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [--json FILE] [--eval-windows N]\n"
+    "           [--batch B] [--threads N]\n"
+    "           validation loss and bits per byte of a trained model at each K setting\n"
+    "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
+    "           --to consolidated|ep=M|safetensors --out PATH [--no-optimizer]\n"
+    "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
     "\n"
     "example:\n"
     "  anyk prepare --input /usr/share/games/fortunes --out data/fortunes\n"
     "  anyk train --data data/fortunes --run-dir runs/quick --k-strategy layer --k-min 1 --k-max 4\n"
-    "  anyk eval --run-dir runs/quick --data data/fortunes --layer-k 4,3,2,1\n";
+    "  anyk eval --run-dir runs/quick --data data/fortunes --layer-k 4,3,2,1\n"
+    "  anyk convert --checkpoint runs/quick/checkpoints/latest --to safetensors --out quick.safetensors\n";
 
 int prepare_command(int argc, char** argv) {
   std::vector<std::string> inputs;
@@ -112,7 +121,9 @@ int run_cli(int argc, char** argv) {
     if (cmd == "prepare") return prepare_command(argc - 1, argv + 1);
     if (cmd == "train") return launch::train_command(argc - 1, argv + 1);
     if (cmd == "eval") return launch::eval_command(argc - 1, argv + 1);
-    ANYK_CHECK(false, "unknown command '" << cmd << "' hint: commands are prepare, train, eval; see anyk --help");
+    if (cmd == "convert") return launch::convert_command(argc - 1, argv + 1);
+    ANYK_CHECK(false, "unknown command '" << cmd
+                                          << "' hint: commands are prepare, train, eval, convert; see anyk --help");
   } catch (const Error& e) {
     print_error(e.what());
   } catch (const po::error& e) {

@@ -1,5 +1,6 @@
 // Validation loss at forced K, and the `anyk eval` command (loads run_dir/config.ini and
-// model.h5, evaluates each requested setting, prints a table and optionally writes JSON).
+// model.h5, a checkpoint directory, or a weights/consolidated file; evaluates each requested
+// setting, prints a table and optionally writes JSON).
 #include "launch/evaluate.h"
 
 #include <omp.h>
@@ -13,6 +14,8 @@
 #include <iostream>
 
 #include "data/shard.h"
+#include "launch/checkpoint.h"
+#include "launch/h5.h"
 #include "launch/options.h"
 #include "launch/report.h"
 #include "launch/weights.h"
@@ -123,15 +126,20 @@ void write_text_file(const std::string& path, const std::string& text) {
 }
 
 int eval_command(int argc, char** argv) {
-  std::string run_dir, data_dir, k_list, layer_k, json_path;
+  std::string run_dir, data_dir, k_list, layer_k, json_path, checkpoint, weights;
   bool sweep = false, help = false;
   int64_t eval_windows = 64;
   int batch = 0, threads = 0;
   po::options_description desc(
-      "anyk eval --run-dir DIR --data DIR (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [options]\n"
-      "Validation loss and bits per byte of a trained run at the given K settings");
+      "anyk eval (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) --data DIR\n"
+      "          (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [options]\n"
+      "Validation loss and bits per byte of a trained model at the given K settings. The model config\n"
+      "comes from the run's config.ini, or from the checkpoint's / weights file's attributes");
   desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
       "run-dir", po::value(&run_dir), "run directory holding config.ini and model.h5")(
+      "checkpoint", po::value(&checkpoint),
+      "evaluate a checkpoint: its step directory, a `latest` file, or `latest` (with --run-dir)")(
+      "weights", po::value(&weights), "evaluate a weights file: a model.h5 or a consolidated checkpoint")(
       "data", po::value(&data_dir), "data directory holding val.bin")(
       "k", po::value(&k_list), "comma-separated K values, each used by every layer (e.g. 1,2,4)")(
       "layer-k", po::value(&layer_k), "one K per layer, comma-separated (length = layers)")(
@@ -151,7 +159,9 @@ int eval_command(int argc, char** argv) {
     std::cout << desc << "\n";
     return 0;
   }
-  ANYK_CHECK(!run_dir.empty(), "--run-dir is required hint: see anyk eval --help");
+  ANYK_CHECK(checkpoint.empty() || weights.empty(), "give at most one of --checkpoint, --weights");
+  ANYK_CHECK(!run_dir.empty() || !checkpoint.empty() || !weights.empty(),
+             "--run-dir, --checkpoint or --weights is required hint: see anyk eval --help");
   ANYK_CHECK(!data_dir.empty(), "--data is required hint: see anyk eval --help");
   int modes = int(!k_list.empty()) + int(!layer_k.empty()) + int(sweep);
   ANYK_CHECK(modes == 1, "give exactly one of --k, --layer-k, --sweep hint: see anyk eval --help");
@@ -159,16 +169,35 @@ int eval_command(int argc, char** argv) {
   ANYK_CHECK(batch >= 0, "--batch " << batch << " must be >= 0");
   ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0");
 
+  // The model config: from the run's config.ini (run-dir mode), else from the file's attributes;
+  // the other options (the default --batch) from the saved config text where there is one.
   TrainOptions o;
-  const std::string cfg_path = run_dir + "/config.ini";
-  ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),
-             cfg_path << " not found hint: --run-dir must be a directory written by anyk train");
-  read_train_config(cfg_path, o);
+  ModelConfig mc;
+  std::string ckpt_dir;
+  CheckpointMeta meta;
+  if (!checkpoint.empty()) {
+    ckpt_dir = resolve_checkpoint(checkpoint, run_dir);
+    meta = read_checkpoint_meta(ckpt_dir);
+    read_train_config_text(meta.config_ini, ckpt_dir + "/meta.h5 attribute config_ini", o);
+    mc = meta.model;
+  } else if (!weights.empty()) {
+    mc = weights_config(weights);
+    h5::Handle f = h5::open_file(weights);
+    if (h5::attr_exists(f.id, "config_ini"))
+      read_train_config_text(h5::read_attr_string(f.id, weights, "config_ini"), weights + " attribute config_ini", o);
+    else if (!run_dir.empty() && std::filesystem::is_regular_file(run_dir + "/config.ini"))
+      read_train_config(run_dir + "/config.ini", o);
+  } else {
+    const std::string cfg_path = run_dir + "/config.ini";
+    ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),
+               cfg_path << " not found hint: --run-dir must be a directory written by anyk train");
+    read_train_config(cfg_path, o);
+  }
   o.data = data_dir;
-  o.run_dir = run_dir;
+  o.run_dir = run_dir.empty() ? "." : run_dir;
   o.threads = threads;
   validate_train_options(o);
-  ModelConfig mc = model_config(o);
+  if (checkpoint.empty() && weights.empty()) mc = model_config(o);
   mc.validate();
   const int L = mc.layers, E = mc.experts;
 
@@ -197,12 +226,20 @@ int eval_command(int argc, char** argv) {
   omp_set_num_threads(o.threads);
   LocalDispatcher disp(E);
   LM lm(mc, disp);
-  load_weights(run_dir + "/model.h5", lm);
+  std::string source;
+  if (!ckpt_dir.empty()) {
+    source = ckpt_dir;
+    read_checkpoint_tensors(ckpt_dir, meta, dense_refs(lm.params(), nullptr, 0),
+                            expert_refs(lm.params(), nullptr, 1, 0));
+  } else {
+    source = weights.empty() ? run_dir : weights;
+    load_weights(weights.empty() ? run_dir + "/model.h5" : weights, lm);
+  }
 
   Arena arena;
   std::vector<EvalResult> rs;
   for (const auto& k : settings) rs.push_back(evaluate(lm, val, k, batch > 0 ? batch : o.batch, eval_windows, arena));
-  std::printf("%s: %lld val windows of %d tokens\n", run_dir.c_str(), (long long)rs[0].windows, mc.seq_len);
+  std::printf("%s: %lld val windows of %d tokens\n", source.c_str(), (long long)rs[0].windows, mc.seq_len);
   for (const auto& line : result_table(rs, mc.vocab == 256)) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   if (!json_path.empty()) write_text_file(json_path, results_json(rs));

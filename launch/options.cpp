@@ -94,11 +94,21 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
                      "world = ep x edp (0 = all ranks)");
   t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
+  t.add("save-every", &o.save_every,
+        "save a checkpoint to run_dir/checkpoints/step_<n> every N steps (0 = only at the end)");
+  t.add("keep", &o.keep, "complete checkpoints to keep; older ones are deleted");
 }
 
 void read_train_config(const std::string& path, TrainOptions& o) {
   std::ifstream in(path);
   ANYK_CHECK(in, "cannot read config file " << path << " hint: check the path");
+  std::ostringstream text;
+  text << in.rdbuf();
+  read_train_config_text(text.str(), "config file " + path, o);
+}
+
+void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o) {
+  std::istringstream in(text);
   OptionTable t("config");
   bind_train_options(t, o);
   po::variables_map vm;
@@ -106,7 +116,7 @@ void read_train_config(const std::string& path, TrainOptions& o) {
     po::store(po::parse_config_file(in, t.desc(), false), vm);
     po::notify(vm);
   } catch (const po::error& e) {
-    ANYK_FAIL("in config file " << path << ": " << e.what());
+    ANYK_FAIL("in " << what << ": " << e.what());
   }
 }
 
@@ -133,6 +143,8 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
+  ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
+  ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
   if (o.threads == 0) o.threads = default_threads();
   ANYK_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr " << o.lr << " must be > 0");
   ANYK_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr,

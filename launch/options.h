@@ -34,6 +34,9 @@ struct TrainOptions {
   int threads = 0;  // 0: the cores of this node divided among its ranks
   int ep = 0;       // expert-parallel ranks (0: all ranks)
   bool profile = false;
+  int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
+  int keep = 3;            // complete checkpoints kept (older ones deleted)
+  std::string resume;      // checkpoint dir, a `latest` file or "latest"; not written to config.ini
 };
 
 // A Program_options table whose every entry also knows how to print its current value, so the
@@ -58,6 +61,8 @@ void bind_train_options(OptionTable& table, TrainOptions& o);
 
 // Reads an INI file of train options into o (unknown keys and bad values throw, naming the file).
 void read_train_config(const std::string& path, TrainOptions& o);
+// The same from INI text (e.g. a checkpoint's config_ini attribute); `what` names its source.
+void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o);
 
 // Range checks on every field, with the option's name in the message. Resolves vocab 0 -> 256
 // and threads 0 -> omp_get_max_threads().

@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "data/loader.h"
+#include "launch/checkpoint.h"
 #include "data/shard.h"
 #include "launch/evaluate.h"
 #include "launch/options.h"
@@ -45,13 +46,15 @@ struct Prepared {
   KScheduleConfig kcfg;
   LrSchedule lr;
   std::shared_ptr<const std::vector<uint16_t>> train_tokens, val_tokens;
+  std::string resume_dir;  // non-empty when resuming: the resolved checkpoint directory
+  CheckpointMeta resume;   // its meta.h5 attributes
 };
 
 std::string usage_line() {
   return "anyk train --data DIR --run-dir DIR [--config FILE] [options]\n"
          "Train an elastic-K MoE language model. Flags override values from --config (INI with\n"
          "the same long names, e.g. `dim = 128`). Writes train.log, metrics.jsonl, config.ini,\n"
-         "model.h5 and sweep.json into the run dir and ends with a K-sweep table";
+         "model.h5, sweep.json and checkpoints/step_<n>/ into the run dir and ends with a K-sweep table";
 }
 
 // Parses and validates everything; touches no file. Returns false when --help was shown.
@@ -60,8 +63,12 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
   bool help = false;
   OptionTable table(usage_line());
   bind_train_options(table, o);
+  // --resume is bound here, not in the table, so config.ini (the table's INI) never carries it.
   table.desc().add_options()("config", po::value<std::string>(&o.config),
                              "INI file of these options (flags given here win)")(
+      "resume", po::value<std::string>(&o.resume),
+      "continue from a checkpoint: its directory, a `latest` file, or `latest` "
+      "(= run_dir/checkpoints/latest); the model shape and --seed must match it")(
       "help,h", po::bool_switch(&help), "show this help");
   po::variables_map vm;
   try {
@@ -115,6 +122,18 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
   ANYK_CHECK(!fs::exists(o.run_dir) || fs::is_directory(o.run_dir),
              "--run-dir " << o.run_dir << " exists and is not a directory");
   p.config_ini = "# anyk train: fully resolved options (usable with --config)\n" + table.to_ini();
+
+  if (!o.resume.empty()) {  // every check that can refuse the checkpoint, before any file is written
+    p.resume_dir = resolve_checkpoint(o.resume, o.run_dir);
+    p.resume = read_checkpoint_meta(p.resume_dir);
+    const std::string meta_path = (fs::path(p.resume_dir) / "meta.h5").string();
+    h5::check_same_shape(p.resume.model, p.model, meta_path, "this run");
+    ANYK_CHECK(p.resume.seed == o.seed, "--seed " << o.seed << " differs from the seed " << p.resume.seed << " in "
+                                                  << meta_path << " hint: resume with --seed " << p.resume.seed
+                                                  << " (it keys the data windows and the K draws)");
+    ANYK_CHECK(p.resume.step < o.steps, meta_path << " is at step " << p.resume.step << " and --steps is " << o.steps
+                                                  << ": nothing left to train hint: raise --steps");
+  }
   return true;
 }
 
@@ -165,23 +184,6 @@ int train_command(int argc, char** argv) {
   if (!parse_and_validate(argc, argv, p, P)) return 0;
   const TrainOptions& o = p.o;
 
-  // Everything is valid: from here on files are written (by rank 0 only).
-  LineSink out;
-  std::FILE* metrics = nullptr;
-  if (root) {
-    fs::create_directories(o.run_dir);
-    write_text_file(o.run_dir + "/config.ini", p.config_ini);
-    out.open_log(o.run_dir + "/train.log");
-    metrics = std::fopen((o.run_dir + "/metrics.jsonl").c_str(), "w");
-    ANYK_CHECK(metrics, "cannot write " << o.run_dir << "/metrics.jsonl");
-  }
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, [](std::FILE* f) {
-    return f ? std::fclose(f) : 0;
-  });
-  auto say = [&](const std::string& line) {
-    if (root) out.line(line);
-  };
-
   omp_set_num_threads(o.threads);
   const int B = o.batch, T = o.seq_len, A = o.grad_accum, L = o.layers, E = o.experts;
   const KSchedule ks(p.kcfg, L, E);
@@ -221,12 +223,59 @@ int train_command(int argc, char** argv) {
 
   ParamStore& ps = lm.params();
   AdamW opt(AdamWConfig{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
+  int opt_region[kNumRegions] = {-1, -1};
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
     if (n == 0) continue;
-    opt.add_region(static_cast<float*>(ps.region_data(r)), static_cast<const float*>(ps.region_grad(r)), n,
-                   spans_of(ps, r));
+    opt_region[int(r)] = opt.add_region(static_cast<float*>(ps.region_data(r)),
+                                        static_cast<const float*>(ps.region_grad(r)), n, spans_of(ps, r));
   }
+  // Views of this rank's parameters and moments, for saving and resuming.
+  const std::vector<TensorRef> ckpt_dense = dense_refs(ps, &opt, opt_region[int(Region::Dense)]);
+  const std::vector<ExpertRef> ckpt_experts = expert_refs(ps, &opt, opt_region[int(Region::Expert)], disp->first_expert());
+
+  // Where the run starts: step 0 and sample 0, or the checkpoint's step and loader position.
+  // Step s reads global samples [pos0 + (s - step0) * global_seqs, ...), so a resume into a
+  // layout with another global batch still continues the sample stream where it stopped.
+  // The checkpoint is read (every checksum verified) before any file is written.
+  const bool resuming = !p.resume_dir.empty();
+  int64_t step0 = 0, pos0 = 0;
+  double resume_secs = 0;
+  if (resuming) {
+    const auto tr = std::chrono::steady_clock::now();
+    read_checkpoint_tensors(p.resume_dir, p.resume, ckpt_dense, ckpt_experts);
+    opt.set_step_count(p.resume.adam_step);
+    step0 = p.resume.step;
+    pos0 = p.resume.loader_position;
+    resume_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - tr).count();
+  }
+  world.barrier();  // no rank writes before every rank has accepted the checkpoint
+
+  // Everything is valid: from here on files are written (by rank 0 only).
+  LineSink out;
+  std::FILE* metrics = nullptr;
+  if (root) {
+    fs::create_directories(o.run_dir);
+    write_text_file(o.run_dir + "/config.ini", p.config_ini);
+    // A resumed run appends to metrics.jsonl (entries carry their step) and keeps the earlier
+    // train.log as train.log.<i>.
+    const fs::path log = fs::path(o.run_dir) / "train.log";
+    if (resuming && fs::exists(log)) {
+      int i = 1;
+      while (fs::exists(log.string() + "." + std::to_string(i))) ++i;
+      fs::rename(log, log.string() + "." + std::to_string(i));
+    }
+    out.open_log(log.string());
+    metrics = std::fopen((o.run_dir + "/metrics.jsonl").c_str(), resuming ? "a" : "w");
+    ANYK_CHECK(metrics, "cannot write " << o.run_dir << "/metrics.jsonl");
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, [](std::FILE* f) {
+    return f ? std::fclose(f) : 0;
+  });
+  auto say = [&](const std::string& line) {
+    if (root) out.line(line);
+  };
+
   auto region_grad = [&](Region r) {
     return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(r)), ps.region_numel(r));
   };
@@ -235,7 +284,7 @@ int train_command(int argc, char** argv) {
   data::Loader loader(p.train_tokens, T, uint64_t(o.seed));
   data::Loader val(p.val_tokens, T, uint64_t(o.seed));
 
-  const double core_flops = measure_sgemm_flops_single_core();
+  const double core_flops = world.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
   const double peak = core_flops * o.threads * P;
   const int k_lo = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_min;
   const int k_hi = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_max;
@@ -254,6 +303,10 @@ int train_command(int argc, char** argv) {
                (long long)o.seed));
   say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P, o.threads,
           core_flops * 1e-9, peak * 1e-9));
+  if (resuming)
+    say(fmt("resumed from %s: step %lld, sample %lld, saved by %lld ranks with ep %lld (%.2f s)",
+            p.resume_dir.c_str(), (long long)step0, (long long)pos0, (long long)p.resume.world_size,
+            (long long)p.resume.ep_size, resume_secs));
 
   Arena arena;
   Tape tape(arena);
@@ -264,7 +317,7 @@ int train_command(int argc, char** argv) {
 
   // Accumulators over the steps since the last log line.
   double interval_secs = 0, interval_flops = 0;
-  int64_t interval_tokens = 0;
+  int64_t interval_tokens = 0, interval_steps = 0;
 
   auto run_eval = [&](int64_t step_done) {
     std::vector<int> eval_ks =
@@ -297,7 +350,25 @@ int train_command(int argc, char** argv) {
   // Per step, reduced over all ranks in one call: [CE, assignments (L), counts (L*E)].
   std::vector<double> red(1 + L + size_t(L) * E);
 
-  for (int64_t s = 0; s < o.steps; ++s) {
+  auto save = [&](int64_t step_done) {  // collective
+    const auto ts = clock::now();
+    CheckpointMeta meta;
+    meta.step = step_done;
+    meta.seed = o.seed;
+    meta.loader_position = pos0 + (step_done - step0) * global_seqs;
+    meta.global_seqs = global_seqs;
+    meta.adam_step = opt.step_count();
+    meta.world_size = P;
+    meta.ep_size = groups.ep_size;
+    meta.model = p.model;
+    meta.config_ini = p.config_ini;
+    const int64_t bytes = save_checkpoint(groups, o.run_dir, meta, ckpt_dense, ckpt_experts, o.keep);
+    const double total = world.all_reduce_sum(double(bytes));
+    say(fmt("checkpoint: saved %s/%s (%.2f MB, %.2f s)", checkpoints_dir(o.run_dir).c_str(),
+            step_dir_name(step_done).c_str(), total / (1 << 20), secs(ts, clock::now())));
+  };
+
+  for (int64_t s = step0; s < o.steps; ++s) {
     const auto t0 = clock::now();
     std::fill(red.begin(), red.end(), 0.0);
     std::vector<double> k_first;  // realised K per layer of rank 0's first micro-batch
@@ -307,7 +378,7 @@ int train_command(int argc, char** argv) {
       // reads exactly what P ranks with A each read, and draws the same K.
       const int m = rank * A + a;
       std::vector<int> k = ks.draw(s, m);
-      loader.batch(s * global_seqs + int64_t(m) * B, B, in.data(), tgt.data());
+      loader.batch(pos0 + (s - step0) * global_seqs + int64_t(m) * B, B, in.data(), tgt.data());
       arena.reset();
       tape.clear();
       ForwardStats st;
@@ -367,14 +438,15 @@ int train_command(int argc, char** argv) {
     }
     interval_secs += secs(t0, t3);
     interval_tokens += tokens;
+    ++interval_steps;
     interval_flops += double(tokens) * (6.0 * double(lm.config().active_params(mean_k)) + attn_flops_per_token);
 
     const int64_t done = s + 1;
-    if (done == 1 || done % o.log_every == 0 || done == o.steps) {
+    if (done == step0 + 1 || done % o.log_every == 0 || done == o.steps) {
       const double tps = interval_tokens / interval_secs;
       const double mfu = interval_flops / interval_secs / peak;
       const double arena_mb = double(arena.high_water()) / (1 << 20);
-      const int64_t n_steps = done == 1 ? 1 : (done % o.log_every == 0 ? o.log_every : done % o.log_every);
+      const int64_t n_steps = interval_steps;
       say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | K %.2f | "
               "imb %.2f | arena %.1f MB",
               int(std::to_string(o.steps).size()), (long long)done, (long long)o.steps, ce, lr, gnorm, tps,
@@ -400,10 +472,11 @@ int train_command(int argc, char** argv) {
         std::fflush(metrics);
       }
       interval_secs = interval_flops = 0;
-      interval_tokens = 0;
+      interval_tokens = interval_steps = 0;
       t_compute = t_dispatch = t_sync = t_optim = 0;
     }
     if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) run_eval(done);
+    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps) save(done);
   }
 
   const LM& em = eval_model();  // collective: gathers the experts onto rank 0

@@ -1,6 +1,8 @@
 // Model weights as one HDF5 file: one float32 dataset per parameter, named by its ParamStore
-// name and shaped like it, plus root attributes `format` = "anyk-weights", `version` = 1 and the
-// model config fields. (The sharded checkpoint with optimizer state is a separate format.)
+// name and shaped like it (expert tensors hold every expert: (E, ...)), each with a `crc32`
+// attribute, plus root attributes `format` = "anyk-weights", `version` = 1 and the model config
+// fields. A consolidated checkpoint (anyk convert --to consolidated) is this file plus optimizer
+// groups and checkpoint attributes, so everything that reads weights reads it too.
 #pragma once
 #include <string>
 
@@ -8,10 +10,13 @@
 
 namespace anyk::launch {
 
-// Writes path + ".tmp", then renames it to path. Every HDF5 failure throws naming file and dataset.
+// Writes path + ".tmp", fsyncs it, then renames it to path. Every HDF5 failure throws naming
+// file and dataset.
 void save_weights(const std::string& path, const LM& lm);
-// Reads every parameter of lm from path; a missing dataset or a shape that differs from the
-// model's config throws naming file and dataset.
+// Reads every parameter of lm from path; a missing dataset, a shape that differs from the
+// model's config or a checksum mismatch throws naming file and dataset.
 void load_weights(const std::string& path, LM& lm);
+// The model config stored in a weights (or consolidated) file's attributes.
+ModelConfig weights_config(const std::string& path);
 
 }  // namespace anyk::launch

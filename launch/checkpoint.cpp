@@ -1,0 +1,374 @@
+// Sharded checkpoints: file writers and readers over launch/h5.h, views of a live model, and the
+// trainer's collective save with the .tmp + barrier + rename + `latest` protocol; see checkpoint.h.
+#include "launch/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+int64_t numel_of(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+std::vector<int64_t> dims_of(const Shape& s) { return std::vector<int64_t>(s.d.begin(), s.d.begin() + s.ndim); }
+
+// Refs either all carry moments or none do; returns which.
+template <class Refs, class Get> bool moments_of(const Refs& refs, Get get, const std::string& what) {
+  bool any = false, all = true;
+  for (const auto& r : refs) {
+    const TensorRef& t = get(r);
+    const bool has = t.m && t.v;
+    any = any || has;
+    all = all && has;
+  }
+  ANYK_CHECK(any == all || refs.empty(), what << ": some tensors have optimizer moments and some not");
+  return any && !refs.empty();
+}
+
+void check_header(hid_t f, const std::string& path, const std::string& kind) {
+  const std::string format = h5::read_attr_string(f, path, "format");
+  ANYK_CHECK(format == "anyk-checkpoint",
+             path << " has format '" << format << "', expected 'anyk-checkpoint'"
+                  << (format == "anyk-weights" ? " hint: pass it as --weights, or convert it with anyk convert" : ""));
+  const int64_t version = h5::read_attr_int(f, path, "version");
+  ANYK_CHECK(version == kCheckpointVersion, path << ": unknown checkpoint format version " << version
+                                                 << " (attribute 'version'); this anyk reads version "
+                                                 << kCheckpointVersion << " hint: use the anyk build that wrote it");
+  const std::string k = h5::read_attr_string(f, path, "kind");
+  ANYK_CHECK(k == kind, path << " has kind '" << k << "', expected '" << kind << "'");
+}
+
+void write_common_attrs(hid_t f, const std::string& path, const CheckpointMeta& meta, const char* kind) {
+  h5::write_attr(f, path, "format", "anyk-checkpoint");
+  h5::write_attr(f, path, "version", kCheckpointVersion);
+  h5::write_attr(f, path, "kind", kind);
+  h5::write_attr(f, path, "checksum", "crc32");
+  h5::write_attr(f, path, "step", meta.step);
+  h5::write_attr(f, path, "ep_size", meta.ep_size);
+  h5::write_attr(f, path, "experts_per_rank", int64_t(meta.model.experts / meta.ep_size));
+  h5::write_model_attrs(f, path, meta.model);
+}
+
+void close_and_sync(h5::Handle& f, const std::string& path) {
+  H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + path);
+  f.reset();
+  h5::fsync_path(path);
+}
+
+std::string expert_group(int id) { return "experts/" + std::to_string(id); }
+
+// Reads one ref's value and (when wanted) moments from `prefix`{params,adam_m,adam_v}/name.
+void read_ref(hid_t f, const std::string& path, const std::string& prefix, const TensorRef& t) {
+  h5::read_f32(f, path, prefix + "params/" + t.name, t.value, t.shape);
+  if (!t.m && !t.v) return;
+  ANYK_CHECK(h5::link_exists(f, prefix + "adam_m"),
+             path << " has no optimizer state (no group '" << prefix << "adam_m') hint: it was converted with "
+                  << "--no-optimizer; it can be evaluated, not resumed");
+  if (t.m) h5::read_f32(f, path, prefix + "adam_m/" + t.name, t.m, t.shape);
+  if (t.v) h5::read_f32(f, path, prefix + "adam_v/" + t.name, t.v, t.shape);
+}
+
+int64_t file_bytes(const std::string& path) {
+  std::error_code ec;
+  auto n = fs::file_size(path, ec);
+  return ec ? 0 : int64_t(n);
+}
+
+}  // namespace
+
+std::string checkpoints_dir(const std::string& run_dir) { return (fs::path(run_dir) / "checkpoints").string(); }
+
+std::string step_dir_name(int64_t step) { return "step_" + std::to_string(step); }
+
+std::string resolve_checkpoint(const std::string& spec, const std::string& run_dir) {
+  fs::path latest;
+  if (spec == "latest") {
+    ANYK_CHECK(!run_dir.empty(), "'latest' needs --run-dir hint: or pass the checkpoint directory itself");
+    latest = fs::path(checkpoints_dir(run_dir)) / "latest";
+    ANYK_CHECK(fs::is_regular_file(latest),
+               latest.string() << " not found hint: the run has not saved a checkpoint yet (see --save-every)");
+  } else if (fs::is_regular_file(spec) && fs::path(spec).filename() == "latest") {
+    latest = spec;
+  } else {
+    ANYK_CHECK(fs::is_directory(spec), "checkpoint directory " << spec << " not found");
+    return spec;
+  }
+  std::ifstream in(latest);
+  std::string name;
+  std::getline(in, name);
+  ANYK_CHECK(!name.empty() && name.find('/') == std::string::npos,
+             latest.string() << " does not name a checkpoint directory hint: it should hold e.g. step_100");
+  const fs::path dir = latest.parent_path() / name;
+  ANYK_CHECK(fs::is_directory(dir), latest.string() << " names " << dir.string() << ", which does not exist");
+  return dir.string();
+}
+
+std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region) {
+  std::vector<TensorRef> out;
+  float* base = static_cast<float*>(ps.region_data(Region::Dense));
+  for (const ParamInfo& i : ps.infos()) {
+    if (i.region != Region::Dense) continue;
+    TensorRef t{i.name, dims_of(i.shape), base + i.offset, nullptr, nullptr};
+    if (opt) {
+      t.m = opt->m(dense_region) + i.offset;
+      t.v = opt->v(dense_region) + i.offset;
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert) {
+  std::vector<ExpertRef> out;
+  float* base = static_cast<float*>(ps.region_data(Region::Expert));
+  int E_local = -1;
+  for (const ParamInfo& i : ps.infos()) {
+    if (i.region != Region::Expert) continue;
+    ANYK_CHECK(E_local < 0 || E_local == int(i.shape[0]), "expert tensors disagree on E_local");
+    E_local = int(i.shape[0]);
+  }
+  // Expert-major: every tensor of one expert together, as they are grouped in the file.
+  for (int j = 0; j < E_local; ++j) {
+    for (const ParamInfo& i : ps.infos()) {
+      if (i.region != Region::Expert) continue;
+      // (E_local, a, b) -> expert j's (a, b)
+      std::vector<int64_t> shape(i.shape.d.begin() + 1, i.shape.d.begin() + i.shape.ndim);
+      const int64_t off = i.offset + int64_t(j) * numel_of(shape);
+      ExpertRef r{first_expert + j, TensorRef{i.name, shape, base + off, nullptr, nullptr}};
+      if (opt) {
+        r.t.m = opt->m(expert_region) + off;
+        r.t.v = opt->v(expert_region) + off;
+      }
+      out.push_back(std::move(r));
+    }
+  }
+  return out;
+}
+
+void write_meta_file(const std::string& path, const CheckpointMeta& meta, const std::vector<TensorRef>& dense) {
+  const bool moments = moments_of(dense, [](const TensorRef& t) -> const TensorRef& { return t; }, path);
+  h5::Handle f = h5::create_file(path);
+  write_common_attrs(f.id, path, meta, "meta");
+  h5::write_attr(f.id, path, "seed", meta.seed);
+  h5::write_attr(f.id, path, "loader_position", meta.loader_position);
+  h5::write_attr(f.id, path, "global_seqs", meta.global_seqs);
+  h5::write_attr(f.id, path, "adam_step", meta.adam_step);
+  h5::write_attr(f.id, path, "world_size", meta.world_size);
+  h5::write_attr(f.id, path, "has_optimizer", int64_t(moments ? 1 : 0));
+  h5::write_attr(f.id, path, "config_ini", meta.config_ini);
+  {
+    h5::Handle g = h5::create_group(f.id, path, "params");
+    for (const TensorRef& t : dense) h5::write_f32(g.id, path, t.name, t.value, t.shape);
+  }
+  if (moments) {
+    h5::Handle gm = h5::create_group(f.id, path, "adam_m");
+    for (const TensorRef& t : dense) h5::write_f32(gm.id, path, t.name, t.m, t.shape);
+    h5::Handle gv = h5::create_group(f.id, path, "adam_v");
+    for (const TensorRef& t : dense) h5::write_f32(gv.id, path, t.name, t.v, t.shape);
+  }
+  close_and_sync(f, path);
+}
+
+void write_experts_file(const std::string& path, const CheckpointMeta& meta, int ep_rank,
+                        const std::vector<ExpertRef>& experts) {
+  const bool moments = moments_of(experts, [](const ExpertRef& r) -> const TensorRef& { return r.t; }, path);
+  const int E_local = meta.model.experts / int(meta.ep_size);
+  h5::Handle f = h5::create_file(path);
+  write_common_attrs(f.id, path, meta, "experts");
+  h5::write_attr(f.id, path, "ep_rank", int64_t(ep_rank));
+  h5::write_attr(f.id, path, "first_expert", int64_t(ep_rank) * E_local);
+  h5::write_attr(f.id, path, "has_optimizer", int64_t(moments ? 1 : 0));
+  h5::Handle top = h5::create_group(f.id, path, "experts");
+  std::map<int, std::vector<const TensorRef*>> by_id;
+  for (const ExpertRef& r : experts) {
+    ANYK_CHECK(r.expert / E_local == ep_rank, path << ": expert " << r.expert << " does not belong to ep rank "
+                                                   << ep_rank << " of " << meta.ep_size);
+    by_id[r.expert].push_back(&r.t);
+  }
+  ANYK_CHECK(int(by_id.size()) == E_local, path << ": got " << by_id.size() << " experts, expected " << E_local);
+  for (const auto& [id, refs] : by_id) {
+    h5::Handle g = h5::create_group(top.id, path, std::to_string(id));
+    const char* groups[] = {"params", "adam_m", "adam_v"};
+    for (int k = 0; k < (moments ? 3 : 1); ++k) {
+      h5::Handle sub = h5::create_group(g.id, path, groups[k]);
+      for (const TensorRef* t : refs)
+        h5::write_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->shape);
+    }
+  }
+  top.reset();
+  close_and_sync(f, path);
+}
+
+CheckpointMeta read_checkpoint_meta(const std::string& dir) {
+  ANYK_CHECK(fs::is_directory(dir), "checkpoint directory " << dir << " not found");
+  const std::string path = (fs::path(dir) / "meta.h5").string();
+  ANYK_CHECK(fs::is_regular_file(path), path << " not found hint: " << dir << " is not a complete anyk checkpoint");
+  h5::Handle f = h5::open_file(path);
+  check_header(f.id, path, "meta");
+  CheckpointMeta m;
+  m.step = h5::read_attr_int(f.id, path, "step");
+  m.seed = h5::read_attr_int(f.id, path, "seed");
+  m.loader_position = h5::read_attr_int(f.id, path, "loader_position");
+  m.global_seqs = h5::read_attr_int(f.id, path, "global_seqs");
+  m.adam_step = h5::read_attr_int(f.id, path, "adam_step");
+  m.world_size = h5::read_attr_int(f.id, path, "world_size");
+  m.ep_size = h5::read_attr_int(f.id, path, "ep_size");
+  m.config_ini = h5::read_attr_string(f.id, path, "config_ini");
+  m.model = h5::read_model_attrs(f.id, path);
+  ANYK_CHECK(m.step >= 0 && m.adam_step >= 0 && m.loader_position >= 0 && m.global_seqs >= 0,
+             path << ": negative step, adam_step, loader_position or global_seqs");
+  ANYK_CHECK(m.ep_size >= 1 && m.model.experts >= 1 && m.model.experts % m.ep_size == 0,
+             path << ": attribute ep_size " << m.ep_size << " does not divide experts " << m.model.experts);
+  m.model.validate();
+  for (int64_t r = 0; r < m.ep_size; ++r) {
+    const fs::path shard = fs::path(dir) / ("experts_" + std::to_string(r) + ".h5");
+    ANYK_CHECK(fs::is_regular_file(shard), "missing shard: " << shard.string() << " not found (the checkpoint was "
+                                                              << "saved with ep " << m.ep_size << ", so experts_0.h5"
+                                                              << " .. experts_" << m.ep_size - 1 << ".h5 are needed)");
+  }
+  return m;
+}
+
+void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta, const std::vector<TensorRef>& dense,
+                             const std::vector<ExpertRef>& experts,
+                             const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t total = int64_t(dense.size() + experts.size());
+  int64_t done = 0;
+  auto tick = [&] {
+    ++done;
+    if (progress) progress(done, total);
+  };
+  {
+    const std::string path = (fs::path(dir) / "meta.h5").string();
+    h5::Handle f = h5::open_file(path);
+    check_header(f.id, path, "meta");
+    for (const TensorRef& t : dense) {
+      read_ref(f.id, path, "", t);
+      tick();
+    }
+  }
+  const int E_local = meta.model.experts / int(meta.ep_size);
+  std::map<int, std::pair<std::string, h5::Handle>> shards;  // opened on first use
+  for (const ExpertRef& r : experts) {
+    ANYK_CHECK(r.expert >= 0 && r.expert < meta.model.experts,
+               "expert id " << r.expert << " outside [0, " << meta.model.experts << ")");
+    const int shard = r.expert / E_local;
+    auto it = shards.find(shard);
+    if (it == shards.end()) {
+      const std::string path = (fs::path(dir) / ("experts_" + std::to_string(shard) + ".h5")).string();
+      ANYK_CHECK(fs::is_regular_file(path), "missing shard: " << path << " not found (it holds experts "
+                                                              << shard * E_local << ".." << (shard + 1) * E_local - 1
+                                                              << ")");
+      h5::Handle f = h5::open_file(path);
+      check_header(f.id, path, "experts");
+      const int64_t step = h5::read_attr_int(f.id, path, "step");
+      const int64_t ep = h5::read_attr_int(f.id, path, "ep_size");
+      const int64_t rank = h5::read_attr_int(f.id, path, "ep_rank");
+      ANYK_CHECK(step == meta.step && ep == meta.ep_size && rank == shard,
+                 path << " belongs to another checkpoint: step " << step << ", ep_size " << ep << ", ep_rank " << rank
+                      << " where meta.h5 has step " << meta.step << ", ep_size " << meta.ep_size
+                      << " and this shard should be ep_rank " << shard);
+      h5::check_same_shape(h5::read_model_attrs(f.id, path), meta.model, path, "meta.h5");
+      it = shards.emplace(shard, std::make_pair(path, std::move(f))).first;
+    }
+    read_ref(it->second.second.id, it->second.first, expert_group(r.expert) + "/", r.t);
+    tick();
+  }
+}
+
+int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, const CheckpointMeta& meta,
+                        const std::vector<TensorRef>& dense, const std::vector<ExpertRef>& experts, int keep) {
+  const Comm& world = g.world;
+  const bool root = world.rank() == 0;
+  const fs::path cdir = checkpoints_dir(run_dir);
+  const std::string name = step_dir_name(meta.step);
+  const fs::path tmp = cdir / (name + ".tmp"), final_dir = cdir / name;
+  if (root) {
+    fs::create_directories(cdir);
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+  }
+  world.barrier();  // the .tmp directory exists for every writer
+
+  int64_t bytes = 0;
+  if (root) {
+    const std::string path = (tmp / "meta.h5").string();
+    write_meta_file(path, meta, dense);
+    bytes += file_bytes(path);
+    if (const char* f = std::getenv("ANYK_FAULT_INJECT_SAVE"); f && std::atoll(f) == meta.step) {
+      std::fprintf(stderr, "anyk: ANYK_FAULT_INJECT_SAVE=%s: rank 0 exits in the middle of saving %s\n", f,
+                   tmp.c_str());
+      std::fflush(stderr);
+      ::_exit(9);
+    }
+  }
+  if (world.rank() < g.ep_size) {  // the first replica of every expert: world ranks [0, ep)
+    const std::string path = (tmp / ("experts_" + std::to_string(g.ep.rank()) + ".h5")).string();
+    write_experts_file(path, meta, g.ep.rank(), experts);
+    bytes += file_bytes(path);
+  }
+  world.barrier();  // every file is written and fsynced
+  if (!root) return bytes;
+
+  h5::fsync_path(tmp.string());
+  std::error_code ec;
+  fs::path aside;
+  if (fs::exists(final_dir)) {  // a save of this step from an abandoned earlier attempt
+    aside = cdir / (name + ".old.tmp");
+    fs::remove_all(aside);
+    fs::rename(final_dir, aside, ec);
+    ANYK_CHECK(!ec, "cannot move " << final_dir.string() << " aside: " << ec.message());
+  }
+  fs::rename(tmp, final_dir, ec);
+  ANYK_CHECK(!ec, "cannot rename " << tmp.string() << " to " << final_dir.string() << ": " << ec.message());
+  h5::fsync_path(cdir.string());
+  {
+    const fs::path latest_tmp = cdir / "latest.tmp";
+    {
+      std::ofstream out(latest_tmp, std::ios::trunc);
+      out << name << "\n";
+      out.flush();
+      ANYK_CHECK(out, "cannot write " << latest_tmp.string() << " hint: check free space");
+    }
+    h5::fsync_path(latest_tmp.string());
+    fs::rename(latest_tmp, cdir / "latest", ec);
+    ANYK_CHECK(!ec, "cannot rename " << latest_tmp.string() << " to latest: " << ec.message());
+    h5::fsync_path(cdir.string());
+  }
+  // Prune: keep the newest `keep` complete checkpoints up to this one; drop stale .tmp dirs
+  // (saves killed part-way). Checkpoints newer than this one (an abandoned attempt that went
+  // further before a resume from an older step) are left alone.
+  static const std::regex complete("step_([0-9]+)");
+  std::vector<std::pair<int64_t, fs::path>> older;
+  for (const auto& e : fs::directory_iterator(cdir)) {
+    const std::string n = e.path().filename().string();
+    std::smatch mt;
+    if (e.is_directory() && n.size() > 4 && n.ends_with(".tmp")) {
+      fs::remove_all(e.path(), ec);
+    } else if (e.is_directory() && std::regex_match(n, mt, complete)) {
+      const int64_t s = std::stoll(mt[1].str());
+      if (s <= meta.step) older.emplace_back(s, e.path());
+    }
+  }
+  std::sort(older.begin(), older.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = size_t(std::max(keep, 1)); i < older.size(); ++i) fs::remove_all(older[i].second, ec);
+  return bytes;
+}
+
+}  // namespace anyk::launch

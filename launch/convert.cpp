@@ -1,0 +1,344 @@
+// `anyk convert` (see convert.h): the whole checkpoint is loaded into one process as a full
+// model (every expert) with AdamW moments, through the same readers and views the trainer uses,
+// then written in the requested form. Memory: about 4x the parameter bytes (values, the unused
+// gradient buffer, m, v); fine for the models a CPU trainer produces.
+#include "launch/convert.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "launch/checkpoint.h"
+#include "launch/h5.h"
+#include "launch/options.h"
+#include "launch/report.h"
+#include "model/lm.h"
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A progress bar on stderr: redrawn in place on a terminal, a line per quarter otherwise.
+class Progress {
+ public:
+  explicit Progress(std::string label) : label_(std::move(label)), tty_(isatty(fileno(stderr))) {}
+  void operator()(int64_t done, int64_t total) {
+    if (total <= 0) return;
+    const int width = 30, filled = int(width * done / total);
+    const int quarter = int(4 * done / total);
+    if (!tty_ && quarter == last_quarter_ && done != total) return;
+    last_quarter_ = quarter;
+    std::fprintf(stderr, "%sconvert: %-9s [%s%s] %lld/%lld%s", tty_ ? "\r" : "", label_.c_str(),
+                 std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(),
+                 (long long)done, (long long)total, tty_ && done != total ? "" : "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  std::string label_;
+  bool tty_;
+  int last_quarter_ = 0;  // off a terminal: a line at 25, 50, 75 and 100%
+};
+
+// A full model with every expert and its AdamW moments, in one process.
+struct Full {
+  CheckpointMeta meta;
+  bool has_optimizer = false;
+  LocalDispatcher disp;
+  LM lm;
+  AdamW opt;
+  int region[kNumRegions] = {-1, -1};
+
+  explicit Full(const CheckpointMeta& m) : meta(m), disp(m.model.experts), lm(m.model, disp), opt(AdamWConfig{}) {
+    ParamStore& ps = lm.params();
+    for (Region r : {Region::Dense, Region::Expert}) {
+      const int64_t n = ps.region_numel(r);
+      if (n > 0)
+        region[int(r)] = opt.add_region(static_cast<float*>(ps.region_data(r)),
+                                        static_cast<const float*>(ps.region_grad(r)), n, {{0, n, true}});
+    }
+  }
+  // Every parameter at full shape (experts as (E, ...)); moments only when `moments`.
+  std::vector<TensorRef> full_refs(bool moments) {
+    std::vector<TensorRef> out;
+    ParamStore& ps = lm.params();
+    for (const ParamInfo& i : ps.infos()) {
+      TensorRef t{i.name, std::vector<int64_t>(i.shape.d.begin(), i.shape.d.begin() + i.shape.ndim),
+                  static_cast<float*>(ps.region_data(i.region)) + i.offset, nullptr, nullptr};
+      if (moments) {
+        t.m = opt.m(region[int(i.region)]) + i.offset;
+        t.v = opt.v(region[int(i.region)]) + i.offset;
+      }
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+  std::vector<TensorRef> dense(bool moments) {
+    return dense_refs(lm.params(), moments ? &opt : nullptr, region[int(Region::Dense)]);
+  }
+  std::vector<ExpertRef> experts(bool moments) {
+    return expert_refs(lm.params(), moments ? &opt : nullptr, region[int(Region::Expert)], 0);
+  }
+};
+
+std::unique_ptr<Full> read_sharded(const std::string& dir) {
+  CheckpointMeta meta = read_checkpoint_meta(dir);
+  auto full = std::make_unique<Full>(meta);
+  // A sharded checkpoint written with --no-optimizer has no adam groups in meta.h5.
+  {
+    const std::string path = (fs::path(dir) / "meta.h5").string();
+    h5::Handle f = h5::open_file(path);
+    full->has_optimizer = h5::read_attr_int(f.id, path, "has_optimizer") != 0;
+  }
+  Progress bar("read");
+  read_checkpoint_tensors(dir, meta, full->dense(full->has_optimizer), full->experts(full->has_optimizer),
+                          std::ref(bar));
+  return full;
+}
+
+// A consolidated file from `anyk convert`, or a plain model.h5 (weights only, step 0).
+std::unique_ptr<Full> read_consolidated(const std::string& path) {
+  h5::Handle f = h5::open_file(path);
+  const std::string format = h5::read_attr_string(f.id, path, "format");
+  ANYK_CHECK(format == "anyk-weights", path << " has format '" << format << "', expected 'anyk-weights' (a "
+                                            << "consolidated checkpoint or a model.h5)"
+                                            << (format == "anyk-checkpoint" ? " hint: pass the step directory" : ""));
+  const int64_t version = h5::read_attr_int(f.id, path, "version");
+  ANYK_CHECK(version == 1, path << ": unknown weights format version " << version
+                                << " (attribute 'version'); this anyk reads version 1");
+  CheckpointMeta meta;
+  meta.model = h5::read_model_attrs(f.id, path);
+  meta.model.validate();
+  const bool consolidated = h5::attr_exists(f.id, "kind") && h5::read_attr_string(f.id, path, "kind") == "consolidated";
+  if (consolidated) {
+    meta.step = h5::read_attr_int(f.id, path, "step");
+    meta.seed = h5::read_attr_int(f.id, path, "seed");
+    meta.loader_position = h5::read_attr_int(f.id, path, "loader_position");
+    meta.global_seqs = h5::read_attr_int(f.id, path, "global_seqs");
+    meta.adam_step = h5::read_attr_int(f.id, path, "adam_step");
+    meta.world_size = h5::read_attr_int(f.id, path, "world_size");
+    meta.ep_size = h5::read_attr_int(f.id, path, "ep_size");
+    meta.config_ini = h5::read_attr_string(f.id, path, "config_ini");
+  }
+  auto full = std::make_unique<Full>(meta);
+  full->has_optimizer = consolidated && h5::read_attr_int(f.id, path, "has_optimizer") != 0;
+  std::vector<TensorRef> refs = full->full_refs(full->has_optimizer);
+  Progress bar("read");
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const TensorRef& t = refs[i];
+    h5::read_f32(f.id, path, t.name, t.value, t.shape);
+    if (t.m) h5::read_f32(f.id, path, "adam_m/" + t.name, t.m, t.shape);
+    if (t.v) h5::read_f32(f.id, path, "adam_v/" + t.name, t.v, t.shape);
+    bar(int64_t(i + 1), int64_t(refs.size()));
+  }
+  return full;
+}
+
+void write_consolidated(Full& full, const std::string& out, bool moments) {
+  const std::string tmp = out + ".tmp";
+  std::vector<TensorRef> refs = full.full_refs(moments);
+  Progress bar("write");
+  {
+    h5::Handle f = h5::create_file(tmp);
+    // The model.h5 header first, so load_weights and `anyk eval --weights` read this file.
+    h5::write_attr(f.id, tmp, "format", "anyk-weights");
+    h5::write_attr(f.id, tmp, "version", int64_t(1));
+    h5::write_model_attrs(f.id, tmp, full.meta.model);
+    h5::write_attr(f.id, tmp, "kind", "consolidated");
+    h5::write_attr(f.id, tmp, "checksum", "crc32");
+    h5::write_attr(f.id, tmp, "step", full.meta.step);
+    h5::write_attr(f.id, tmp, "seed", full.meta.seed);
+    h5::write_attr(f.id, tmp, "loader_position", full.meta.loader_position);
+    h5::write_attr(f.id, tmp, "global_seqs", full.meta.global_seqs);
+    h5::write_attr(f.id, tmp, "adam_step", full.meta.adam_step);
+    h5::write_attr(f.id, tmp, "world_size", full.meta.world_size);
+    h5::write_attr(f.id, tmp, "ep_size", full.meta.ep_size);
+    h5::write_attr(f.id, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
+    h5::write_attr(f.id, tmp, "config_ini", full.meta.config_ini);
+    h5::Handle gm, gv;
+    if (moments) {
+      gm = h5::create_group(f.id, tmp, "adam_m");
+      gv = h5::create_group(f.id, tmp, "adam_v");
+    }
+    for (size_t i = 0; i < refs.size(); ++i) {
+      const TensorRef& t = refs[i];
+      h5::write_f32(f.id, tmp, t.name, t.value, t.shape);
+      if (moments) {
+        h5::write_f32(gm.id, tmp, t.name, t.m, t.shape);
+        h5::write_f32(gv.id, tmp, t.name, t.v, t.shape);
+      }
+      bar(int64_t(i + 1), int64_t(refs.size()));
+    }
+    gm.reset();
+    gv.reset();
+    H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + tmp);
+  }
+  h5::fsync_path(tmp);
+  std::error_code ec;
+  fs::rename(tmp, out, ec);
+  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << out << ": " << ec.message());
+}
+
+void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
+  const int E = full.meta.model.experts;
+  ANYK_CHECK(E % ep == 0, "--to ep=" << ep << " does not divide the " << E << " experts hint: use a divisor of " << E);
+  ANYK_CHECK(!fs::exists(out), "--out " << out << " exists hint: remove it or choose another directory");
+  const fs::path tmp = out + ".tmp";
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  CheckpointMeta meta = full.meta;
+  meta.ep_size = ep;
+  meta.world_size = ep;  // as if written by ep ranks with ep = world
+  Progress bar("write");
+  write_meta_file((tmp / "meta.h5").string(), meta, full.dense(moments));
+  bar(1, ep + 1);
+  const std::vector<ExpertRef> all = full.experts(moments);
+  const int E_local = E / ep;
+  for (int r = 0; r < ep; ++r) {
+    std::vector<ExpertRef> mine;
+    for (const ExpertRef& x : all)
+      if (x.expert / E_local == r) mine.push_back(x);
+    write_experts_file((tmp / ("experts_" + std::to_string(r) + ".h5")).string(), meta, r, mine);
+    bar(r + 2, ep + 1);
+  }
+  h5::fsync_path(tmp.string());
+  std::error_code ec;
+  fs::rename(tmp, out, ec);
+  ANYK_CHECK(!ec, "cannot rename " << tmp.string() << " to " << out << ": " << ec.message());
+}
+
+void write_safetensors(Full& full, const std::string& out) {
+  std::vector<TensorRef> refs = full.full_refs(false);
+  const ModelConfig& c = full.meta.model;
+  // __metadata__ values must be strings.
+  std::string header = "{\"__metadata__\": {\"format\": \"pt\", \"producer\": \"anyk convert\"";
+  auto meta_kv = [&](const char* k, const std::string& v) { header += ", " + json_string(k) + ": " + json_string(v); };
+  meta_kv("vocab", std::to_string(c.vocab));
+  meta_kv("dim", std::to_string(c.dim));
+  meta_kv("layers", std::to_string(c.layers));
+  meta_kv("heads", std::to_string(c.heads));
+  meta_kv("experts", std::to_string(c.experts));
+  meta_kv("expert_hidden", std::to_string(c.expert_hidden));
+  meta_kv("seq_len", std::to_string(c.seq_len));
+  meta_kv("rope_theta", json_number(c.rope_theta));
+  meta_kv("norm_eps", json_number(c.norm_eps));
+  meta_kv("router_renormalize", c.router.renormalize ? "1" : "0");
+  meta_kv("step", std::to_string(full.meta.step));
+  meta_kv("seed", std::to_string(full.meta.seed));
+  header += "}";
+  int64_t offset = 0;
+  for (const TensorRef& t : refs) {
+    int64_t n = 1;
+    std::string shape = "[";
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      shape += (i ? ", " : "") + std::to_string(t.shape[i]);
+      n *= t.shape[i];
+    }
+    shape += "]";
+    header += ", " + json_string(t.name) + ": {\"dtype\": \"F32\", \"shape\": " + shape + ", \"data_offsets\": [" +
+              std::to_string(offset) + ", " + std::to_string(offset + n * 4) + "]}";
+    offset += n * 4;
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';  // the data starts 8-byte aligned
+  const std::string tmp = out + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    ANYK_CHECK(f, "cannot write " << tmp << " hint: check the directory exists and is writable");
+    const uint64_t len = header.size();
+    unsigned char le[8];
+    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+    f.write(reinterpret_cast<const char*>(le), 8);
+    f.write(header.data(), std::streamsize(header.size()));
+    Progress bar("write");
+    for (size_t i = 0; i < refs.size(); ++i) {
+      int64_t n = 1;
+      for (int64_t d : refs[i].shape) n *= d;
+      f.write(reinterpret_cast<const char*>(refs[i].value), std::streamsize(n * 4));  // little-endian host
+      bar(int64_t(i + 1), int64_t(refs.size()));
+    }
+    f.flush();
+    ANYK_CHECK(f, "writing " << tmp << " failed hint: check free space");
+  }
+  h5::fsync_path(tmp);
+  std::error_code ec;
+  fs::rename(tmp, out, ec);
+  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << out << ": " << ec.message());
+}
+
+}  // namespace
+
+int convert_command(int argc, char** argv) {
+  std::string checkpoint, to, out;
+  bool no_optimizer = false, help = false;
+  po::options_description desc(
+      "anyk convert --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5 --to consolidated|ep=M|safetensors "
+      "--out PATH [--no-optimizer]\n"
+      "Convert a checkpoint offline (one process): one consolidated HDF5 file (the model.h5 layout plus\n"
+      "adam_m/ and adam_v/), a sharded checkpoint directory for another expert-parallel size, or\n"
+      "safetensors (weights only). Formats: docs/checkpoint-format.md");
+  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
+      "checkpoint", po::value(&checkpoint),
+      "a checkpoint step directory, a `latest` file, or a consolidated .h5 file (or a model.h5)")(
+      "to", po::value(&to), "consolidated, ep=M (M divides the experts) or safetensors")(
+      "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
+      "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)");
+  po::variables_map vm;
+  try {
+    po::store(parse_command_line(argc, argv, desc, "convert"), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    ANYK_FAIL(e.what() << " hint: see anyk convert --help");
+  }
+  if (help) {
+    std::cout << desc << "\n";
+    return 0;
+  }
+  ANYK_CHECK(!checkpoint.empty(), "--checkpoint is required hint: see anyk convert --help");
+  ANYK_CHECK(!out.empty(), "--out is required hint: see anyk convert --help");
+  int ep = 0;
+  if (to.rfind("ep=", 0) == 0) {
+    ep = parse_int_list(to.substr(3), "to ep=").at(0);
+    ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
+  } else {
+    ANYK_CHECK(to == "consolidated" || to == "safetensors",
+               "--to '" << to << "' is not one of consolidated, ep=M, safetensors hint: see anyk convert --help");
+  }
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Full> full;
+  std::string source;
+  if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
+    source = checkpoint;
+    full = read_consolidated(checkpoint);
+  } else {
+    source = resolve_checkpoint(checkpoint, "");
+    full = read_sharded(source);
+  }
+  const bool moments = full->has_optimizer && !no_optimizer;
+  if (ep > 0 && !full->has_optimizer && !no_optimizer)
+    ANYK_FAIL(source << " has no optimizer state, so a resumable ep=" << ep << " checkpoint cannot be made from it "
+                     << "hint: pass --no-optimizer for a weights-only one");
+  if (to == "consolidated")
+    write_consolidated(*full, out, moments);
+  else if (to == "safetensors")
+    write_safetensors(*full, out);
+  else
+    write_sharded(*full, out, ep, moments);
+  std::printf("convert: %s (step %lld, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", source.c_str(),
+              (long long)full->meta.step, (long long)full->meta.model.experts, (long long)full->meta.ep_size,
+              to.c_str(), out.c_str(), moments || to == "safetensors" ? "" : " without optimizer state",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+}  // namespace anyk::launch

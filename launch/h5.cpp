@@ -1,0 +1,288 @@
+// HDF5 helpers; see h5.h.
+#include "launch/h5.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <bit>
+#include <cstdio>
+#include <filesystem>
+
+namespace anyk::launch::h5 {
+
+static_assert(std::endian::native == std::endian::little,
+              "checksums are defined over little-endian float32 bytes");
+
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    reset();
+    id = o.id;
+    close = o.close;
+    o.id = -1;
+  }
+  return *this;
+}
+
+void Handle::reset() {
+  if (id >= 0 && close) close(id);
+  id = -1;
+}
+
+void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+Handle create_file(const std::string& path) {
+  quiet();
+  const std::string what = "creating file " + path;
+  Handle fapl(H5_CHECK(H5Pcreate(H5P_FILE_ACCESS), what), H5Pclose);
+  H5_CHECK(H5Pset_libver_bounds(fapl.id, H5F_LIBVER_V18, H5F_LIBVER_LATEST), what);
+  return Handle(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id), what), H5Fclose);
+}
+
+Handle open_file(const std::string& path) {
+  quiet();
+  ANYK_CHECK(std::filesystem::is_regular_file(path), path << " not found");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ANYK_CHECK(f >= 0, "cannot open " << path
+                                    << ": the file is truncated, corrupt or not HDF5 hint: it was not "
+                                       "completely written; use an older checkpoint");
+  return Handle(f, H5Fclose);
+}
+
+Handle create_group(hid_t loc, const std::string& file, const std::string& name) {
+  return Handle(H5_CHECK(H5Gcreate2(loc, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                         "file " + file + ", creating group " + name),
+                H5Gclose);
+}
+
+Handle open_group(hid_t loc, const std::string& file, const std::string& name) {
+  ANYK_CHECK(link_exists(loc, name), file << " has no group '" << name << "'");
+  return Handle(H5_CHECK(H5Gopen2(loc, name.c_str(), H5P_DEFAULT), "file " + file + ", group " + name),
+                H5Gclose);
+}
+
+bool link_exists(hid_t loc, const std::string& name) {
+  // H5Lexists fails (rather than returning false) when an intermediate group is missing, so
+  // walk the path one component at a time.
+  size_t pos = 0;
+  while (true) {
+    size_t slash = name.find('/', pos);
+    std::string prefix = name.substr(0, slash);
+    if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+    if (slash == std::string::npos) return true;
+    pos = slash + 1;
+  }
+}
+
+bool attr_exists(hid_t loc, const std::string& name) { return H5Aexists(loc, name.c_str()) > 0; }
+
+void write_attr(hid_t loc, const std::string& file, const char* name, const std::string& v) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle type(H5_CHECK(H5Tcopy(H5T_C_S1), what), H5Tclose);
+  H5_CHECK(H5Tset_size(type.id, v.size() ? v.size() : 1), what);
+  H5_CHECK(H5Tset_strpad(type.id, H5T_STR_NULLTERM), what);
+  Handle space(H5_CHECK(H5Screate(H5S_SCALAR), what), H5Sclose);
+  Handle attr(H5_CHECK(H5Acreate2(loc, name, type.id, space.id, H5P_DEFAULT, H5P_DEFAULT), what), H5Aclose);
+  const std::string padded = v.empty() ? std::string(1, '\0') : v;
+  H5_CHECK(H5Awrite(attr.id, type.id, padded.c_str()), what);
+}
+
+void write_attr(hid_t loc, const std::string& file, const char* name, const char* v) {
+  write_attr(loc, file, name, std::string(v));
+}
+
+void write_attr(hid_t loc, const std::string& file, const char* name, int64_t v) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle space(H5_CHECK(H5Screate(H5S_SCALAR), what), H5Sclose);
+  Handle attr(H5_CHECK(H5Acreate2(loc, name, H5T_STD_I64LE, space.id, H5P_DEFAULT, H5P_DEFAULT), what),
+              H5Aclose);
+  H5_CHECK(H5Awrite(attr.id, H5T_NATIVE_INT64, &v), what);
+}
+
+void write_attr(hid_t loc, const std::string& file, const char* name, double v) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle space(H5_CHECK(H5Screate(H5S_SCALAR), what), H5Sclose);
+  Handle attr(H5_CHECK(H5Acreate2(loc, name, H5T_IEEE_F64LE, space.id, H5P_DEFAULT, H5P_DEFAULT), what),
+              H5Aclose);
+  H5_CHECK(H5Awrite(attr.id, H5T_NATIVE_DOUBLE, &v), what);
+}
+
+namespace {
+
+Handle open_attr(hid_t loc, const std::string& file, const char* name) {
+  ANYK_CHECK(H5Aexists(loc, name) > 0,
+             file << " has no attribute '" << name << "' hint: it is not a complete file of this anyk format");
+  return Handle(H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT), "file " + file + ", attribute " + name), H5Aclose);
+}
+
+}  // namespace
+
+std::string read_attr_string(hid_t loc, const std::string& file, const char* name) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle attr = open_attr(loc, file, name);
+  Handle type(H5_CHECK(H5Aget_type(attr.id), what), H5Tclose);
+  ANYK_CHECK(H5Tget_class(type.id) == H5T_STRING, file << ": attribute '" << name << "' is not a string");
+  ANYK_CHECK(H5Tis_variable_str(type.id) <= 0,
+             file << ": attribute '" << name << "' is a variable-length string; anyk writes fixed-length ones");
+  size_t n = H5Tget_size(type.id);
+  std::vector<char> buf(n + 1, 0);
+  Handle mem(H5_CHECK(H5Tcopy(H5T_C_S1), what), H5Tclose);
+  H5_CHECK(H5Tset_size(mem.id, n + 1), what);
+  H5_CHECK(H5Aread(attr.id, mem.id, buf.data()), what);
+  return std::string(buf.data());
+}
+
+int64_t read_attr_int(hid_t loc, const std::string& file, const char* name) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle attr = open_attr(loc, file, name);
+  int64_t v = 0;
+  H5_CHECK(H5Aread(attr.id, H5T_NATIVE_INT64, &v), what);
+  return v;
+}
+
+double read_attr_double(hid_t loc, const std::string& file, const char* name) {
+  const std::string what = "file " + file + ", attribute " + name;
+  Handle attr = open_attr(loc, file, name);
+  double v = 0;
+  H5_CHECK(H5Aread(attr.id, H5T_NATIVE_DOUBLE, &v), what);
+  return v;
+}
+
+uint32_t crc32(const void* data, size_t n, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* p = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + ")";
+}
+
+void write_f32(hid_t loc, const std::string& file, const std::string& name, const float* data,
+               const std::vector<int64_t>& shape) {
+  const std::string what = "file " + file + ", dataset " + name;
+  std::vector<hsize_t> dims(shape.begin(), shape.end());
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  Handle space(H5_CHECK(H5Screate_simple(int(dims.size()), dims.data(), nullptr), what), H5Sclose);
+  Handle ds(H5_CHECK(H5Dcreate2(loc, name.c_str(), H5T_IEEE_F32LE, space.id, H5P_DEFAULT, H5P_DEFAULT,
+                                H5P_DEFAULT),
+                     what),
+            H5Dclose);
+  H5_CHECK(H5Dwrite(ds.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), what);
+  const uint32_t c = crc32(data, size_t(n) * sizeof(float));
+  Handle aspace(H5_CHECK(H5Screate(H5S_SCALAR), what), H5Sclose);
+  Handle attr(H5_CHECK(H5Acreate2(ds.id, "crc32", H5T_STD_U32LE, aspace.id, H5P_DEFAULT, H5P_DEFAULT), what),
+              H5Aclose);
+  H5_CHECK(H5Awrite(attr.id, H5T_NATIVE_UINT32, &c), what);
+}
+
+std::vector<int64_t> dataset_shape(hid_t loc, const std::string& file, const std::string& name) {
+  const std::string what = "file " + file + ", dataset " + name;
+  ANYK_CHECK(link_exists(loc, name), file << " has no dataset '" << name << "' hint: the file is incomplete or "
+                                                                            "belongs to another model");
+  Handle ds(H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), what), H5Dclose);
+  Handle space(H5_CHECK(H5Dget_space(ds.id), what), H5Sclose);
+  int nd = H5_CHECK(H5Sget_simple_extent_ndims(space.id), what);
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  H5_CHECK(H5Sget_simple_extent_dims(space.id, dims.data(), nullptr), what);
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+void read_f32(hid_t loc, const std::string& file, const std::string& name, float* out,
+              const std::vector<int64_t>& shape) {
+  const std::string what = "file " + file + ", dataset " + name;
+  std::vector<int64_t> got = dataset_shape(loc, file, name);
+  ANYK_CHECK(got == shape, file << ": dataset '" << name << "' has shape " << shape_str(got) << " but the model needs "
+                                << shape_str(shape) << " hint: the file belongs to a model of another config");
+  Handle ds(H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), what), H5Dclose);
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  H5_CHECK(H5Dread(ds.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), what);
+  if (H5Aexists(ds.id, "crc32") > 0) {
+    Handle attr(H5_CHECK(H5Aopen(ds.id, "crc32", H5P_DEFAULT), what + ", attribute crc32"), H5Aclose);
+    uint32_t want = 0;
+    H5_CHECK(H5Aread(attr.id, H5T_NATIVE_UINT32, &want), what + ", attribute crc32");
+    const uint32_t have = crc32(out, size_t(n) * sizeof(float));
+    if (have != want) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "stored crc32 %08x, computed %08x", want, have);
+      ANYK_FAIL("checksum mismatch in " << file << ", dataset '" << name << "': " << buf
+                                        << " hint: the file is corrupt; use an older checkpoint");
+    }
+  }
+}
+
+void write_model_attrs(hid_t loc, const std::string& file, const ModelConfig& c) {
+  write_attr(loc, file, "vocab", int64_t(c.vocab));
+  write_attr(loc, file, "dim", int64_t(c.dim));
+  write_attr(loc, file, "layers", int64_t(c.layers));
+  write_attr(loc, file, "heads", int64_t(c.heads));
+  write_attr(loc, file, "experts", int64_t(c.experts));
+  write_attr(loc, file, "expert_hidden", int64_t(c.expert_hidden));
+  write_attr(loc, file, "seq_len", int64_t(c.seq_len));
+  write_attr(loc, file, "rope_theta", c.rope_theta);
+  write_attr(loc, file, "norm_eps", c.norm_eps);
+  write_attr(loc, file, "init_std", c.init_std);
+  write_attr(loc, file, "router_renormalize", int64_t(c.router.renormalize ? 1 : 0));
+  write_attr(loc, file, "router_lb_coef", c.router.lb_coef);
+  write_attr(loc, file, "router_z_coef", c.router.z_coef);
+  write_attr(loc, file, "router_kl_coef", c.router.kl_coef);
+}
+
+ModelConfig read_model_attrs(hid_t loc, const std::string& file) {
+  ModelConfig c;
+  c.vocab = int(read_attr_int(loc, file, "vocab"));
+  c.dim = int(read_attr_int(loc, file, "dim"));
+  c.layers = int(read_attr_int(loc, file, "layers"));
+  c.heads = int(read_attr_int(loc, file, "heads"));
+  c.experts = int(read_attr_int(loc, file, "experts"));
+  c.expert_hidden = int(read_attr_int(loc, file, "expert_hidden"));
+  c.seq_len = int(read_attr_int(loc, file, "seq_len"));
+  c.rope_theta = read_attr_double(loc, file, "rope_theta");
+  c.norm_eps = read_attr_double(loc, file, "norm_eps");
+  c.init_std = read_attr_double(loc, file, "init_std");
+  c.router.renormalize = read_attr_int(loc, file, "router_renormalize") != 0;
+  c.router.lb_coef = read_attr_double(loc, file, "router_lb_coef");
+  c.router.z_coef = read_attr_double(loc, file, "router_z_coef");
+  c.router.kl_coef = read_attr_double(loc, file, "router_kl_coef");
+  c.router.top_p = 0.0;
+  c.router.k_min = 1;
+  return c;
+}
+
+void check_same_shape(const ModelConfig& saved, const ModelConfig& have, const std::string& file,
+                      const std::string& have_what) {
+  const std::pair<const char*, std::pair<int, int>> fields[] = {
+      {"experts", {saved.experts, have.experts}},       {"dim", {saved.dim, have.dim}},
+      {"layers", {saved.layers, have.layers}},          {"expert-hidden", {saved.expert_hidden, have.expert_hidden}},
+      {"heads", {saved.heads, have.heads}},             {"vocab", {saved.vocab, have.vocab}},
+      {"seq-len", {saved.seq_len, have.seq_len}},
+  };
+  for (const auto& [name, v] : fields)
+    ANYK_CHECK(v.first == v.second, "config mismatch: " << file << " was saved with --" << name << " " << v.first
+                                                        << " but " << have_what << " has --" << name << " "
+                                                        << v.second << " hint: resume with the saved model shape");
+}
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ANYK_CHECK(fd >= 0, "cannot open " << path << " to fsync it");
+  int rc = ::fsync(fd);
+  ::close(fd);
+  ANYK_CHECK(rc == 0, "fsync of " << path << " failed hint: check the disk");
+}
+
+}  // namespace anyk::launch::h5
