@@ -76,10 +76,15 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("weight-decay", &o.weight_decay, "AdamW decoupled weight decay (not on norms/embeddings)");
   t.add("grad-clip", &o.grad_clip, "global gradient-norm clip (0 = off)");
   t.add("k-strategy", &o.k_strategy,
-        "how many experts are active: fixed, global, micro, layer, layer_weighted, top_p");
+        "how many experts are active: fixed, global, micro, layer, layer_weighted, top_p, emoe "
+        "(EMoE: --k experts drawn per token from a top pool of size U[--k, --k-ideal])");
   t.add("k-min", &o.k_min, "smallest K drawn (all strategies but fixed; per-token floor for top_p)");
   t.add("k-max", &o.k_max, "largest K drawn (cap of the per-token K for top_p); <= experts");
-  t.add("k", &o.k, "K of the fixed strategy");
+  t.add("k", &o.k, "K of the fixed strategy; k_train of emoe");
+  t.add("k-ideal", &o.k_ideal, "emoe: largest co-activation pool (0 = min(3 k, experts))");
+  t.add("init-weights", &o.init_weights,
+        "start from these weights (a model.h5 or consolidated checkpoint; optimizer starts fresh), "
+        "e.g. to continue a fixed-K model with emoe");
   t.add("tau", &o.tau, "layer_weighted temperature: P(K=k) ~ k^(1/tau)");
   t.add("top-p", &o.top_p, "top_p threshold: per token, smallest k whose top-k mass >= p");
   t.add("lb-coef", &o.lb_coef, "load-balance loss coefficient");
@@ -157,9 +162,13 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.z_coef >= 0, "--z-coef " << o.z_coef << " must be >= 0");
   ANYK_CHECK(o.router_kl_weight >= 0, "--router-kl-weight " << o.router_kl_weight << " must be >= 0");
   KStrategy s = parse_k_strategy(o.k_strategy);  // names the valid strategies on failure
-  if (s == KStrategy::Fixed) {
+  if (s == KStrategy::Fixed || s == KStrategy::EMoE) {
     ANYK_CHECK(o.k >= 1 && o.k <= o.experts,
                "--k " << o.k << " must be in [1, --experts " << o.experts << "]");
+    if (s == KStrategy::EMoE)
+      ANYK_CHECK(o.k_ideal == 0 || (o.k_ideal >= o.k && o.k_ideal <= o.experts),
+                 "--k-ideal " << o.k_ideal << " must be in [--k " << o.k << ", --experts " << o.experts
+                              << "] (or 0 for min(3 k, experts))");
   } else {
     ANYK_CHECK(o.k_min >= 1, "--k-min " << o.k_min << " must be >= 1");
     ANYK_CHECK(o.k_max <= o.experts, "--k-max " << o.k_max << " exceeds --experts " << o.experts
@@ -194,6 +203,7 @@ KScheduleConfig k_schedule_config(const TrainOptions& o) {
   k.k_min = o.k_min;
   k.k_max = o.k_max;
   k.k_fixed = o.k;
+  k.k_ideal = o.k_ideal;
   k.tau = o.tau;
   k.top_p = o.top_p;
   k.seed = uint64_t(o.seed);

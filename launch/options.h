@@ -27,6 +27,8 @@ struct TrainOptions {
   int64_t warmup = 50;
   std::string k_strategy = "layer";
   int k_min = 1, k_max = 4, k = 2;
+  int k_ideal = 0;  // emoe: largest pool size (0: min(3 k, E))
+  std::string init_weights;  // start from these weights (model.h5 or consolidated), fresh optimizer
   double tau = 2.0, top_p = 0.1;
   double lb_coef = 0.01, z_coef = 0.001, router_kl_weight = 0.0;
   bool no_renormalize = false;

@@ -22,6 +22,7 @@
 #include "launch/evaluate.h"
 #include "launch/options.h"
 #include "launch/report.h"
+#include "launch/signals.h"
 #include "launch/weights.h"
 #include "model/k_schedule.h"
 #include "model/lm.h"
@@ -123,6 +124,14 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
              "--run-dir " << o.run_dir << " exists and is not a directory");
   p.config_ini = "# anyk train: fully resolved options (usable with --config)\n" + table.to_ini();
 
+  if (!o.init_weights.empty()) {
+    ANYK_CHECK(o.resume.empty(), "--init-weights and --resume exclude each other hint: --resume restores "
+                                 "weights and optimizer state; --init-weights starts a new run from weights");
+    ANYK_CHECK(fs::is_regular_file(o.init_weights),
+               "--init-weights " << o.init_weights << " is not a file hint: pass a run's model.h5 or a "
+                                                      "consolidated checkpoint (anyk convert --to consolidated)");
+    h5::check_same_shape(weights_config(o.init_weights), p.model, o.init_weights, "this run");
+  }
   if (!o.resume.empty()) {  // every check that can refuse the checkpoint, before any file is written
     p.resume_dir = resolve_checkpoint(o.resume, o.run_dir);
     p.resume = read_checkpoint_meta(p.resume_dir);
@@ -180,6 +189,7 @@ int train_command(int argc, char** argv) {
   Comm world = Comm::world();
   const int P = world.size(), rank = world.rank();
   const bool root = rank == 0;
+  install_stop_handlers();  // after MPI_Init, so ours replace any the MPI library installed
   Prepared p;
   if (!parse_and_validate(argc, argv, p, P)) return 0;
   const TrainOptions& o = p.o;
@@ -206,6 +216,18 @@ int train_command(int argc, char** argv) {
   }
   LM lm(train_cfg, *disp);
   lm.init(uint64_t(o.seed));
+  if (!o.init_weights.empty()) {
+    // Every rank reads the whole file into a single-process model, then keeps its own experts.
+    LocalDispatcher one(E);
+    LM full(p.model, one);
+    load_weights(o.init_weights, full);
+    for (int id = 0; id < lm.params().size(); ++id) {
+      const ParamInfo& info = lm.params().info(id);
+      Tensor dst = lm.params().value(id), src = full.params().value(full.params().find(info.name));
+      int64_t offset = info.region == Region::Expert ? int64_t(disp->first_expert()) * (dst.numel() / dst.shape[0]) : 0;
+      std::memcpy(dst.data, src.ptr<float>() + offset, dst.bytes());
+    }
+  }
   // Evaluation and saving use a single-process copy with every expert, on rank 0: under expert
   // parallelism the experts are gathered into it, and evaluation always forces K (a top_p
   // router differs), so a twin is needed in those cases.
@@ -286,8 +308,9 @@ int train_command(int argc, char** argv) {
 
   const double core_flops = world.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
   const double peak = core_flops * o.threads * P;
-  const int k_lo = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_min;
-  const int k_hi = p.kcfg.strategy == KStrategy::Fixed ? o.k : o.k_max;
+  const bool one_k = p.kcfg.strategy == KStrategy::Fixed || p.kcfg.strategy == KStrategy::EMoE;
+  const int k_lo = one_k ? o.k : o.k_min;
+  const int k_hi = one_k ? o.k : o.k_max;
   say("anyk train: " + lm.config().summary() +
            fmt(" | active params/token: %lld at K=%d, %lld at K=%d", (long long)lm.config().active_params(k_lo),
                k_lo, (long long)lm.config().active_params(k_hi), k_hi));
@@ -296,11 +319,19 @@ int train_command(int argc, char** argv) {
           (long long)o.steps));
   say(fmt("layout: %d ranks = ep %d x edp %d, %d experts per rank, %d threads per rank", P, groups.ep_size,
           groups.edp_size, disp->num_local(), o.threads));
-  say(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(),
-               p.kcfg.strategy == KStrategy::Fixed  ? fmt("K=%d", o.k).c_str()
-               : p.kcfg.strategy == KStrategy::TopP ? fmt("p=%g, per-token K in [%d,%d]", o.top_p, o.k_min, o.k_max).c_str()
-                                                    : fmt("K in [%d,%d]", o.k_min, o.k_max).c_str(),
-               (long long)o.seed));
+  {
+    std::string what;
+    switch (p.kcfg.strategy) {
+      case KStrategy::Fixed: what = fmt("K=%d", o.k); break;
+      case KStrategy::TopP: what = fmt("p=%g, per-token K in [%d,%d]", o.top_p, o.k_min, o.k_max); break;
+      case KStrategy::EMoE:
+        what = fmt("k_train=%d from a per-token pool of U[%d,%d] top experts, router KL weight %g", o.k, o.k,
+                   ks.k_ideal(), o.router_kl_weight);
+        break;
+      default: what = fmt("K in [%d,%d]", o.k_min, o.k_max);
+    }
+    say(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(), what.c_str(), (long long)o.seed));
+  }
   say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P, o.threads,
           core_flops * 1e-9, peak * 1e-9));
   if (resuming)
@@ -321,7 +352,7 @@ int train_command(int argc, char** argv) {
 
   auto run_eval = [&](int64_t step_done) {
     std::vector<int> eval_ks =
-        p.kcfg.strategy == KStrategy::Fixed ? std::vector<int>{o.k} : std::vector<int>{o.k_min, o.k_max};
+        one_k ? std::vector<int>{o.k} : std::vector<int>{o.k_min, o.k_max};
     if (eval_ks.size() == 2 && eval_ks[0] == eval_ks[1]) eval_ks.pop_back();
     const LM& em = eval_model();  // collective
     if (!root) return;            // rank 0 evaluates the full model; the others go on
@@ -378,11 +409,12 @@ int train_command(int argc, char** argv) {
       // reads exactly what P ranks with A each read, and draws the same K.
       const int m = rank * A + a;
       std::vector<int> k = ks.draw(s, m);
+      const std::vector<int> pool = ks.pools(s, m);  // EMoE co-activation pools (zeros otherwise)
       loader.batch(pos0 + (s - step0) * global_seqs + int64_t(m) * B, B, in.data(), tgt.data());
       arena.reset();
       tape.clear();
       ForwardStats st;
-      Var loss = lm.forward(tape, in.data(), tgt.data(), B, T, k, &st, loss_norm);
+      Var loss = lm.forward(tape, in.data(), tgt.data(), B, T, k, &st, loss_norm, pool, ks.sample_key(s, m));
       tape.backward(loss);
       red[0] += st.ce;  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
       for (int l = 0; l < L; ++l) {
@@ -476,7 +508,23 @@ int train_command(int argc, char** argv) {
       t_compute = t_dispatch = t_sync = t_optim = 0;
     }
     if (o.eval_every > 0 && done % o.eval_every == 0 && done != o.steps) run_eval(done);
-    if ((o.save_every > 0 && done % o.save_every == 0) || done == o.steps) save(done);
+    const bool saved_now = (o.save_every > 0 && done % o.save_every == 0) || done == o.steps;
+    if (saved_now) save(done);
+    // Stop requests (Slurm's --signal warning, scancel, preemption): every rank agrees with one
+    // all-reduce, finishes this same step, checkpoints and exits cleanly.
+    const int sig = int(world.all_reduce_max(double(stop_signal())));
+    if (sig != 0 && done < o.steps) {
+      if (!saved_now) save(done);
+      say(fmt("anyk: caught %s at step %lld: checkpoint written to %s/%s; exiting", stop_signal_name(sig),
+              (long long)done, checkpoints_dir(o.run_dir).c_str(), step_dir_name(done).c_str()));
+      const char* requeue = std::getenv("ANYK_REQUEUE_ON_SIGNAL");
+      const char* job = std::getenv("SLURM_JOB_ID");
+      if (root && requeue && std::string(requeue) == "1" && job) {
+        const std::string cmd = std::string("scontrol requeue ") + job;
+        say(fmt("anyk: requeueing job %s (%s)", job, std::system(cmd.c_str()) == 0 ? "ok" : "failed"));
+      }
+      return 0;
+    }
   }
 
   const LM& em = eval_model();  // collective: gathers the experts onto rank 0
@@ -492,6 +540,15 @@ int train_command(int argc, char** argv) {
   }
   say(fmt("K-sweep on %lld val windows of %d tokens:", (long long)rs[0].windows, T));
   for (const auto& line : result_table(rs, lm.config().vocab == 256)) say(line);
+  {  // The context-free baseline: the entropy of the training tokens' frequencies.
+    std::vector<double> hist(size_t(lm.config().vocab), 0.0);
+    for (uint16_t t : *p.train_tokens) hist[t] += 1;
+    double H = 0, n = double(p.train_tokens->size());
+    for (double c : hist)
+      if (c > 0) H -= c / n * std::log2(c / n);
+    say(fmt("unigram entropy of the training tokens: %.4f bits/%s (a model without context)", H,
+            lm.config().vocab == 256 ? "byte" : "token"));
+  }
   write_text_file(o.run_dir + "/sweep.json", results_json(rs));
   for (const auto& r : rs)
     std::fprintf(metrics, "{\"type\": \"sweep\", \"k\": %d, \"val_loss\": %s, \"bits_per_byte\": %s}\n", r.k[0],
