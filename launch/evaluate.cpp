@@ -14,6 +14,7 @@
 #include <iostream>
 
 #include "data/shard.h"
+#include "launch/analysis.h"
 #include "launch/checkpoint.h"
 #include "launch/h5.h"
 #include "launch/options.h"
@@ -127,7 +128,9 @@ void write_text_file(const std::string& path, const std::string& text) {
 
 int eval_command(int argc, char** argv) {
   std::string run_dir, data_dir, k_list, layer_k, json_path, checkpoint, weights;
-  bool sweep = false, help = false;
+  bool sweep = false, help = false, analyze = false;
+  double budget = 0;
+  std::string csv_path, plot_path;
   int64_t eval_windows = 64;
   int batch = 0, threads = 0;
   po::options_description desc(
@@ -144,7 +147,16 @@ int eval_command(int argc, char** argv) {
       "k", po::value(&k_list), "comma-separated K values, each used by every layer (e.g. 1,2,4)")(
       "layer-k", po::value(&layer_k), "one K per layer, comma-separated (length = layers)")(
       "sweep", po::bool_switch(&sweep), "every uniform K = 1..experts")(
+      "budget", po::value(&budget),
+      "average K per layer: greedy per-layer allocation (start at K=1, give one more expert to the "
+      "layer that gains most) reported next to the most even schedule of the same cost")(
+      "analyze", po::bool_switch(&analyze),
+      "router analysis at --k (one value; default: the run's largest K): expert load per layer, "
+      "co-activated pairs, Spearman stability of the ranking across K")(
       "json", po::value(&json_path), "also write the results to this JSON file")(
+      "csv", po::value(&csv_path), "also write the results as CSV (name,k,val_loss,bits_per_byte)")(
+      "plot", po::value(&plot_path), "with --sweep: a PNG plot of bits per byte against K "
+                                     "(tools/plot_sweep.py, needs python3-matplotlib)")(
       "eval-windows", po::value(&eval_windows)->default_value(64), "validation windows (0 = all)")(
       "batch", po::value(&batch)->default_value(0), "windows per forward (0 = the run's --batch)")(
       "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all available)");
@@ -163,8 +175,10 @@ int eval_command(int argc, char** argv) {
   ANYK_CHECK(!run_dir.empty() || !checkpoint.empty() || !weights.empty(),
              "--run-dir, --checkpoint or --weights is required hint: see anyk eval --help");
   ANYK_CHECK(!data_dir.empty(), "--data is required hint: see anyk eval --help");
-  int modes = int(!k_list.empty()) + int(!layer_k.empty()) + int(sweep);
-  ANYK_CHECK(modes == 1, "give exactly one of --k, --layer-k, --sweep hint: see anyk eval --help");
+  int modes = int(!k_list.empty() && !analyze) + int(!layer_k.empty()) + int(sweep) + int(budget != 0) +
+              int(analyze);
+  ANYK_CHECK(modes == 1, "give exactly one of --k, --layer-k, --sweep, --budget, --analyze hint: see anyk eval --help");
+  ANYK_CHECK(plot_path.empty() || sweep, "--plot needs --sweep");
   ANYK_CHECK(eval_windows >= 0, "--eval-windows " << eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(batch >= 0, "--batch " << batch << " must be >= 0");
   ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0");
@@ -202,7 +216,9 @@ int eval_command(int argc, char** argv) {
   const int L = mc.layers, E = mc.experts;
 
   std::vector<std::vector<int>> settings;
-  if (sweep) {
+  if (budget != 0 || analyze) {
+    // handled after the model is loaded
+  } else if (sweep) {
     for (int k = 1; k <= E; ++k) settings.push_back(std::vector<int>(L, k));
   } else if (!k_list.empty()) {
     for (int k : parse_int_list(k_list, "k")) {
@@ -237,12 +253,50 @@ int eval_command(int argc, char** argv) {
   }
 
   Arena arena;
+  const int eb = batch > 0 ? batch : o.batch;
+  if (analyze) {
+    int K = o.k_strategy == "fixed" || o.k_strategy == "emoe" ? o.k : o.k_max;
+    if (!k_list.empty()) {
+      auto ks = parse_int_list(k_list, "k");
+      ANYK_CHECK(ks.size() == 1, "--analyze takes one --k value, got " << k_list);
+      K = ks[0];
+    }
+    std::string js = analyze_router(lm, val, K, eb, eval_windows, arena);
+    if (!json_path.empty()) write_text_file(json_path, js);
+    return 0;
+  }
   std::vector<EvalResult> rs;
-  for (const auto& k : settings) rs.push_back(evaluate(lm, val, k, batch > 0 ? batch : o.batch, eval_windows, arena));
+  if (budget != 0) {
+    BudgetResult br = greedy_budget(lm, val, budget, eb, eval_windows, arena);
+    std::printf("greedy allocation for an average K of %g over %d layers:\n", budget, L);
+    for (const auto& line : br.trace) std::printf("  %s\n", line.c_str());
+    br.greedy.name = "greedy " + br.greedy.name;
+    br.balanced.name = "even " + br.balanced.name;
+    rs = {br.greedy, br.balanced};
+  }
+  for (const auto& k : settings) rs.push_back(evaluate(lm, val, k, eb, eval_windows, arena));
   std::printf("%s: %lld val windows of %d tokens\n", source.c_str(), (long long)rs[0].windows, mc.seq_len);
   for (const auto& line : result_table(rs, mc.vocab == 256)) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   if (!json_path.empty()) write_text_file(json_path, results_json(rs));
+  if (!csv_path.empty()) {
+    std::string csv = "name,k,val_loss,bits_per_byte\n";
+    for (const auto& r : rs) {
+      std::string ks;
+      for (size_t i = 0; i < r.k.size(); ++i) ks += (i ? ";" : "") + std::to_string(r.k[i]);
+      csv += "\"" + r.name + "\"," + ks + "," + json_number(r.loss) + "," + json_number(r.bits()) + "\n";
+    }
+    write_text_file(csv_path, csv);
+  }
+  if (!plot_path.empty()) {
+    const std::string tmp = plot_path + ".json";
+    write_text_file(tmp, results_json(rs));
+    const std::string cmd = "/usr/bin/python3 '" + std::string(ANYK_SOURCE_DIR) + "/tools/plot_sweep.py' --out '" +
+                            plot_path + "' --label '" + source + "' '" + tmp + "'";
+    int rc = std::system(cmd.c_str());
+    std::filesystem::remove(tmp);
+    ANYK_CHECK(rc == 0, "plotting failed (" << cmd << ") hint: apt-get install python3-matplotlib");
+  }
   return 0;
 }
 

@@ -62,7 +62,10 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
   for (int l = 0; l < cfg_.layers; ++l)
     ANYK_CHECK(k[l] >= 1 && k[l] <= cfg_.experts,
                "K = " << k[l] << " at layer " << l << " is outside [1, E=" << cfg_.experts << "]");
-  if (stats) stats->layers.assign(cfg_.layers, MoEStats{});
+  if (stats) {
+    stats->layers.assign(cfg_.layers, MoEStats{});
+    for (auto& ls : stats->layers) ls.capture = stats->capture_router;
+  }
 
   Var x = embedding(tape, inputs, N, ps_.var(wte_));  // (N,C)
   Var aux_total;

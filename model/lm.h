@@ -15,6 +15,7 @@
 namespace anyk {
 
 struct ForwardStats {
+  bool capture_router = false;  // in: fill each layer's probs and ids (see MoEStats)
   double ce = 0;    // mean cross-entropy over this call's tokens (nats)
   double aux = 0;   // sum of the routers' auxiliary losses
   std::vector<MoEStats> layers;

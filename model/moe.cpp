@@ -40,6 +40,14 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
     st->kl = r.kl;
     st->assignments = r.assignments;
     st->counts.assign(r.counts, r.counts + d_->num_experts());
+    if (st->capture) {
+      st->ids.assign(r.ids, r.ids + int64_t(N) * K);
+      st->probs.resize(size_t(r.probs.numel()));
+      dispatch(r.probs.dtype, [&](auto tag) {
+        using T = decltype(tag);
+        for (int64_t i = 0; i < r.probs.numel(); ++i) st->probs[i] = float(r.probs.ptr<T>()[i]);
+      });
+    }
   }
   return out;
 }

@@ -38,6 +38,9 @@ class Experts {
 };
 
 struct MoEStats {
+  bool capture = false;      // in: also copy the router's probabilities and choices (analysis)
+  std::vector<float> probs;  // (N,E) when captured
+  std::vector<int> ids;      // (N,K) when captured, -1 in unused slots
   double lb = 0, z = 0, kl = 0;
   int64_t assignments = 0;   // routed (token, expert) pairs on this rank
   std::vector<int> counts;   // (E) assignments per global expert on this rank's tokens
