@@ -316,9 +316,9 @@ def main():
           table(list(exp6.items()), list(range(1, 17))),
           "## Plots\n"]
     md += [f"![{n}]({p})" for n, p in plots.items()]
-    md += ["\n## Commands\n", "Every command this run executed (cached runs are not repeated), with its wall time:\n",
-           "```"] + [f"{c}    # {t:.1f} s" if t == t else f"{c}    # (time not recorded)" for c, t in lab.commands]
-           + ["```\n"]
+    md += ["\n## Commands\n", "Every command behind these results, with the wall time it took when it ran:\n", "```"]
+    md += [f"{c}    # {t:.1f} s" if t == t else f"{c}    # (time not recorded)" for c, t in lab.commands]
+    md += ["```\n"]
     with open(o.out, "w") as f:
         f.write("\n".join(md) + "\n")
     print(f"reproduce: wrote {o.out} ({elapsed / 60:.1f} min)")
