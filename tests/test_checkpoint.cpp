@@ -24,18 +24,15 @@
 #include "launch/weights.h"
 #include "model/lm.h"
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using namespace anyk;
 namespace h5 = anyk::launch::h5;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using anyk::test::slurp;
 
 const std::string kModel =
     "--steps 12 --layers 2 --dim 32 --heads 2 --experts 4 --expert-hidden 32 --seq-len 32 --batch 2 "

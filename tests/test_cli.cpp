@@ -11,6 +11,8 @@
 #include <string>
 #include <unistd.h>
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -20,12 +22,7 @@ struct Result {
   std::string out, err;
 };
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using anyk::test::slurp;
 
 // A fresh directory under the system temp dir, removed when the fixture dies.
 struct TempDir {

@@ -14,16 +14,13 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using anyk::test::slurp;
 
 // All numbers following `"key": [` up to the matching close of that array (flattened).
 std::vector<double> numbers_after(const std::string& s, const std::string& key) {

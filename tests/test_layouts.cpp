@@ -17,17 +17,14 @@
 #include "launch/weights.h"
 #include "model/lm.h"
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using namespace anyk;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using anyk::test::slurp;
 
 struct Runner {
   fs::path dir;

@@ -13,16 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using anyk::test::slurp;
 
 // One prepared corpus and one trained run shared by the test cases of this file.
 struct Fixture {

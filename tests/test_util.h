@@ -1,8 +1,12 @@
 // Helpers shared by the test suites: move data between std::vector<double> and Vars of either
-// dtype, and a relative-error measure.
+// dtype, a relative-error measure, and reading a file whole.
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "runtime/rng.h"
@@ -48,6 +52,14 @@ inline double rel_err(const std::vector<double>& a, const std::vector<double>& b
     den = std::max(den, std::abs(b[i]));
   }
   return num / den;
+}
+
+// The whole content of a file ("" when it cannot be read): for tests that run the binary.
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace anyk::test
