@@ -65,6 +65,32 @@ void write_common_attrs(hid_t f, const std::string& path, const CheckpointMeta& 
   h5::write_model_attrs(f, path, meta.model);
 }
 
+}  // namespace
+
+void write_run_state_attrs(hid_t f, const std::string& path, const CheckpointMeta& meta) {
+  h5::write_attr(f, path, "step", meta.step);
+  h5::write_attr(f, path, "seed", meta.seed);
+  h5::write_attr(f, path, "loader_position", meta.loader_position);
+  h5::write_attr(f, path, "global_seqs", meta.global_seqs);
+  h5::write_attr(f, path, "adam_step", meta.adam_step);
+  h5::write_attr(f, path, "world_size", meta.world_size);
+  h5::write_attr(f, path, "ep_size", meta.ep_size);
+  h5::write_attr(f, path, "config_ini", meta.config_ini);
+}
+
+void read_run_state_attrs(hid_t f, const std::string& path, CheckpointMeta& m) {
+  m.step = h5::read_attr_int(f, path, "step");
+  m.seed = h5::read_attr_int(f, path, "seed");
+  m.loader_position = h5::read_attr_int(f, path, "loader_position");
+  m.global_seqs = h5::read_attr_int(f, path, "global_seqs");
+  m.adam_step = h5::read_attr_int(f, path, "adam_step");
+  m.world_size = h5::read_attr_int(f, path, "world_size");
+  m.ep_size = h5::read_attr_int(f, path, "ep_size");
+  m.config_ini = h5::read_attr_string(f, path, "config_ini");
+}
+
+namespace {
+
 void close_and_sync(h5::Handle& f, const std::string& path) {
   H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + path);
   f.reset();
@@ -222,14 +248,7 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
   h5::Handle f = h5::open_file(path);
   check_header(f.id, path, "meta");
   CheckpointMeta m;
-  m.step = h5::read_attr_int(f.id, path, "step");
-  m.seed = h5::read_attr_int(f.id, path, "seed");
-  m.loader_position = h5::read_attr_int(f.id, path, "loader_position");
-  m.global_seqs = h5::read_attr_int(f.id, path, "global_seqs");
-  m.adam_step = h5::read_attr_int(f.id, path, "adam_step");
-  m.world_size = h5::read_attr_int(f.id, path, "world_size");
-  m.ep_size = h5::read_attr_int(f.id, path, "ep_size");
-  m.config_ini = h5::read_attr_string(f.id, path, "config_ini");
+  read_run_state_attrs(f.id, path, m);
   m.model = h5::read_model_attrs(f.id, path);
   ANYK_CHECK(m.step >= 0 && m.adam_step >= 0 && m.loader_position >= 0 && m.global_seqs >= 0,
              path << ": negative step, adam_step, loader_position or global_seqs");

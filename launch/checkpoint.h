@@ -65,6 +65,12 @@ std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region
 
 // --- single files ----------------------------------------------------------------------------
 // meta.h5: attributes of meta, /params, and when the refs have moments /adam_m and /adam_v.
+// The run-state attributes of a CheckpointMeta (step, seed, loader_position, global_seqs,
+// adam_step, world_size, ep_size, config_ini): written and read the same way by meta.h5 and by
+// consolidated files.
+void write_run_state_attrs(hid_t f, const std::string& path, const CheckpointMeta& meta);
+void read_run_state_attrs(hid_t f, const std::string& path, CheckpointMeta& meta);
+
 void write_meta_file(const std::string& path, const CheckpointMeta& meta, const std::vector<TensorRef>& dense);
 // experts_<r>.h5: /experts/<id>/{params,adam_m,adam_v}/<name> for every ref.
 void write_experts_file(const std::string& path, const CheckpointMeta& meta, int ep_rank,

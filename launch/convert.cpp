@@ -120,14 +120,7 @@ std::unique_ptr<Full> read_consolidated(const std::string& path) {
   meta.model.validate();
   const bool consolidated = h5::attr_exists(f.id, "kind") && h5::read_attr_string(f.id, path, "kind") == "consolidated";
   if (consolidated) {
-    meta.step = h5::read_attr_int(f.id, path, "step");
-    meta.seed = h5::read_attr_int(f.id, path, "seed");
-    meta.loader_position = h5::read_attr_int(f.id, path, "loader_position");
-    meta.global_seqs = h5::read_attr_int(f.id, path, "global_seqs");
-    meta.adam_step = h5::read_attr_int(f.id, path, "adam_step");
-    meta.world_size = h5::read_attr_int(f.id, path, "world_size");
-    meta.ep_size = h5::read_attr_int(f.id, path, "ep_size");
-    meta.config_ini = h5::read_attr_string(f.id, path, "config_ini");
+    read_run_state_attrs(f.id, path, meta);
   }
   auto full = std::make_unique<Full>(meta);
   full->has_optimizer = consolidated && h5::read_attr_int(f.id, path, "has_optimizer") != 0;
@@ -155,15 +148,8 @@ void write_consolidated(Full& full, const std::string& out, bool moments) {
     h5::write_model_attrs(f.id, tmp, full.meta.model);
     h5::write_attr(f.id, tmp, "kind", "consolidated");
     h5::write_attr(f.id, tmp, "checksum", "crc32");
-    h5::write_attr(f.id, tmp, "step", full.meta.step);
-    h5::write_attr(f.id, tmp, "seed", full.meta.seed);
-    h5::write_attr(f.id, tmp, "loader_position", full.meta.loader_position);
-    h5::write_attr(f.id, tmp, "global_seqs", full.meta.global_seqs);
-    h5::write_attr(f.id, tmp, "adam_step", full.meta.adam_step);
-    h5::write_attr(f.id, tmp, "world_size", full.meta.world_size);
-    h5::write_attr(f.id, tmp, "ep_size", full.meta.ep_size);
+    write_run_state_attrs(f.id, tmp, full.meta);
     h5::write_attr(f.id, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
-    h5::write_attr(f.id, tmp, "config_ini", full.meta.config_ini);
     h5::Handle gm, gv;
     if (moments) {
       gm = h5::create_group(f.id, tmp, "adam_m");
