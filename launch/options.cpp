@@ -78,7 +78,7 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("k-strategy", &o.k_strategy,
         "how many experts are active: fixed, global, micro, layer, layer_weighted, top_p, emoe "
         "(EMoE: --k experts drawn per token from a top pool of size U[--k, --k-ideal])");
-  t.add("k-min", &o.k_min, "smallest K drawn (all strategies but fixed; per-token floor for top_p)");
+  t.add("k-min", &o.k_min, "smallest K drawn (all strategies but fixed and emoe; per-token floor for top_p)");
   t.add("k-max", &o.k_max, "largest K drawn (cap of the per-token K for top_p); <= experts");
   t.add("k", &o.k, "K of the fixed strategy; k_train of emoe");
   t.add("k-ideal", &o.k_ideal, "emoe: largest co-activation pool (0 = min(3 k, experts))");

@@ -164,36 +164,5 @@ uint64_t KSchedule::sample_key(int64_t step, int micro) const {
   return hash_key(cfg_.seed, kStreamEMoESample, static_cast<uint64_t>(step), static_cast<uint64_t>(micro));
 }
 
-template <class T>
-int top_p_count(const T* probs, int E, double p, int k_min, int k_max) {
-  ANYK_CHECK(E >= 1 && k_min >= 1 && k_min <= k_max && k_max <= E,
-             "top_p_count: need 1 <= k_min <= k_max <= E, got k_min = "
-                 << k_min << ", k_max = " << k_max << ", E = " << E);
-  ANYK_CHECK(p > 0.0 && p <= 1.0, "top_p_count: p = " << p << " is outside (0, 1]");
-  // Only the largest k_max values matter (the answer is capped there), so partially sort those.
-  // Small E stays on the stack: this runs once per token.
-  constexpr int kStack = 256;
-  std::array<double, kStack> stack_buf;
-  std::vector<double> heap_buf;
-  double* buf = stack_buf.data();
-  if (E > kStack) {
-    heap_buf.resize(static_cast<size_t>(E));
-    buf = heap_buf.data();
-  }
-  for (int e = 0; e < E; ++e) {
-    const double x = static_cast<double>(probs[e]);
-    buf[e] = std::isnan(x) ? 0.0 : x;  // NaN would break the sort's ordering
-  }
-  std::partial_sort(buf, buf + k_max, buf + E, [](double a, double b) { return a > b; });
-  double sum = 0.0;
-  for (int k = 1; k <= k_max; ++k) {
-    sum += buf[k - 1];
-    if (sum >= p) return std::max(k, k_min);
-  }
-  return k_max;
-}
-
-template int top_p_count<float>(const float*, int, double, int, int);
-template int top_p_count<double>(const double*, int, double, int, int);
 
 }  // namespace anyk

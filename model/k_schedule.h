@@ -32,7 +32,7 @@ class KSchedule {
   KSchedule(KScheduleConfig cfg, int num_layers, int num_experts);
 
   /// K of every layer at (step, micro): (num_layers). For top_p every entry is k_max, the cap of
-  /// the per-token K that the router decides with top_p_count.
+  /// the per-token K that the router decides with top_p_count (runtime/ops/ops.h).
   std::vector<int> draw(int64_t step, int micro) const;
 
   /// EMoE stochastic co-activation: the pool size of every layer at (step, micro), uniform in
@@ -59,12 +59,5 @@ class KSchedule {
 /// P(K=k) for k = k_min..k_max under layer_weighted: k^(1/tau), normalised.
 std::vector<double> layer_weighted_probs(int k_min, int k_max, double tau);
 
-/// The smallest k whose largest-k probabilities sum to >= p, clamped to [k_min, k_max].
-/// probs: (E), need not be sorted; NaN entries count as zero mass.
-template <class T>
-int top_p_count(const T* probs, int E, double p, int k_min, int k_max);
-
-extern template int top_p_count<float>(const float*, int, double, int, int);
-extern template int top_p_count<double>(const double*, int, double, int, int);
 
 }  // namespace anyk

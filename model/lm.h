@@ -39,8 +39,6 @@ class LM {
   Var forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
               std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0,
               std::span<const int> pool = {}, uint64_t sample_key = 0) const;
-  // Replace the router options (e.g. evaluate a top_p-trained model at forced K).
-  void set_router_options(const RouterOptions& o) { cfg_.router = o; }
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return ps_; }

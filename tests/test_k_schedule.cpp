@@ -11,6 +11,7 @@
 
 #include "model/k_schedule.h"
 #include "runtime/check.h"
+#include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 
 using namespace anyk;

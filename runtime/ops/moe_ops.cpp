@@ -2,6 +2,7 @@
 // hierarchical-KL losses), the row gather / weighted scatter-add permutation duals, and the
 // per-expert grouped matmul.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -10,6 +11,38 @@
 #include "runtime/rng.h"
 
 namespace anyk {
+
+template <class T>
+int top_p_count(const T* probs, int E, double p, int k_min, int k_max) {
+  ANYK_CHECK(E >= 1 && k_min >= 1 && k_min <= k_max && k_max <= E,
+             "top_p_count: need 1 <= k_min <= k_max <= E, got k_min = "
+                 << k_min << ", k_max = " << k_max << ", E = " << E);
+  ANYK_CHECK(p > 0.0 && p <= 1.0, "top_p_count: p = " << p << " is outside (0, 1]");
+  // Only the largest k_max values matter (the answer is capped there), so partially sort those.
+  // Small E stays on the stack: this runs once per token.
+  constexpr int kStack = 256;
+  std::array<double, kStack> stack_buf;
+  std::vector<double> heap_buf;
+  double* buf = stack_buf.data();
+  if (E > kStack) {
+    heap_buf.resize(static_cast<size_t>(E));
+    buf = heap_buf.data();
+  }
+  for (int e = 0; e < E; ++e) {
+    const double x = static_cast<double>(probs[e]);
+    buf[e] = std::isnan(x) ? 0.0 : x;  // NaN would break the sort's ordering
+  }
+  std::partial_sort(buf, buf + k_max, buf + E, [](double a, double b) { return a > b; });
+  double sum = 0.0;
+  for (int k = 1; k <= k_max; ++k) {
+    sum += buf[k - 1];
+    if (sum >= p) return std::max(k, k_min);
+  }
+  return k_max;
+}
+
+template int top_p_count<float>(const float*, int, double, int, int);
+template int top_p_count<double>(const double*, int, double, int, int);
 
 RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt) {
   ANYK_CHECK(logits.shape().ndim == 2, "router expects logits (N,E), got " << logits.shape().str());
@@ -60,13 +93,7 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
     } else if (opt.top_p > 0) {
       // Per-token K: the smallest k whose sorted probabilities reach top_p, in [k_min, K].
       int* kc = arena.alloc_n<int>(N);
-      for (int n = 0; n < N; ++n) {
-        double acc = 0;
-        int k = 0;
-        const int* id = ids + int64_t(n) * K;  // already sorted by probability, best first
-        while (k < K && acc < opt.top_p) acc += p[int64_t(n) * E + id[k++]];
-        kc[n] = std::max(std::min(k, K), std::min(opt.k_min, K));
-      }
+      for (int n = 0; n < N; ++n) kc[n] = top_p_count<T>(p + int64_t(n) * E, E, opt.top_p, std::min(opt.k_min, K), K);
       cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(), kc,
                              N, E, K, opt.renormalize);
     }

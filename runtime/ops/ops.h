@@ -47,6 +47,10 @@ struct RouterOut {
   int64_t assignments;   // sum of counts
   double lb, z, kl;      // the unweighted loss values, for logging
 };
+// top_p: the smallest k whose largest-k probabilities sum to >= p, clamped to [k_min, k_max].
+// probs: (E), need not be sorted; NaN entries count as zero mass. The router calls it per token.
+template <class T> int top_p_count(const T* probs, int E, double p, int k_min, int k_max);
+
 // The router op: logits (N,E) -> top-K routing and the auxiliary losses.
 RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt);
 
