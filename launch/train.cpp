@@ -445,11 +445,7 @@ int train_command(int argc, char** argv) {
     ANYK_CHECK(std::isfinite(gnorm) && std::isfinite(ce),
                "training diverged at step " << s + 1 << " (loss " << ce << ", grad norm " << gnorm
                                             << ") hint: lower --lr or raise --warmup");
-    if (o.grad_clip > 0 && gnorm > o.grad_clip) {
-      const float f = float(o.grad_clip / gnorm);
-      for (auto g : {dense, expert})
-        for (int64_t i = 0; i < g.second; ++i) g.first[i] *= f;
-    }
+    scale_to_norm({dense, expert}, gnorm, o.grad_clip);
     const double lr = p.lr.at(s);
     opt.step(lr);
     ps.zero_grad();

@@ -99,27 +99,40 @@ float* AdamW::v(int region) { return const_cast<float*>(region_at(region).v.data
 int64_t AdamW::region_size(int region) const { return region_at(region).n; }
 
 double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads) {
+  // Fixed chunks summed in order: the result does not depend on the thread count or on the
+  // order in which threads finish (an OpenMP reduction's would), so runs stay bit-identical.
+  constexpr int64_t kChunk = 1 << 16;
   double sum = 0.0;
   for (const auto& [g, n] : grads) {
     ANYK_CHECK(n >= 0 && (n == 0 || g != nullptr),
                "global_grad_norm got a buffer of numel " << n << " with pointer " << g);
-    double part = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : part) if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) part += static_cast<double>(g[i]) * g[i];
-    sum += part;
+    const int64_t chunks = (n + kChunk - 1) / kChunk;
+    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+    for (int64_t c = 0; c < chunks; ++c) {
+      double acc = 0.0;
+      for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i)
+        acc += static_cast<double>(g[i]) * g[i];
+      part[c] = acc;
+    }
+    for (double x : part) sum += x;
   }
   return std::sqrt(sum);
 }
 
-double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm) {
-  std::vector<std::pair<const float*, int64_t>> cgrads(grads.begin(), grads.end());
-  const double norm = global_grad_norm(cgrads);
-  if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return norm;
+void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm) {
+  if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return;
   const float scale = static_cast<float>(max_norm / norm);
   for (const auto& [g, n] : grads) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) g[i] *= scale;
   }
+}
+
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm) {
+  std::vector<std::pair<const float*, int64_t>> cgrads(grads.begin(), grads.end());
+  const double norm = global_grad_norm(cgrads);
+  scale_to_norm(grads, norm, max_norm);
   return norm;
 }
 

@@ -59,8 +59,13 @@ class AdamW {
   std::vector<Region> regions_;
 };
 
-/// L2 norm over all buffers, accumulated in double. Each pair is (pointer, numel).
+/// L2 norm over all buffers, accumulated in double in a fixed order (deterministic for any
+/// thread count). Each pair is (pointer, numel).
 double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads);
+
+/// Scales every buffer in place by max_norm / norm when norm > max_norm (norm computed by the
+/// caller, e.g. reduced over ranks); no-op for max_norm <= 0 or a non-finite norm.
+void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm);
 
 /// Scales every buffer in place by max_norm / norm when norm > max_norm, so the new global norm
 /// is max_norm. max_norm <= 0 disables clipping. A non-finite norm leaves the grads untouched (the
