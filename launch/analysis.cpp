@@ -88,28 +88,16 @@ struct Capture {
 };
 
 Capture capture(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena) {
-  const int L = lm.config().layers, T = val.seq_len();
-  int64_t n = val.num_eval_windows();
-  if (windows > 0 && windows < n) n = windows;
+  const int L = lm.config().layers;
   Capture c;
   c.probs.resize(L);
   c.ids.resize(L);
-  std::vector<int> in(size_t(B) * T), tgt(size_t(B) * T), k(L, K);
-  Tape tape(arena);
-  tape.set_grad_enabled(false);
-  for (int64_t w0 = 0; w0 < n; w0 += B) {
-    const int b = int(std::min<int64_t>(B, n - w0));
-    for (int i = 0; i < b; ++i) val.eval_window(w0 + i, &in[size_t(i) * T], &tgt[size_t(i) * T]);
-    arena.reset();
-    tape.clear();
-    ForwardStats st;
-    st.capture_router = true;
-    lm.forward(tape, in.data(), tgt.data(), b, T, k, &st, 0);
+  evaluate(lm, val, std::vector<int>(L, K), B, windows, arena, "analyze", [&](const ForwardStats& st) {
     for (int l = 0; l < L; ++l) {
       c.probs[l].insert(c.probs[l].end(), st.layers[l].probs.begin(), st.layers[l].probs.end());
       c.ids[l].insert(c.ids[l].end(), st.layers[l].ids.begin(), st.layers[l].ids.end());
     }
-  }
+  });
   return c;
 }
 

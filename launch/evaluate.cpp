@@ -36,7 +36,8 @@ std::string k_setting_name(std::span<const int> k) {
 }
 
 EvalResult evaluate(const LM& lm, const data::Loader& val, std::span<const int> k, int B,
-                    int64_t max_windows, Arena& arena, const std::string& label) {
+                    int64_t max_windows, Arena& arena, const std::string& label,
+                    const std::function<void(const ForwardStats&)>& on_batch) {
   ANYK_CHECK(lm.config().router.top_p == 0,
              "evaluate needs a forced-K router (top_p = 0), got top_p " << lm.config().router.top_p);
   ANYK_CHECK(B >= 1, "eval batch " << B << " must be >= 1");
@@ -63,8 +64,10 @@ EvalResult evaluate(const LM& lm, const data::Loader& val, std::span<const int> 
     arena.reset();
     tape.clear();
     ForwardStats st;
+    st.capture_router = bool(on_batch);
     lm.forward(tape, in.data(), tgt.data(), b, T, k, &st, 0);  // st.ce: mean over b*T tokens
     sum += st.ce * double(b) * T;
+    if (on_batch) on_batch(st);
     auto now = std::chrono::steady_clock::now();
     if (std::chrono::duration<double>(now - last).count() > 2.0 && w0 + b < n) {
       last = now;

@@ -2,6 +2,7 @@
 // layer, shared by `anyk train` (periodic evals, final K-sweep) and `anyk eval`.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -23,8 +24,11 @@ struct EvalResult {
 // Mean CE over val windows 0..n-1 (n = max_windows, 0 or too many = all), B windows per forward.
 // The model's router must use forced K (router.top_p == 0). Prints progress to stderr when the
 // eval runs longer than a couple of seconds; `label` prefixes those lines.
+// on_batch, when given, sees each batch's stats with the routers' probabilities and choices
+// captured (ForwardStats::capture_router), for the router analysis.
 EvalResult evaluate(const LM& lm, const data::Loader& val, std::span<const int> k, int B,
-                    int64_t max_windows, Arena& arena, const std::string& label = "eval");
+                    int64_t max_windows, Arena& arena, const std::string& label = "eval",
+                    const std::function<void(const ForwardStats&)>& on_batch = {});
 
 // "K=2" for a uniform list, "K=4,3,2,1" otherwise.
 std::string k_setting_name(std::span<const int> k);
