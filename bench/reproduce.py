@@ -2,13 +2,15 @@
 """Reproduce experiments 1-6 of RESEARCH.md at small scale and write docs/results.md.
 
     /usr/bin/python3 bench/reproduce.py --quick          # minutes: tiny models, same shapes
-    /usr/bin/python3 bench/reproduce.py                  # the full run (hours on 2 cores)
+    /usr/bin/python3 bench/reproduce.py --jobs 2         # the full run (about 1.5 hours on 2 cores)
     /usr/bin/python3 bench/reproduce.py --seeds 1 2 --out /tmp/r.md --work runs/repro
 
 Every training run is `anyk train` and every number comes from `anyk eval` on the held-out split of
 the default corpus (Debian's fortunes). Runs are cached in the work directory: a finished run
 (sweep.json present) is not trained again, so an interrupted reproduction resumes where it
-stopped. Each claim is judged by the rule in RESEARCH.md: a difference counts only if it is larger
+stopped. `--jobs N` trains N runs at a time, each with threads/N threads (on 2 cores two 1-thread
+runs make about 20% more progress than one 2-thread run); results do not depend on the order.
+Each claim is judged by the rule in RESEARCH.md: a difference counts only if it is larger
 than twice the seed spread (the larger of the two standard deviations).
 """
 import argparse
@@ -18,7 +20,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANYK = os.path.join(ROOT, "build", "anyk")
@@ -63,22 +67,29 @@ class Lab:
         q = opts.quick
         self.model = ["--layers", "2" if q else "4", "--dim", "64" if q else "128", "--heads", "2" if q else "4",
                       "--expert-hidden", "64" if q else "128", "--seq-len", "64" if q else "128",
-                      "--batch", "8" if q else "16", "--threads", str(opts.threads)]
-        self.steps = opts.steps or (600 if q else 1500)
+                      "--batch", "8" if q else "16"]
+        self.run_threads = max(1, opts.threads // opts.jobs)
+        self.steps = opts.steps or (600 if q else 1200)
+        self.lock = threading.Lock()  # one run directory is never trained by two workers
         self.windows = "32" if q else "128"
         self.L = 2 if q else 4
 
-    def train(self, name, seed, args, steps=None):
+    def train(self, name, seed, args, steps=None, log=True):
+        """Trains one run (or finds it cached). Its final K sweep (sweep.json, written by anyk train
+        on the same held-out windows that `anyk eval --sweep` uses) is what sweep() reads."""
         run = os.path.join(self.work, f"{name}_s{seed}")
         cmd = [ANYK, "train", "--data", self.data, "--run-dir", run, "--seed", str(seed),
                "--steps", str(steps or self.steps), "--eval-every", "0", "--log-every", "100",
-               "--eval-windows", self.windows] + self.model + args
+               "--eval-windows", self.windows, "--threads", str(self.run_threads)] + self.model + args
         stamp = run + ".seconds"
+        log = self.commands if log else None
         if os.path.exists(os.path.join(run, "sweep.json")):
-            cached(cmd, self.commands, stamp)
+            if log is not None:
+                cached(cmd, log, stamp)
             return run
         shutil.rmtree(run, ignore_errors=True)
-        sh(cmd, self.commands, stamp)
+        print(f"reproduce: training {os.path.basename(run)}", flush=True)
+        sh(cmd, log, stamp)
         return run
 
     def eval(self, run, what, tag):
@@ -93,7 +104,8 @@ class Lab:
             return json.load(f)
 
     def sweep(self, run):
-        res = self.eval(run, ["--sweep"], "sweep")["results"]
+        with open(os.path.join(run, "sweep.json")) as f:
+            res = json.load(f)["results"]
         return {r["k"][0]: r["bits_per_byte"] for r in res}
 
 
@@ -133,10 +145,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny models and short runs (minutes)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--steps", type=int, default=0, help="override the steps per run")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads in all (per run: threads / jobs)")
+    ap.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     ap.add_argument("--work", default=None, help="run cache (default runs/repro[-quick])")
     ap.add_argument("--out", default=None, help="results markdown (default docs/results[-quick].md)")
     o = ap.parse_args()
+    if o.jobs < 1 or o.threads < 1:
+        sys.exit(f"reproduce: error: --jobs {o.jobs} / --threads {o.threads} must be >= 1")
     if not os.access(ANYK, os.X_OK):
         sys.exit("reproduce: error: build/anyk not found. hint: bash tools/build.sh")
     suffix = "-quick" if o.quick else ""
@@ -148,25 +163,68 @@ def main():
     t_start = time.time()
     seeds = o.seeds
     E8, E16 = ["--experts", "8"], ["--experts", "16"]
+    base = ["--k-strategy", "fixed", "--k", "2"]
+    emoe = ["--k-strategy", "emoe", "--k", "2", "--k-ideal", "6"]
+    kl = ["--router-kl-weight", "0.01"]
+    half = max(lab.steps // 2, 10)  # experiment 6: pretrain for half the budget, continue for the other half
+    # Every training run: name -> (args, steps, the run whose weights it starts from or None).
+    # top_p: RESEARCH.md's p = 0.1 belongs to 96 experts; with E = 8 the top expert alone always
+    # holds more than 0.1 of the mass, so p = 0.1 would train exactly the fixed K=1 model. p = 0.5
+    # keeps the strategy's meaning (K decided per token by the router) at this expert count.
+    runs_def = {f"fixed{k}": (E8 + ["--k-strategy", "fixed", "--k", str(k)], None, None) for k in (1, 2, 3, 4)}
+    gran_def = [("layer", []), ("global", []), ("micro", []), ("layer_weighted", ["--tau", "2"]),
+                ("top_p", ["--top-p", "0.5"])]
+    for strat, extra in gran_def:
+        runs_def[strat] = (E8 + ["--k-strategy", strat, "--k-min", "1", "--k-max", "4"] + extra, None, None)
+    exp5_def = {"fixed K=2": ("e16_fixed2", base), "EMoE (sampling + router loss)": ("e16_emoe", emoe + kl),
+                "sampling only": ("e16_sample", emoe), "router loss only": ("e16_kl", base + kl)}
+    for name, args in exp5_def.values():
+        runs_def[name] = (E16 + args, None, None)
+    runs_def["e16_pre"] = (E16 + base, half, None)
+    exp6_def = {"continue fixed K=2": "e16_cont_fixed", "continue EMoE": "e16_cont_emoe"}
+    runs_def["e16_cont_fixed"] = (E16 + base, half, "e16_pre")
+    runs_def["e16_cont_emoe"] = (E16 + emoe + kl, half, "e16_pre")
+
+    def train(name, s, log=True):
+        args, steps, parent = runs_def[name]
+        if parent:
+            args = args + ["--init-weights", os.path.join(lab.work, f"{parent}_s{s}", "model.h5")]
+        return lab.train(name, s, args, steps, log)
+
+    if o.jobs > 1:
+        # Train everything first, o.jobs runs at a time; the pass below then finds every run cached.
+        # Parents are submitted first, so a child waiting on its parent never starves the pool.
+        order = sorted(runs_def, key=lambda n: runs_def[n][2] is not None)
+        futures = {}
+        with ThreadPoolExecutor(max_workers=o.jobs) as pool:
+            def task(name, s):
+                parent = runs_def[name][2]
+                if parent:
+                    futures[(parent, s)].result()
+                return train(name, s, log=False)
+            for name in order:
+                for s in seeds:
+                    futures[(name, s)] = pool.submit(task, name, s)
+            for f in futures.values():
+                f.result()
 
     raw = {}  # name -> {K: [per-seed bits/byte]}, for paired (same-model) comparisons
 
-    def sweep_stats(name, args, experts, steps=None):
+    def sweep_stats(name):
         per_k = raw.setdefault(name, {})
         runs = []
         for s in seeds:
-            run = lab.train(name, s, experts + args, steps)
+            if runs_def[name][2]:
+                train(runs_def[name][2], s)
+            run = train(name, s)
             runs.append(run)
             for k, v in lab.sweep(run).items():
                 per_k.setdefault(k, []).append(v)
         return {k: stats(v) for k, v in per_k.items()}, runs
 
     print("reproduce: experiments 1-3 (E=8)", flush=True)
-    spec = {k: sweep_stats(f"fixed{k}", ["--k-strategy", "fixed", "--k", str(k)], E8) for k in (1, 2, 3, 4)}
-    gran = {}
-    for strat, extra in [("layer", []), ("global", []), ("micro", []), ("layer_weighted", ["--tau", "2"]),
-                         ("top_p", ["--top-p", "0.1"])]:
-        gran[strat] = sweep_stats(strat, ["--k-strategy", strat, "--k-min", "1", "--k-max", "4"] + extra, E8)
+    spec = {k: sweep_stats(f"fixed{k}") for k in (1, 2, 3, 4)}
+    gran = {strat: sweep_stats(strat) for strat, _ in gran_def}
     mmoe, mmoe_runs = gran["layer"]
 
     print("reproduce: experiment 4 (per-layer budgets)", flush=True)
@@ -187,28 +245,13 @@ def main():
     exp4[f"greedy --budget {budget:g} ({'; '.join(g_sched)})"] = stats(g_vals)
 
     print("reproduce: experiments 5-6 (E=16, EMoE)", flush=True)
-    base = ["--k-strategy", "fixed", "--k", "2"]
-    emoe = ["--k-strategy", "emoe", "--k", "2", "--k-ideal", "6"]
-    exp5 = {
-        "fixed K=2": sweep_stats("e16_fixed2", base, E16)[0],
-        "EMoE (sampling + router loss)": sweep_stats("e16_emoe", emoe + ["--router-kl-weight", "0.01"], E16)[0],
-        "sampling only": sweep_stats("e16_sample", emoe, E16)[0],
-        "router loss only": sweep_stats("e16_kl", base + ["--router-kl-weight", "0.01"], E16)[0],
-    }
-    # 6: pretrain fixed K=2 (E=16) for half the budget, then continue for the other half.
-    half = max(lab.steps // 2, 10)
-    exp6 = {}
-    for label, args in [("continue fixed K=2", base), ("continue EMoE", emoe + ["--router-kl-weight", "0.01"])]:
-        per_k = {}
-        for s in seeds:
-            pre = lab.train("e16_pre", s, E16 + base, half)
-            run = lab.train("e16_cont_" + ("emoe" if "emoe" in args else "fixed"), s,
-                            E16 + args + ["--init-weights", os.path.join(pre, "model.h5")], half)
-            for k, v in lab.sweep(run).items():
-                per_k.setdefault(k, []).append(v)
-        exp6[label] = {k: stats(v) for k, v in per_k.items()}
+    exp5 = {label: sweep_stats(name)[0] for label, (name, _) in exp5_def.items()}
+    exp6 = {label: sweep_stats(name)[0] for label, name in exp6_def.items()}
     # The cost of the results: the recorded time of every command (cached ones included).
+    # Commands are listed once each (experiment 6's pretraining is the parent of two runs).
+    lab.commands = list({c: (c, t) for c, t in lab.commands}.values())
     elapsed = sum(t for _, t in lab.commands if t == t) or (time.time() - t_start)
+    wall = time.time() - t_start
 
     # ----- plots
     plots = {}
@@ -293,8 +336,10 @@ def main():
           + "; at K=6: " + fmt(c6f[6]) + " vs " + fmt(c6e[6]))
 
     md = [f"# Reproduction of the M-MoE and EMoE claims at small scale{' (quick mode)' if o.quick else ''}\n",
-          f"Generated by `bench/reproduce.py {' '.join(sys.argv[1:])}` in {elapsed / 60:.1f} minutes of wall "
-          f"time on this machine (2 cores), seeds {seeds}. Model: {' '.join(lab.model[:-2])}, {lab.steps} steps "
+          f"Generated by `/usr/bin/python3 bench/reproduce.py {' '.join(sys.argv[1:])}` on this machine (2 cores): "
+          f"{elapsed / 60:.1f} minutes of command time (the sum of every command's wall time when it ran; "
+          f"with --jobs {o.jobs}, {o.jobs} ran at once), {wall / 60:.1f} minutes of wall time for this invocation "
+          f"(less where runs were cached), seeds {seeds}. Model: {' '.join(lab.model)}, {lab.steps} steps "
           f"per run, byte-level fortunes corpus; numbers are validation bits per byte on {lab.windows} held-out "
           "windows, mean ± std over seeds. A difference counts only if it exceeds twice the larger std.\n",
           "## Verdicts\n",
