@@ -11,7 +11,9 @@ the default corpus (Debian's fortunes). Runs are cached in the work directory: a
 stopped. `--jobs N` trains N runs at a time, each with threads/N threads (on 2 cores two 1-thread
 runs make about 20% more progress than one 2-thread run); results do not depend on the order.
 Each claim is judged by the rule in RESEARCH.md: a difference counts only if it is larger
-than twice the seed spread (the larger of the two standard deviations).
+than twice the seed spread (the larger of the two standard deviations). A hand-written reading of
+the results placed between `<!-- reading -->` and `<!-- /reading -->` in the output file is kept
+when the file is regenerated.
 """
 import argparse
 import json
@@ -377,8 +379,17 @@ def main():
     md += ["\n## Commands\n", "Every command behind these results, with the wall time it took when it ran:\n", "```"]
     md += [f"{c}    # {t:.1f} s" if t == t else f"{c}    # (time not recorded)" for c, t in lab.commands]
     md += ["```\n"]
-    with open(o.out, "w") as f:
+    # A hand-written reading between the markers survives regeneration (the runs are deterministic,
+    # so the same seeds give the same numbers); it goes after the header paragraph.
+    begin, end = "<!-- reading -->", "<!-- /reading -->"
+    if os.path.exists(o.out):
+        old = open(o.out).read()
+        if begin in old and end in old:
+            md.insert(2, old[old.index(begin):old.index(end) + len(end)] + "\n")
+    tmp = o.out + ".tmp"
+    with open(tmp, "w") as f:
         f.write("\n".join(md) + "\n")
+    os.replace(tmp, o.out)
     print(f"reproduce: wrote {o.out} ({elapsed / 60:.1f} min)")
 
 
