@@ -5,8 +5,10 @@
     /usr/bin/python3 bench/reproduce.py --jobs 2         # the full run (about 1.5 hours on 2 cores)
     /usr/bin/python3 bench/reproduce.py --seeds 1 2 --out /tmp/r.md --work runs/repro
 
-Every training run is `anyk train` and every number comes from `anyk eval` on the held-out split of
-the default corpus (Debian's fortunes). Runs are cached in the work directory: a finished run
+Every training run is `anyk train`. Every number is validation bits per byte on the held-out split
+of the default corpus (Debian's fortunes): K sweeps come from the sweep that `anyk train` runs when
+it finishes (the same code and windows as `anyk eval --sweep`), and per-layer schedules and budgets
+from `anyk eval`. Runs are cached in the work directory: a finished run
 (sweep.json present) is not trained again, so an interrupted reproduction resumes where it
 stopped. `--jobs N` trains N runs at a time, each with threads/N threads (on 2 cores two 1-thread
 runs make about 20% more progress than one 2-thread run); results do not depend on the order.
