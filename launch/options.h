@@ -29,7 +29,7 @@ struct TrainOptions {
   int k_min = 1, k_max = 4, k = 2;
   int k_ideal = 0;  // emoe: largest pool size (0: min(3 k, E))
   std::string init_weights;  // start from these weights (model.h5 or consolidated), fresh optimizer
-  double tau = 2.0, top_p = 0.1;
+  double tau = 2.0, top_p = 0.5;  // top_p: the paper's 0.1 was for 96 experts; <= 1/E means K = k_min
   double lb_coef = 0.01, z_coef = 0.001, router_kl_weight = 0.0;
   bool no_renormalize = false;
   int64_t log_every = 10, eval_every = 200, eval_windows = 64;

@@ -331,6 +331,11 @@ int train_command(int argc, char** argv) {
       default: what = fmt("K in [%d,%d]", o.k_min, o.k_max);
     }
     say(fmt("K strategy %s: %s; seed %lld", o.k_strategy.c_str(), what.c_str(), (long long)o.seed));
+    // The top expert always holds at least 1/E of the mass, so p <= 1/E never adds a second expert.
+    if (p.kcfg.strategy == KStrategy::TopP && o.top_p <= 1.0 / E && o.k_min < o.k_max)
+      say(fmt("warning: --top-p %g <= 1/experts = %g: the top expert alone always reaches it, so every token "
+              "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --top-p above %g",
+              o.top_p, 1.0 / E, o.k_min, o.k_min, 1.0 / E));
   }
   say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P, o.threads,
           core_flops * 1e-9, peak * 1e-9));

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -155,4 +156,30 @@ TEST_CASE("train: the same seed gives the same loss sequence") {
   }
   REQUIRE(runs[0].size() == 12);
   CHECK(runs[0] == runs[1]);
+}
+
+TEST_CASE("train: top_p with p <= 1/E gives every token --k-min experts, and says so") {
+  // The largest of E probabilities is at least 1/E, so p = 1/E is reached by the top expert alone.
+  Fixture& f = fixture();
+  const std::string model =
+      "--layers 2 --dim 32 --heads 4 --experts 4 --expert-hidden 32 --seq-len 32 --batch 8 --seed 7 "
+      "--k-strategy top_p --k-min 1 --k-max 4 --steps 8 --log-every 1 --eval-every 0 --eval-windows 4 --threads 1";
+  for (double p : {0.2, 0.9}) {
+    const fs::path r = f.dir / ("topp" + std::to_string(int(p * 100)));
+    std::string err;
+    int rc = f.sh("train --data " + f.data.string() + " --run-dir " + r.string() + " " + model + " --top-p " +
+                      std::to_string(p),
+                  &err);
+    REQUIRE_MESSAGE(rc == 0, err);
+    const std::vector<double> k = numbers_after(slurp(r / "metrics.jsonl"), "mean_k", "\"type\": \"train\"");
+    REQUIRE(k.size() == 8);
+    const bool warned = slurp(r / "train.log").find("warning: --top-p") != std::string::npos;
+    if (p < 0.25) {
+      CHECK(warned);
+      for (double v : k) CHECK(v == 1.0);
+    } else {
+      CHECK_FALSE(warned);
+      CHECK(*std::max_element(k.begin(), k.end()) > 1.5);  // an untrained router is near uniform
+    }
+  }
 }
