@@ -264,7 +264,7 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        def plot(fname, series, title):
+        def plot(fname, series, title, ylabel="validation bits per byte (mean ± std over seeds)"):
             fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
             for label, d in series:
                 ks = sorted(d)
@@ -272,7 +272,9 @@ def main():
                 s = [d[k][1] for k in ks]
                 ax.errorbar(ks, m, yerr=s, marker="o", capsize=3, label=label)
             ax.set_xlabel("experts per token at inference, K")
-            ax.set_ylabel("validation bits per byte (mean ± std over seeds)")
+            ax.set_ylabel(ylabel)
+            if "minus" in ylabel:
+                ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_title(title)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
@@ -287,6 +289,19 @@ def main():
         plot("exp3.png", [(n, gran[n][0]) for n in gran], "K-sampling granularity (K∈[1,4], E=8)")
         plot("exp5.png", list(exp5.items()), "EMoE vs the inference-time scaling wall (E=16, k=2)")
         plot("exp6.png", list(exp6.items()), "Continued training from a fixed K=2 model (E=16)")
+
+        def minus(pairs, ref, ref_k):
+            """Per seed, each model's bits/byte at every K minus the reference run's at ref_k (same
+            seed: same init and data order), so the seed-level spread cancels."""
+            return [(label, {k: stats([v - r for v, r in zip(vals, raw[ref][ref_k])]) for k, vals in raw[name].items()})
+                    for label, name in pairs]
+
+        plot("exp5_paired.png", minus([(label, name) for label, (name, _) in exp5_def.items()], "e16_fixed2", 2),
+             "EMoE vs the scaling wall, paired by seed (E=16, k=2)",
+             "bits/byte minus fixed K=2 at K=2, same seed (mean ± std)")
+        plot("exp6_paired.png", minus(list(exp6_def.items()), "e16_cont_fixed", 2),
+             "Continued training, paired by seed (E=16)",
+             "bits/byte minus continued fixed K=2 at K=2, same seed (mean ± std)")
     except ImportError:
         pass
 
