@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <numeric>
 #include <sstream>
 
@@ -103,6 +104,25 @@ Capture capture(const LM& lm, const data::Loader& val, int K, int B, int64_t win
 
 }  // namespace
 
+Sharpness router_sharpness(const float* probs, int64_t N, int E, int K) {
+  ANYK_CHECK(K >= 1 && K <= E, "router_sharpness: K = " << K << " outside [1, " << E << "]");
+  Sharpness s;
+  if (N == 0) return s;
+  std::vector<double> p(E);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int e = 0; e < E; ++e) p[e] = probs[size_t(n) * E + e];
+    std::partial_sort(p.begin(), p.begin() + K, p.end(), std::greater<double>());
+    s.top1 += p[0];
+    s.topk_mass += std::accumulate(p.begin(), p.begin() + K, 0.0);
+    for (double v : p)
+      if (v > 0) s.entropy_bits -= v * std::log2(v);
+  }
+  s.top1 /= double(N);
+  s.topk_mass /= double(N);
+  s.entropy_bits /= double(N);
+  return s;
+}
+
 std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena) {
   const int L = lm.config().layers, E = lm.config().experts;
   ANYK_CHECK(K >= 1 && K <= E, "--analyze at K = " << K << " is outside [1, experts=" << E << "]");
@@ -135,6 +155,16 @@ std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, 
     }
     txt << "\n";
     js << "]";
+  }
+  js << "], \"sharpness\": [";
+  txt << "router sharpness per layer (mean over tokens; uniform: top-1 " << fmt_number(1.0 / E) << ", entropy "
+      << fmt_number(std::log2(double(E))) << " bits):\n";
+  for (int l = 0; l < L; ++l) {
+    const Sharpness sh = router_sharpness(c.probs[l].data(), N, E, K);
+    js << (l ? ", " : "") << "{\"max_prob\": " << json_number(sh.top1) << ", \"topk_mass\": " << json_number(sh.topk_mass)
+       << ", \"entropy_bits\": " << json_number(sh.entropy_bits) << "}";
+    txt << "  layer " << l << ": top-1 " << fmt_number(sh.top1) << ", top-" << K << " mass "
+        << fmt_number(sh.topk_mass) << ", entropy " << fmt_number(sh.entropy_bits) << " bits\n";
   }
   js << "], \"coactivation\": [";
   if (K >= 2) txt << "most frequent co-activated pairs (share of tokens):\n";

@@ -155,7 +155,8 @@ int eval_command(int argc, char** argv) {
       "layer that gains most) reported next to the most even schedule of the same cost")(
       "analyze", po::bool_switch(&analyze),
       "router analysis at --k (one value; default: the run's largest K): expert load per layer, "
-      "co-activated pairs, Spearman stability of the ranking across K")(
+      "router sharpness (top-1 probability, top-K mass, entropy), co-activated pairs, Spearman "
+      "stability of the ranking across K")(
       "json", po::value(&json_path), "also write the results to this JSON file")(
       "csv", po::value(&csv_path), "also write the results as CSV (name,k,val_loss,bits_per_byte)")(
       "plot", po::value(&plot_path), "with --sweep: a PNG plot of bits per byte against K "

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/analysis.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -112,6 +113,18 @@ TEST_CASE("eval tools: --budget, --analyze, --sweep --csv") {
     for (int j = i + 1; j < 4; ++j) pairs += co[i * 4 + j];
   double tokens = std::stod(a.substr(a.find("\"tokens\": ") + 10));
   CHECK(pairs == tokens);
+  // Sharpness: 1/E <= top-1 <= top-K mass <= 1, entropy in [0, log2 E], and the mean entropy is at
+  // least -log2 of the mean top-1 (H >= -log2 max p per token, then Jensen).
+  auto sharp = numbers_after(a, "sharpness");
+  REQUIRE(sharp.size() == 3 * 3);
+  for (int l = 0; l < 3; ++l) {
+    const double top1 = sharp[l * 3], mass = sharp[l * 3 + 1], h = sharp[l * 3 + 2];
+    CHECK(top1 >= 0.25 - 1e-6);
+    CHECK(top1 <= mass + 1e-9);
+    CHECK(mass <= 1.0 + 1e-6);
+    CHECK(h >= -std::log2(top1) - 1e-6);
+    CHECK(h <= 2.0 + 1e-6);
+  }
   std::string sp = a.substr(a.find("\"spearman\""));
   for (size_t p = sp.find("\"per_layer\": ["); p != std::string::npos; p = sp.find("\"per_layer\": [", p + 1)) {
     auto v = numbers_after(sp.substr(p), "per_layer");
@@ -130,4 +143,21 @@ TEST_CASE("eval tools: --budget, --analyze, --sweep --csv") {
   CHECK(r.sh(ev + "--budget 9") == 2);
   CHECK(slurp(r.dir / "err.txt").find("--budget 9") != std::string::npos);
   CHECK(r.sh(ev + "--k 2 --plot p.png") == 2);
+}
+
+TEST_CASE("eval tools: router_sharpness against hand-derived values") {
+  // Token 0 uniform over 4: top-1 1/4, top-2 mass 1/2, entropy 2 bits. Token 1 (0.5, 0.25, 0.25, 0)
+  // in scrambled order: top-1 1/2, top-2 mass 3/4, entropy 0.5*1 + 2*0.25*2 = 1.5 bits.
+  const std::vector<float> p = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.0f, 0.5f, 0.25f};
+  const auto one = anyk::launch::router_sharpness(p.data(), 1, 4, 2);
+  CHECK(one.top1 == doctest::Approx(0.25));
+  CHECK(one.topk_mass == doctest::Approx(0.5));
+  CHECK(one.entropy_bits == doctest::Approx(2.0));
+  const auto both = anyk::launch::router_sharpness(p.data(), 2, 4, 2);
+  CHECK(both.top1 == doctest::Approx((0.25 + 0.5) / 2));
+  CHECK(both.topk_mass == doctest::Approx((0.5 + 0.75) / 2));
+  CHECK(both.entropy_bits == doctest::Approx((2.0 + 1.5) / 2));
+  const std::vector<float> hot = {0, 0, 1, 0};
+  CHECK(anyk::launch::router_sharpness(hot.data(), 1, 4, 1).entropy_bits == 0.0);
+  CHECK(anyk::launch::router_sharpness(hot.data(), 1, 4, 1).top1 == 1.0);
 }
