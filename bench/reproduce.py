@@ -96,9 +96,9 @@ class Lab:
         sh(cmd, log, stamp)
         return run
 
-    def eval(self, run, what, tag):
+    def eval(self, run, what, tag, windows=None):
         out = os.path.join(run, f"eval_{tag}.json")
-        cmd = [ANYK, "eval", "--run-dir", run, "--data", self.data, "--eval-windows", self.windows,
+        cmd = [ANYK, "eval", "--run-dir", run, "--data", self.data, "--eval-windows", windows or self.windows,
                "--json", out] + what
         if os.path.exists(out):
             cached(cmd, self.commands, out + ".seconds")
@@ -251,6 +251,16 @@ def main():
     print("reproduce: experiments 5-6 (E=16, EMoE)", flush=True)
     exp5 = {label: sweep_stats(name)[0] for label, (name, _) in exp5_def.items()}
     exp6 = {label: sweep_stats(name)[0] for label, name in exp6_def.items()}
+    # How concentrated each experiment-5 router is (`anyk eval --analyze` at K=2, 32 windows):
+    # per run, the top-1 probability and entropy averaged over layers, then mean ± std over seeds.
+    sharp = {}
+    for label, (name, _) in exp5_def.items():
+        t1, ent = [], []
+        for s in seeds:
+            a = lab.eval(os.path.join(lab.work, f"{name}_s{s}"), ["--analyze", "--k", "2"], "analyze_k2", "32")
+            t1.append(sum(x["max_prob"] for x in a["sharpness"]) / len(a["sharpness"]))
+            ent.append(sum(x["entropy_bits"] for x in a["sharpness"]) / len(a["sharpness"]))
+        sharp[label] = (stats(t1), stats(ent))
     # The cost of the results: the recorded time of every command (cached ones included).
     # Commands are listed once each (experiment 6's pretraining is the parent of two runs).
     lab.commands = list({c: (c, t) for c, t in lab.commands}.values())
@@ -399,6 +409,10 @@ def main():
           "| schedule | bits/byte |\n|---|---|\n" + "".join(f"| {k} | {fmt(v)} |\n" for k, v in exp4.items()),
           "## 5. EMoE (k_train=2, k_ideal=6) vs fixed top-2, E=16\n",
           table(list(exp5.items()), list(range(1, 17))),
+          "Router sharpness at K=2 (`anyk eval --analyze --k 2` on 32 windows; mean over layers, then over "
+          "seeds). A uniform router over 16 experts has top-1 probability 0.0625 and entropy 4 bits.\n",
+          "| model | router top-1 probability | router entropy (bits) |\n|---|---|---|\n"
+          + "".join(f"| {k} | {fmt(v[0])} | {fmt(v[1])} |\n" for k, v in sharp.items()),
           "## 6. Continued training from a fixed K=2 model (E=16)\n",
           table(list(exp6.items()), list(range(1, 17))),
           "## Plots\n"]
