@@ -2,7 +2,7 @@
 """Reproduce experiments 1-6 of RESEARCH.md at small scale and write docs/results.md.
 
     /usr/bin/python3 bench/reproduce.py --quick          # minutes: tiny models, same shapes
-    /usr/bin/python3 bench/reproduce.py --jobs 2         # the full run (about 1.5 hours on 2 cores)
+    /usr/bin/python3 bench/reproduce.py --jobs 2         # the full run (about 1 h 50 min on 2 cores with --jobs 2)
     /usr/bin/python3 bench/reproduce.py --seeds 1 2 --out /tmp/r.md --work runs/repro
 
 Every training run is `anyk train`. Every number is validation bits per byte on the held-out split
