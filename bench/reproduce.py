@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -74,7 +73,6 @@ class Lab:
                       "--batch", "8" if q else "16"]
         self.run_threads = max(1, opts.threads // opts.jobs)
         self.steps = opts.steps or (600 if q else 1200)
-        self.lock = threading.Lock()  # one run directory is never trained by two workers
         self.windows = "32" if q else "128"
         self.L = 2 if q else 4
 
@@ -352,7 +350,7 @@ def main():
           f"micro minus global {sig(d3m)}. Paper: layer > micro > global; here "
           + ("reproduced" if all(d[2] and d[0] < 0 for d in (d3["micro"], d3["global"], d3m)) else
              "NOT reproduced: the means rank " + " < ".join(n for n in order if n in ("layer", "micro", "global"))
-             + " (lower is better), but "
+             + " (lower is better); "
              + f"{sum(d[2] for d in (d3['micro'], d3['global'], d3m))} of the 3 paired differences are significant"))
     fl, bl = list(exp4)[0], list(exp4)[1]
     d4 = paired(raw[fl], raw[bl])

@@ -112,12 +112,12 @@ Sharpness router_sharpness(const float* probs, int64_t N, int E, int K) {
   for (int64_t n = 0; n < N; ++n) {
     for (int e = 0; e < E; ++e) p[e] = probs[size_t(n) * E + e];
     std::partial_sort(p.begin(), p.begin() + K, p.end(), std::greater<double>());
-    s.top1 += p[0];
+    s.max_prob += p[0];
     s.topk_mass += std::accumulate(p.begin(), p.begin() + K, 0.0);
     for (double v : p)
       if (v > 0) s.entropy_bits -= v * std::log2(v);
   }
-  s.top1 /= double(N);
+  s.max_prob /= double(N);
   s.topk_mass /= double(N);
   s.entropy_bits /= double(N);
   return s;
@@ -161,9 +161,9 @@ std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, 
       << fmt_number(std::log2(double(E))) << " bits):\n";
   for (int l = 0; l < L; ++l) {
     const Sharpness sh = router_sharpness(c.probs[l].data(), N, E, K);
-    js << (l ? ", " : "") << "{\"max_prob\": " << json_number(sh.top1) << ", \"topk_mass\": " << json_number(sh.topk_mass)
+    js << (l ? ", " : "") << "{\"max_prob\": " << json_number(sh.max_prob) << ", \"topk_mass\": " << json_number(sh.topk_mass)
        << ", \"entropy_bits\": " << json_number(sh.entropy_bits) << "}";
-    txt << "  layer " << l << ": top-1 " << fmt_number(sh.top1) << ", top-" << K << " mass "
+    txt << "  layer " << l << ": top-1 " << fmt_number(sh.max_prob) << ", top-" << K << " mass "
         << fmt_number(sh.topk_mass) << ", entropy " << fmt_number(sh.entropy_bits) << " bits\n";
   }
   js << "], \"coactivation\": [";

@@ -25,13 +25,13 @@ BudgetResult greedy_budget(const LM& lm, const data::Loader& val, double budget,
 // the top-1 probability, the mass of the top K, and the entropy in bits (log2 E when uniform,
 // 0 when one-hot).
 struct Sharpness {
-  double top1 = 0, topk_mass = 0, entropy_bits = 0;
+  double max_prob = 0, topk_mass = 0, entropy_bits = 0;  // max_prob: the top-1 probability
 };
 Sharpness router_sharpness(const float* probs, int64_t N, int E, int K);
 
 // Router analysis at a uniform K. Prints a report to stdout and returns it as JSON:
 // {"k", "load": [L][E] fraction of assignments, "coactivation": [L][E][E] counts of tokens that
-//  chose both, "sharpness": [L] {"max_prob" (top-1), "topk_mass", "entropy_bits"} (router_sharpness),
+//  chose both, "sharpness": [L] Sharpness as {"max_prob", "topk_mass", "entropy_bits"},
 //  "spearman": [{"k", "per_layer": [L] mean over tokens}] comparing the router's
 //  probabilities at K = 1 with those at each k = 2..E for the same tokens}.
 std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena);

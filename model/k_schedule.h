@@ -21,7 +21,7 @@ struct KScheduleConfig {
   int k_fixed = 2;           // K of the fixed strategy, and EMoE's k_train
   int k_ideal = 0;           // emoe: the largest pool size (0: min(3 * k_train, E))
   double tau = 2.0;          // layer_weighted: P(K=k) ∝ k^(1/tau)
-  double top_p = 0.1;        // top_p: per-token mass threshold
+  double top_p = 0.5;        // top_p: per-token mass threshold (<= 1/E gives every token k_min)
   uint64_t seed = 0;
 };
 
