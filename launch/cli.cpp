@@ -16,6 +16,7 @@
 #include "data/prepare.h"
 #include "launch/convert.h"
 #include "launch/evaluate.h"
+#include "launch/generate.h"
 #include "launch/options.h"
 #include "launch/train.h"
 #include "runtime/check.h"
@@ -47,6 +48,11 @@ constexpr const char* kUsage =
     "           (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [--json FILE] [--eval-windows N]\n"
     "           [--batch B] [--threads N]\n"
     "           validation loss and bits per byte of a trained model at each K setting\n"
+    "  generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
+    "           [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
+    "           [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P]\n"
+    "           [--temperature T --top-k N --seed S --threads N]\n"
+    "           text at any K with a KV cache, streamed; ends with tokens/s and mean K\n"
     "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
     "           --to consolidated|ep=M|safetensors --out PATH [--no-optimizer]\n"
     "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
@@ -55,6 +61,7 @@ constexpr const char* kUsage =
     "  anyk prepare --input /usr/share/games/fortunes --out data/fortunes\n"
     "  anyk train --data data/fortunes --run-dir runs/quick --k-strategy layer --k-min 1 --k-max 4\n"
     "  anyk eval --run-dir runs/quick --data data/fortunes --layer-k 4,3,2,1\n"
+    "  anyk generate --run-dir runs/quick --prompt 'The ' --max-new 200 --k 1\n"
     "  anyk convert --checkpoint runs/quick/checkpoints/latest --to safetensors --out quick.safetensors\n";
 
 int prepare_command(int argc, char** argv) {
@@ -122,8 +129,9 @@ int run_cli(int argc, char** argv) {
     if (cmd == "train") return launch::train_command(argc - 1, argv + 1);
     if (cmd == "eval") return launch::eval_command(argc - 1, argv + 1);
     if (cmd == "convert") return launch::convert_command(argc - 1, argv + 1);
+    if (cmd == "generate") return launch::generate_command(argc - 1, argv + 1);
     ANYK_CHECK(false, "unknown command '" << cmd
-                                          << "' hint: commands are prepare, train, eval, convert; see anyk --help");
+                                          << "' hint: commands are prepare, train, eval, convert, generate; see anyk --help");
   } catch (const Error& e) {
     print_error(e.what());
   } catch (const po::error& e) {

@@ -47,6 +47,13 @@ template <class T> void attention_forward(T* out, T* att, const T* qkv, int B, i
 template <class T>
 void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const T* att, int B,
                         int Tn, int C, int NH);
+// Inference: n new queries of one sequence over its cached keys and values (len tokens, the new
+// ones last, so query i sits at position len - n + i and sees keys 0..len-n+i). q: (n, C) rows
+// with stride q_stride (e.g. 3C inside packed qkv); kc, vc: (len, C); out: (n, C).
+// scores: scratch (NH, n, len). Same arithmetic as attention_forward, row for row.
+template <class T>
+void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const T* kc, const T* vc, int n,
+                              int len, int C, int NH);
 
 // SwiGLU: h (M,2H) = [gate | up] -> out (M,H) = silu(gate) * up
 template <class T> void swiglu_forward(T* out, const T* h, int M, int H);

@@ -1,0 +1,314 @@
+// `anyk generate`: loads a model like `anyk eval`, reads the prompt(s), picks the K setting
+// (--k, --layer-k, --budget, --top-p), generates with the KV-cache decoder (model/generate.h),
+// streams a single prompt's text to stdout as it is produced and ends with one stderr line of
+// throughput, mean K and active parameters per token.
+#include "launch/generate.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+
+#include "data/loader.h"
+#include "data/shard.h"
+#include "launch/analysis.h"
+#include "launch/checkpoint.h"
+#include "launch/h5.h"
+#include "launch/weights.h"
+#include "model/generate.h"
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+namespace {
+
+std::string read_whole(const std::string& path, const char* option) {
+  ANYK_CHECK(std::filesystem::is_regular_file(path),
+             "--" << option << " " << path << " does not exist (or is not a file)");
+  std::ifstream in(path, std::ios::binary);
+  ANYK_CHECK(in, "cannot read --" << option << " " << path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::string strip_one_newline(std::string s) {
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  if (!s.empty() && s.back() == '\r') s.pop_back();
+  return s;
+}
+
+std::vector<int> encode(const std::string& text, int vocab, int index) {
+  std::vector<int> t;
+  t.reserve(text.size());
+  for (unsigned char ch : text) {
+    ANYK_CHECK(int(ch) < vocab, "prompt " << index << " holds byte " << int(ch) << " but the model's vocab is "
+                                          << vocab << " hint: generation reads prompts as bytes");
+    t.push_back(int(ch));
+  }
+  return t;
+}
+
+void put_token(int t) {
+  std::fputc(t < 256 ? t : '?', stdout);  // byte tokens; ids >= 256 print as '?' (data::decode_bytes)
+}
+
+std::string human(double v) {
+  char b[32];
+  if (v >= 1e6) std::snprintf(b, sizeof b, "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(b, sizeof b, "%.1fk", v / 1e3);
+  else std::snprintf(b, sizeof b, "%.0f", v);
+  return b;
+}
+
+}  // namespace
+
+InferenceModel load_inference_model(const std::string& run_dir, const std::string& checkpoint,
+                                    const std::string& weights) {
+  ANYK_CHECK(checkpoint.empty() || weights.empty(), "give at most one of --checkpoint, --weights");
+  ANYK_CHECK(!run_dir.empty() || !checkpoint.empty() || !weights.empty(),
+             "--run-dir, --checkpoint or --weights is required hint: see anyk generate --help");
+  InferenceModel m;
+  TrainOptions& o = m.train;
+  ModelConfig mc;
+  std::string ckpt_dir;
+  CheckpointMeta meta;
+  if (!checkpoint.empty()) {
+    ckpt_dir = resolve_checkpoint(checkpoint, run_dir);
+    meta = read_checkpoint_meta(ckpt_dir);
+    read_train_config_text(meta.config_ini, ckpt_dir + "/meta.h5 attribute config_ini", o);
+    mc = meta.model;
+  } else if (!weights.empty()) {
+    ANYK_CHECK(std::filesystem::is_regular_file(weights), "weights file " << weights << " not found");
+    mc = weights_config(weights);
+    h5::Handle f = h5::open_file(weights);
+    if (h5::attr_exists(f.id, "config_ini"))
+      read_train_config_text(h5::read_attr_string(f.id, weights, "config_ini"), weights + " attribute config_ini", o);
+  } else {
+    const std::string cfg_path = run_dir + "/config.ini";
+    ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),
+               cfg_path << " not found hint: --run-dir must be a directory written by anyk train");
+    read_train_config(cfg_path, o);
+    mc = model_config(o);
+    // The weights must be of the model config.ini describes: compare before reading tensors.
+    const std::string wpath = run_dir + "/model.h5";
+    ANYK_CHECK(std::filesystem::is_regular_file(wpath),
+               wpath << " not found hint: train a model into this run dir first (or pass --checkpoint)");
+    ModelConfig saved = weights_config(wpath);
+    const std::pair<const char*, std::pair<int, int>> fields[] = {
+        {"layers", {saved.layers, mc.layers}},   {"dim", {saved.dim, mc.dim}},
+        {"heads", {saved.heads, mc.heads}},      {"experts", {saved.experts, mc.experts}},
+        {"expert-hidden", {saved.expert_hidden, mc.expert_hidden}},
+        {"seq-len", {saved.seq_len, mc.seq_len}}, {"vocab", {saved.vocab, mc.vocab}}};
+    for (const auto& [name, v] : fields)
+      ANYK_CHECK(v.first == v.second, wpath << " is a model with --" << name << " " << v.first << " but "
+                                            << cfg_path << " says --" << name << " " << v.second
+                                            << " hint: the run dir holds files of two different models; "
+                                               "pass the file alone with --weights");
+    mc = saved;
+  }
+  if (o.threads == 0) o.threads = omp_get_max_threads();
+  mc.validate();
+  m.dispatcher = std::make_unique<LocalDispatcher>(mc.experts);
+  m.lm = std::make_unique<LM>(mc, *m.dispatcher);
+  if (!ckpt_dir.empty()) {
+    m.source = ckpt_dir;
+    read_checkpoint_tensors(ckpt_dir, meta, dense_refs(m.lm->params(), nullptr, 0),
+                            expert_refs(m.lm->params(), nullptr, 1, 0));
+  } else {
+    m.source = weights.empty() ? run_dir : weights;
+    load_weights(weights.empty() ? run_dir + "/model.h5" : weights, *m.lm);
+  }
+  return m;
+}
+
+int generate_command(int argc, char** argv) {
+  std::string run_dir, checkpoint, weights, prompt, prompt_file, prompts_file, k_text, layer_k, data_dir;
+  std::string device = "cpu";
+  double budget = 0, top_p = 0, temperature = 0;
+  int max_new = 200, top_k = 0, threads = 0, batch = 0;
+  int64_t seed = 1, eval_windows = 16;
+  bool help = false, has_prompt = false;
+  po::options_description desc(
+      "anyk generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
+      "              [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
+      "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P] [options]\n"
+      "Text from a trained model at any K, with a KV cache: the prompt in one batched pass, then\n"
+      "one token per step, streamed to stdout (the prompt first). Without a prompt option the prompt\n"
+      "is read from stdin. Prompts are bytes and may be at most the model's context (seq_len) long;\n"
+      "generation continues past the context by sliding: when the window is full it restarts at its\n"
+      "last seq_len/2 tokens (read again in one pass), so no position beyond training is used. Ends\n"
+      "with a stderr line: prompt and generation tokens/s, mean K used, active parameters per token");
+  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
+      "run-dir", po::value(&run_dir), "run directory holding config.ini and model.h5")(
+      "checkpoint", po::value(&checkpoint),
+      "a checkpoint: its step directory, a `latest` file, or `latest` (with --run-dir)")(
+      "weights", po::value(&weights), "a weights file: a model.h5 or a consolidated checkpoint")(
+      "prompt", po::value(&prompt), "the prompt text")(
+      "prompt-file", po::value(&prompt_file), "read the prompt from this file (one trailing newline dropped)")(
+      "prompts", po::value(&prompts_file),
+      "one prompt per line (blank lines skipped), generated together as one batch; each text is "
+      "printed after `--- i ---` when all are done")(
+      "max-new", po::value(&max_new)->default_value(200), "tokens to generate per prompt")(
+      "k", po::value(&k_text), "K for every layer (default: the largest K the model trained with); "
+                               "with --top-p, the cap of the per-token K")(
+      "layer-k", po::value(&layer_k), "one K per layer, comma-separated (length = layers)")(
+      "budget", po::value(&budget),
+      "average K per layer: the per-layer schedule of `anyk eval --budget` (greedy on --data's "
+      "validation windows)")(
+      "top-p", po::value(&top_p),
+      "per-token K: the smallest k whose top-k router probability mass reaches P (in (0, 1])")(
+      "data", po::value(&data_dir), "data directory holding val.bin (for --budget)")(
+      "eval-windows", po::value(&eval_windows)->default_value(16), "validation windows for --budget")(
+      "batch", po::value(&batch)->default_value(0), "windows per forward for --budget (0 = the run's --batch)")(
+      "temperature", po::value(&temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
+      "top-k", po::value(&top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
+      "seed", po::value(&seed)->default_value(1), "sampling seed: the same seed gives the same text")(
+      "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all available)")(
+      "device", po::value(&device)->default_value("cpu"), "cpu (cuda once the CUDA backend exists)");
+  po::variables_map vm;
+  try {
+    po::store(parse_command_line(argc, argv, desc, "generate"), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    ANYK_FAIL(e.what() << " hint: see anyk generate --help");
+  }
+  if (help) {
+    std::cout << desc << "\n";
+    return 0;
+  }
+  has_prompt = vm.count("prompt") > 0;
+  ANYK_CHECK(device == "cpu" || device == "cuda", "--device " << device << " is not one of cpu, cuda");
+  ANYK_CHECK(device == "cpu", "--device cuda: the model's CUDA kernels do not exist yet hint: use --device cpu");
+  ANYK_CHECK(int(has_prompt) + int(!prompt_file.empty()) + int(!prompts_file.empty()) <= 1,
+             "give at most one of --prompt, --prompt-file, --prompts");
+  ANYK_CHECK(max_new >= 1, "--max-new " << max_new << " must be >= 1");
+  ANYK_CHECK(temperature >= 0 && std::isfinite(temperature), "--temperature " << temperature << " must be >= 0");
+  ANYK_CHECK(top_k >= 0, "--top-k " << top_k << " must be >= 0 (0 = all tokens)");
+  ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0");
+  ANYK_CHECK(vm.count("top-p") == 0 || (top_p > 0 && top_p <= 1), "--top-p " << top_p << " must be in (0, 1]");
+  ANYK_CHECK(vm.count("budget") == 0 || budget > 0, "--budget " << budget << " must be > 0");
+  const int modes = int(!k_text.empty() && top_p == 0) + int(!layer_k.empty()) + int(budget != 0) + int(top_p != 0);
+  ANYK_CHECK(modes <= 1, "give at most one of --k, --layer-k, --budget, --top-p (--top-p takes --k as its cap) "
+                         "hint: see anyk generate --help");
+  ANYK_CHECK(budget == 0 || !data_dir.empty(),
+             "--budget needs --data DIR: the schedule is chosen on its validation windows");
+  ANYK_CHECK(prompt_file.empty() || std::filesystem::is_regular_file(prompt_file),
+             "--prompt-file " << prompt_file << " does not exist (or is not a file)");
+  ANYK_CHECK(prompts_file.empty() || std::filesystem::is_regular_file(prompts_file),
+             "--prompts " << prompts_file << " does not exist (or is not a file)");
+
+  InferenceModel m = load_inference_model(run_dir, checkpoint, weights);
+  const ModelConfig& mc = m.lm->config();
+  const int L = mc.layers, E = mc.experts;
+
+  // The prompts, as byte tokens.
+  std::vector<std::string> texts;
+  if (has_prompt) {
+    texts.push_back(prompt);
+  } else if (!prompt_file.empty()) {
+    texts.push_back(strip_one_newline(read_whole(prompt_file, "prompt-file")));
+  } else if (!prompts_file.empty()) {
+    std::istringstream in(read_whole(prompts_file, "prompts"));
+    for (std::string line; std::getline(in, line);) {
+      line = strip_one_newline(line);
+      if (!line.empty()) texts.push_back(line);
+    }
+    ANYK_CHECK(!texts.empty(), "--prompts " << prompts_file << " holds no prompt (every line is blank)");
+  } else {
+    std::string all((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    texts.push_back(strip_one_newline(all));
+  }
+  std::vector<std::vector<int>> prompts;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ANYK_CHECK(!texts[i].empty(), (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
+                                      << " is empty hint: give --prompt TEXT, --prompt-file F or text on stdin");
+    ANYK_CHECK(int(texts[i].size()) <= mc.seq_len,
+               (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
+                   << " is " << texts[i].size() << " bytes but the model's context is " << mc.seq_len
+                   << " tokens (seq_len) hint: shorten it to its last " << mc.seq_len
+                   << " bytes; generation itself continues past the context");
+    prompts.push_back(encode(texts[i], mc.vocab, int(i) + 1));
+  }
+
+  // The K setting.
+  omp_set_num_threads(threads > 0 ? threads : m.train.threads);
+  GenerateOptions go;
+  go.max_new = max_new;
+  go.sample.temperature = temperature;
+  go.sample.top_k = top_k;
+  go.sample.seed = uint64_t(seed);
+  int trained_k = m.train.k_strategy == "fixed" || m.train.k_strategy == "emoe" ? m.train.k : m.train.k_max;
+  trained_k = std::max(1, std::min(trained_k, E));
+  std::string k_desc;
+  if (!layer_k.empty()) {
+    go.k.k = parse_int_list(layer_k, "layer-k");
+    ANYK_CHECK(int(go.k.k.size()) == L, "--layer-k has " << go.k.k.size() << " values but the model has " << L
+                                                         << " layers");
+    for (int k : go.k.k)
+      ANYK_CHECK(k >= 1 && k <= E, "--layer-k value " << k << " is outside [1, experts=" << E << "]");
+  } else if (budget != 0) {
+    ANYK_CHECK(budget >= 1 && budget <= E, "--budget " << budget << " is outside [1, experts=" << E << "]");
+    auto val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(data_dir + "/val.bin", mc.vocab));
+    data::Loader val(val_tokens, mc.seq_len, uint64_t(m.train.seed));
+    Arena arena;
+    BudgetResult br = greedy_budget(*m.lm, val, budget, batch > 0 ? batch : m.train.batch, eval_windows, arena);
+    go.k.k = br.greedy.k;
+    k_desc = " (greedy schedule for budget " + std::to_string(budget).substr(0, 4) + ")";
+  } else {
+    int K = trained_k;
+    if (!k_text.empty()) {
+      auto ks = parse_int_list(k_text, "k");
+      ANYK_CHECK(ks.size() == 1, "--k takes one value here, got " << k_text << " hint: per-layer K is --layer-k");
+      K = ks[0];
+      ANYK_CHECK(K >= 1 && K <= E, "--k " << K << " is outside [1, experts=" << E << "]");
+    } else if (top_p > 0) {
+      K = E;
+    }
+    go.k.k.assign(size_t(L), K);
+    go.k.top_p = top_p;
+  }
+  std::string setting = top_p > 0 ? "top-p " + std::to_string(top_p).substr(0, 4) + " (K <= " +
+                                        std::to_string(go.k.k[0]) + ")"
+                                  : k_setting_name(go.k.k) + k_desc;
+
+  // Generate: a single prompt streams; a batch prints each text when all are done.
+  const bool stream = prompts.size() == 1;
+  if (stream) {
+    std::fwrite(texts[0].data(), 1, texts[0].size(), stdout);
+    std::fflush(stdout);
+  }
+  GenerateStats st;
+  auto outs = generate(*m.lm, prompts, go,
+                       stream ? std::function<void(int, int)>([](int, int t) {
+                         put_token(t);
+                         std::fflush(stdout);
+                       })
+                              : std::function<void(int, int)>(),
+                       &st);
+  if (stream) {
+    std::fputc('\n', stdout);
+  } else {
+    for (size_t i = 0; i < outs.size(); ++i) {
+      std::printf("--- %zu ---\n", i + 1);
+      std::fwrite(texts[i].data(), 1, texts[i].size(), stdout);
+      for (int t : outs[i]) put_token(t);
+      std::fputc('\n', stdout);
+    }
+  }
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "generate: %s | %zu prompt%s, %lld prompt tokens at %.0f tok/s | %lld new tokens at %.1f tok/s | "
+               "mean K %.2f | active params/token %s of %s | %d thread%s%s\n",
+               setting.c_str(), prompts.size(), prompts.size() == 1 ? "" : "s", (long long)st.prompt_tokens,
+               st.prompt_tps(), (long long)st.generated, st.decode_tps(), st.mean_k,
+               human(double(mc.active_params(st.mean_k))).c_str(), human(double(mc.num_params())).c_str(),
+               omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s",
+               st.slides ? (" | " + std::to_string(st.slides) + " window slides").c_str() : "");
+  return 0;
+}
+
+}  // namespace anyk::launch

@@ -1,0 +1,318 @@
+// KV-cache decoding, sampling and the generation loop; see generate.h. The forward mirrors
+// LM::forward op for op (same kernels, same order), with the attention reading the cache.
+#include "model/generate.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "kernels/cpu/kernels.h"
+#include "runtime/ops/ops.h"
+#include "runtime/rng.h"
+
+namespace anyk {
+
+namespace {
+
+int param_id(const ParamStore& ps, const std::string& name) {
+  int id = ps.find(name);
+  ANYK_CHECK(id >= 0, "the model has no parameter '" << name << "'");
+  return id;
+}
+
+}  // namespace
+
+KVDecoder::KVDecoder(const LM& lm, int slots, int capacity) : lm_(&lm), slots_(slots), arena_(size_t(16) << 20) {
+  const ModelConfig& c = lm.config();
+  cap_ = capacity > 0 ? capacity : c.seq_len;
+  ANYK_CHECK(slots >= 1, "the decoder needs at least one sequence slot, got " << slots);
+  ANYK_CHECK(cap_ <= c.seq_len, "cache capacity " << cap_ << " exceeds the model's context (seq_len "
+                                                  << c.seq_len << ")");
+  ANYK_CHECK(lm.dispatcher().num_local() == c.experts,
+             "generation needs every expert in this process (a LocalDispatcher); this model holds "
+                 << lm.dispatcher().num_local() << " of " << c.experts);
+  const ParamStore& ps = lm.params();
+  wte_ = param_id(ps, "wte");
+  lnf_ = param_id(ps, "lnf");
+  for (int l = 0; l < c.layers; ++l) {
+    const std::string p = "layers." + std::to_string(l);
+    layers_.push_back(LayerIds{param_id(ps, p + ".ln1"), param_id(ps, p + ".attn.wqkv"),
+                               param_id(ps, p + ".attn.wo"), param_id(ps, p + ".ln2"),
+                               param_id(ps, p + ".moe.router"), param_id(ps, p + ".moe.experts.w13"),
+                               param_id(ps, p + ".moe.experts.w2")});
+  }
+  len_.assign(size_t(slots), 0);
+  const size_t es = dtype_size(ps.dtype());
+  kv_.resize(size_t(slots) * c.layers * 2 * cap_ * c.dim * es);
+  const int D = c.dim / c.heads;
+  rope_.resize(size_t(2) * cap_ * (D / 2) * es);
+  dispatch(ps.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* cs = static_cast<T*>(rope_.data());
+    cpu::rope_tables<T>(cs, cs + int64_t(cap_) * (D / 2), cap_, D, c.rope_theta);
+  });
+}
+
+KVDecoder::~KVDecoder() = default;
+
+void KVDecoder::reset(int slot) {
+  ANYK_CHECK(slot >= 0 && slot < slots_, "slot " << slot << " is outside [0, " << slots_ << ")");
+  len_[size_t(slot)] = 0;
+}
+
+int KVDecoder::length(int slot) const {
+  ANYK_CHECK(slot >= 0 && slot < slots_, "slot " << slot << " is outside [0, " << slots_ << ")");
+  return len_[size_t(slot)];
+}
+
+void KVDecoder::forward(std::span<const Segment> segs, const InferenceK& k, std::vector<double>& logits,
+                        bool all_logits) {
+  const ModelConfig& c = lm_->config();
+  ANYK_CHECK(!segs.empty(), "decoder forward needs at least one segment");
+  ANYK_CHECK(int(k.k.size()) == c.layers,
+             "inference needs one K per layer: got " << k.k.size() << " for " << c.layers << " layers");
+  for (int l = 0; l < c.layers; ++l)
+    ANYK_CHECK(k.k[l] >= 1 && k.k[l] <= c.experts,
+               "K = " << k.k[l] << " at layer " << l << " is outside [1, E=" << c.experts << "]");
+  ANYK_CHECK(k.top_p >= 0 && k.top_p <= 1, "top-p " << k.top_p << " is outside (0, 1]");
+  std::vector<char> seen(size_t(slots_), 0);
+  for (const Segment& s : segs) {
+    ANYK_CHECK(s.slot >= 0 && s.slot < slots_, "slot " << s.slot << " is outside [0, " << slots_ << ")");
+    ANYK_CHECK(!seen[size_t(s.slot)], "slot " << s.slot << " appears twice in one pass");
+    seen[size_t(s.slot)] = 1;
+    ANYK_CHECK(s.n >= 1, "a segment needs at least one token");
+    ANYK_CHECK(len_[size_t(s.slot)] + s.n <= cap_,
+               "sequence " << s.slot << " would hold " << len_[size_t(s.slot)] + s.n << " tokens; the cache holds "
+                           << cap_ << " (the model's context)");
+    for (int i = 0; i < s.n; ++i)
+      ANYK_CHECK(s.tokens[i] >= 0 && s.tokens[i] < c.vocab,
+                 "token id " << s.tokens[i] << " is outside the vocab [0," << c.vocab << ")");
+  }
+  dispatch(lm_->params().dtype(), [&](auto tag) { forward_t<decltype(tag)>(segs, k, logits, all_logits); });
+}
+
+template <class T>
+void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, std::vector<double>& logits,
+                          bool all_logits) {
+  const ModelConfig& c = lm_->config();
+  const ParamStore& ps = lm_->params();
+  const int C = c.dim, NH = c.heads, D = C / NH, half = D / 2, E = c.experts, H = c.expert_hidden,
+            L = c.layers, V = c.vocab;
+  const int S = int(segs.size());
+  std::vector<int> r0(size_t(S) + 1, 0);  // first row of each segment
+  for (int s = 0; s < S; ++s) r0[s + 1] = r0[s] + segs[s].n;
+  const int N = r0[S];
+  arena_.reset();
+  auto buf = [&](int64_t n) { return arena_.alloc_n<T>(size_t(n)); };
+  auto P = [&](int id) { return ps.value(id).template ptr<T>(); };
+
+  int* tok = arena_.alloc_n<int>(size_t(N));
+  for (int s = 0; s < S; ++s) std::memcpy(tok + r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
+  T* x = buf(int64_t(N) * C);
+  T* h = buf(int64_t(N) * C);
+  T* rstd = buf(N);
+  T* qkv = buf(int64_t(N) * 3 * C);
+  T* qkr = buf(int64_t(N) * 3 * C);
+  T* att = buf(int64_t(N) * C);
+  T* a = buf(int64_t(N) * C);
+  int64_t score_n = 0;
+  for (int s = 0; s < S; ++s)
+    score_n = std::max<int64_t>(score_n, int64_t(NH) * segs[s].n * (len_[segs[s].slot] + segs[s].n));
+  T* scores = buf(score_n);
+  // MoE scratch for the largest K.
+  int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
+  T* rl = buf(int64_t(N) * E);
+  T* probs = buf(int64_t(N) * E);
+  T* lse = buf(N);
+  int* ids = arena_.alloc_n<int>(size_t(N) * Kmax);
+  T* wts = buf(int64_t(N) * Kmax);
+  int* kcount = arena_.alloc_n<int>(size_t(N));
+  int* stok = arena_.alloc_n<int>(size_t(N) * Kmax + 1);
+  int* sslot = arena_.alloc_n<int>(size_t(N) * Kmax + 1);
+  int* counts = arena_.alloc_n<int>(size_t(E));
+  int* next = arena_.alloc_n<int>(size_t(E));
+  int* offsets = arena_.alloc_n<int>(size_t(E) + 1);
+  T* rows = buf(int64_t(N) * Kmax * C);
+  T* h13 = buf(int64_t(N) * Kmax * 2 * H);
+  T* sw = buf(int64_t(N) * Kmax * H);
+  T* y = buf(int64_t(N) * Kmax * C);
+
+  const T* cosb = static_cast<const T*>(rope_.data());
+  const T* sinb = cosb + int64_t(cap_) * half;
+  T* kvbase = static_cast<T*>(kv_.data());
+  auto cache = [&](int slot, int l, int which) {  // (cap, C) keys (0) or values (1)
+    return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
+  };
+
+  cpu::embedding_forward<T>(x, tok, P(wte_), N, C);
+  for (int l = 0; l < L; ++l) {
+    const LayerIds& li = layers_[l];
+    // Attention: norm, packed projection, RoPE at each segment's own positions, cache append,
+    // attention over the cache, output projection, residual.
+    cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln1), N, C, c.norm_eps);
+    cpu::linear_forward<T>(qkv, h, P(li.wqkv), N, C, 3 * C);
+    for (int s = 0; s < S; ++s) {
+      const int p0 = len_[segs[s].slot], n = segs[s].n;
+      const int64_t o = int64_t(r0[s]) * 3 * C;
+      cpu::rope_forward<T>(qkr + o, qkv + o, cosb + int64_t(p0) * half, sinb + int64_t(p0) * half, 1, n,
+                           3 * NH, D, 2 * NH);
+      T* kc = cache(segs[s].slot, l, 0);
+      T* vc = cache(segs[s].slot, l, 1);
+      for (int i = 0; i < n; ++i) {
+        const T* row = qkr + o + int64_t(i) * 3 * C;
+        std::memcpy(kc + int64_t(p0 + i) * C, row + C, sizeof(T) * size_t(C));
+        std::memcpy(vc + int64_t(p0 + i) * C, row + 2 * C, sizeof(T) * size_t(C));
+      }
+      cpu::attention_cached_forward<T>(att + int64_t(r0[s]) * C, scores, qkr + o, 3 * C, kc, vc, n, p0 + n, C,
+                                       NH);
+    }
+    cpu::linear_forward<T>(a, att, P(li.wo), N, C, C);
+    cpu::add_forward<T>(x, x, a, int64_t(N) * C);
+
+    // MoE: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU experts
+    // on their contiguous rows, weighted scatter back, residual.
+    const int K = kk.k[l];
+    cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln2), N, C, c.norm_eps);
+    cpu::linear_forward<T>(rl, h, P(li.router), N, C, E);
+    const bool renorm = c.router.renormalize;
+    cpu::router_forward<T>(probs, lse, ids, wts, rl, nullptr, N, E, K, renorm);
+    if (kk.top_p > 0) {
+      for (int n = 0; n < N; ++n) kcount[n] = top_p_count<T>(probs + int64_t(n) * E, E, kk.top_p, 1, K);
+      cpu::router_forward<T>(probs, lse, ids, wts, rl, kcount, N, E, K, renorm);
+    }
+    const int sent = sort_assignments(ids, N, K, E, stok, sslot, counts, next);
+    offsets[0] = 0;
+    for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
+    cpu::gather_rows_forward<T>(rows, h, stok, sent, C);
+    cpu::grouped_linear_forward<T>(h13, rows, P(li.w13), offsets, E, C, 2 * H);
+    cpu::swiglu_forward<T>(sw, h13, sent, H);
+    cpu::grouped_linear_forward<T>(y, sw, P(li.w2), offsets, E, H, C);
+    std::fill(a, a + int64_t(N) * C, T(0));
+    cpu::scatter_add_rows_forward<T>(a, y, wts, stok, sslot, sent, C);
+    cpu::add_forward<T>(x, x, a, int64_t(N) * C);
+    assignments_ += sent;
+    token_layers_ += N;
+  }
+  // Final norm and tied head on the rows that need logits.
+  int R = all_logits ? N : S;
+  T* xs = h;
+  if (all_logits) {
+    std::memcpy(xs, x, sizeof(T) * size_t(N) * C);
+  } else {
+    for (int s = 0; s < S; ++s)
+      std::memcpy(xs + int64_t(s) * C, x + int64_t(r0[s + 1] - 1) * C, sizeof(T) * size_t(C));
+  }
+  T* xn = a;
+  cpu::rmsnorm_forward<T>(xn, rstd, xs, P(lnf_), R, C, c.norm_eps);
+  T* lg = buf(int64_t(R) * V);
+  cpu::linear_forward<T>(lg, xn, P(wte_), R, C, V);
+  logits.assign(lg, lg + int64_t(R) * V);
+  for (const Segment& s : segs) len_[size_t(s.slot)] += s.n;
+}
+
+int sample_token(const double* logits, int V, const SampleOptions& o, double u) {
+  ANYK_CHECK(V >= 1, "sampling needs at least one logit");
+  int best = 0;
+  for (int v = 1; v < V; ++v)
+    if (logits[v] > logits[best]) best = v;
+  if (o.temperature <= 0) return best;
+  // Candidates: every token, or the top_k largest logits (ties: lower id first).
+  std::vector<int> cand(static_cast<size_t>(V));
+  for (int v = 0; v < V; ++v) cand[size_t(v)] = v;
+  int n = V;
+  if (o.top_k > 0 && o.top_k < V) {
+    n = o.top_k;
+    std::partial_sort(cand.begin(), cand.begin() + n, cand.end(), [&](int p, int q) {
+      return logits[p] > logits[q] || (logits[p] == logits[q] && p < q);
+    });
+    std::sort(cand.begin(), cand.begin() + n);  // id order, so the draw does not depend on the sort
+  }
+  std::vector<double> w(static_cast<size_t>(n));
+  double mx = logits[best], sum = 0;
+  for (int i = 0; i < n; ++i) {
+    w[size_t(i)] = std::exp((logits[cand[size_t(i)]] - mx) / o.temperature);
+    sum += w[size_t(i)];
+  }
+  double target = u * sum, acc = 0;
+  for (int i = 0; i < n; ++i) {
+    acc += w[size_t(i)];
+    if (target < acc) return cand[size_t(i)];
+  }
+  return cand[size_t(n - 1)];
+}
+
+double sample_uniform(uint64_t seed, int64_t step) {
+  return uniform01(hash_key(seed, 0x67656e6572617465ULL /* "generate" */, uint64_t(step)));
+}
+
+int window_keep(int W) { return std::max(1, W / 2); }
+
+std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vector<int>>& prompts,
+                                       const GenerateOptions& o, const std::function<void(int, int)>& on_token,
+                                       GenerateStats* stats) {
+  const ModelConfig& c = lm.config();
+  const int W = o.window > 0 ? o.window : c.seq_len;
+  const int B = int(prompts.size());
+  ANYK_CHECK(B >= 1, "generation needs at least one prompt");
+  ANYK_CHECK(o.max_new >= 0, "--max-new " << o.max_new << " must be >= 0");
+  ANYK_CHECK(W <= c.seq_len, "window " << W << " exceeds the model's context (seq_len " << c.seq_len << ")");
+  for (int i = 0; i < B; ++i) {
+    ANYK_CHECK(!prompts[i].empty(), "prompt " << i + 1 << " is empty hint: give at least one character");
+    ANYK_CHECK(int(prompts[i].size()) <= W,
+               "prompt " << i + 1 << " is " << prompts[i].size() << " tokens; the model's context is " << W
+                         << " tokens (seq_len) hint: shorten it (generation itself continues past the context "
+                            "by re-reading the last "
+                         << window_keep(W) << " tokens)");
+  }
+  using clock = std::chrono::steady_clock;
+  KVDecoder dec(lm, B, W);
+  std::vector<std::vector<int>> hist(static_cast<size_t>(B));
+  std::vector<std::vector<int>> out(static_cast<size_t>(B));
+  GenerateStats st;
+  std::vector<Segment> segs(static_cast<size_t>(B));
+  for (int i = 0; i < B; ++i) {
+    hist[i] = prompts[i];
+    hist[i].reserve(prompts[i].size() + size_t(o.max_new));
+    out[i].reserve(size_t(o.max_new));
+    segs[i] = Segment{i, hist[i].data(), int(hist[i].size())};
+    st.prompt_tokens += int64_t(hist[i].size());
+  }
+  std::vector<double> logits;
+  const int V = c.vocab;
+  auto t0 = clock::now();
+  if (o.max_new > 0) dec.forward(segs, o.k, logits);
+  auto t1 = clock::now();
+  for (int step = 0; step < o.max_new; ++step) {
+    const double u = sample_uniform(o.sample.seed, step);
+    for (int i = 0; i < B; ++i) {
+      int t = sample_token(logits.data() + int64_t(i) * V, V, o.sample, u);
+      hist[i].push_back(t);
+      out[i].push_back(t);
+      if (on_token) on_token(i, t);
+    }
+    st.generated += B;
+    if (step + 1 == o.max_new) break;
+    for (int i = 0; i < B; ++i) {
+      if (dec.length(i) + 1 > W) {  // slide: re-read the last window_keep(W) tokens
+        dec.reset(i);
+        const int keep = window_keep(W);
+        segs[i] = Segment{i, hist[i].data() + hist[i].size() - size_t(keep), keep};
+        ++st.slides;
+      } else {
+        segs[i] = Segment{i, hist[i].data() + hist[i].size() - 1, 1};
+      }
+    }
+    dec.forward(segs, o.k, logits);
+    st.decoded += B;
+  }
+  auto t2 = clock::now();
+  st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+  st.decode_seconds = std::chrono::duration<double>(t2 - t1).count();
+  st.mean_k = dec.token_layers() ? double(dec.assignments()) / double(dec.token_layers()) : 0;
+  if (stats) *stats = st;
+  return out;
+}
+
+}  // namespace anyk

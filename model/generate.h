@@ -1,0 +1,120 @@
+// Inference with a KV cache at any K: the decoder that extends each sequence's per-layer keys and
+// values token by token (a prompt in one batched pass, then one token per step), next-token
+// sampling, and the generation loop behind `anyk generate` and `anyk eval --frontier`.
+// Inference only: nothing is recorded for backward, parameters are read in place from the LM's
+// store, and the CPU kernels of the training ops do the arithmetic (the only new kernel is the
+// attention of new queries over cached keys, below).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/lm.h"
+#include "runtime/arena.h"
+#include "runtime/buffer.h"
+
+namespace anyk {
+
+// How many experts each token activates at inference.
+struct InferenceK {
+  std::vector<int> k;  // (L) K of each layer; under top_p, the cap of that layer's per-token K
+  double top_p = 0;    // > 0: per token, the smallest k whose top-k router mass reaches top_p, in [1, k[l]]
+};
+
+// New tokens for one sequence (slot) of the cache, appended at that sequence's next positions.
+struct Segment {
+  int slot = 0;
+  const int* tokens = nullptr;  // (n)
+  int n = 0;
+};
+
+// Keys and values of every layer for up to `slots` sequences of up to `capacity` tokens each
+// (capacity <= the model's seq_len: positions stay inside the trained context), and the forward
+// pass that extends them. The LM must hold every expert (a LocalDispatcher) and outlive this.
+class KVDecoder {
+ public:
+  KVDecoder(const LM& lm, int slots, int capacity = 0);  // capacity 0: the model's seq_len
+  ~KVDecoder();
+
+  // One batched pass over every segment's tokens: embedding, norms, projections and the MoE run
+  // over all rows together; each segment's queries attend to its own cached keys (causally).
+  // Appends the segments' keys and values to their slots. logits (rows, V): the last token of
+  // each segment, in segment order, or every token when all_logits. Slots must be distinct and
+  // have room for their n tokens.
+  void forward(std::span<const Segment> segs, const InferenceK& k, std::vector<double>& logits,
+               bool all_logits = false);
+
+  void reset(int slot);            // forget that sequence
+  int length(int slot) const;      // tokens cached for it
+  int capacity() const { return cap_; }
+  int slots() const { return slots_; }
+
+  // Routed (token, expert) pairs and token-layer rows processed so far: their ratio is the mean
+  // K actually used (below the forced K only under top_p).
+  int64_t assignments() const { return assignments_; }
+  int64_t token_layers() const { return token_layers_; }
+
+ private:
+  template <class T> void forward_t(std::span<const Segment> segs, const InferenceK& k,
+                                    std::vector<double>& logits, bool all_logits);
+  struct LayerIds {
+    int ln1, wqkv, wo, ln2, router, w13, w2;
+  };
+  const LM* lm_;
+  int slots_, cap_;
+  int wte_, lnf_;
+  std::vector<LayerIds> layers_;
+  std::vector<int> len_;
+  AlignedBuffer kv_;    // (slots, L, 2, cap, C): keys then values of each layer
+  AlignedBuffer rope_;  // (2, cap, D/2): cos then sin of every position
+  Arena arena_;         // scratch of one forward, rewound at each call
+  int64_t assignments_ = 0, token_layers_ = 0;
+};
+
+// Next-token choice from logits (V).
+struct SampleOptions {
+  double temperature = 0;  // 0: greedy (arg-max, lowest id on ties)
+  int top_k = 0;           // > 0: sample only among the top_k logits
+  uint64_t seed = 0;
+};
+// u in [0, 1) is the uniform draw used when temperature > 0.
+int sample_token(const double* logits, int V, const SampleOptions& o, double u);
+// The uniform draw of generation step `step` (the same for every sequence of a batch, so a
+// prompt's text does not depend on what it is batched with).
+double sample_uniform(uint64_t seed, int64_t step);
+
+struct GenerateOptions {
+  InferenceK k;
+  SampleOptions sample;
+  int max_new = 64;
+  int window = 0;  // context window W (0: the model's seq_len)
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0;   // tokens of every prompt
+  int64_t decoded = 0;         // tokens whose logits came from decode steps (after the prompt pass)
+  int64_t generated = 0;       // tokens produced
+  int64_t slides = 0;          // window slides (re-reads of the last W/2 tokens)
+  double prompt_seconds = 0;   // the batched prompt pass
+  double decode_seconds = 0;   // every step after it (sampling and callbacks included)
+  double mean_k = 0;           // routed experts per token per layer, over every pass
+  double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
+  double decode_tps() const { return decode_seconds > 0 ? decoded / decode_seconds : 0; }
+};
+
+// The window rule: a sequence's context is its tokens from a start index on; when appending one
+// more would make it longer than W, the context restarts at the last window_keep(W) tokens (which
+// are read again in one pass). The model therefore never sees a position >= W.
+int window_keep(int W);
+
+// Generates max_new tokens after each prompt, all prompts in one batch: one batched pass over the
+// prompts, then one token per prompt per step. on_token(i, token) is called as each token of
+// prompt i is produced. Every prompt must be non-empty and at most W tokens long.
+std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vector<int>>& prompts,
+                                       const GenerateOptions& o,
+                                       const std::function<void(int, int)>& on_token = {},
+                                       GenerateStats* stats = nullptr);
+
+}  // namespace anyk

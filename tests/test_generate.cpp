@@ -1,0 +1,401 @@
+// Generation with a KV cache against the full recompute: every cached step's logits equal the
+// full forward's row at that position (f64 to 1e-12, f32 to 1e-5), for several K, per-layer
+// schedules and per-token top-p K, also when sequences of different lengths share a pass; greedy
+// generation equals re-running LM::forward over the whole context at every step, including past
+// the context window (the slide rule re-implemented here); the routed experts counted by the
+// decoder equal the training forward's; sampling is a pure function of (logits, seed, step); and
+// `anyk generate` through the binary: its text is the library's, and bad input is one clear line.
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "launch/weights.h"
+#include "model/generate.h"
+#include "test_util.h"
+
+using namespace anyk;
+using namespace anyk::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig small(DType dt, int vocab = 64, int seq_len = 16) {
+  ModelConfig c;
+  c.vocab = vocab;
+  c.dim = 32;
+  c.layers = 3;
+  c.heads = 4;
+  c.experts = 4;
+  c.expert_hidden = 24;
+  c.seq_len = seq_len;
+  c.init_std = 0.15;  // logits of order one: arg-max decisions are far from ties
+  c.dtype = dt;
+  return c;
+}
+
+// An LM owning its dispatcher.
+struct Model {
+  LocalDispatcher disp;
+  LM lm;
+  Model(const ModelConfig& c, uint64_t seed) : disp(c.experts), lm(c, disp) { lm.init(seed); }
+};
+
+// Logits (T,V) of the full forward over tokens, at forced K per layer (or top-p per token when
+// the model's config says so).
+std::vector<double> full_logits(const LM& lm, const std::vector<int>& toks, const std::vector<int>& k,
+                                ForwardStats* st = nullptr) {
+  Arena arena(1 << 22);
+  Tape tape(arena);
+  tape.set_grad_enabled(false);
+  Var lg = lm.forward(tape, toks.data(), nullptr, 1, int(toks.size()), k, st);
+  return read(lg.val);
+}
+
+std::vector<int> tokens(int n, int vocab, uint64_t seed) {
+  CounterRng r(seed, 3);
+  std::vector<int> t(static_cast<size_t>(n));
+  for (auto& v : t) v = int(r.next() % uint64_t(vocab));
+  return t;
+}
+
+std::vector<double> row(const std::vector<double>& m, int r, int V) {
+  return std::vector<double>(m.begin() + int64_t(r) * V, m.begin() + int64_t(r + 1) * V);
+}
+
+int argmax(const std::vector<double>& v) {
+  int b = 0;
+  for (int i = 1; i < int(v.size()); ++i)
+    if (v[size_t(i)] > v[size_t(b)]) b = i;
+  return b;
+}
+
+// Prefill `p` tokens (checking every prompt row), then decode the rest one at a time; each
+// cached row is compared with the full forward's row at its position. Returns the worst error.
+double cached_vs_full(const LM& lm, const std::vector<int>& seq, int p, const InferenceK& k) {
+  const int V = lm.config().vocab;
+  auto full = full_logits(lm, seq, k.k);
+  KVDecoder dec(lm, 1);
+  std::vector<double> lg;
+  Segment s{0, seq.data(), p};
+  dec.forward({&s, 1}, k, lg, true);
+  double worst = 0;
+  for (int t = 0; t < p; ++t) worst = std::max(worst, rel_err(row(lg, t, V), row(full, t, V)));
+  for (int t = p; t < int(seq.size()); ++t) {
+    Segment d{0, seq.data() + t, 1};
+    dec.forward({&d, 1}, k, lg);
+    worst = std::max(worst, rel_err(lg, row(full, t, V)));
+  }
+  CHECK(dec.length(0) == int(seq.size()));
+  return worst;
+}
+
+// The model with the same weights but a per-token top-p router (for the reference forward).
+struct TopPModel {
+  LocalDispatcher disp;
+  LM lm;
+  TopPModel(const LM& src, double p) : disp(src.config().experts), lm(with_top_p(src.config(), p), disp) {
+    const ParamStore& a = src.params();
+    for (Region r : {Region::Dense, Region::Expert})
+      std::memcpy(lm.params().region_data(r), a.region_data(r),
+                  size_t(a.region_numel(r)) * dtype_size(a.dtype()));
+  }
+  static ModelConfig with_top_p(ModelConfig c, double p) {
+    c.router.top_p = p;
+    c.router.k_min = 1;
+    return c;
+  }
+};
+
+// Greedy generation by recomputing the whole context at every step, with the window rule:
+// when the context grows past W it restarts at its last W/2 tokens.
+std::vector<int> greedy_reference(const LM& lm, const std::vector<int>& prompt, int max_new,
+                                  const std::vector<int>& k, int W) {
+  std::vector<int> hist = prompt, out;
+  size_t start = 0;
+  for (int i = 0; i < max_new; ++i) {
+    std::vector<int> ctx(hist.begin() + int64_t(start), hist.end());
+    auto lg = full_logits(lm, ctx, k);
+    int t = argmax(row(lg, int(ctx.size()) - 1, lm.config().vocab));
+    hist.push_back(t);
+    out.push_back(t);
+    if (hist.size() - start > size_t(W)) start = hist.size() - size_t(W / 2);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("cached steps give the full forward's logits (f64 to 1e-12, f32 to 1e-5)") {
+  const std::vector<std::vector<int>> schedules = {{1, 1, 1}, {2, 2, 2}, {4, 4, 4}, {4, 2, 1}, {1, 3, 2}};
+  for (DType dt : {DType::F64, DType::F32}) {
+    Model m(small(dt), 11);
+    auto seq = tokens(16, 64, 5);  // the whole context
+    for (const auto& k : schedules) {
+      CAPTURE(k[0]);
+      CAPTURE(k[1]);
+      CAPTURE(k[2]);
+      for (int p : {1, 5, 16}) {
+        double err = cached_vs_full(m.lm, seq, p, InferenceK{k, 0});
+        CHECK(err < (dt == DType::F64 ? 1e-12 : 1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("per-token top-p K in the cache matches the top-p router of the training forward") {
+  for (double p : {0.3, 0.6, 0.9}) {
+    Model m(small(DType::F64), 12);
+    TopPModel ref(m.lm, p);
+    auto seq = tokens(14, 64, 6);
+    InferenceK k{{4, 4, 4}, p};
+    // Reference logits and routed assignments from the training forward with a top-p router.
+    ForwardStats st;
+    auto full = full_logits(ref.lm, seq, k.k, &st);
+    int64_t routed = 0;
+    for (const auto& l : st.layers) routed += l.assignments;
+    KVDecoder dec(m.lm, 1);
+    std::vector<double> lg;
+    Segment s{0, seq.data(), 6};
+    dec.forward({&s, 1}, k, lg, true);
+    double worst = 0;
+    for (int t = 0; t < 6; ++t) worst = std::max(worst, rel_err(row(lg, t, 64), row(full, t, 64)));
+    for (int t = 6; t < 14; ++t) {
+      Segment d{0, seq.data() + t, 1};
+      dec.forward({&d, 1}, k, lg);
+      worst = std::max(worst, rel_err(lg, row(full, t, 64)));
+    }
+    CAPTURE(p);
+    CHECK(worst < 1e-12);
+    CHECK(dec.assignments() == routed);
+    CHECK(dec.token_layers() == 14 * 3);
+    const double mean_k = double(dec.assignments()) / double(dec.token_layers());
+    CHECK(mean_k >= 1.0);
+    CHECK(mean_k <= 4.0);
+  }
+}
+
+TEST_CASE("sequences of different lengths in one pass: each gets its own full-forward logits") {
+  Model m(small(DType::F64), 13);
+  const std::vector<int> k = {2, 1, 3};
+  std::vector<std::vector<int>> seqs = {tokens(9, 64, 1), tokens(3, 64, 2), tokens(12, 64, 3)};
+  KVDecoder dec(m.lm, 3);
+  // Prompts of 4, 1 and 7 tokens in one pass, then a mixed pass (one decode, one multi-token
+  // extension, one decode), then single decodes to the end of each.
+  std::vector<int> done = {0, 0, 0};
+  auto pass = [&](std::vector<int> n) {
+    std::vector<Segment> segs;
+    for (int i = 0; i < 3; ++i)
+      if (n[i] > 0) segs.push_back(Segment{i, seqs[i].data() + done[i], n[i]});
+    std::vector<double> lg;
+    dec.forward(segs, InferenceK{k, 0}, lg);
+    int r = 0;
+    for (int i = 0; i < 3; ++i) {
+      if (n[i] == 0) continue;
+      done[i] += n[i];
+      std::vector<int> prefix(seqs[i].begin(), seqs[i].begin() + done[i]);
+      auto full = full_logits(m.lm, prefix, k);
+      CHECK(rel_err(row(lg, r, 64), row(full, done[i] - 1, 64)) < 1e-12);
+      ++r;
+    }
+  };
+  pass({4, 1, 7});
+  pass({1, 2, 1});
+  pass({1, 0, 1});
+  pass({3, 0, 3});
+  CHECK(done == std::vector<int>{9, 3, 12});
+  CHECK(dec.length(1) == 3);
+}
+
+TEST_CASE("greedy generation with the cache equals recomputing the whole context each step") {
+  Model m(small(DType::F64, 64, 16), 21);
+  const int W = 16;
+  CHECK(window_keep(W) == W / 2);
+  const std::vector<std::vector<int>> schedules = {{1, 1, 1}, {2, 2, 2}, {4, 4, 4}, {4, 2, 1}, {1, 4, 2}};
+  const std::vector<std::vector<int>> prompts = {tokens(3, 64, 7), tokens(16, 64, 8), tokens(1, 64, 9)};
+  for (const auto& k : schedules) {
+    GenerateOptions o;
+    o.k = InferenceK{k, 0};
+    o.max_new = 30;  // past the window: every prompt slides at least once
+    GenerateStats st;
+    auto outs = generate(m.lm, prompts, o, {}, &st);
+    CHECK(st.slides >= 3);
+    CHECK(st.generated == 90);
+    CHECK(st.mean_k == doctest::Approx((k[0] + k[1] + k[2]) / 3.0));
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      CAPTURE(i);
+      CAPTURE(k[0]);
+      CAPTURE(k[1]);
+      CAPTURE(k[2]);
+      CHECK(outs[i] == greedy_reference(m.lm, prompts[i], 30, k, W));
+    }
+  }
+}
+
+TEST_CASE("streaming callback, batching and seeds: a prompt's text depends only on (prompt, options)") {
+  Model m(small(DType::F32, 64, 16), 22);
+  const std::vector<std::vector<int>> prompts = {tokens(5, 64, 1), tokens(2, 64, 2), tokens(9, 64, 3)};
+  GenerateOptions o;
+  o.k = InferenceK{{2, 2, 2}, 0};
+  o.max_new = 20;
+  o.sample = SampleOptions{0.9, 12, 7};
+  std::vector<std::vector<int>> streamed(3);
+  auto a = generate(m.lm, prompts, o, [&](int i, int t) { streamed[size_t(i)].push_back(t); });
+  auto b = generate(m.lm, prompts, o);
+  CHECK(a == b);  // same seed, same text
+  CHECK(streamed == a);
+  for (int i = 0; i < 3; ++i) CHECK(generate(m.lm, {prompts[size_t(i)]}, o)[0] == a[size_t(i)]);
+  o.sample.seed = 8;
+  auto c = generate(m.lm, prompts, o);
+  CHECK(c != a);  // 60 draws at temperature 0.9 over 12 candidates: equal only by a fluke
+  for (const auto& s : c)
+    for (int t : s) CHECK((t >= 0 && t < 64));
+}
+
+TEST_CASE("sample_token: greedy, top-k and the softmax it draws from") {
+  const std::vector<double> lg = {0.5, 2.0, -1.0, 2.0, 1.0};
+  CHECK(sample_token(lg.data(), 5, SampleOptions{0, 0, 0}, 0.7) == 1);  // ties: lower id
+  CHECK(sample_token(lg.data(), 5, SampleOptions{1.0, 1, 0}, 0.99) == 1);
+  // Over an even grid of u, each token is drawn in proportion to softmax(logits / temperature).
+  for (double temp : {0.5, 1.0, 2.0}) {
+    for (int top_k : {0, 3}) {
+      const int M = 200000;
+      std::vector<int> count(5, 0);
+      for (int i = 0; i < M; ++i) ++count[size_t(sample_token(lg.data(), 5, SampleOptions{temp, top_k, 0}, (i + 0.5) / M))];
+      // The reference distribution: top-k candidates by logit (ties: lower id), softmax over them.
+      std::vector<int> keep = top_k == 3 ? std::vector<int>{1, 3, 4} : std::vector<int>{0, 1, 2, 3, 4};
+      double z = 0;
+      for (int v : keep) z += std::exp(lg[size_t(v)] / temp);
+      for (int v = 0; v < 5; ++v) {
+        bool in = std::find(keep.begin(), keep.end(), v) != keep.end();
+        double want = in ? std::exp(lg[size_t(v)] / temp) / z : 0.0;
+        CAPTURE(temp);
+        CAPTURE(top_k);
+        CAPTURE(v);
+        CHECK(std::abs(double(count[size_t(v)]) / M - want) < 1e-4);
+      }
+    }
+  }
+  CHECK(sample_uniform(3, 4) == sample_uniform(3, 4));
+  CHECK(sample_uniform(3, 4) != sample_uniform(3, 5));
+  CHECK(sample_uniform(3, 4) != sample_uniform(4, 4));
+}
+
+TEST_CASE("decoder refusals") {
+  Model m(small(DType::F64), 1);
+  KVDecoder dec(m.lm, 2);
+  auto seq = tokens(17, 64, 1);
+  std::vector<double> lg;
+  Segment s{0, seq.data(), 17};
+  CHECK_THROWS_WITH_AS(dec.forward({&s, 1}, InferenceK{{1, 1, 1}, 0}, lg), doctest::Contains("the cache holds 16"),
+                       Error);
+  Segment ok{0, seq.data(), 4};
+  CHECK_THROWS_WITH_AS(dec.forward({&ok, 1}, InferenceK{{1, 5, 1}, 0}, lg), doctest::Contains("outside [1, E=4]"),
+                       Error);
+  Segment two[2] = {ok, ok};
+  CHECK_THROWS_WITH_AS(dec.forward(two, InferenceK{{1, 1, 1}, 0}, lg), doctest::Contains("appears twice"), Error);
+  GenerateOptions o;
+  o.k = InferenceK{{1, 1, 1}, 0};
+  CHECK_THROWS_WITH_AS(generate(m.lm, {seq}, o), doctest::Contains("context is 16 tokens"), Error);
+  CHECK_THROWS_WITH_AS(generate(m.lm, {std::vector<int>{}}, o), doctest::Contains("is empty"), Error);
+}
+
+namespace {
+
+struct Cli {
+  fs::path dir;
+  Cli() {
+    dir = fs::temp_directory_path() / ("anyk_test_generate_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+  }
+  ~Cli() {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  int sh(const std::string& args, const std::string& stdin_text = "") {
+    const char* bin = std::getenv("ANYK_BIN");
+    REQUIRE(bin);
+    std::ofstream(dir / "in.txt", std::ios::binary) << stdin_text;
+    std::string cmd = "cd " + dir.string() + " && timeout 120 " + bin + " " + args +
+                      " < in.txt > out.txt 2> err.txt";
+    int rc = std::system(cmd.c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+  }
+  std::string out() const { return slurp(dir / "out.txt"); }
+  std::string err() const { return slurp(dir / "err.txt"); }
+};
+
+ModelConfig byte_model() {
+  ModelConfig c = small(DType::F32, 256, 32);
+  c.layers = 2;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
+  Cli cli;
+  Model m(byte_model(), 31);
+  launch::save_weights((cli.dir / "w.h5").string(), m.lm);
+  const std::string w = "generate --weights w.h5 --threads 1 ";
+
+  // Greedy at K=1 and a per-layer schedule: stdout is the prompt then the library's tokens.
+  for (const std::string& kopt : {std::string("--k 1"), std::string("--layer-k 3,1")}) {
+    CAPTURE(kopt);
+    REQUIRE(cli.sh(w + "--prompt 'Hello' --max-new 40 " + kopt) == 0);
+    GenerateOptions o;
+    o.k = InferenceK{kopt == "--k 1" ? std::vector<int>{1, 1} : std::vector<int>{3, 1}, 0};
+    o.max_new = 40;
+    auto toks = generate(m.lm, {{'H', 'e', 'l', 'l', 'o'}}, o)[0];
+    std::string want = "Hello";
+    for (int t : toks) want += char(t);
+    CHECK(cli.out() == want + "\n");
+    CHECK(cli.err().find("new tokens at") != std::string::npos);
+    CHECK(cli.err().find(kopt == "--k 1" ? "mean K 1.00" : "mean K 2.00") != std::string::npos);
+  }
+  // stdin, a prompt file, and a batch file.
+  REQUIRE(cli.sh(w + "--max-new 3", "abc\n") == 0);
+  CHECK(cli.out().substr(0, 3) == "abc");
+  CHECK(cli.out().size() == 3 + 3 + 1);
+  std::ofstream(cli.dir / "p.txt") << "xyz\n";
+  REQUIRE(cli.sh(w + "--prompt-file p.txt --max-new 2 --temperature 1 --seed 4") == 0);
+  CHECK(cli.out().size() == 3 + 2 + 1);
+  std::string first = cli.out();
+  REQUIRE(cli.sh(w + "--prompt-file p.txt --max-new 2 --temperature 1 --seed 4") == 0);
+  CHECK(cli.out() == first);
+  std::ofstream(cli.dir / "many.txt") << "one\n\ntwo\nthree\n";
+  REQUIRE(cli.sh(w + "--prompts many.txt --max-new 4 --top-p 0.6") == 0);
+  CHECK(cli.out().find("--- 3 ---\nthree") != std::string::npos);
+  CHECK(cli.err().find("3 prompts") != std::string::npos);
+
+  auto fails = [&](const std::string& args, const std::string& needle, const std::string& in = "") {
+    CAPTURE(args);
+    CHECK(cli.sh(args, in) == 2);
+    std::string e = cli.err();
+    CHECK(e.rfind("anyk: error: ", 0) == 0);
+    CHECK(std::count(e.begin(), e.end(), '\n') == 1);
+    CHECK(e.find(needle) != std::string::npos);
+  };
+  fails(w + "--prompt hi --k 5", "--k 5 is outside [1, experts=4]");
+  fails(w + "--prompt hi --layer-k 1,2,3", "--layer-k has 3 values but the model has 2 layers");
+  fails(w + "--prompt ''", "the prompt is empty");
+  fails(w, "the prompt is empty", "");
+  fails(w + "--prompt-file nope.txt", "--prompt-file nope.txt does not exist");
+  fails(w + "--prompts nope.txt", "--prompts nope.txt does not exist");
+  fails(w + "--prompt " + std::string(33, 'a'), "is 33 bytes but the model's context is 32 tokens");
+  fails(w + "--prompt hi --budget 2", "--budget needs --data");
+  fails(w + "--prompt hi --device cuda", "CUDA kernels do not exist yet");
+  fails("generate --weights missing.h5 --prompt hi", "missing.h5 not found");
+  // A run dir whose config.ini describes another model than its model.h5.
+  fs::create_directories(cli.dir / "run");
+  fs::copy_file(cli.dir / "w.h5", cli.dir / "run" / "model.h5");
+  std::ofstream(cli.dir / "run" / "config.ini")
+      << "layers = 2\ndim = 64\nheads = 4\nexperts = 4\nexpert-hidden = 24\nseq-len = 32\n";
+  fails("generate --run-dir run --prompt hi", "is a model with --dim 32 but run/config.ini says --dim 64");
+}
