@@ -12,6 +12,7 @@
 #include <regex>
 #include <sstream>
 
+#include "launch/fsio.h"
 #include "runtime/check.h"
 
 namespace anyk::launch {
@@ -75,6 +76,7 @@ void write_run_state_attrs(hid_t f, const std::string& path, const CheckpointMet
   h5::write_attr(f, path, "adam_step", meta.adam_step);
   h5::write_attr(f, path, "world_size", meta.world_size);
   h5::write_attr(f, path, "ep_size", meta.ep_size);
+  h5::write_attr(f, path, "micro_batch", meta.micro_batch);
   h5::write_attr(f, path, "config_ini", meta.config_ini);
 }
 
@@ -86,16 +88,11 @@ void read_run_state_attrs(hid_t f, const std::string& path, CheckpointMeta& m) {
   m.adam_step = h5::read_attr_int(f, path, "adam_step");
   m.world_size = h5::read_attr_int(f, path, "world_size");
   m.ep_size = h5::read_attr_int(f, path, "ep_size");
+  m.micro_batch = h5::attr_exists(f, "micro_batch") ? h5::read_attr_int(f, path, "micro_batch") : 0;
   m.config_ini = h5::read_attr_string(f, path, "config_ini");
 }
 
 namespace {
-
-void close_and_sync(h5::Handle& f, const std::string& path) {
-  H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + path);
-  f.reset();
-  h5::fsync_path(path);
-}
 
 std::string expert_group(int id) { return "experts/" + std::to_string(id); }
 
@@ -132,6 +129,10 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
   } else if (fs::is_regular_file(spec) && fs::path(spec).filename() == "latest") {
     latest = spec;
   } else {
+    ANYK_CHECK(!fs::is_regular_file(spec) || !spec.ends_with(".h5"),
+               spec << " is a file, not a checkpoint directory hint: resume takes a checkpoint directory "
+                       "(RUN_DIR/checkpoints/step_N) or latest; to start a new run from weights use --init-weights "
+                    << spec);
     ANYK_CHECK(fs::is_directory(spec), "checkpoint directory " << spec << " not found");
     return spec;
   }
@@ -189,38 +190,33 @@ std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region
 
 void write_meta_file(const std::string& path, const CheckpointMeta& meta, const std::vector<TensorRef>& dense) {
   const bool moments = moments_of(dense, [](const TensorRef& t) -> const TensorRef& { return t; }, path);
-  h5::Handle f = h5::create_file(path);
-  write_common_attrs(f.id, path, meta, "meta");
-  h5::write_attr(f.id, path, "seed", meta.seed);
-  h5::write_attr(f.id, path, "loader_position", meta.loader_position);
-  h5::write_attr(f.id, path, "global_seqs", meta.global_seqs);
-  h5::write_attr(f.id, path, "adam_step", meta.adam_step);
-  h5::write_attr(f.id, path, "world_size", meta.world_size);
-  h5::write_attr(f.id, path, "has_optimizer", int64_t(moments ? 1 : 0));
-  h5::write_attr(f.id, path, "config_ini", meta.config_ini);
-  {
-    h5::Handle g = h5::create_group(f.id, path, "params");
-    for (const TensorRef& t : dense) h5::write_f32(g.id, path, t.name, t.value, t.shape);
-  }
-  if (moments) {
-    h5::Handle gm = h5::create_group(f.id, path, "adam_m");
-    for (const TensorRef& t : dense) h5::write_f32(gm.id, path, t.name, t.m, t.shape);
-    h5::Handle gv = h5::create_group(f.id, path, "adam_v");
-    for (const TensorRef& t : dense) h5::write_f32(gv.id, path, t.name, t.v, t.shape);
-  }
-  close_and_sync(f, path);
+  h5::write_file(path, [&](hid_t f) {
+    write_common_attrs(f, path, meta, "meta");
+    h5::write_attr(f, path, "seed", meta.seed);
+    h5::write_attr(f, path, "loader_position", meta.loader_position);
+    h5::write_attr(f, path, "global_seqs", meta.global_seqs);
+    h5::write_attr(f, path, "adam_step", meta.adam_step);
+    h5::write_attr(f, path, "world_size", meta.world_size);
+    h5::write_attr(f, path, "micro_batch", meta.micro_batch);
+    h5::write_attr(f, path, "has_optimizer", int64_t(moments ? 1 : 0));
+    h5::write_attr(f, path, "config_ini", meta.config_ini);
+    {
+      h5::Handle g = h5::create_group(f, path, "params");
+      for (const TensorRef& t : dense) h5::write_f32(g.id, path, t.name, t.value, t.shape);
+    }
+    if (moments) {
+      h5::Handle gm = h5::create_group(f, path, "adam_m");
+      for (const TensorRef& t : dense) h5::write_f32(gm.id, path, t.name, t.m, t.shape);
+      h5::Handle gv = h5::create_group(f, path, "adam_v");
+      for (const TensorRef& t : dense) h5::write_f32(gv.id, path, t.name, t.v, t.shape);
+    }
+  });
 }
 
 void write_experts_file(const std::string& path, const CheckpointMeta& meta, int ep_rank,
                         const std::vector<ExpertRef>& experts) {
   const bool moments = moments_of(experts, [](const ExpertRef& r) -> const TensorRef& { return r.t; }, path);
   const int E_local = meta.model.experts / int(meta.ep_size);
-  h5::Handle f = h5::create_file(path);
-  write_common_attrs(f.id, path, meta, "experts");
-  h5::write_attr(f.id, path, "ep_rank", int64_t(ep_rank));
-  h5::write_attr(f.id, path, "first_expert", int64_t(ep_rank) * E_local);
-  h5::write_attr(f.id, path, "has_optimizer", int64_t(moments ? 1 : 0));
-  h5::Handle top = h5::create_group(f.id, path, "experts");
   std::map<int, std::vector<const TensorRef*>> by_id;
   for (const ExpertRef& r : experts) {
     ANYK_CHECK(r.expert / E_local == ep_rank, path << ": expert " << r.expert << " does not belong to ep rank "
@@ -228,17 +224,22 @@ void write_experts_file(const std::string& path, const CheckpointMeta& meta, int
     by_id[r.expert].push_back(&r.t);
   }
   ANYK_CHECK(int(by_id.size()) == E_local, path << ": got " << by_id.size() << " experts, expected " << E_local);
-  for (const auto& [id, refs] : by_id) {
-    h5::Handle g = h5::create_group(top.id, path, std::to_string(id));
-    const char* groups[] = {"params", "adam_m", "adam_v"};
-    for (int k = 0; k < (moments ? 3 : 1); ++k) {
-      h5::Handle sub = h5::create_group(g.id, path, groups[k]);
-      for (const TensorRef* t : refs)
-        h5::write_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->shape);
+  h5::write_file(path, [&](hid_t f) {
+    write_common_attrs(f, path, meta, "experts");
+    h5::write_attr(f, path, "ep_rank", int64_t(ep_rank));
+    h5::write_attr(f, path, "first_expert", int64_t(ep_rank) * E_local);
+    h5::write_attr(f, path, "has_optimizer", int64_t(moments ? 1 : 0));
+    h5::Handle top = h5::create_group(f, path, "experts");
+    for (const auto& [id, refs] : by_id) {
+      h5::Handle g = h5::create_group(top.id, path, std::to_string(id));
+      const char* groups[] = {"params", "adam_m", "adam_v"};
+      for (int k = 0; k < (moments ? 3 : 1); ++k) {
+        h5::Handle sub = h5::create_group(g.id, path, groups[k]);
+        for (const TensorRef* t : refs)
+          h5::write_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->shape);
+      }
     }
-  }
-  top.reset();
-  close_and_sync(f, path);
+  });
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& dir) {
@@ -318,64 +319,72 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
   const fs::path cdir = checkpoints_dir(run_dir);
   const std::string name = step_dir_name(meta.step);
   const fs::path tmp = cdir / (name + ".tmp"), final_dir = cdir / name;
-  if (root) {
-    fs::create_directories(cdir);
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-  }
-  world.barrier();  // the .tmp directory exists for every writer
+  // On a failure on any rank (a full disk, say), rank 0 removes the half-written step_<n>.tmp;
+  // the previous checkpoint and `latest` are untouched.
+  auto drop_tmp = [&] { remove_quietly(tmp.string()); };
+  agree_or_throw(
+      world,
+      [&] {
+        if (!root) return;
+        std::error_code ec;
+        fs::create_directories(cdir, ec);
+        if (ec) fail_io("creating directory", cdir.string(), ec.value());
+        fs::remove_all(tmp, ec);
+        fs::create_directories(tmp, ec);
+        if (ec) fail_io("creating directory", tmp.string(), ec.value());
+      },
+      drop_tmp);  // the .tmp directory exists for every writer
 
   int64_t bytes = 0;
-  if (root) {
-    const std::string path = (tmp / "meta.h5").string();
-    write_meta_file(path, meta, dense);
-    bytes += file_bytes(path);
-    if (const char* f = std::getenv("ANYK_FAULT_INJECT_SAVE"); f && std::atoll(f) == meta.step) {
-      std::fprintf(stderr, "anyk: ANYK_FAULT_INJECT_SAVE=%s: rank 0 exits in the middle of saving %s\n", f,
-                   tmp.c_str());
-      std::fflush(stderr);
-      ::_exit(9);
-    }
-  }
-  if (world.rank() < g.ep_size) {  // the first replica of every expert: world ranks [0, ep)
-    const std::string path = (tmp / ("experts_" + std::to_string(g.ep.rank()) + ".h5")).string();
-    write_experts_file(path, meta, g.ep.rank(), experts);
-    bytes += file_bytes(path);
-  }
-  world.barrier();  // every file is written and fsynced
+  agree_or_throw(
+      world,
+      [&] {
+        if (root) {
+          const std::string path = (tmp / "meta.h5").string();
+          write_meta_file(path, meta, dense);
+          bytes += file_bytes(path);
+          if (const char* f = std::getenv("ANYK_FAULT_INJECT_SAVE"); f && std::atoll(f) == meta.step) {
+            std::fprintf(stderr, "anyk: ANYK_FAULT_INJECT_SAVE=%s: rank 0 exits in the middle of saving %s\n", f,
+                         tmp.c_str());
+            std::fflush(stderr);
+            ::_exit(9);
+          }
+        }
+        if (world.rank() < g.ep_size) {  // the first replica of every expert: world ranks [0, ep)
+          const std::string path = (tmp / ("experts_" + std::to_string(g.ep.rank()) + ".h5")).string();
+          write_experts_file(path, meta, g.ep.rank(), experts);
+          bytes += file_bytes(path);
+        }
+      },
+      drop_tmp);  // every file is written and fsynced
   if (!root) return bytes;
 
-  h5::fsync_path(tmp.string());
-  std::error_code ec;
-  fs::path aside;
-  if (fs::exists(final_dir)) {  // a save of this step from an abandoned earlier attempt
-    aside = cdir / (name + ".old.tmp");
-    fs::remove_all(aside);
-    fs::rename(final_dir, aside, ec);
-    ANYK_CHECK(!ec, "cannot move " << final_dir.string() << " aside: " << ec.message());
-  }
-  fs::rename(tmp, final_dir, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp.string() << " to " << final_dir.string() << ": " << ec.message());
-  h5::fsync_path(cdir.string());
-  {
-    const fs::path latest_tmp = cdir / "latest.tmp";
-    {
-      std::ofstream out(latest_tmp, std::ios::trunc);
-      out << name << "\n";
-      out.flush();
-      ANYK_CHECK(out, "cannot write " << latest_tmp.string() << " hint: check free space");
+  try {
+    h5::fsync_path(tmp.string());
+    std::error_code ec;
+    if (fs::exists(final_dir)) {  // a save of this step from an abandoned earlier attempt
+      const fs::path aside = cdir / (name + ".old.tmp");
+      fs::remove_all(aside, ec);
+      fs::rename(final_dir, aside, ec);
+      if (ec) fail_io("moving aside", final_dir.string(), ec.value());
     }
-    h5::fsync_path(latest_tmp.string());
-    fs::rename(latest_tmp, cdir / "latest", ec);
-    ANYK_CHECK(!ec, "cannot rename " << latest_tmp.string() << " to latest: " << ec.message());
-    h5::fsync_path(cdir.string());
+    fs::rename(tmp, final_dir, ec);
+    if (ec) fail_io("renaming " + tmp.string() + " to", final_dir.string(), ec.value());
+  } catch (...) {
+    drop_tmp();
+    throw;
   }
+  h5::fsync_path(cdir.string());
+  write_file_atomic((cdir / "latest").string(), name + "\n");  // latest.tmp + fsync + rename
   // Prune: keep the newest `keep` complete checkpoints up to this one; drop stale .tmp dirs
   // (saves killed part-way). Checkpoints newer than this one (an abandoned attempt that went
-  // further before a resume from an older step) are left alone.
+  // further before a resume from an older step) are left alone. A checkpoint is first renamed
+  // to step_<n>.del.tmp (atomic), then deleted, so a kill part-way through the deletion leaves a
+  // .tmp directory that the next save removes, never a step_<n>/ without its meta.h5.
   static const std::regex complete("step_([0-9]+)");
   std::vector<std::pair<int64_t, fs::path>> older;
-  for (const auto& e : fs::directory_iterator(cdir)) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(cdir, ec)) {
     const std::string n = e.path().filename().string();
     std::smatch mt;
     if (e.is_directory() && n.size() > 4 && n.ends_with(".tmp")) {
@@ -386,7 +395,11 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
     }
   }
   std::sort(older.begin(), older.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  for (size_t i = size_t(std::max(keep, 1)); i < older.size(); ++i) fs::remove_all(older[i].second, ec);
+  for (size_t i = size_t(std::max(keep, 1)); i < older.size(); ++i) {
+    const fs::path doomed = older[i].second.string() + ".del.tmp";
+    fs::rename(older[i].second, doomed, ec);
+    if (!ec) fs::remove_all(doomed, ec);
+  }
   return bytes;
 }
 

@@ -30,6 +30,9 @@ struct CheckpointMeta {
   int64_t global_seqs = 0;      // sequences per optimizer step (B * A * world)
   int64_t adam_step = 0;        // AdamW bias-correction step count
   int64_t world_size = 1, ep_size = 1;  // the layout that wrote it (E_local = experts / ep_size)
+  int64_t micro_batch = 0;      // sequences per micro-batch (--batch): K is drawn per micro-batch of
+                                // this size, so a resume with another value changes the K draws
+                                // (0: written by an older anyk, unknown)
   ModelConfig model;
   std::string config_ini;       // the run's resolved options (INI)
 };

@@ -4,6 +4,13 @@
 // gradient buffer, m, v); fine for the models a CPU trainer produces.
 #include "launch/convert.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "launch/fsio.h"
+
 #include <unistd.h>
 
 #include <chrono>
@@ -136,51 +143,73 @@ std::unique_ptr<Full> read_consolidated(const std::string& path) {
   return full;
 }
 
+// Moves the finished tmp (file or directory) to out. An existing out (only with --overwrite) is
+// renamed to out.old.tmp first and removed once the new one is in place, so at every moment one
+// complete version exists under out or out.old.tmp.
+void replace_with(const std::string& tmp, const std::string& out) {
+  std::error_code ec;
+  const std::string old = out + ".old.tmp";
+  const bool had = fs::exists(fs::symlink_status(out));
+  if (had) {
+    fs::remove_all(old, ec);
+    fs::rename(out, old, ec);
+    if (ec) {
+      remove_quietly(tmp);
+      fail_io("moving aside the existing", out, ec.value());
+    }
+  }
+  fs::rename(tmp, out, ec);
+  if (ec) {
+    const int err = ec.value();
+    if (had) fs::rename(old, out, ec);
+    remove_quietly(tmp);
+    fail_io("renaming " + tmp + " to", out, err);
+  }
+  if (had) remove_quietly(old);
+  const fs::path parent = fs::path(out).parent_path();
+  h5::fsync_path(parent.empty() ? "." : parent.string());
+}
+
 void write_consolidated(Full& full, const std::string& out, bool moments) {
   const std::string tmp = out + ".tmp";
   std::vector<TensorRef> refs = full.full_refs(moments);
   Progress bar("write");
-  {
-    h5::Handle f = h5::create_file(tmp);
+  h5::write_file(tmp, [&](hid_t f) {
     // The model.h5 header first, so load_weights and `anyk eval --weights` read this file.
-    h5::write_attr(f.id, tmp, "format", "anyk-weights");
-    h5::write_attr(f.id, tmp, "version", int64_t(1));
-    h5::write_model_attrs(f.id, tmp, full.meta.model);
-    h5::write_attr(f.id, tmp, "kind", "consolidated");
-    h5::write_attr(f.id, tmp, "checksum", "crc32");
-    write_run_state_attrs(f.id, tmp, full.meta);
-    h5::write_attr(f.id, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
+    h5::write_attr(f, tmp, "format", "anyk-weights");
+    h5::write_attr(f, tmp, "version", int64_t(1));
+    h5::write_model_attrs(f, tmp, full.meta.model);
+    h5::write_attr(f, tmp, "kind", "consolidated");
+    h5::write_attr(f, tmp, "checksum", "crc32");
+    write_run_state_attrs(f, tmp, full.meta);
+    h5::write_attr(f, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
     h5::Handle gm, gv;
     if (moments) {
-      gm = h5::create_group(f.id, tmp, "adam_m");
-      gv = h5::create_group(f.id, tmp, "adam_v");
+      gm = h5::create_group(f, tmp, "adam_m");
+      gv = h5::create_group(f, tmp, "adam_v");
     }
     for (size_t i = 0; i < refs.size(); ++i) {
       const TensorRef& t = refs[i];
-      h5::write_f32(f.id, tmp, t.name, t.value, t.shape);
+      h5::write_f32(f, tmp, t.name, t.value, t.shape);
       if (moments) {
         h5::write_f32(gm.id, tmp, t.name, t.m, t.shape);
         h5::write_f32(gv.id, tmp, t.name, t.v, t.shape);
       }
       bar(int64_t(i + 1), int64_t(refs.size()));
     }
-    gm.reset();
-    gv.reset();
-    H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + tmp);
-  }
-  h5::fsync_path(tmp);
-  std::error_code ec;
-  fs::rename(tmp, out, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << out << ": " << ec.message());
+  });
+  replace_with(tmp, out);
 }
 
 void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
   const int E = full.meta.model.experts;
   ANYK_CHECK(E % ep == 0, "--to ep=" << ep << " does not divide the " << E << " experts hint: use a divisor of " << E);
-  ANYK_CHECK(!fs::exists(out), "--out " << out << " exists hint: remove it or choose another directory");
   const fs::path tmp = out + ".tmp";
   fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  std::error_code ec;
+  fs::create_directories(tmp, ec);
+  if (ec) fail_io("creating directory", tmp.string(), ec.value());
+  try {
   CheckpointMeta meta = full.meta;
   meta.ep_size = ep;
   meta.world_size = ep;  // as if written by ep ranks with ep = world
@@ -197,9 +226,11 @@ void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
     bar(r + 2, ep + 1);
   }
   h5::fsync_path(tmp.string());
-  std::error_code ec;
-  fs::rename(tmp, out, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp.string() << " to " << out << ": " << ec.message());
+  } catch (...) {
+    remove_quietly(tmp.string());
+    throw;
+  }
+  replace_with(tmp.string(), out);
 }
 
 void write_safetensors(Full& full, const std::string& out) {
@@ -237,35 +268,48 @@ void write_safetensors(Full& full, const std::string& out) {
   header += "}";
   while (header.size() % 8) header += ' ';  // the data starts 8-byte aligned
   const std::string tmp = out + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    ANYK_CHECK(f, "cannot write " << tmp << " hint: check the directory exists and is writable");
-    const uint64_t len = header.size();
-    unsigned char le[8];
-    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-    f.write(reinterpret_cast<const char*>(le), 8);
-    f.write(header.data(), std::streamsize(header.size()));
-    Progress bar("write");
-    for (size_t i = 0; i < refs.size(); ++i) {
-      int64_t n = 1;
-      for (int64_t d : refs[i].shape) n *= d;
-      f.write(reinterpret_cast<const char*>(refs[i].value), std::streamsize(n * 4));  // little-endian host
-      bar(int64_t(i + 1), int64_t(refs.size()));
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_io("writing", tmp, errno);
+  auto put = [&](const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t w = ::write(fd, p, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = w < 0 ? errno : ENOSPC;
+        ::close(fd);
+        remove_quietly(tmp);
+        fail_io("writing", tmp, err);
+      }
+      p += w;
+      n -= size_t(w);
     }
-    f.flush();
-    ANYK_CHECK(f, "writing " << tmp << " failed hint: check free space");
+  };
+  const uint64_t len = header.size();
+  unsigned char le[8];
+  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+  put(le, 8);
+  put(header.data(), header.size());
+  Progress bar("write");
+  for (size_t i = 0; i < refs.size(); ++i) {
+    int64_t n = 1;
+    for (int64_t d : refs[i].shape) n *= d;
+    put(refs[i].value, size_t(n) * 4);  // little-endian host
+    bar(int64_t(i + 1), int64_t(refs.size()));
   }
-  h5::fsync_path(tmp);
-  std::error_code ec;
-  fs::rename(tmp, out, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << out << ": " << ec.message());
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    const int err = errno;
+    remove_quietly(tmp);
+    fail_io("writing", tmp, err);
+  }
+  replace_with(tmp, out);
 }
 
 }  // namespace
 
 int convert_command(int argc, char** argv) {
   std::string checkpoint, to, out;
-  bool no_optimizer = false, help = false;
+  bool no_optimizer = false, overwrite = false, help = false;
   po::options_description desc(
       "anyk convert --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5 --to consolidated|ep=M|safetensors "
       "--out PATH [--no-optimizer]\n"
@@ -277,7 +321,9 @@ int convert_command(int argc, char** argv) {
       "a checkpoint step directory, a `latest` file, or a consolidated .h5 file (or a model.h5)")(
       "to", po::value(&to), "consolidated, ep=M (M divides the experts) or safetensors")(
       "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
-      "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)");
+      "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
+      "overwrite", po::bool_switch(&overwrite),
+      "replace an existing --out (the old one is removed only after the new one is complete)");
   po::variables_map vm;
   try {
     po::store(parse_command_line(argc, argv, desc, "convert"), vm);
@@ -300,6 +346,21 @@ int convert_command(int argc, char** argv) {
                "--to '" << to << "' is not one of consolidated, ep=M, safetensors hint: see anyk convert --help");
   }
 
+  {  // the output, before anything is read
+    const fs::path o(out);
+    const bool file_out = ep == 0;
+    ANYK_CHECK(!(file_out && fs::is_directory(o)),
+               "--out " << out << " is a directory, but --to " << to << " writes one file hint: name a file, e.g. "
+                        << (o / (to == "safetensors" ? "model.safetensors" : "model.h5")).string());
+    ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
+               "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
+                                                                    "directory that does not exist yet");
+    ANYK_CHECK(!fs::exists(o) || overwrite, "--out " << out << " exists hint: choose another path, or pass "
+                                                               "--overwrite to replace it");
+    const fs::path parent = o.parent_path().empty() ? fs::path(".") : o.parent_path();
+    ANYK_CHECK(fs::is_directory(parent), "--out " << out << ": directory " << parent.string()
+                                                  << " does not exist hint: create it first");
+  }
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Full> full;
   std::string source;

@@ -3,6 +3,8 @@
 // setting, prints a table and optionally writes JSON).
 #include "launch/evaluate.h"
 
+#include "launch/fsio.h"
+
 #include <omp.h>
 #include <unistd.h>
 
@@ -115,19 +117,7 @@ std::string results_json(const std::vector<EvalResult>& rs) {
   return s + "\n]}\n";
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    ANYK_CHECK(out, "cannot write " << tmp << " hint: check the directory exists and is writable");
-    out << text;
-    out.flush();
-    ANYK_CHECK(out, "writing " << tmp << " failed hint: check free space");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << path << ": " << ec.message());
-}
+void write_text_file(const std::string& path, const std::string& text) { write_file_atomic(path, text); }
 
 int eval_command(int argc, char** argv) {
   std::string run_dir, data_dir, k_list, layer_k, json_path, checkpoint, weights;

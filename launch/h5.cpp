@@ -5,9 +5,13 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <bit>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+
+#include "launch/fsio.h"
 
 namespace anyk::launch::h5 {
 
@@ -30,6 +34,74 @@ void Handle::reset() {
 }
 
 void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+void disable_atexit() { H5dont_atexit(); }
+
+namespace {
+
+thread_local int g_last_errno = 0;
+
+// Looks for the "errno = N" that HDF5's sec2 driver writes into its error description.
+herr_t find_errno(unsigned, const H5E_error2_t* e, void* out) {
+  if (e && e->desc) {
+    if (const char* p = std::strstr(e->desc, "errno = ")) {
+      const int v = std::atoi(p + 8);
+      if (v > 0) *static_cast<int*>(out) = v;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::string failure_detail() {
+  int err = 0;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, find_errno, &err);
+  g_last_errno = err;
+  return err ? std::string(": ") + std::strerror(err) : std::string();
+}
+
+int last_errno() { return g_last_errno; }
+void clear_last_errno() { g_last_errno = 0; }
+
+void write_file(const std::string& path, const std::function<void(hid_t)>& body) {
+  clear_last_errno();
+  // The file id is held here, not in a Handle: it must be closed exactly once (a second H5Fclose
+  // of a file whose close failed crashes HDF5 1.10), after the objects inside it.
+  hid_t fid = -1;
+  try {
+    {
+      Handle f = create_file(path);
+      fid = f.id;
+      f.id = -1;
+    }
+    body(fid);
+    H5_CHECK(H5Fflush(fid, H5F_SCOPE_GLOBAL), "flushing file " + path);
+    const hid_t id = fid;
+    fid = -1;
+    H5_CHECK(H5Fclose(id), "closing file " + path);
+    fsync_path(path);
+  } catch (const Error& e) {
+    int err = last_errno();
+    if (fid >= 0) {
+      // Close whatever the body left open, children before the file.
+      for (unsigned kind : {unsigned(H5F_OBJ_ATTR), unsigned(H5F_OBJ_DATASET), unsigned(H5F_OBJ_GROUP),
+                            unsigned(H5F_OBJ_DATATYPE)}) {
+        const ssize_t n = H5Fget_obj_count(fid, kind | H5F_OBJ_LOCAL);
+        if (n <= 0) continue;
+        std::vector<hid_t> ids(static_cast<size_t>(n));
+        const ssize_t got = H5Fget_obj_ids(fid, kind | H5F_OBJ_LOCAL, size_t(n), ids.data());
+        for (ssize_t i = 0; i < got; ++i) kind == H5F_OBJ_ATTR ? H5Aclose(ids[size_t(i)]) : H5Oclose(ids[size_t(i)]);
+      }
+      H5Fclose(fid);  // may fail again on a full disk: the handle stays, exit-time cleanup is off
+    }
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    if (err == 0) err = guess_write_errno(path);
+    if (err != 0) fail_io("writing", path, err);
+    throw;
+  }
+}
 
 Handle create_file(const std::string& path) {
   quiet();
@@ -279,10 +351,11 @@ void check_same_shape(const ModelConfig& saved, const ModelConfig& have, const s
 
 void fsync_path(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  ANYK_CHECK(fd >= 0, "cannot open " << path << " to fsync it");
-  int rc = ::fsync(fd);
+  if (fd < 0) fail_io("opening (to fsync)", path, errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
   ::close(fd);
-  ANYK_CHECK(rc == 0, "fsync of " << path << " failed hint: check the disk");
+  if (rc != 0) fail_io("writing (fsync)", path, err);
 }
 
 }  // namespace anyk::launch::h5

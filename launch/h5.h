@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@
   [&]() {                                                                                          \
     auto anyk_h5_r_ = (expr);                                                                      \
     ANYK_CHECK(anyk_h5_r_ >= 0, "HDF5 call failed: " << #expr << " (" << what << ")"               \
+                                                      << ::anyk::launch::h5::failure_detail()      \
                                                       << " hint: is the file a complete anyk file " \
                                                          "on a readable, writable disk?");          \
     return anyk_h5_r_;                                                                             \
@@ -40,6 +42,25 @@ struct Handle {
 
 // Switches off HDF5's own error-stack printing so the user sees our one line.
 void quiet();
+
+// Called by H5_CHECK when an HDF5 call fails, before anything else touches the error stack: finds
+// the operating-system error behind it (HDF5's file driver records "errno = N"), remembers it
+// for last_errno(), and returns ": <strerror text>" or "" when there is none.
+std::string failure_detail();
+// The errno found by the last failure_detail() on this thread (0: none), and a reset.
+int last_errno();
+void clear_last_errno();
+
+// Writes the HDF5 file `path` (created, truncated) with body(file id), then flushes, closes and
+// fsyncs it. On any failure every object still open in the file is closed in a defined order
+// (attributes, datasets, groups, types, then the file), the file is removed, and the error reads
+// `writing PATH: <errno text> (hint: ...)` when the cause is the operating system's (a full
+// disk, a quota, a read-only file system), else the HDF5 error naming the object.
+// Needs HDF5's exit-time cleanup off (disable_atexit()), so that a file whose close failed on a
+// full disk is not closed a second time at exit.
+void write_file(const std::string& path, const std::function<void(hid_t)>& body);
+// Call before any other HDF5 call (anyk's main does).
+void disable_atexit();
 
 // Creates (truncating) a file in the HDF5 1.8 object format: metadata blocks carry HDF5's own
 // checksums, and every HDF5 >= 1.8 (any h5py) reads it.

@@ -39,6 +39,7 @@ struct TrainOptions {
   int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep = 3;            // complete checkpoints kept (older ones deleted)
   std::string resume;      // checkpoint dir, a `latest` file or "latest"; not written to config.ini
+  bool overwrite = false;  // move an existing run in run_dir aside; not written to config.ini
 };
 
 // A Program_options table whose every entry also knows how to print its current value, so the

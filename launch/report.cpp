@@ -1,6 +1,10 @@
 // JSON formatting, the stdout+log line sink, and the SGEMM peak measurement.
 #include "launch/report.h"
 
+#include <cerrno>
+
+#include "launch/fsio.h"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <charconv>
@@ -43,7 +47,8 @@ LineSink::~LineSink() {
 void LineSink::open_log(const std::string& path) {
   if (log_) std::fclose(log_);
   log_ = std::fopen(path.c_str(), "w");
-  ANYK_CHECK(log_, "cannot write " << path << " hint: check permissions and free space");
+  if (!log_) fail_io("writing", path, errno);
+  path_ = path;
 }
 
 void LineSink::line(const std::string& s) {
@@ -53,7 +58,12 @@ void LineSink::line(const std::string& s) {
   if (log_) {
     std::fputs(s.c_str(), log_);
     std::fputc('\n', log_);
-    std::fflush(log_);
+    if (std::fflush(log_) != 0 || std::ferror(log_)) {
+      const int err = errno;
+      std::fclose(log_);
+      log_ = nullptr;  // the message below must not be logged into the same full disk again
+      fail_io("writing", path_, err);
+    }
   }
 }
 

@@ -17,10 +17,12 @@ class LineSink {
   LineSink() = default;
   ~LineSink();
   void open_log(const std::string& path);  // truncates
+  // Throws `writing PATH: <errno text> (hint: ...)` when the log cannot be written (full disk).
   void line(const std::string& s);
 
  private:
   std::FILE* log_ = nullptr;
+  std::string path_;
 };
 
 // FLOP/s of one core on a 512x512x512 float GEMM (Eigen, single-threaded, fastest of 21 reps).

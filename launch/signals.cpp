@@ -1,4 +1,4 @@
-// SIGUSR1 / SIGTERM -> a flag the trainer polls between steps. The handler is async-signal-safe:
+// SIGUSR1 / SIGTERM / SIGINT -> a flag the trainer polls between steps. The handler is async-signal-safe:
 // it only stores the signal number in a lock-free std::atomic<int> (also a valid
 // volatile sig_atomic_t replacement: is_always_lock_free is checked at compile time).
 #include "launch/signals.h"
@@ -28,7 +28,11 @@ void install_stop_handlers() {
   sigemptyset(&sa.sa_mask);
   sigaddset(&sa.sa_mask, SIGUSR1);
   sigaddset(&sa.sa_mask, SIGTERM);
-  for (int sig : {SIGUSR1, SIGTERM}) {
+  sigaddset(&sa.sa_mask, SIGINT);
+  for (int sig : {SIGUSR1, SIGTERM, SIGINT}) {
+    // A second Ctrl-C is the way out of a save the user does not want to wait for: SIGINT's
+    // handler runs once, then the default action (terminate) is back.
+    sa.sa_flags = SA_RESTART | (sig == SIGINT ? SA_RESETHAND : 0);
     if (sigaction(sig, &sa, nullptr) != 0)
       std::fprintf(stderr, "anyk: warning: cannot install a handler for signal %d: %s\n", sig, std::strerror(errno));
   }
@@ -42,6 +46,7 @@ const char* stop_signal_name(int sig) {
   switch (sig) {
     case SIGUSR1: return "SIGUSR1";
     case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
     case 0: return "none";
     default: return "signal";
   }

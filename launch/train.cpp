@@ -20,7 +20,10 @@
 #include "launch/checkpoint.h"
 #include "data/shard.h"
 #include "launch/evaluate.h"
+#include "launch/fsio.h"
+#include "launch/memory.h"
 #include "launch/options.h"
+#include "launch/rundir.h"
 #include "launch/report.h"
 #include "launch/signals.h"
 #include "launch/weights.h"
@@ -59,7 +62,7 @@ std::string usage_line() {
 }
 
 // Parses and validates everything; touches no file. Returns false when --help was shown.
-bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
+bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size, bool print_help) {
   TrainOptions& o = p.o;
   bool help = false;
   OptionTable table(usage_line());
@@ -70,6 +73,9 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
       "resume", po::value<std::string>(&o.resume),
       "continue from a checkpoint: its directory, a `latest` file, or `latest` "
       "(= run_dir/checkpoints/latest); the model shape and --seed must match it")(
+      "overwrite", po::bool_switch(&o.overwrite),
+      "start a new run in a --run-dir that already holds one: the old run is moved aside to "
+      "RUN_DIR.overwritten-<UTC time>, never deleted")(
       "help,h", po::bool_switch(&help), "show this help");
   po::variables_map vm;
   try {
@@ -78,11 +84,14 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
     ANYK_FAIL(e.what() << " hint: see anyk train --help");
   }
   if (vm.count("help") && vm["help"].as<bool>()) {
-    std::cout << table.desc() << "\n";
+    if (print_help) std::cout << table.desc() << "\n";
     return false;
   }
   if (vm.count("config")) {
     const std::string path = vm["config"].as<std::string>();
+    ANYK_CHECK(!fs::is_directory(path), "--config " << path << " is a directory, not an INI file hint: pass a file, "
+                                                               "e.g. RUN_DIR/config.ini");
+    ANYK_CHECK(fs::is_regular_file(path), "--config " << path << " not found hint: check the path");
     std::ifstream in(path);
     ANYK_CHECK(in, "cannot read --config " << path << " hint: check the path");
     try {
@@ -114,14 +123,27 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size) {
                        << o.data);
   p.train_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/train.bin", o.vocab));
   p.val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/val.bin", o.vocab));
-  ANYK_CHECK(int64_t(p.train_tokens->size()) >= o.seq_len + 1,
+  ANYK_CHECK(int64_t(p.train_tokens->size()) >= int64_t(o.seq_len) + 1,
              o.data << "/train.bin has " << p.train_tokens->size() << " tokens, fewer than one window of --seq-len "
                     << o.seq_len << " + 1");
-  ANYK_CHECK(int64_t(p.val_tokens->size()) >= o.seq_len + 1,
+  ANYK_CHECK(int64_t(p.val_tokens->size()) >= int64_t(o.seq_len) + 1,
              o.data << "/val.bin has " << p.val_tokens->size() << " tokens, fewer than one window of --seq-len "
                     << o.seq_len << " + 1 hint: raise --val-fraction in anyk prepare or lower --seq-len");
   ANYK_CHECK(!fs::exists(o.run_dir) || fs::is_directory(o.run_dir),
              "--run-dir " << o.run_dir << " exists and is not a directory");
+  ANYK_CHECK(!(o.overwrite && !o.resume.empty()),
+             "--overwrite and --resume exclude each other hint: --resume continues the run in --run-dir; "
+             "--overwrite moves it aside and starts a new one");
+  if (o.resume.empty() && !o.overwrite) {
+    const std::vector<std::string> found = run_files(o.run_dir);
+    if (!found.empty()) {
+      std::string list;
+      for (const auto& f : found) list += (list.empty() ? "" : ", ") + f;
+      ANYK_FAIL("--run-dir " << o.run_dir << " already holds a run (" << list << ") hint: pass --resume latest "
+                             << "to continue it, --overwrite to move it aside and start a new run, or choose "
+                                "another --run-dir");
+    }
+  }
   p.config_ini = "# anyk train: fully resolved options (usable with --config)\n" + table.to_ini();
 
   if (!o.init_weights.empty()) {
@@ -191,8 +213,30 @@ int train_command(int argc, char** argv) {
   const bool root = rank == 0;
   install_stop_handlers();  // after MPI_Init, so ours replace any the MPI library installed
   Prepared p;
-  if (!parse_and_validate(argc, argv, p, P)) return 0;
+  bool run = true;
+  // Every check before any allocation or file: options, data, checkpoint meta, then memory. A
+  // failure on any rank stops every rank with one message (agree_or_throw).
+  agree_or_throw(world, [&] { run = parse_and_validate(argc, argv, p, P, root); });
+  if (!run) return 0;  // --help
   const TrainOptions& o = p.o;
+  const int64_t shard_tokens = int64_t(p.train_tokens->size() + p.val_tokens->size());
+  const MemoryEstimate mem = estimate_train_memory(o, P, o.ep, root, shard_tokens);
+  Comm node;  // the ranks of this node, which share its memory
+  {
+    MPI_Comm c = MPI_COMM_NULL;
+    ANYK_MPI_CHECK(MPI_Comm_split_type(world.raw(), MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &c));
+    node = Comm(c, true);
+  }
+  const double node_need = node.all_reduce_sum(mem.total());
+  std::string mem_source;
+  const double mem_avail = available_memory(&mem_source);
+  agree_or_throw(world, [&] {
+    if (node.rank() != 0 || mem_avail < 0 || node_need <= mem_avail) return;
+    ANYK_FAIL("not enough memory: this run needs about " << gib(node_need) << " on this node (" << node.size()
+                                                         << " rank(s); rank " << rank << ": " << mem.describe()
+                                                         << ") but " << gib(mem_avail) << " is available ("
+                                                         << mem_source << ") hint: " << mem.largest_knob());
+  });
 
   omp_set_num_threads(o.threads);
   const int B = o.batch, T = o.seq_len, A = o.grad_accum, L = o.layers, E = o.experts;
@@ -214,7 +258,18 @@ int train_command(int argc, char** argv) {
     mpi_disp = d.get();
     disp = std::move(d);
   }
-  LM lm(train_cfg, *disp);
+  // Allocation failures name what was being allocated (the estimate above should prevent them).
+  auto oom = [&](const char* what, double bytes) {
+    ANYK_FAIL("out of memory allocating " << what << " (" << gib(bytes) << "; the run's estimate is "
+                                          << mem.describe() << ") hint: " << mem.largest_knob());
+  };
+  std::unique_ptr<LM> lm_owner;
+  try {
+    lm_owner = std::make_unique<LM>(train_cfg, *disp);
+  } catch (const std::bad_alloc&) {
+    oom("the parameters and gradients", mem.params / 2);
+  }
+  LM& lm = *lm_owner;
   lm.init(uint64_t(o.seed));
   if (!o.init_weights.empty()) {
     // Every rank reads the whole file into a single-process model, then keeps its own experts.
@@ -233,7 +288,13 @@ int train_command(int argc, char** argv) {
   // router differs), so a twin is needed in those cases.
   LocalDispatcher full_disp(E);
   std::unique_ptr<LM> eval_twin;
-  if (top_p || groups.ep_size > 1) eval_twin = std::make_unique<LM>(p.model, full_disp);
+  if (top_p || groups.ep_size > 1) {
+    try {
+      eval_twin = std::make_unique<LM>(p.model, full_disp);
+    } catch (const std::bad_alloc&) {
+      oom("the single-process evaluation copy of the model", mem.eval_copy * 2);
+    }
+  }
   auto eval_model = [&]() -> const LM& {  // collective: every rank calls it
     if (!eval_twin) return lm;
     if (groups.ep_size > 1)
@@ -249,8 +310,12 @@ int train_command(int argc, char** argv) {
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
     if (n == 0) continue;
-    opt_region[int(r)] = opt.add_region(static_cast<float*>(ps.region_data(r)),
-                                        static_cast<const float*>(ps.region_grad(r)), n, spans_of(ps, r));
+    try {
+      opt_region[int(r)] = opt.add_region(static_cast<float*>(ps.region_data(r)),
+                                          static_cast<const float*>(ps.region_grad(r)), n, spans_of(ps, r));
+    } catch (const std::bad_alloc&) {
+      oom("the AdamW moments", 8.0 * double(n));
+    }
   }
   // Views of this rank's parameters and moments, for saving and resuming.
   const std::vector<TensorRef> ckpt_dense = dense_refs(ps, &opt, opt_region[int(Region::Dense)]);
@@ -271,13 +336,33 @@ int train_command(int argc, char** argv) {
     pos0 = p.resume.loader_position;
     resume_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - tr).count();
   }
-  world.barrier();  // no rank writes before every rank has accepted the checkpoint
+  // Everything is valid and every rank has accepted the checkpoint. Rank 0 takes the run dir:
+  // moves an old run aside (--overwrite), creates the dir and locks it for the run's life (the
+  // kernel drops the lock however the process ends); a second run on the same dir fails here.
+  RunDirLock lock;
+  std::string moved_to;
+  agree_or_throw(world, [&] {
+    if (!root) return;
+    if (o.overwrite && !run_files(o.run_dir).empty()) {
+      RunDirLock old_run(o.run_dir);  // never move a run that is still being written
+      moved_to = move_run_aside(o.run_dir);
+    }
+    std::error_code ec;
+    fs::create_directories(o.run_dir, ec);
+    if (ec) fail_io("creating directory", o.run_dir, ec.value());
+    lock = RunDirLock(o.run_dir);
+    if (!resuming) {  // re-checked under the lock: another run may have started meanwhile
+      const std::vector<std::string> found = run_files(o.run_dir);
+      ANYK_CHECK(found.empty(), "--run-dir " << o.run_dir << " already holds a run (" << found[0]
+                                             << ") hint: pass --resume latest to continue it, --overwrite to move "
+                                                "it aside, or choose another --run-dir");
+    }
+  });
 
-  // Everything is valid: from here on files are written (by rank 0 only).
+  // From here on files are written (by rank 0 only).
   LineSink out;
   std::FILE* metrics = nullptr;
   if (root) {
-    fs::create_directories(o.run_dir);
     write_text_file(o.run_dir + "/config.ini", p.config_ini);
     // A resumed run appends to metrics.jsonl (entries carry their step) and keeps the earlier
     // train.log as train.log.<i>.
@@ -289,7 +374,7 @@ int train_command(int argc, char** argv) {
     }
     out.open_log(log.string());
     metrics = std::fopen((o.run_dir + "/metrics.jsonl").c_str(), resuming ? "a" : "w");
-    ANYK_CHECK(metrics, "cannot write " << o.run_dir << "/metrics.jsonl");
+    if (!metrics) fail_io("writing", o.run_dir + "/metrics.jsonl", errno);
   }
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, [](std::FILE* f) {
     return f ? std::fclose(f) : 0;
@@ -297,6 +382,13 @@ int train_command(int argc, char** argv) {
   auto say = [&](const std::string& line) {
     if (root) out.line(line);
   };
+  // metrics.jsonl lines are flushed as written; a failed flush (a full disk) stops the run with
+  // the path and errno's text rather than losing lines silently.
+  auto flush_metrics = [&] {
+    if (metrics && (std::fflush(metrics) != 0 || std::ferror(metrics)))
+      fail_io("writing", o.run_dir + "/metrics.jsonl", errno);
+  };
+  if (!moved_to.empty()) say("anyk: --overwrite: the previous run in " + o.run_dir + " was moved to " + moved_to);
 
   auto region_grad = [&](Region r) {
     return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(r)), ps.region_numel(r));
@@ -343,6 +435,30 @@ int train_command(int argc, char** argv) {
     say(fmt("resumed from %s: step %lld, sample %lld, saved by %lld ranks with ep %lld (%.2f s)",
             p.resume_dir.c_str(), (long long)step0, (long long)pos0, (long long)p.resume.world_size,
             (long long)p.resume.ep_size, resume_secs));
+  say("memory: estimate " + mem.describe() + " on rank 0; " + gib(node_need) + " for the " +
+      std::to_string(node.size()) + " rank(s) on its node; " +
+      (mem_avail >= 0 ? gib(mem_avail) + " available (" + mem_source + ")" : std::string("available unknown")));
+  if (resuming) {
+    // K is drawn per global micro-batch of --batch sequences: another micro-batch size or count
+    // per step gives another K sequence, so the run continues, but not as the uninterrupted
+    // run would have.
+    const int64_t ck_b = p.resume.micro_batch, ck_m = ck_b > 0 ? p.resume.global_seqs / ck_b : 0;
+    if (ck_b > 0 && (ck_b != B || ck_m != int64_t(A) * P))
+      say(fmt("warning: the checkpoint was written with micro-batches of --batch %lld, %lld per step (--grad-accum "
+              "x ranks); this run uses --batch %d, %d per step. K is drawn per global micro-batch, so the K draws "
+              "and losses will differ from an uninterrupted run; resume with --batch %lld and --grad-accum x ranks "
+              "= %lld to continue it exactly",
+              (long long)ck_b, (long long)ck_m, B, A * P, (long long)ck_b, (long long)ck_m));
+  }
+  if (std::getenv("OMPI_COMM_WORLD_SIZE")) {
+    // mpirun sends SIGTERM to the ranks only after odls_base_sigkill_timeout seconds and SIGKILL
+    // the same time later: with the default of 1 s no step or checkpoint can finish.
+    const char* kd = std::getenv("OMPI_MCA_odls_base_sigkill_timeout");
+    if (!kd || std::atoi(kd) < 10)
+      say("note: under mpirun a SIGTERM or Ctrl-C gives the ranks " + std::string(kd ? kd : "1") +
+          " s before SIGKILL, too little to write a checkpoint; run mpirun --mca odls_base_sigkill_timeout 60 "
+          "(more than a step plus a save) so that a signal ends with a checkpoint (docs/reliability.md)");
+  }
 
   Arena arena;
   Tape tape(arena);
@@ -372,7 +488,7 @@ int train_command(int argc, char** argv) {
                    (long long)step_done, k, json_number(r.loss).c_str(), json_number(r.bits()).c_str(),
                    (long long)r.windows);
     }
-    std::fflush(metrics);
+    flush_metrics();
     line.pop_back();
     say(line);
   };
@@ -396,6 +512,7 @@ int train_command(int argc, char** argv) {
     meta.adam_step = opt.step_count();
     meta.world_size = P;
     meta.ep_size = groups.ep_size;
+    meta.micro_batch = B;
     meta.model = p.model;
     meta.config_ini = p.config_ini;
     const int64_t bytes = save_checkpoint(groups, o.run_dir, meta, ckpt_dense, ckpt_experts, o.keep);
@@ -409,7 +526,14 @@ int train_command(int argc, char** argv) {
     std::fill(red.begin(), red.end(), 0.0);
     std::vector<double> k_first;  // realised K per layer of rank 0's first micro-batch
     if (mpi_disp) mpi_disp->reset_timers();
+    bool abandoned = false;
     for (int a = 0; a < A; ++a) {
+      // A stop request between micro-batches abandons the step (agreed by every rank): nothing
+      // of it is applied, and the checkpoint of the last finished step is written below.
+      if (a > 0 && int(world.all_reduce_max(double(stop_signal()))) != 0) {
+        abandoned = true;
+        break;
+      }
       // Global micro-batch m of this step: rank-major, so that 1 rank with A*P micro-batches
       // reads exactly what P ranks with A each read, and draws the same K.
       const int m = rank * A + a;
@@ -429,9 +553,19 @@ int train_command(int argc, char** argv) {
         if (a == 0) k_first.push_back(top_p ? double(ls.assignments) / (double(B) * T) : double(k[l]));
       }
     }
-    maybe_inject_fault(rank, s + 1);
     arena.reset();
     tape.clear();
+    if (abandoned) {
+      ps.zero_grad();
+      const int sig = stop_signal();
+      const bool have = s == step0 || (o.save_every > 0 && s % o.save_every == 0);
+      if (s > step0 && !have) save(s);
+      say(fmt("anyk: caught %s during step %lld: abandoned it; %s %s/%s; exiting", stop_signal_name(sig),
+              (long long)s + 1, s > step0 ? "checkpoint of the last finished step in" : "nothing to save yet;",
+              checkpoints_dir(o.run_dir).c_str(), step_dir_name(s).c_str()));
+      return 0;
+    }
+    maybe_inject_fault(rank, s + 1);
     const auto t1 = clock::now();
     sync_gradients(ps, groups);
     world.all_reduce_sum(red.data(), int64_t(red.size()));
@@ -502,7 +636,7 @@ int train_command(int argc, char** argv) {
                      json_number(imbalance).c_str(), kl.c_str(), json_number(arena_mb).c_str(),
                      json_number(t_compute / n_steps).c_str(), json_number(t_dispatch / n_steps).c_str(),
                      json_number(t_sync / n_steps).c_str(), json_number(t_optim / n_steps).c_str());
-        std::fflush(metrics);
+        flush_metrics();
       }
       interval_secs = interval_flops = 0;
       interval_tokens = interval_steps = 0;
@@ -554,6 +688,7 @@ int train_command(int argc, char** argv) {
   for (const auto& r : rs)
     std::fprintf(metrics, "{\"type\": \"sweep\", \"k\": %d, \"val_loss\": %s, \"bits_per_byte\": %s}\n", r.k[0],
                  json_number(r.loss).c_str(), json_number(r.bits()).c_str());
+  flush_metrics();
   return 0;
 }
 

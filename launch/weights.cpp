@@ -1,6 +1,11 @@
 // HDF5 weights file (see weights.h), written and read through the helpers of launch/h5.h.
 #include "launch/weights.h"
 
+#include <cerrno>
+#include <cstdio>
+
+#include "launch/fsio.h"
+
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -31,20 +36,19 @@ void save_weights(const std::string& path, const LM& lm) {
   const ParamStore& ps = lm.params();
   ANYK_CHECK(ps.dtype() == DType::F32, "save_weights: only float32 models are supported");
   const std::string tmp = path + ".tmp";
-  {
-    h5::Handle f = h5::create_file(tmp);
-    h5::write_attr(f.id, tmp, "format", "anyk-weights");
-    h5::write_attr(f.id, tmp, "version", int64_t(1));
-    h5::write_model_attrs(f.id, tmp, lm.config());
+  h5::write_file(tmp, [&](hid_t f) {
+    h5::write_attr(f, tmp, "format", "anyk-weights");
+    h5::write_attr(f, tmp, "version", int64_t(1));
+    h5::write_model_attrs(f, tmp, lm.config());
     // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
     for (int id = 0; id < ps.size(); ++id)
-      h5::write_f32(f.id, tmp, ps.info(id).name, ps.value(id).ptr<float>(), dims_of(ps.info(id).shape));
-    H5_CHECK(H5Fflush(f.id, H5F_SCOPE_GLOBAL), "flushing file " + tmp);
+      h5::write_f32(f, tmp, ps.info(id).name, ps.value(id).ptr<float>(), dims_of(ps.info(id).shape));
+  });
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    remove_quietly(tmp);
+    fail_io("renaming " + tmp + " to", path, err);
   }
-  h5::fsync_path(tmp);
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << path << ": " << ec.message());
 }
 
 void load_weights(const std::string& path, LM& lm) {

@@ -7,6 +7,8 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
+#include <string>
 #include <utility>
 
 namespace anyk {
@@ -33,6 +35,22 @@ bool mpi_launched() {
   for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS"})
     if (std::getenv(v)) return true;
   return false;
+}
+
+void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std::function<void()>& on_failure) {
+  std::string err;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    err = e.what();
+    if (err.empty()) err = "unknown error";
+  }
+  const int P = comm.size();
+  const int lowest = P - int(comm.all_reduce_max(double(err.empty() ? 0 : P - comm.rank())));
+  if (lowest == P) return;
+  if (comm.rank() == 0 && on_failure) on_failure();
+  if (comm.rank() == lowest) throw Error(err);
+  throw ReportedError("rank " + std::to_string(lowest) + " failed");
 }
 
 void abort_job_if_parallel(int code) {

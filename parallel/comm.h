@@ -9,6 +9,7 @@
 #include <mpi.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,14 @@ bool mpi_launched();  // true when started by mpirun/srun with more than one ran
 int default_threads();
 // When MPI is up with more than one rank, MPI_Abort the whole job (after a rank's fatal error).
 void abort_job_if_parallel(int code);
+
+class Comm;
+// Runs f on every rank of comm (f must not call collectives), then one all-reduce tells every
+// rank whether any f threw. On success returns; otherwise `on_failure` runs on rank 0 (cleanup,
+// may be empty) and every rank throws: the lowest failing rank its own error (printed once, by
+// the command line), the others ReportedError (exit non-zero quietly). No MPI_Abort, no message
+// per rank.
+void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std::function<void()>& on_failure = {});
 
 class Comm {
  public:

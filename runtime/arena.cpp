@@ -36,7 +36,9 @@ void* Arena::alloc(size_t bytes, size_t align) {
   }
   size_t size = round_up(bytes > chunk_bytes_ ? bytes : chunk_bytes_, kChunkAlign);
   auto* base = static_cast<std::byte*>(std::aligned_alloc(kChunkAlign, size));
-  if (!base) throw std::bad_alloc();
+  ANYK_CHECK(base, "out of memory: the activation arena could not grow by " << (size >> 20) << " MiB (it holds "
+                                                                           << (capacity() >> 20)
+                                                                           << " MiB) hint: lower --batch or --seq-len");
   chunks_.push_back({base, size});
   cur_ = chunks_.size() - 1;
   offset_ = bytes;

@@ -11,6 +11,12 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An error already reported by another rank of the same job: the command exits non-zero
+// without printing (and without aborting the job: every rank agreed to stop).
+struct ReportedError : Error {
+  using Error::Error;
+};
+
 [[noreturn]] inline void fail_at(const char* file, int line, const std::string& msg) {
   std::ostringstream os;
   os << msg << " [" << file << ":" << line << "]";

@@ -1,0 +1,117 @@
+// See memory.h.
+#include "launch/memory.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace anyk::launch {
+
+std::string gib(double bytes) {
+  char buf[64];
+  if (bytes >= double(1ull << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / double(1ull << 30));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / double(1ull << 20));
+  return buf;
+}
+
+std::string MemoryEstimate::largest_knob() const {
+  if (activations >= params + eval_copy && activations >= data)
+    return "lower --batch (activations grow with --batch x --seq-len, and with --seq-len squared in attention), "
+           "or raise --grad-accum to keep the global batch";
+  if (data > params + eval_copy) return "use a smaller corpus (the token shards are held in memory)";
+  return "lower --dim, --expert-hidden or --experts, or spread the experts over more ranks (--ep)";
+}
+
+std::string MemoryEstimate::describe() const {
+  return gib(total()) + " (params+grads+AdamW " + gib(params) + ", activations " + gib(activations) +
+         ", eval copy " + gib(eval_copy) + ", data " + gib(data) + ")";
+}
+
+MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, bool rank0, int64_t tokens) {
+  // Everything in double: the options may be absurd (--dim 1000000) and must not overflow here.
+  const double L = o.layers, C = o.dim, E = o.experts, H = o.expert_hidden, T = o.seq_len, B = o.batch,
+               NH = o.heads, V = o.vocab > 0 ? o.vocab : 256;
+  const int eps = ep > 0 ? ep : world;
+  const double E_local = E / std::max(1, eps);
+  const bool one_k = o.k_strategy == "fixed" || o.k_strategy == "emoe";
+  const double K = one_k ? o.k : (o.k_strategy == "top_p" ? std::max(o.k_max, o.k_min) : o.k_max);
+  // Parameters per layer: attention 4 C^2 and two norms; router C E; experts 3 C H each.
+  const double dense = V * C * 2 + C + L * (4 * C * C + 2 * C + C * E);
+  const double expert_full = L * E * 3 * C * H;
+  const double expert_local = L * E_local * 3 * C * H;
+  MemoryEstimate m;
+  m.params = 16.0 * (dense + expert_local);  // value, gradient, AdamW m and v (f32)
+  // Activations per layer and token: the dense path (norms, q/k/v before and after RoPE,
+  // attention output, projection, residuals) about 14 C, the router 3 E, the routed rows
+  // K (3 C + 3 H) (gathered input, w1/w3 output, SwiGLU, output); attention scores and
+  // probabilities 2 NH T per token. Backward allocates about as much again; the expert-parallel
+  // dispatcher adds send and receive copies of the routed rows, forward and backward.
+  const double BT = B * T;
+  const double per_layer = 2 * (BT * (14 * C + 3 * E + K * (3 * C + 3 * H)) + 2 * B * NH * T * T) +
+                           (eps > 1 ? 4 * BT * K * C : 0);
+  m.activations = 1.25 * 4.0 * (L * per_layer + 3 * BT * V);
+  if (rank0 && (eps > 1 || o.k_strategy == "top_p")) m.eval_copy = 4.0 * (dense + expert_full);
+  m.data = 2.0 * double(tokens);
+  return m;
+}
+
+namespace {
+
+double read_number_file(const std::string& path) {
+  std::ifstream in(path);
+  std::string s;
+  if (!(in >> s) || s == "max") return -1;
+  try {
+    return std::stod(s);
+  } catch (...) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+double available_memory(std::string* source) {
+  if (const char* lim = std::getenv("ANYK_MEMORY_LIMIT")) {
+    if (source) *source = "ANYK_MEMORY_LIMIT";
+    return std::atof(lim);
+  }
+  double avail = -1;
+  {
+    std::ifstream in("/proc/meminfo");
+    std::string key;
+    double kb = 0;
+    std::string unit;
+    while (in >> key >> kb) {
+      std::getline(in, unit);
+      if (key == "MemAvailable:") {
+        avail = kb * 1024.0;
+        break;
+      }
+    }
+  }
+  if (source) *source = "MemAvailable";
+  // cgroup v2, then v1.
+  double cg = -1;
+  const double max2 = read_number_file("/sys/fs/cgroup/memory.max");
+  if (max2 > 0) {
+    const double cur = std::max(0.0, read_number_file("/sys/fs/cgroup/memory.current"));
+    cg = max2 - cur;
+  } else {
+    const double max1 = read_number_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    if (max1 > 0 && max1 < 1e18) {
+      const double cur = std::max(0.0, read_number_file("/sys/fs/cgroup/memory/memory.usage_in_bytes"));
+      cg = max1 - cur;
+    }
+  }
+  if (cg >= 0 && (avail < 0 || cg < avail)) {
+    avail = cg;
+    if (source) *source = "the cgroup memory limit";
+  }
+  return avail;
+}
+
+}  // namespace anyk::launch

@@ -1,0 +1,36 @@
+// The memory a training run needs, estimated before anything is allocated, and the memory this
+// node can give it (MemAvailable, or the cgroup's limit when that is lower). The trainer prints
+// the estimate at start-up and refuses a run that cannot fit, naming the largest knob to lower.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "launch/options.h"
+
+namespace anyk::launch {
+
+struct MemoryEstimate {
+  double params = 0;       // this rank's parameters, gradients and AdamW moments (4 x f32 each)
+  double activations = 0;  // the per-step arena: forward activations, their gradients, dispatch buffers
+  double eval_copy = 0;    // rank 0's single-process copy of every expert (ep > 1 or top_p)
+  double data = 0;         // the token shards held in memory
+  double total() const { return params + activations + eval_copy + data; }
+  // "--batch" or "--dim/--expert-hidden/--experts (or more ranks)": what to lower first.
+  std::string largest_knob() const;
+  // "1.23 GiB (params+grads+AdamW 102.4 MiB, activations 1.10 GiB, eval copy 0.0 MiB, data 20.1 MiB)"
+  std::string describe() const;
+};
+
+// The estimate for one rank of a run with these (validated) options: P ranks, ep expert-parallel
+// ranks, this rank is rank 0 or not, the shards hold `tokens` tokens. The activation term is an
+// upper bound calibrated against the arena's measured high-water mark (tests/test_reliability).
+MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, bool rank0, int64_t tokens);
+
+// Bytes this process may still allocate: MemAvailable from /proc/meminfo, lowered to the cgroup
+// (v2 memory.max - memory.current, or v1 limit - usage) when that is smaller; ANYK_MEMORY_LIMIT
+// (bytes) overrides both for tests. `source` says which applied. Negative when unknown.
+double available_memory(std::string* source);
+
+std::string gib(double bytes);  // "1.23 GiB", or "12.3 MiB" below 1 GiB
+
+}  // namespace anyk::launch
