@@ -9,12 +9,14 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "data/prepare.h"
 #include "launch/convert.h"
+#include "launch/h5.h"
 #include "launch/evaluate.h"
 #include "launch/generate.h"
 #include "launch/options.h"
@@ -114,6 +116,9 @@ void print_error(std::string msg) {
 }  // namespace
 
 int run_cli(int argc, char** argv) {
+  // HDF5's exit-time cleanup would close a file whose close already failed (a full disk) a second
+  // time and crash; anyk closes every file itself.
+  launch::h5::disable_atexit();
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;
@@ -132,8 +137,13 @@ int run_cli(int argc, char** argv) {
     if (cmd == "generate") return launch::generate_command(argc - 1, argv + 1);
     ANYK_CHECK(false, "unknown command '" << cmd
                                           << "' hint: commands are prepare, train, eval, convert, generate; see anyk --help");
+  } catch (const ReportedError&) {
+    return 2;  // another rank printed the error; every rank stops cleanly, no abort needed
   } catch (const Error& e) {
     print_error(e.what());
+  } catch (const std::bad_alloc&) {
+    print_error("out of memory (std::bad_alloc) hint: lower --batch, --seq-len or the model size; the "
+                "start-up line 'memory:' shows what a training run needs");
   } catch (const po::error& e) {
     print_error(std::string(e.what()) + " hint: see anyk " + cmd + " --help");
   } catch (const std::exception& e) {
