@@ -22,6 +22,23 @@ int param_id(const ParamStore& ps, const std::string& name) {
   return id;
 }
 
+// Decode steps multiply a few rows by each weight matrix: stream the weights once
+// (linear_rows_forward) instead of packing them for a GEMM; longer passes (prompts) use the GEMM.
+constexpr int kFewRows = 16;
+
+template <class T> void matmul(T* out, const T* x, const T* w, int M, int I, int O) {
+  if (M <= kFewRows) cpu::linear_rows_forward<T>(out, x, w, M, I, O);
+  else cpu::linear_forward<T>(out, x, w, M, I, O);
+}
+
+// Per-expert matmul over contiguous row blocks (as grouped_linear_forward), each block by matmul.
+template <class T> void grouped(T* out, const T* x, const T* w, const int* offsets, int E, int I, int O) {
+  for (int e = 0; e < E; ++e) {
+    const int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    if (rows > 0) matmul<T>(out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, rows, I, O);
+  }
+}
+
 }  // namespace
 
 KVDecoder::KVDecoder(const LM& lm, int slots, int capacity) : lm_(&lm), slots_(slots), arena_(size_t(16) << 20) {
@@ -152,7 +169,7 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
     // Attention: norm, packed projection, RoPE at each segment's own positions, cache append,
     // attention over the cache, output projection, residual.
     cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln1), N, C, c.norm_eps);
-    cpu::linear_forward<T>(qkv, h, P(li.wqkv), N, C, 3 * C);
+    matmul<T>(qkv, h, P(li.wqkv), N, C, 3 * C);
     for (int s = 0; s < S; ++s) {
       const int p0 = len_[segs[s].slot], n = segs[s].n;
       const int64_t o = int64_t(r0[s]) * 3 * C;
@@ -168,14 +185,14 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
       cpu::attention_cached_forward<T>(att + int64_t(r0[s]) * C, scores, qkr + o, 3 * C, kc, vc, n, p0 + n, C,
                                        NH);
     }
-    cpu::linear_forward<T>(a, att, P(li.wo), N, C, C);
+    matmul<T>(a, att, P(li.wo), N, C, C);
     cpu::add_forward<T>(x, x, a, int64_t(N) * C);
 
     // MoE: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU experts
     // on their contiguous rows, weighted scatter back, residual.
     const int K = kk.k[l];
     cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln2), N, C, c.norm_eps);
-    cpu::linear_forward<T>(rl, h, P(li.router), N, C, E);
+    matmul<T>(rl, h, P(li.router), N, C, E);
     const bool renorm = c.router.renormalize;
     cpu::router_forward<T>(probs, lse, ids, wts, rl, nullptr, N, E, K, renorm);
     if (kk.top_p > 0) {
@@ -186,9 +203,9 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
     offsets[0] = 0;
     for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
     cpu::gather_rows_forward<T>(rows, h, stok, sent, C);
-    cpu::grouped_linear_forward<T>(h13, rows, P(li.w13), offsets, E, C, 2 * H);
+    grouped<T>(h13, rows, P(li.w13), offsets, E, C, 2 * H);
     cpu::swiglu_forward<T>(sw, h13, sent, H);
-    cpu::grouped_linear_forward<T>(y, sw, P(li.w2), offsets, E, H, C);
+    grouped<T>(y, sw, P(li.w2), offsets, E, H, C);
     std::fill(a, a + int64_t(N) * C, T(0));
     cpu::scatter_add_rows_forward<T>(a, y, wts, stok, sslot, sent, C);
     cpu::add_forward<T>(x, x, a, int64_t(N) * C);
@@ -207,7 +224,7 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
   T* xn = a;
   cpu::rmsnorm_forward<T>(xn, rstd, xs, P(lnf_), R, C, c.norm_eps);
   T* lg = buf(int64_t(R) * V);
-  cpu::linear_forward<T>(lg, xn, P(wte_), R, C, V);
+  matmul<T>(lg, xn, P(wte_), R, C, V);
   logits.assign(lg, lg + int64_t(R) * V);
   for (const Segment& s : segs) len_[size_t(s.slot)] += s.n;
 }

@@ -54,6 +54,10 @@ void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const 
 template <class T>
 void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const T* kc, const T* vc, int n,
                               int len, int C, int NH);
+// Inference: out (M,O) = x (M,I) · w (O,I)^T for a few rows M (decode steps), streaming each
+// weight row once instead of packing w like a GEMM. Same result as linear_forward up to the
+// order of the float sums.
+template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O);
 
 // SwiGLU: h (M,2H) = [gate | up] -> out (M,H) = silu(gate) * up
 template <class T> void swiglu_forward(T* out, const T* h, int M, int H);
