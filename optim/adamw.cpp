@@ -103,7 +103,9 @@ double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& gra
   // order in which threads finish (an OpenMP reduction's would), so runs stay bit-identical.
   constexpr int64_t kChunk = 1 << 16;
   double sum = 0.0;
-  for (const auto& [g, n] : grads) {
+  for (const auto& grad : grads) {
+    const float* g = grad.first;  // not a structured binding: clang < 16 cannot capture one in OpenMP
+    const int64_t n = grad.second;
     ANYK_CHECK(n >= 0 && (n == 0 || g != nullptr),
                "global_grad_norm got a buffer of numel " << n << " with pointer " << g);
     const int64_t chunks = (n + kChunk - 1) / kChunk;
@@ -123,7 +125,9 @@ double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& gra
 void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm) {
   if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return;
   const float scale = static_cast<float>(max_norm / norm);
-  for (const auto& [g, n] : grads) {
+  for (const auto& grad : grads) {
+    float* g = grad.first;  // not a structured binding: clang < 16 cannot capture one in OpenMP
+    const int64_t n = grad.second;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) g[i] *= scale;
   }

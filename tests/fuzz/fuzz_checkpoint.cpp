@@ -1,0 +1,154 @@
+// libFuzzer harness for the sharded-checkpoint loader (launch/checkpoint.cpp over launch/h5.cpp):
+// read_checkpoint_meta, then a model built from the meta's config, as `anyk eval --checkpoint`
+// and `anyk convert` do, the saved config_ini parsed as eval parses it, and
+// read_checkpoint_tensors for the values and (when meta.h5 says it has them) the AdamW moments.
+//
+// Input: u32 little-endian n, then n bytes of meta.h5, then the bytes of experts_0.h5 (the seed in
+// corpus/fuzz_checkpoint comes from make_checkpoint_seed, the real writers on a tiny model). The
+// harness writes both files into a temporary step directory and loads it. anyk::Error is the
+// correct refusal; any other exception, a crash, a leak, an allocation over libFuzzer's
+// -malloc_limit_mb or a sanitizer report is a finding.
+//
+// The custom mutator keeps the two-file layout and mutates one file, mostly in place (a window of
+// up to 16 bytes, half of the time inside an object header), so the file's internal addresses
+// stay valid. With ANYK_FUZZ_FIX_H5_CHECKSUMS=1 it then recomputes HDF5's metadata checksums
+// (h5_fix.h), so mutations reach attributes, dataspaces and datatypes instead of stopping at
+// HDF5's checksum test; that mode finds crashes inside libhdf5 itself (docs/fuzzing.md) and is off
+// by default.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fuzz_util.h"
+#include "h5_fix.h"
+#include "launch/checkpoint.h"
+#include "launch/h5.h"
+#include "launch/options.h"
+#include "model/lm.h"
+#include "optim/adamw.h"
+#include "parallel/dispatcher.h"
+#include "runtime/check.h"
+
+using namespace anyk;
+using namespace anyk::launch;
+
+extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
+
+// A corrupt size field makes libhdf5 (C, malloc) ask for absurd amounts, e.g. 0xe90000000040
+// bytes in H5C_protect; glibc's malloc returns NULL and HDF5 fails the call cleanly, which anyk
+// reports as an anyk::Error. ASan would abort there instead: give malloc its production behaviour.
+// C++ new (anyk's own allocations) still aborts on failure, and libFuzzer's -malloc_limit_mb still
+// reports any single allocation over the limit that succeeds, from HDF5 or anyk.
+extern "C" const char* __asan_default_options() { return "allocator_may_return_null=1"; }
+
+namespace {
+
+bool split(const uint8_t* data, size_t size, size_t& meta_len) {
+  if (size < 4) return false;
+  meta_len = size_t(fuzz::read_le(data, 4));
+  return meta_len <= size - 4;
+}
+
+void load(const std::string& dir) {
+  CheckpointMeta meta = read_checkpoint_meta(dir);
+  TrainOptions o;
+  read_train_config_text(meta.config_ini, dir + "/meta.h5 attribute config_ini", o);
+  bool has_optimizer = false;
+  {
+    const std::string path = dir + "/meta.h5";
+    h5::Handle f = h5::open_file(path);
+    has_optimizer = h5::read_attr_int(f.id, path, "has_optimizer") != 0;
+  }
+  LocalDispatcher disp(meta.model.experts);
+  LM lm(meta.model, disp);
+  AdamW opt(AdamWConfig{});
+  int region[kNumRegions] = {-1, -1};
+  ParamStore& ps = lm.params();
+  for (Region r : {Region::Dense, Region::Expert}) {
+    const int64_t n = ps.region_numel(r);
+    if (n > 0)
+      region[int(r)] = opt.add_region(static_cast<float*>(ps.region_data(r)),
+                                      static_cast<const float*>(ps.region_grad(r)), n, {{0, n, true}});
+  }
+  read_checkpoint_tensors(dir, meta, dense_refs(ps, has_optimizer ? &opt : nullptr, region[int(Region::Dense)]),
+                          expert_refs(ps, has_optimizer ? &opt : nullptr, region[int(Region::Expert)], 0));
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  size_t meta_len = 0;
+  if (!split(data, size, meta_len)) return 0;
+  const std::string dir = fuzz::temp_dir("checkpoint") + "/step_1";
+  std::filesystem::create_directories(dir);
+  fuzz::write_file(dir + "/meta.h5", data + 4, meta_len);
+  fuzz::write_file(dir + "/experts_0.h5", data + 4 + meta_len, size - 4 - meta_len);
+  try {
+    load(dir);
+  } catch (const Error&) {
+  }
+  // Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
+  // error paths too.
+  const ssize_t open_objects = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
+  if (open_objects != 0) {
+    std::fprintf(stderr, "fuzz_checkpoint: %zd HDF5 objects left open after the loader returned\n", open_objects);
+    std::abort();
+  }
+  return 0;
+}
+
+extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max_size, unsigned int seed) {
+  size_t meta_len = 0;
+  if (!split(data, size, meta_len)) return LLVMFuzzerMutate(data, size, max_size);
+  std::minstd_rand rng(seed);
+  std::vector<uint8_t> parts[2] = {std::vector<uint8_t>(data + 4, data + 4 + meta_len),
+                                   std::vector<uint8_t>(data + 4 + meta_len, data + size)};
+  std::vector<uint8_t>& p = parts[rng() % 2];
+  const unsigned mode = rng() % 16;
+  if (p.empty() || mode == 0) {
+    // Whole-file mutation: may insert or erase bytes (and so shift HDF5's addresses).
+    const size_t other = size - 4 - p.size();
+    const size_t cap = max_size > other + 4 ? max_size - other - 4 : 0;
+    const size_t old = p.size();
+    if (cap < old || cap == 0) return size;
+    p.resize(cap);
+    p.resize(LLVMFuzzerMutate(p.data(), old, cap));
+  } else {
+    // In place: a window of 1..16 bytes, inside an object header ("OHDR": attributes, shapes,
+    // types, links) half of the time, anywhere in the file otherwise.
+    size_t lo = 0, hi = p.size();
+    if (mode < 9) {
+      std::vector<size_t> headers;
+      for (size_t i = 0; i + 4 <= p.size(); ++i)
+        if (std::memcmp(p.data() + i, "OHDR", 4) == 0) headers.push_back(i);
+      if (!headers.empty()) {
+        lo = headers[rng() % headers.size()];
+        hi = std::min(p.size(), lo + 512);
+      }
+    }
+    const size_t w = std::min<size_t>(1 + rng() % 16, hi - lo);
+    const size_t at = lo + rng() % (hi - lo - w + 1);
+    uint8_t buf[16];
+    std::memcpy(buf, p.data() + at, w);
+    const size_t got = LLVMFuzzerMutate(buf, w, w);
+    std::memcpy(p.data() + at, buf, got);
+  }
+  // Off by default: with re-checksummed metadata libhdf5 1.10.8 itself crashes within a few
+  // hundred inputs (docs/fuzzing.md), so the default campaign is corruption HDF5 can detect.
+  static const bool fix = [] {
+    const char* e = std::getenv("ANYK_FUZZ_FIX_H5_CHECKSUMS");
+    return e && *e == '1';
+  }();
+  if (fix && rng() % 16 != 0) fuzz::fix_h5_checksums(p.data(), p.size());  // now and then leave them broken
+  const size_t out = 4 + parts[0].size() + parts[1].size();
+  if (out > max_size) return size;  // does not fit: keep the input (data is unchanged so far)
+  const uint32_t n = uint32_t(parts[0].size());
+  for (int i = 0; i < 4; ++i) data[i] = uint8_t(n >> (8 * i));
+  std::memcpy(data + 4, parts[0].data(), parts[0].size());
+  std::memcpy(data + 4 + parts[0].size(), parts[1].data(), parts[1].size());
+  return out;
+}

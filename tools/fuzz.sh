@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# libFuzzer harnesses (tests/fuzz/, docs/fuzzing.md) with ASan + UBSan, built with clang in their
+# own directory build-fuzz/ (-DANYK_FUZZ=ON; only the harnesses and what they link are built).
+#
+#   tools/fuzz.sh smoke            replay the committed corpus through every harness, then fuzz
+#                                  each one for FUZZ_SECONDS (default 15) seconds (what CI runs)
+#   tools/fuzz.sh long N [NAME..]  run each harness (or the named ones) for N executions, one
+#                                  process each, and append to build-fuzz/fuzz-long-summary.txt;
+#                                  FUZZ_MAX_SECONDS=S stops each one after S seconds instead
+#
+# Fresh inputs go to build-fuzz/corpus/<name>/ (the committed corpus is only read); a crash,
+# leak, sanitizer report, timeout or over-limit allocation leaves its input in
+# build-fuzz/artifacts/<name>/ and makes the script exit non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bdir=$root/build-fuzz
+harnesses=(fuzz_shard fuzz_ini fuzz_checkpoint fuzz_prepare)
+
+mode=${1:-}
+case "$mode" in
+  smoke) ;;
+  long)
+    runs=${2:?usage: tools/fuzz.sh long N [harness...]}
+    shift 2
+    if (($#)); then harnesses=("$@"); fi
+    ;;
+  *)
+    echo "usage: tools/fuzz.sh smoke | tools/fuzz.sh long N [harness...]" >&2
+    exit 2
+    ;;
+esac
+
+# clang, libFuzzer/sanitizer runtimes and clang's OpenMP, only when missing (CI: root, fresh Debian).
+if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a \
+    >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libomp.so >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang libclang-rt-dev libomp-dev >/dev/null
+fi
+bash tools/deps.sh
+
+jobs=${JOBS:-$(nproc)}
+CC=clang CXX=clang++ cmake -S . -B "$bdir" -DANYK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" >/dev/null
+cmake --build "$bdir" -j "$jobs" --target "${harnesses[@]}"
+
+export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0"
+export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+
+# Per-harness libFuzzer options: input size cap and dictionary.
+opts_for() {
+  local name=$1
+  case "$name" in
+    fuzz_shard) echo "-max_len=4096" ;;
+    fuzz_ini) echo "-max_len=4096 -dict=$root/tests/fuzz/ini.dict" ;;
+    fuzz_prepare) echo "-max_len=8192" ;;
+    fuzz_checkpoint)
+      local seed=$root/tests/fuzz/corpus/fuzz_checkpoint/seed
+      echo "-max_len=$(($(stat -c %s "$seed") + 1024))"
+      ;;
+  esac
+}
+# Limits shared by every run: 10 s per input is a hang, 512 MiB in one malloc is an allocation
+# sized from the input (every legitimate one here is a few KiB).
+common="-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1"
+
+run_one() {  # name log extra-args...
+  local name=$1 log=$2
+  shift 2
+  local art=$bdir/artifacts/$name/ corpus=$bdir/corpus/$name
+  mkdir -p "$art" "$corpus"
+  # shellcheck disable=SC2046
+  if ! "$bdir/tests/fuzz/$name" $(opts_for "$name") $common -artifact_prefix="$art" "$@" >"$log" 2>&1; then
+    echo "FAIL: $name (log: $log; reproducer in $art)" >&2
+    grep -E "ERROR|SUMMARY|runtime error|Test unit written|==[0-9]+==" "$log" | head -20 >&2 || true
+    return 1
+  fi
+}
+
+# "Done N runs in S second(s)" -> "N S"
+done_line() { sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 \2/p' "$1" | tail -1; }
+
+status=0
+mkdir -p "$bdir/logs"
+if [ "$mode" = smoke ]; then
+  secs=${FUZZ_SECONDS:-15}
+  for name in "${harnesses[@]}"; do
+    src=$root/tests/fuzz/corpus/$name
+    log=$bdir/logs/$name-replay.log
+    mapfile -t files < <(find "$src" -type f | sort)
+    if run_one "$name" "$log" "${files[@]}"; then  # files as arguments: each run once, none written
+      echo "replay $name: ${#files[@]} corpus inputs OK"
+    else
+      status=1
+      continue
+    fi
+    log=$bdir/logs/$name-smoke.log
+    if run_one "$name" "$log" -max_total_time="$secs" "$bdir/corpus/$name" "$src"; then
+      read -r n s <<<"$(done_line "$log")"
+      echo "fuzz   $name: ${n:-?} executions in ${s:-?} s, no finding"
+    else
+      status=1
+    fi
+  done
+else
+  summary=$bdir/fuzz-long-summary.txt
+  for name in "${harnesses[@]}"; do
+    log=$bdir/logs/$name-long.log
+    start=$(date +%s)
+    cap=()
+    if [ -n "${FUZZ_MAX_SECONDS:-}" ]; then cap=(-max_total_time="$FUZZ_MAX_SECONDS"); fi
+    if run_one "$name" "$log" -runs="$runs" "${cap[@]}" "$bdir/corpus/$name" "$root/tests/fuzz/corpus/$name"; then
+      result=ok
+    else
+      result=FAIL
+      status=1
+    fi
+    read -r n s <<<"$(done_line "$log")"
+    wall=$(($(date +%s) - start))
+    line="$name: $result, ${n:-?} executions in ${s:-?} s (wall ${wall} s, $(awk -v n="${n:-0}" -v s="${s:-0}" \
+      'BEGIN { printf "%.0f", s > 0 ? n / s : 0 }') exec/s), $(date -u +%FT%TZ)"
+    echo "$line" | tee -a "$summary"
+  done
+fi
+exit $status
