@@ -197,6 +197,9 @@ std::string read_attr_string(hid_t loc, const std::string& file, const char* nam
   ANYK_CHECK(H5Tis_variable_str(type.id) <= 0,
              file << ": attribute '" << name << "' is a variable-length string; anyk writes fixed-length ones");
   size_t n = H5Tget_size(type.id);
+  // The size comes from the file: bound it before allocating (anyk's strings are a few KiB).
+  ANYK_CHECK(n >= 1 && n <= (size_t(1) << 26), file << ": attribute '" << name << "' claims a string of " << n
+                                                    << " bytes hint: the file is corrupt");
   std::vector<char> buf(n + 1, 0);
   Handle mem(H5_CHECK(H5Tcopy(H5T_C_S1), what), H5Tclose);
   H5_CHECK(H5Tset_size(mem.id, n + 1), what);

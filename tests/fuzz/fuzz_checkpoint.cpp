@@ -89,7 +89,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::write_file(dir + "/experts_0.h5", data + 4 + meta_len, size - 4 - meta_len);
   try {
     load(dir);
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    static const bool verbose = std::getenv("ANYK_FUZZ_VERBOSE") != nullptr;  // why an input is refused
+    if (verbose) std::fprintf(stderr, "fuzz_checkpoint: refused: %s\n", e.what());
   }
   // Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
   // error paths too.
