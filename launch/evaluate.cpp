@@ -17,6 +17,7 @@
 
 #include "data/shard.h"
 #include "launch/analysis.h"
+#include "launch/frontier.h"
 #include "launch/checkpoint.h"
 #include "launch/h5.h"
 #include "launch/options.h"
@@ -121,7 +122,9 @@ void write_text_file(const std::string& path, const std::string& text) { write_f
 
 int eval_command(int argc, char** argv) {
   std::string run_dir, data_dir, k_list, layer_k, json_path, checkpoint, weights;
-  bool sweep = false, help = false, analyze = false;
+  bool sweep = false, help = false, analyze = false, frontier = false;
+  std::string frontier_budgets = "1.5,2.5,3.5";
+  int gen_tokens = 64;
   double budget = 0;
   std::string csv_path, plot_path;
   int64_t eval_windows = 64;
@@ -147,6 +150,12 @@ int eval_command(int argc, char** argv) {
       "router analysis at --k (one value; default: the run's largest K): expert load per layer, "
       "router sharpness (top-1 probability, top-K mass, entropy), co-activated pairs, Spearman "
       "stability of the ranking across K")(
+      "frontier", po::bool_switch(&frontier),
+      "cost/quality frontier: bits per byte beside measured KV-cache decode tokens/s and FLOPs per "
+      "token, for K = 1..experts and the greedy schedules of --frontier-budgets (--json, --plot)")(
+      "frontier-budgets", po::value(&frontier_budgets)->default_value("1.5,2.5,3.5"),
+      "average-K budgets of the frontier's greedy per-layer schedules")(
+      "gen-tokens", po::value(&gen_tokens)->default_value(64), "tokens generated per frontier speed run")(
       "json", po::value(&json_path), "also write the results to this JSON file")(
       "csv", po::value(&csv_path), "also write the results as CSV (name,k,val_loss,bits_per_byte)")(
       "plot", po::value(&plot_path), "with --sweep: a PNG plot of bits per byte against K "
@@ -170,9 +179,9 @@ int eval_command(int argc, char** argv) {
              "--run-dir, --checkpoint or --weights is required hint: see anyk eval --help");
   ANYK_CHECK(!data_dir.empty(), "--data is required hint: see anyk eval --help");
   int modes = int(!k_list.empty() && !analyze) + int(!layer_k.empty()) + int(sweep) + int(budget != 0) +
-              int(analyze);
-  ANYK_CHECK(modes == 1, "give exactly one of --k, --layer-k, --sweep, --budget, --analyze hint: see anyk eval --help");
-  ANYK_CHECK(plot_path.empty() || sweep, "--plot needs --sweep");
+              int(analyze) + int(frontier);
+  ANYK_CHECK(modes == 1, "give exactly one of --k, --layer-k, --sweep, --budget, --analyze, --frontier hint: see anyk eval --help");
+  ANYK_CHECK(plot_path.empty() || sweep || frontier, "--plot needs --sweep or --frontier");
   ANYK_CHECK(eval_windows >= 0, "--eval-windows " << eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(batch >= 0, "--batch " << batch << " must be >= 0");
   ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0");
@@ -210,7 +219,7 @@ int eval_command(int argc, char** argv) {
   const int L = mc.layers, E = mc.experts;
 
   std::vector<std::vector<int>> settings;
-  if (budget != 0 || analyze) {
+  if (budget != 0 || analyze || frontier) {
     // handled after the model is loaded
   } else if (sweep) {
     for (int k = 1; k <= E; ++k) settings.push_back(std::vector<int>(L, k));
@@ -248,6 +257,14 @@ int eval_command(int argc, char** argv) {
 
   Arena arena;
   const int eb = batch > 0 ? batch : o.batch;
+  if (frontier) {
+    FrontierOptions fo;
+    fo.budgets = parse_double_list(frontier_budgets, "frontier-budgets");
+    fo.gen_tokens = gen_tokens;
+    fo.batch = eb;
+    fo.windows = eval_windows;
+    return frontier_command(lm, val, fo, arena, source, json_path, plot_path);
+  }
   if (analyze) {
     int K = o.k_strategy == "fixed" || o.k_strategy == "emoe" ? o.k : o.k_max;
     if (!k_list.empty()) {
