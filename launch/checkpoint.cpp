@@ -270,7 +270,9 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
     files += double(file_bytes((fs::path(dir) / ("experts_" + std::to_string(r) + ".h5")).string()));
   const double C = m.model.dim, H = m.model.expert_hidden, E = m.model.experts;
   const double floats = double(m.model.vocab) * C + C + double(m.model.layers) * (2 * C + 4 * C * C + E * C + 3 * E * H * C);
-  ANYK_CHECK(4 * floats <= files, path << ": the model attributes (" << m.model.summary() << ") need " << 4 * floats
+  ANYK_CHECK(4 * floats <= files, path << ": the model attributes (vocab " << m.model.vocab << ", dim " << m.model.dim
+                                       << ", layers " << m.model.layers << ", experts " << m.model.experts
+                                       << ", expert_hidden " << m.model.expert_hidden << ") need " << 4 * floats
                                        << " bytes of parameters, but the checkpoint's files hold " << files
                                        << " hint: the file is corrupt; use an older checkpoint");
   return m;

@@ -122,7 +122,7 @@ else
     read -r n s <<<"$(done_line "$log")"
     wall=$(($(date +%s) - start))
     line="$name: $result, ${n:-?} executions in ${s:-?} s (wall ${wall} s, $(awk -v n="${n:-0}" -v s="${s:-0}" \
-      'BEGIN { printf "%.0f", s > 0 ? n / s : 0 }') exec/s), $(date -u +%FT%TZ)"
+      'BEGIN { printf("%.0f", (s > 0 ? n / s : 0)) }') exec/s), $(date -u +%FT%TZ)"
     echo "$line" | tee -a "$summary"
   done
 fi

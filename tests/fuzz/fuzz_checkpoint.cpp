@@ -12,7 +12,8 @@
 // The custom mutator keeps the two-file layout and mutates one file, mostly in place (a window of
 // up to 16 bytes, half of the time inside an object header), so the file's internal addresses
 // stay valid. With ANYK_FUZZ_FIX_H5_CHECKSUMS=1 it then recomputes HDF5's metadata checksums
-// (h5_fix.h), so mutations reach attributes, dataspaces and datatypes instead of stopping at
+// and fractal-heap block checksums (h5_fix.h), so mutations reach attributes (the model config),
+// dataspaces and datatypes instead of stopping at
 // HDF5's checksum test; that mode finds crashes inside libhdf5 itself (docs/fuzzing.md) and is off
 // by default.
 #include <cstdint>
@@ -110,6 +111,12 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
   std::vector<uint8_t> parts[2] = {std::vector<uint8_t>(data + 4, data + 4 + meta_len),
                                    std::vector<uint8_t>(data + 4 + meta_len, data + size)};
   std::vector<uint8_t>& p = parts[rng() % 2];
+  static const bool fix = [] {
+    const char* e = std::getenv("ANYK_FUZZ_FIX_H5_CHECKSUMS");
+    return e && *e == '1';
+  }();
+  std::vector<fuzz::FhdbBlock> heap_blocks;  // learnt while the checksums still hold
+  if (fix) fuzz::find_fhdb_blocks(p.data(), p.size(), heap_blocks);
   const unsigned mode = rng() % 16;
   if (p.empty() || mode == 0) {
     // Whole-file mutation: may insert or erase bytes (and so shift HDF5's addresses).
@@ -121,12 +128,14 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
     p.resize(LLVMFuzzerMutate(p.data(), old, cap));
   } else {
     // In place: a window of 1..16 bytes, inside an object header ("OHDR": attributes, shapes,
-    // types, links) half of the time, anywhere in the file otherwise.
+    // types, links) or a fractal-heap block ("FHDB": densely stored attributes and links) half of
+    // the time, anywhere in the file otherwise.
     size_t lo = 0, hi = p.size();
     if (mode < 9) {
       std::vector<size_t> headers;
       for (size_t i = 0; i + 4 <= p.size(); ++i)
-        if (std::memcmp(p.data() + i, "OHDR", 4) == 0) headers.push_back(i);
+        if (std::memcmp(p.data() + i, "OHDR", 4) == 0 || std::memcmp(p.data() + i, "FHDB", 4) == 0)
+          headers.push_back(i);
       if (!headers.empty()) {
         lo = headers[rng() % headers.size()];
         hi = std::min(p.size(), lo + 512);
@@ -141,11 +150,10 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
   }
   // Off by default: with re-checksummed metadata libhdf5 1.10.8 itself crashes within a few
   // hundred inputs (docs/fuzzing.md), so the default campaign is corruption HDF5 can detect.
-  static const bool fix = [] {
-    const char* e = std::getenv("ANYK_FUZZ_FIX_H5_CHECKSUMS");
-    return e && *e == '1';
-  }();
-  if (fix && rng() % 16 != 0) fuzz::fix_h5_checksums(p.data(), p.size());  // now and then leave them broken
+  if (fix && rng() % 16 != 0) {  // now and then leave them broken
+    fuzz::fix_h5_checksums(p.data(), p.size());
+    fuzz::fix_fhdb_blocks(p.data(), p.size(), heap_blocks);
+  }
   const size_t out = 4 + parts[0].size() + parts[1].size();
   if (out > max_size) return size;  // does not fit: keep the input (data is unchanged so far)
   const uint32_t n = uint32_t(parts[0].size());

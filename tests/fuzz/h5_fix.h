@@ -113,4 +113,48 @@ inline void fix_h5_checksums(uint8_t* f, size_t size) {
   }
 }
 
+// Fractal-heap direct blocks ("FHDB": dense attribute storage, e.g. the root group's ~30 model
+// attributes, and dense link storage) carry a checksum over the whole block with the checksum
+// field zeroed; where that field sits and how long the block is depend on the heap's header. They
+// are learnt from a file whose checksums are still valid: find_fhdb_blocks() tries each layout
+// and keeps the one whose checksum matches, fix_fhdb_blocks() recomputes them after a mutation.
+struct FhdbBlock {
+  size_t at, field, len;  // block start, checksum field offset within it, block length
+};
+
+inline uint32_t fhdb_checksum(const uint8_t* f, const FhdbBlock& b) {
+  uint8_t saved[4];
+  std::memcpy(saved, f + b.at + b.field, 4);
+  std::memset(const_cast<uint8_t*>(f) + b.at + b.field, 0, 4);
+  const uint32_t c = lookup3(f + b.at, b.len);
+  std::memcpy(const_cast<uint8_t*>(f) + b.at + b.field, saved, 4);
+  return c;
+}
+
+template <class Out> void find_fhdb_blocks(const uint8_t* f, size_t size, Out& out) {
+  for (size_t at = 0; at + 4 <= size; ++at) {
+    if (std::memcmp(f + at, "FHDB", 4) != 0) continue;
+    bool found = false;
+    // signature 4, version 1, heap header address 8, block offset 1..8 bytes, then the checksum
+    for (size_t k = 1; k <= 8 && !found; ++k) {
+      const size_t field = 13 + k;
+      for (size_t len = 64; len <= (size_t(1) << 20) && at + len <= size && !found; len *= 2) {
+        FhdbBlock b{at, field, len};
+        if (fhdb_checksum(f, b) == uint32_t(read_le(f + at + field, 4))) {
+          out.push_back(b);
+          found = true;
+        }
+      }
+    }
+  }
+}
+
+template <class Blocks> void fix_fhdb_blocks(uint8_t* f, size_t size, const Blocks& blocks) {
+  for (const FhdbBlock& b : blocks) {
+    if (b.at + b.len > size) continue;
+    const uint32_t c = fhdb_checksum(f, b);
+    for (int i = 0; i < 4; ++i) f[b.at + b.field + i] = uint8_t(c >> (8 * i));
+  }
+}
+
 }  // namespace anyk::fuzz
