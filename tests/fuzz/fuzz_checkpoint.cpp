@@ -91,6 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     load(dir);
   } catch (const Error& e) {
+    fuzz::check_anyk_message("fuzz_checkpoint", e);
     static const bool verbose = std::getenv("ANYK_FUZZ_VERBOSE") != nullptr;  // why an input is refused
     if (verbose) std::fprintf(stderr, "fuzz_checkpoint: refused: %s\n", e.what());
   }

@@ -45,7 +45,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                         nullptr};
   try {
     launch::train_command(7, const_cast<char**>(args));
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    fuzz::check_anyk_message("fuzz_ini", e);
   }
   return 0;
 }

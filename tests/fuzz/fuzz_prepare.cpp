@@ -43,7 +43,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   data::PrepareStats st;
   try {
     st = data::prepare({input}, dir + "/out", val_fraction);
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    fuzz::check_anyk_message("fuzz_prepare", e);
     return 0;
   }
   std::vector<uint16_t> train = data::read_shard(dir + "/out/train.bin", data::kByteVocab);

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<uint16_t> toks;
   try {
     toks = data::read_shard(path, 0);
-  } catch (const Error&) {
+  } catch (const Error& e) {
+    fuzz::check_anyk_message("fuzz_shard", e);
     return 0;
   }
   // Accepted: exactly the header's token count, and the tokens are the bytes after the header.

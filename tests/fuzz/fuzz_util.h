@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <string>
 
@@ -36,6 +37,24 @@ inline const std::string& temp_dir(const char* name) {
   };
   static Dir dir(name);
   return dir.path;
+}
+
+// An anyk::Error is the expected refusal only when it comes from ANYK_CHECK / ANYK_FAIL, whose
+// message ends in " [file:line]". agree_or_throw (train's validation) turns *any* std::exception
+// into an AgreedError carrying the original what(), so a std::bad_alloc or std::length_error
+// there would otherwise pass as an anyk::Error: this tells them apart, and aborts on the latter.
+inline void check_anyk_message(const char* harness, const std::exception& e) {
+  const std::string m = e.what();
+  const size_t open = m.rfind(" [");
+  const size_t colon = m.rfind(':');
+  bool ok = !m.empty() && m.back() == ']' && open != std::string::npos && colon != std::string::npos &&
+            colon > open && colon + 2 < m.size();
+  for (size_t i = colon + 1; ok && i + 1 < m.size(); ++i) ok = m[i] >= '0' && m[i] <= '9';
+  if (!ok) {
+    std::fprintf(stderr, "%s: an anyk::Error that no ANYK_CHECK raised (a wrapped foreign exception?): %s\n",
+                 harness, m.c_str());
+    std::abort();
+  }
 }
 
 inline void write_file(const std::string& path, const void* data, size_t size) {
