@@ -411,6 +411,11 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
   for (size_t i = size_t(std::max(keep, 1)); i < older.size(); ++i) {
     const fs::path doomed = older[i].second.string() + ".del.tmp";
     fs::rename(older[i].second, doomed, ec);
+    if (const char* f = std::getenv("ANYK_FAULT_INJECT_PRUNE"); f && std::atoll(f) == meta.step) {
+      std::fprintf(stderr, "anyk: ANYK_FAULT_INJECT_PRUNE=%s: exiting while pruning %s\n", f, doomed.c_str());
+      std::fflush(stderr);
+      ::_exit(9);  // as a kill -9 between the rename and the deletion would
+    }
     if (!ec) fs::remove_all(doomed, ec);
   }
   return bytes;

@@ -96,7 +96,9 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
 // step_<n>.tmp/; after a barrier rank 0 renames it to step_<n>, replaces `latest` (latest.tmp +
 // rename), deletes complete checkpoints beyond the newest `keep` and stale *.tmp directories.
 // Returns the bytes written by this rank. ANYK_FAULT_INJECT_SAVE=<step> makes rank 0 _exit(9)
-// after writing meta.h5 of that step's save (for the kill-mid-save test).
+// after writing meta.h5 of that step's save (for the kill-mid-save test);
+// ANYK_FAULT_INJECT_PRUNE=<step> makes it _exit(9) in that save's pruning, after renaming a
+// doomed checkpoint to step_<n>.del.tmp and before deleting it (for the kill-mid-prune test).
 int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, const CheckpointMeta& meta,
                         const std::vector<TensorRef>& dense, const std::vector<ExpertRef>& experts, int keep);
 

@@ -139,6 +139,9 @@ int run_cli(int argc, char** argv) {
                                           << "' hint: commands are prepare, train, eval, convert, generate; see anyk --help");
   } catch (const ReportedError&) {
     return 2;  // another rank printed the error; every rank stops cleanly, no abort needed
+  } catch (const AgreedError& e) {
+    print_error(e.what());  // every rank knows: stop cleanly, no abort
+    return 2;
   } catch (const Error& e) {
     print_error(e.what());
   } catch (const std::bad_alloc&) {

@@ -379,14 +379,26 @@ int train_command(int argc, char** argv) {
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> metrics_guard(metrics, [](std::FILE* f) {
     return f ? std::fclose(f) : 0;
   });
+  // Rank 0's log and metrics writes can fail (a full disk) while the other ranks are on their way
+  // to the next collective: the first such error is kept and every rank learns of it at the end
+  // of the step (with the stop-signal all-reduce), so the job stops with one message, no abort.
+  std::string io_error;
   auto say = [&](const std::string& line) {
-    if (root) out.line(line);
+    if (!root || !io_error.empty()) return;
+    try {
+      out.line(line);
+    } catch (const Error& e) {
+      io_error = e.what();
+    }
   };
-  // metrics.jsonl lines are flushed as written; a failed flush (a full disk) stops the run with
-  // the path and errno's text rather than losing lines silently.
+  // metrics.jsonl lines are flushed as written; a failed flush stops the run with the path and
+  // errno's text rather than losing lines silently.
   auto flush_metrics = [&] {
-    if (metrics && (std::fflush(metrics) != 0 || std::ferror(metrics)))
-      fail_io("writing", o.run_dir + "/metrics.jsonl", errno);
+    if (metrics && io_error.empty() && (std::fflush(metrics) != 0 || std::ferror(metrics)))
+      io_error = io_message("writing", o.run_dir + "/metrics.jsonl", errno);
+  };
+  auto raise_io_error = [&] {  // after the loop, where rank 0 is alone
+    if (!io_error.empty()) throw Error(io_error);
   };
   if (!moved_to.empty()) say("anyk: --overwrite: the previous run in " + o.run_dir + " was moved to " + moved_to);
 
@@ -563,6 +575,7 @@ int train_command(int argc, char** argv) {
       say(fmt("anyk: caught %s during step %lld: abandoned it; %s %s/%s; exiting", stop_signal_name(sig),
               (long long)s + 1, s > step0 ? "checkpoint of the last finished step in" : "nothing to save yet;",
               checkpoints_dir(o.run_dir).c_str(), step_dir_name(s).c_str()));
+      raise_io_error();
       return 0;
     }
     maybe_inject_fault(rank, s + 1);
@@ -647,7 +660,12 @@ int train_command(int argc, char** argv) {
     if (saved_now) save(done);
     // Stop requests (Slurm's --signal warning, scancel, preemption): every rank agrees with one
     // all-reduce, finishes this same step, checkpoints and exits cleanly.
-    const int sig = int(world.all_reduce_max(double(stop_signal())));
+    const int agreed = int(world.all_reduce_max(double(stop_signal() + (io_error.empty() ? 0 : 1000))));
+    if (agreed >= 1000) {  // rank 0 could not write its log or metrics
+      if (root) throw AgreedError(io_error);
+      throw ReportedError("rank 0 failed");
+    }
+    const int sig = agreed;
     if (sig != 0 && done < o.steps) {
       if (!saved_now) save(done);
       say(fmt("anyk: caught %s at step %lld: checkpoint written to %s/%s; exiting", stop_signal_name(sig),
@@ -658,37 +676,44 @@ int train_command(int argc, char** argv) {
         const std::string cmd = std::string("scontrol requeue ") + job;
         say(fmt("anyk: requeueing job %s (%s)", job, std::system(cmd.c_str()) == 0 ? "ok" : "failed"));
       }
+      raise_io_error();
       return 0;
     }
   }
 
   const LM& em = eval_model();  // collective: gathers the experts onto rank 0
-  if (!root) return 0;
-  save_weights(o.run_dir + "/model.h5", em);
-  say("saved " + o.run_dir + "/model.h5");
+  // Rank 0 alone saves model.h5 and runs the sweep; the other ranks wait for its outcome, so a
+  // failure (a full disk) ends every rank with one message and no MPI_Abort.
+  agree_or_throw(world, [&] {
+    if (!root) return;
+    raise_io_error();
+    save_weights(o.run_dir + "/model.h5", em);
+    say("saved " + o.run_dir + "/model.h5");
 
-  // K-sweep: every uniform K on the same val windows.
-  std::vector<EvalResult> rs;
-  for (int k = 1; k <= E; ++k) {
-    std::vector<int> kk(L, k);
-    rs.push_back(evaluate(em, val, kk, B, o.eval_windows, arena, "sweep"));
-  }
-  say(fmt("K-sweep on %lld val windows of %d tokens:", (long long)rs[0].windows, T));
-  for (const auto& line : result_table(rs, lm.config().vocab == 256)) say(line);
-  {  // The context-free baseline: the entropy of the training tokens' frequencies.
-    std::vector<double> hist(size_t(lm.config().vocab), 0.0);
-    for (uint16_t t : *p.train_tokens) hist[t] += 1;
-    double H = 0, n = double(p.train_tokens->size());
-    for (double c : hist)
-      if (c > 0) H -= c / n * std::log2(c / n);
-    say(fmt("unigram entropy of the training tokens: %.4f bits/%s (a model without context)", H,
-            lm.config().vocab == 256 ? "byte" : "token"));
-  }
-  write_text_file(o.run_dir + "/sweep.json", results_json(rs));
-  for (const auto& r : rs)
-    std::fprintf(metrics, "{\"type\": \"sweep\", \"k\": %d, \"val_loss\": %s, \"bits_per_byte\": %s}\n", r.k[0],
-                 json_number(r.loss).c_str(), json_number(r.bits()).c_str());
-  flush_metrics();
+    // K-sweep: every uniform K on the same val windows.
+    std::vector<EvalResult> rs;
+    for (int k = 1; k <= E; ++k) {
+      std::vector<int> kk(L, k);
+      rs.push_back(evaluate(em, val, kk, B, o.eval_windows, arena, "sweep"));
+    }
+    say(fmt("K-sweep on %lld val windows of %d tokens:", (long long)rs[0].windows, T));
+    for (const auto& line : result_table(rs, lm.config().vocab == 256)) say(line);
+    {  // The context-free baseline: the entropy of the training tokens' frequencies.
+      std::vector<double> hist(size_t(lm.config().vocab), 0.0);
+      for (uint16_t t : *p.train_tokens) hist[t] += 1;
+      double H = 0, n = double(p.train_tokens->size());
+      for (double c : hist)
+        if (c > 0) H -= c / n * std::log2(c / n);
+      say(fmt("unigram entropy of the training tokens: %.4f bits/%s (a model without context)", H,
+              lm.config().vocab == 256 ? "byte" : "token"));
+    }
+    write_text_file(o.run_dir + "/sweep.json", results_json(rs));
+    for (const auto& r : rs)
+      std::fprintf(metrics, "{\"type\": \"sweep\", \"k\": %d, \"val_loss\": %s, \"bits_per_byte\": %s}\n", r.k[0],
+                   json_number(r.loss).c_str(), json_number(r.bits()).c_str());
+    flush_metrics();
+    raise_io_error();
+  });
   return 0;
 }
 

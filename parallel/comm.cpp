@@ -49,7 +49,7 @@ void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std:
   const int lowest = P - int(comm.all_reduce_max(double(err.empty() ? 0 : P - comm.rank())));
   if (lowest == P) return;
   if (comm.rank() == 0 && on_failure) on_failure();
-  if (comm.rank() == lowest) throw Error(err);
+  if (comm.rank() == lowest) throw AgreedError(err);
   throw ReportedError("rank " + std::to_string(lowest) + " failed");
 }
 

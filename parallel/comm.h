@@ -42,9 +42,9 @@ void abort_job_if_parallel(int code);
 class Comm;
 // Runs f on every rank of comm (f must not call collectives), then one all-reduce tells every
 // rank whether any f threw. On success returns; otherwise `on_failure` runs on rank 0 (cleanup,
-// may be empty) and every rank throws: the lowest failing rank its own error (printed once, by
-// the command line), the others ReportedError (exit non-zero quietly). No MPI_Abort, no message
-// per rank.
+// may be empty) and every rank throws: the lowest failing rank AgreedError with its own message
+// (printed once, by the command line), the others ReportedError (exit non-zero quietly). No
+// MPI_Abort, no message per rank.
 void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std::function<void()>& on_failure = {});
 
 class Comm {

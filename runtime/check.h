@@ -11,6 +11,12 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An error every rank of the job knows about (they agreed to stop): this rank prints it and the
+// command exits non-zero without aborting the job.
+struct AgreedError : Error {
+  using Error::Error;
+};
+
 // An error already reported by another rank of the same job: the command exits non-zero
 // without printing (and without aborting the job: every rank agreed to stop).
 struct ReportedError : Error {

@@ -17,9 +17,12 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 if [ ! -f "$DATA_DIR/train.bin" ] || [ ! -f "$DATA_DIR/val.bin" ]; then
   build/anyk prepare --input /usr/share/games/fortunes --out "$DATA_DIR"
 fi
-rm -rf "$RUN_DIR"
-mpirun -np "$RANKS" --oversubscribe --bind-to none build/anyk train \
-  --data "$DATA_DIR" --run-dir "$RUN_DIR" --ep "$RANKS" \
+# A finished run in RUN_DIR is moved aside to RUN_DIR.overwritten-<time> (never deleted). A
+# Ctrl-C ends with a checkpoint: mpirun gives the ranks 60 s (its default is 1 s).
+OVERWRITE=()
+if [ -d "$RUN_DIR" ]; then OVERWRITE=(--overwrite); fi
+mpirun -np "$RANKS" --oversubscribe --bind-to none --mca odls_base_sigkill_timeout 60 build/anyk train \
+  --data "$DATA_DIR" --run-dir "$RUN_DIR" --ep "$RANKS" "${OVERWRITE[@]}" \
   --k-strategy layer --experts 8 --k-min 1 --k-max 4 \
   --layers 4 --dim 128 --heads 4 --expert-hidden 128 --seq-len 128 --batch 8 \
   --steps "$STEPS" --log-every 50 --eval-every 400 --eval-windows 64 "$@"
