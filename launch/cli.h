@@ -1,7 +1,6 @@
-// Command-line entry: `anyk <command> [options]` with commands prepare, train, eval and convert.
-// Returns
-// the process exit code: 0 on success, 2 on a user error, which is one line on stderr
-// (`anyk: error: <message>`).
+// Command-line entry: `anyk <command> [options]` with commands prepare, train, eval, convert and
+// generate. Returns the process exit code: 0 on success, 2 on a user error, which is one line on
+// stderr (`anyk: error: <message>`).
 #pragma once
 
 namespace anyk {
