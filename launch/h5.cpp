@@ -283,6 +283,11 @@ void read_f32(hid_t loc, const std::string& file, const std::string& name, float
   ANYK_CHECK(got == shape, file << ": dataset '" << name << "' has shape " << shape_str(got) << " but the model needs "
                                 << shape_str(shape) << " hint: the file belongs to a model of another config");
   Handle ds(H5_CHECK(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), what), H5Dclose);
+  // anyk writes float32 only; another element type or size (from the file) would make HDF5
+  // allocate a conversion buffer of that size before anything is checked.
+  Handle type(H5_CHECK(H5Dget_type(ds.id), what), H5Tclose);
+  ANYK_CHECK(H5Tget_class(type.id) == H5T_FLOAT && H5Tget_size(type.id) == sizeof(float),
+             file << ": dataset '" << name << "' is not float32 hint: the file is corrupt or not written by anyk");
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   H5_CHECK(H5Dread(ds.id, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), what);
