@@ -27,6 +27,9 @@ using namespace anyk;
 extern "C" const char* __lsan_default_options() { return "leak_check_at_exit=0"; }
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // OpenMPI's own SIGABRT/SIGSEGV handlers would pre-empt libFuzzer's (which does not replace an
+  // existing handler), so a finding would kill the process without saving its input.
+  ::setenv("OMPI_MCA_opal_signal", "", 1);
   // MPI is started once here, as anyk's main does on the first Comm::world(), so its one-time
   // allocations are not charged to the first input by the leak checker.
   Comm::world();
