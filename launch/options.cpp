@@ -46,8 +46,19 @@ int cli_style() {
   return default_style & ~allow_guessing;
 }
 
+void check_option_text(const std::string& text, const std::string& what) {
+  for (size_t i = text.find('%'); i != std::string::npos; i = text.find('%', i + 1)) {
+    size_t j = i + 1;
+    while (j < text.size() && ((text[j] >= 'a' && text[j] <= 'z') || text[j] == '_')) ++j;
+    ANYK_CHECK(j == i + 1 || j == text.size() || text[j] != '%',
+               what << " holds '" << text.substr(i, j - i + 1) << "', which anyk's option parser "
+                    << "(Boost.Program_options) cannot report errors about hint: remove the %...% text");
+  }
+}
+
 po::parsed_options parse_command_line(int argc, char** argv, const po::options_description& desc,
                                       const std::string& command) {
+  for (int i = 1; i < argc; ++i) check_option_text(argv[i], "argument " + std::to_string(i) + " of anyk " + command);
   po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(cli_style()).run();
   for (const po::option& opt : parsed.options)
     ANYK_CHECK(opt.position_key < 0, "unexpected argument '" << (opt.value.empty() ? "" : opt.value[0])
@@ -113,6 +124,7 @@ void read_train_config(const std::string& path, TrainOptions& o) {
 }
 
 void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o) {
+  check_option_text(text, what);
   std::istringstream in(text);
   OptionTable t("config");
   bind_train_options(t, o);

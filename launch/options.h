@@ -75,6 +75,12 @@ ModelConfig model_config(const TrainOptions& o);  // router.top_p stays 0 (force
 KScheduleConfig k_schedule_config(const TrainOptions& o);
 LrSchedule lr_schedule(const TrainOptions& o);
 
+// Refuses text holding a Boost.Program_options message placeholder (%name%, e.g. "%value%"):
+// Boost 1.74 fills its error messages by replacing placeholders in a loop that never ends when the
+// replacement holds the placeholder again, so such text must never reach it. `what` names the
+// source (an argument, a config file). Called by parse_command_line and the INI readers.
+void check_option_text(const std::string& text, const std::string& what);
+
 // The command-line style every anyk command uses: long options, no prefix guessing.
 int cli_style();
 

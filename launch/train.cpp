@@ -92,8 +92,11 @@ bool parse_and_validate(int argc, char** argv, Prepared& p, int world_size, bool
     ANYK_CHECK(!fs::is_directory(path), "--config " << path << " is a directory, not an INI file hint: pass a file, "
                                                                "e.g. RUN_DIR/config.ini");
     ANYK_CHECK(fs::is_regular_file(path), "--config " << path << " not found hint: check the path");
-    std::ifstream in(path);
-    ANYK_CHECK(in, "cannot read --config " << path << " hint: check the path");
+    std::ifstream file(path);
+    ANYK_CHECK(file, "cannot read --config " << path << " hint: check the path");
+    std::stringstream in;
+    in << file.rdbuf();
+    check_option_text(in.str(), "config file " + path);  // before Boost sees it (see options.h)
     try {
       // store() keeps values already set on the command line: flags win over the file.
       po::store(po::parse_config_file(in, table.desc(), false), vm);
