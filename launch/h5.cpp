@@ -81,7 +81,7 @@ void write_file(const std::string& path, const std::function<void(hid_t)>& body)
     fid = -1;
     H5_CHECK(H5Fclose(id), "closing file " + path);
     fsync_path(path);
-  } catch (const Error& e) {
+  } catch (...) {  // anyk errors, and anything else (a bad_alloc): the same cleanup
     int err = last_errno();
     if (fid >= 0) {
       // Close whatever the body left open, children before the file.
