@@ -3,12 +3,16 @@
 
     /usr/bin/python3 tools/plot_frontier.py --out frontier.png runs/a/frontier.json
     /usr/bin/python3 tools/plot_frontier.py --out f.png --label "M-MoE" a.json --label "fixed K=2" b.json
+    /usr/bin/python3 tools/plot_frontier.py --out f.png --label "M-MoE" a.json \
+        --label "fixed K=1" --trained-k 1 k1.json --label "fixed K=4" --trained-k 4 k4.json
 
 Input: {"frontier": [{"name", "kind" ("K" or "budget"), "k", "bits_per_byte", "flops_per_token",
 "decode_tokens_per_s", ...}, ...]}. Left panel: validation bits per byte against FLOPs per token;
 right panel: against measured decode tokens/s. Uniform-K points are joined by a line (the
 frontier of one set of weights); greedy budget schedules are squares. Several files (e.g. an
-elastic model and fixed-K models) share the axes, one colour each. Needs python3-matplotlib.
+elastic model and fixed-K models) share the axes, one colour each. `--trained-k K` before a file
+marks it as a model trained at a fixed K: its point at that K is a large star (the point such a
+model is built to serve) and its other K points are a thin dashed line. Needs python3-matplotlib.
 """
 import argparse
 import json
@@ -29,7 +33,7 @@ def main():
     ap.add_argument("--title", default="Cost/quality frontier: one set of weights served at any K")
     ap.add_argument("items", nargs="+", help="frontier files, optionally preceded by --label NAME")
     args, _ = ap.parse_known_args()
-    series, label, toks, i = [], None, sys.argv[1:], 0
+    series, label, trained_k, toks, i = [], None, None, sys.argv[1:], 0
     while i < len(toks):
         t = toks[i]
         if t in ("--out", "--title"):
@@ -39,20 +43,36 @@ def main():
             label = toks[i + 1]
             i += 2
             continue
-        series.append((label or t, load(t)))
-        label = None
+        if t == "--trained-k":
+            trained_k = int(toks[i + 1])
+            i += 2
+            continue
+        series.append((label or t, load(t), trained_k))
+        label, trained_k = None, None
         i += 1
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), dpi=100)
     for ax, key, xlabel, scale in ((axes[0], "flops_per_token", "MFLOP per token (2 x active params)", 1e-6),
                                    (axes[1], "decode_tokens_per_s", "measured decode tokens/s (1 sequence)", 1.0)):
-        for name, pts in series:
+        for name, pts, trained_k in series:
             uni = sorted((p for p in pts if p.get("kind") == "K"), key=lambda p: p["k"][0])
             bud = [p for p in pts if p.get("kind") == "budget"]
-            line, = ax.plot([p[key] * scale for p in uni], [p["bits_per_byte"] for p in uni], marker="o", label=name)
+            style = dict(marker="o", label=name)
+            if trained_k is not None:
+                style = dict(marker=".", linestyle="--", linewidth=0.8, alpha=0.7,
+                             label=f"{name} (star: its own K={trained_k}; dashed: other K)")
+            line, = ax.plot([p[key] * scale for p in uni], [p["bits_per_byte"] for p in uni], **style)
+            if trained_k is not None:
+                own = [p for p in uni if p["k"][0] == trained_k]
+                if not own:
+                    sys.exit(f"plot_frontier: error: {name} has no point at its --trained-k {trained_k}")
+                ax.scatter([own[0][key] * scale], [own[0]["bits_per_byte"]], marker="*", s=160, zorder=3,
+                           color=line.get_color(), edgecolors="black", linewidths=0.5)
             for p in uni:
+                if trained_k is not None and p["k"][0] != trained_k:
+                    continue  # only the elastic series' K labels, to keep the overlay readable
                 ax.annotate(f"K={p['k'][0]}", (p[key] * scale, p["bits_per_byte"]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
             if bud:
@@ -64,9 +84,11 @@ def main():
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation bits per byte")
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = (len(handles) + 2) // 3
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(args.title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * rows, 1, 1))
     fig.savefig(args.out)
     print(f"plot_frontier: wrote {args.out}")
 
