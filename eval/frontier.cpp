@@ -1,18 +1,16 @@
 // The cost/quality frontier of `anyk eval --frontier`; see frontier.h.
-#include "launch/frontier.h"
+#include "eval/frontier.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 
-#include "launch/analysis.h"
-#include "launch/report.h"
+#include "eval/analysis.h"
+#include "io/json.h"
 #include "model/generate.h"
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::eval {
 
 namespace {
 
@@ -23,39 +21,7 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void write_file(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    ANYK_CHECK(out, "cannot write " << tmp << " hint: check the directory exists and is writable");
-    out << text;
-    out.flush();
-    ANYK_CHECK(out, "writing " << tmp << " failed hint: check free space");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  ANYK_CHECK(!ec, "cannot rename " << tmp << " to " << path << ": " << ec.message());
-}
-
 }  // namespace
-
-std::vector<double> parse_double_list(const std::string& text, const std::string& option) {
-  std::vector<double> out;
-  size_t i = 0;
-  while (i <= text.size()) {
-    size_t j = text.find(',', i);
-    if (j == std::string::npos) j = text.size();
-    std::string item = text.substr(i, j - i);
-    char* end = nullptr;
-    double v = item.empty() ? 0 : std::strtod(item.c_str(), &end);
-    ANYK_CHECK(!item.empty() && end == item.c_str() + item.size(),
-               "--" << option << " '" << text << "': '" << item
-                    << "' is not a number hint: use a comma-separated list such as 1.5,2.5");
-    out.push_back(v);
-    i = j + 1;
-  }
-  return out;
-}
 
 std::vector<FrontierPoint> measure_frontier(const LM& lm, const data::Loader& val, const FrontierOptions& o,
                                             Arena& arena) {
@@ -126,42 +92,13 @@ std::vector<std::string> frontier_table(const std::vector<FrontierPoint>& ps) {
 }
 
 std::string frontier_json(const std::vector<FrontierPoint>& ps) {
-  std::string s = "{\"frontier\": [";
-  for (size_t i = 0; i < ps.size(); ++i) {
-    const auto& p = ps[i];
-    s += i ? ",\n  " : "\n  ";
-    s += "{\"name\": " + json_string(p.eval.name) + ", \"kind\": " + json_string(p.kind) + ", \"k\": [";
-    for (size_t j = 0; j < p.eval.k.size(); ++j) s += (j ? ", " : "") + std::to_string(p.eval.k[j]);
-    s += "], \"val_loss\": " + json_number(p.eval.loss) + ", \"bits_per_byte\": " + json_number(p.eval.bits()) +
-         ", \"mean_k\": " + json_number(p.mean_k) + ", \"active_params\": " + json_number(p.active_params) +
-         ", \"flops_per_token\": " + json_number(p.flops_per_token) +
-         ", \"decode_tokens_per_s\": " + json_number(p.decode_tps) +
-         ", \"prompt_tokens_per_s\": " + json_number(p.prompt_tps) + "}";
-  }
-  return s + "\n]}\n";
+  io::Json list = io::Json::array();
+  for (const auto& p : ps)
+    list.push_back({{"name", p.eval.name}, {"kind", p.kind}, {"k", p.eval.k}, {"val_loss", p.eval.loss},
+                    {"bits_per_byte", p.eval.bits()}, {"mean_k", p.mean_k}, {"active_params", p.active_params},
+                    {"flops_per_token", p.flops_per_token}, {"decode_tokens_per_s", p.decode_tps},
+                    {"prompt_tokens_per_s", p.prompt_tps}});
+  return io::json_text(io::Json{{"frontier", list}}) + "\n";
 }
 
-int frontier_command(const LM& lm, const data::Loader& val, const FrontierOptions& o, Arena& arena,
-                     const std::string& label, const std::string& json_path, const std::string& plot_path) {
-  auto ps = measure_frontier(lm, val, o, arena);
-  std::printf("%s: cost/quality frontier on %lld val windows of %d tokens; decode speed: median of %d runs of %d "
-              "tokens after a %d-token prompt, 1 sequence\n",
-              label.c_str(), (long long)ps[0].eval.windows, lm.config().seq_len, o.rounds, o.gen_tokens,
-              std::min(o.prompt_tokens, lm.config().seq_len));
-  for (const auto& line : frontier_table(ps)) std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
-  const std::string js = frontier_json(ps);
-  if (!json_path.empty()) write_file(json_path, js);
-  if (!plot_path.empty()) {
-    const std::string tmp = plot_path + ".json";
-    write_file(tmp, js);
-    const std::string cmd = "/usr/bin/python3 '" + std::string(ANYK_SOURCE_DIR) + "/tools/plot_frontier.py' --out '" +
-                            plot_path + "' --label '" + label + "' '" + tmp + "'";
-    int rc = std::system(cmd.c_str());
-    std::filesystem::remove(tmp);
-    ANYK_CHECK(rc == 0, "plotting failed (" << cmd << ") hint: apt-get install python3-matplotlib");
-  }
-  return 0;
-}
-
-}  // namespace anyk::launch
+}  // namespace anyk::eval

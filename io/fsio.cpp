@@ -1,5 +1,5 @@
 // See fsio.h.
-#include "launch/fsio.h"
+#include "io/fsio.h"
 
 #include <fcntl.h>
 #include <sys/statvfs.h>
@@ -11,7 +11,7 @@
 
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 namespace fs = std::filesystem;
 
@@ -29,12 +29,12 @@ std::string user_dir_of(const std::string& path) {
   return p.empty() ? std::string(".") : p.string();
 }
 
-std::string hint_for(int err, const std::string& path) {
+std::string hint_for(int err, const std::string& path, const std::string& space_hint) {
   const std::string dir = user_dir_of(path);
   switch (err) {
     case ENOSPC:
-      return "free space on the file system holding " + dir + " (df -h " + dir +
-             "), lower --keep, or write to another disk; earlier checkpoints are intact";
+      return "free space on the file system holding " + dir + " (df -h " + dir + "), " +
+             (space_hint.empty() ? std::string(kAnotherDiskHint) : space_hint);
     case EDQUOT: return "your disk quota is exhausted; free space or write to another file system";
     case EROFS: return dir + " is on a read-only file system; write somewhere else";
     case EACCES:
@@ -48,13 +48,13 @@ std::string hint_for(int err, const std::string& path) {
 
 }  // namespace
 
-std::string io_message(const std::string& verb, const std::string& path, int err) {
+std::string io_message(const std::string& verb, const std::string& path, int err, const std::string& space_hint) {
   return verb + " " + path + ": " + (err ? std::strerror(err) : "unknown I/O error") + " (hint: " +
-         hint_for(err, path) + ")";
+         hint_for(err, path, space_hint) + ")";
 }
 
-void fail_io(const std::string& verb, const std::string& path, int err) {
-  throw Error(io_message(verb, path, err));
+void fail_io(const std::string& verb, const std::string& path, int err, const std::string& space_hint) {
+  throw Error(io_message(verb, path, err, space_hint));
 }
 
 int guess_write_errno(const std::string& path) {
@@ -72,40 +72,70 @@ void remove_quietly(const std::string& path) {
   fs::remove_all(path, ec);
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
+void write_file_atomic(const std::string& path, const std::function<void(const std::string& tmp)>& fill,
+                       const std::string& space_hint) {
   const std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_io("writing", tmp, errno);
-  const char* p = text.data();
-  size_t left = text.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : ENOSPC;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail_io("writing", path, err);
-    }
-    p += n;
-    left -= size_t(n);
+  try {
+    fill(tmp);
+  } catch (...) {
+    remove_quietly(tmp);
+    throw;
   }
-  if (::fsync(fd) != 0) {
+  int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::fsync(fd) != 0) {
     const int err = errno;
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    fail_io("writing", path, err);
+    if (fd >= 0) ::close(fd);
+    remove_quietly(tmp);
+    fail_io("writing", path, err, space_hint);
   }
-  if (::close(fd) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    fail_io("writing", path, err);
-  }
+  ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
-    ::unlink(tmp.c_str());
-    fail_io("renaming " + tmp + " to", path, err);
+    remove_quietly(tmp);
+    fail_io("renaming " + tmp + " to", path, err, space_hint);
   }
+  fsync_dir_of(path);
+}
+
+void write_file_atomic(const std::string& path, const std::string& text, const std::string& space_hint) {
+  write_file_atomic(
+      path,
+      [&](const std::string& tmp) {
+        FileWriter w(tmp, space_hint, path);  // errors name the final path
+        w.write(text.data(), text.size());
+        w.close();
+      },
+      space_hint);
+}
+
+FileWriter::FileWriter(const std::string& path, const std::string& space_hint, const std::string& shown)
+    : path_(shown.empty() ? path : shown), hint_(space_hint) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail_io("writing", path_, errno, hint_);
+}
+
+FileWriter::~FileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FileWriter::write(const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail_io("writing", path_, w < 0 ? errno : ENOSPC, hint_);
+    p += w;
+    n -= size_t(w);
+  }
+}
+
+void FileWriter::close() {
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) fail_io("writing", path_, errno, hint_);
+}
+
+void fsync_dir_of(const std::string& path) {
   int dfd = ::open(dir_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
@@ -113,4 +143,4 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   }
 }
 
-}  // namespace anyk::launch
+}  // namespace anyk::io
