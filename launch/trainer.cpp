@@ -190,6 +190,8 @@ void Trainer::build_optimizer() {
   ckpt_experts_ = io::expert_refs(ps, opt_.get(), opt_region_[int(Region::Expert)], disp_->first_expert());
 }
 
+#undef ANYK_OOM
+
 // Where the run starts: step 0 and sample 0, or the checkpoint's step and loader position.
 // Step s reads global samples [pos0 + (s - step0) * global_seqs, ...), so a resume into a
 // layout with another global batch still continues the sample stream where it stopped.

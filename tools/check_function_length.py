@@ -9,7 +9,8 @@ then every `{` at the outermost level of a namespace (or of a class, struct or u
 preceding text ends in `)` -- optionally followed by qualifiers such as const, noexcept,
 override, a trailing return type or a constructor's initializer list -- opens a function body, and
 its matching `}` closes it. Lambdas and local classes inside a function count toward that
-function's lines. A body's length is its closing line minus its opening line plus one. Prints
+function's lines; braced member initializers in a constructor's initializer list are skipped.
+A body's length is its closing line minus its opening line plus one. Prints
 `path:line name N lines` for each offender and exits 1 if there is any.
 """
 import argparse
@@ -20,6 +21,7 @@ import sys
 DEFAULT_DIRS = ["launch", "io", "eval", "model", "parallel", "runtime", "kernels", "optim", "data"]
 EXTS = (".cpp", ".h", ".cc", ".hpp", ".cu", ".cuh")
 SCOPE_RE = re.compile(r"\b(namespace|class|struct|union|enum)\b[^;(){}]*$")
+CTOR_INIT_RE = re.compile(r"\)\s*(noexcept\s*)?:(?!:)")
 KEYWORDS = {"if", "for", "while", "switch", "catch", "return", "sizeof", "decltype", "alignof"}
 
 
@@ -97,11 +99,14 @@ def scan(path, text):
             line += 1
         elif ch == "{":
             in_func = "func" in stack
+            head = src[last_stmt:i]
+            stripped = re.sub(r"\s+", " ", head).strip()
             if in_func:
                 stack.append("block")
+            elif (stack and stack[-1] == "init") or (CTOR_INIT_RE.search(stripped) and re.search(r"[\w>]$", stripped)):
+                stack.append("init")  # a braced member initializer: x_{1} in `S() : x_{1} {`
+                continue
             else:
-                head = src[last_stmt:i]
-                stripped = re.sub(r"\s+", " ", head).strip()
                 if SCOPE_RE.search(stripped) or stripped.endswith("=") or stripped == "" or \
                         stripped.startswith("extern"):
                     stack.append("scope" if SCOPE_RE.search(stripped) or stripped.startswith("extern")
@@ -116,6 +121,8 @@ def scan(path, text):
             last_stmt = i + 1
         elif ch == "}":
             kind = stack.pop() if stack else "scope"
+            if kind == "init":
+                continue
             if kind == "func":
                 yield func_start, func_name, line - func_start + 1
             last_stmt = i + 1
