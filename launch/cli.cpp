@@ -15,9 +15,9 @@
 #include <vector>
 
 #include "data/prepare.h"
-#include "launch/convert.h"
-#include "launch/h5.h"
-#include "launch/evaluate.h"
+#include "launch/convert_command.h"
+#include "io/h5.h"
+#include "launch/eval_command.h"
 #include "launch/generate.h"
 #include "launch/options.h"
 #include "launch/train.h"
@@ -70,29 +70,18 @@ int prepare_command(int argc, char** argv) {
   std::vector<std::string> inputs;
   std::string out;
   double val_fraction = 0.05;
-  bool help = false;
   po::options_description desc(
       "anyk prepare --input PATH... --out DIR [--val-fraction 0.05]\n"
       "Byte-tokenise text files or folders (walked recursively, sorted; fortune *.dat index files\n"
       "and hidden entries skipped) into llm.c-format shards DIR/train.bin and DIR/val.bin");
-  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
-      "input", po::value(&inputs)->multitoken(), "text files or directories (one or more)")(
+  launch::CommandOptions cmd("prepare", desc);
+  desc.add_options()("input", po::value(&inputs)->multitoken(), "text files or directories (one or more)")(
       "out", po::value(&out), "output directory")(
       "val-fraction", po::value(&val_fraction)->default_value(0.05),
       "fraction of the tokens (the last ones) held out for validation");
-  po::variables_map vm;
-  try {
-    po::store(launch::parse_command_line(argc, argv, desc, "prepare"), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    ANYK_FAIL(e.what() << " hint: see anyk prepare --help");
-  }
-  if (help) {
-    std::cout << desc << "\n";
-    return 0;
-  }
-  ANYK_CHECK(!inputs.empty(), "--input is required hint: see anyk prepare --help");
-  ANYK_CHECK(!out.empty(), "--out is required hint: see anyk prepare --help");
+  if (!cmd.parse(argc, argv)) return 0;
+  cmd.require(!inputs.empty(), "input");
+  cmd.require(!out.empty(), "out");
   ANYK_CHECK(val_fraction > 0 && val_fraction < 1,
              "--val-fraction " << val_fraction << " must be in (0, 1)");
   data::PrepareStats st = data::prepare(inputs, out, val_fraction, [](const std::string& line) {
@@ -118,7 +107,7 @@ void print_error(std::string msg) {
 int run_cli(int argc, char** argv) {
   // HDF5's exit-time cleanup would close a file whose close already failed (a full disk) a second
   // time and crash; anyk closes every file itself.
-  launch::h5::disable_atexit();
+  io::h5::disable_atexit();
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;

@@ -16,14 +16,19 @@
 
 #include "data/loader.h"
 #include "data/shard.h"
-#include "launch/analysis.h"
-#include "launch/checkpoint.h"
-#include "launch/h5.h"
-#include "launch/weights.h"
+#include "eval/analysis.h"
+#include "io/checkpoint.h"
+#include "io/h5.h"
+#include "io/weights.h"
 #include "model/generate.h"
 #include "runtime/check.h"
 
 namespace anyk::launch {
+
+using namespace io;
+using eval::k_setting_name;
+using eval::BudgetResult;
+using eval::greedy_budget;
 
 namespace {
 
@@ -125,104 +130,88 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
   return m;
 }
 
-int generate_command(int argc, char** argv) {
+namespace {
+
+struct GenArgs {
   std::string run_dir, checkpoint, weights, prompt, prompt_file, prompts_file, k_text, layer_k, data_dir;
   std::string device = "cpu";
   double budget = 0, top_p = 0, temperature = 0;
   int max_new = 200, top_k = 0, threads = 0, batch = 0;
   int64_t seed = 1, eval_windows = 16;
-  bool help = false, has_prompt = false;
-  po::options_description desc(
-      "anyk generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
-      "              [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
-      "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P] [options]\n"
-      "Text from a trained model at any K, with a KV cache: the prompt in one batched pass, then\n"
-      "one token per step, streamed to stdout (the prompt first). Without a prompt option the prompt\n"
-      "is read from stdin. Prompts are bytes and may be at most the model's context (seq_len) long;\n"
-      "generation continues past the context by sliding: when the window is full it restarts at its\n"
-      "last seq_len/2 tokens (read again in one pass), so no position beyond training is used. Ends\n"
-      "with a stderr line: prompt and generation tokens/s, mean K used, active parameters per token");
-  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
-      "run-dir", po::value(&run_dir), "run directory holding config.ini and model.h5")(
-      "checkpoint", po::value(&checkpoint),
+  bool has_prompt = false;
+};
+
+void add_generate_options(po::options_description& desc, GenArgs& a) {
+  desc.add_options()("run-dir", po::value(&a.run_dir), "run directory holding config.ini and model.h5")(
+      "checkpoint", po::value(&a.checkpoint),
       "a checkpoint: its step directory, a `latest` file, or `latest` (with --run-dir)")(
-      "weights", po::value(&weights), "a weights file: a model.h5 or a consolidated checkpoint")(
-      "prompt", po::value(&prompt), "the prompt text")(
-      "prompt-file", po::value(&prompt_file), "read the prompt from this file (one trailing newline dropped)")(
-      "prompts", po::value(&prompts_file),
+      "weights", po::value(&a.weights), "a weights file: a model.h5 or a consolidated checkpoint")(
+      "prompt", po::value(&a.prompt), "the prompt text")(
+      "prompt-file", po::value(&a.prompt_file), "read the prompt from this file (one trailing newline dropped)")(
+      "prompts", po::value(&a.prompts_file),
       "one prompt per line (blank lines skipped), generated together as one batch; each text is "
       "printed after `--- i ---` when all are done")(
-      "max-new", po::value(&max_new)->default_value(200), "tokens to generate per prompt")(
-      "k", po::value(&k_text), "K for every layer (default: the largest K the model trained with); "
+      "max-new", po::value(&a.max_new)->default_value(200), "tokens to generate per prompt")(
+      "k", po::value(&a.k_text), "K for every layer (default: the largest K the model trained with); "
                                "with --top-p, the cap of the per-token K")(
-      "layer-k", po::value(&layer_k), "one K per layer, comma-separated (length = layers)")(
-      "budget", po::value(&budget),
+      "layer-k", po::value(&a.layer_k), "one K per layer, comma-separated (length = layers)")(
+      "budget", po::value(&a.budget),
       "average K per layer: the per-layer schedule of `anyk eval --budget` (greedy on --data's "
       "validation windows)")(
-      "top-p", po::value(&top_p),
+      "top-p", po::value(&a.top_p),
       "per-token K: the smallest k whose top-k router probability mass reaches P (in (0, 1])")(
-      "data", po::value(&data_dir), "data directory holding val.bin (for --budget)")(
-      "eval-windows", po::value(&eval_windows)->default_value(16), "validation windows for --budget")(
-      "batch", po::value(&batch)->default_value(0), "windows per forward for --budget (0 = the run's --batch)")(
-      "temperature", po::value(&temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
-      "top-k", po::value(&top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
-      "seed", po::value(&seed)->default_value(1), "sampling seed: the same seed gives the same text")(
-      "threads", po::value(&threads)->default_value(0), "OpenMP threads (0 = all available)")(
-      "device", po::value(&device)->default_value("cpu"), "cpu (cuda once the CUDA backend exists)");
-  po::variables_map vm;
-  try {
-    po::store(parse_command_line(argc, argv, desc, "generate"), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    ANYK_FAIL(e.what() << " hint: see anyk generate --help");
-  }
-  if (help) {
-    std::cout << desc << "\n";
-    return 0;
-  }
-  has_prompt = vm.count("prompt") > 0;
-  ANYK_CHECK(device == "cpu" || device == "cuda", "--device " << device << " is not one of cpu, cuda");
-  ANYK_CHECK(device == "cpu", "--device cuda: the model's CUDA kernels do not exist yet hint: use --device cpu");
-  ANYK_CHECK(int(has_prompt) + int(!prompt_file.empty()) + int(!prompts_file.empty()) <= 1,
+      "data", po::value(&a.data_dir), "data directory holding val.bin (for --budget)")(
+      "eval-windows", po::value(&a.eval_windows)->default_value(16), "validation windows for --budget")(
+      "batch", po::value(&a.batch)->default_value(0), "windows per forward for --budget (0 = the run's --batch)")(
+      "temperature", po::value(&a.temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
+      "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
+      "seed", po::value(&a.seed)->default_value(1), "sampling seed: the same seed gives the same text")(
+      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)")(
+      "device", po::value(&a.device)->default_value("cpu"), "cpu (cuda once the CUDA backend exists)");
+}
+
+void check_generate_args(const GenArgs& a, const po::variables_map& vm) {
+  ANYK_CHECK(a.device == "cpu" || a.device == "cuda", "--device " << a.device << " is not one of cpu, cuda");
+  ANYK_CHECK(a.device == "cpu", "--device cuda: the model's CUDA kernels do not exist yet hint: use --device cpu");
+  ANYK_CHECK(int(a.has_prompt) + int(!a.prompt_file.empty()) + int(!a.prompts_file.empty()) <= 1,
              "give at most one of --prompt, --prompt-file, --prompts");
-  ANYK_CHECK(max_new >= 1, "--max-new " << max_new << " must be >= 1");
-  ANYK_CHECK(temperature >= 0 && std::isfinite(temperature), "--temperature " << temperature << " must be >= 0");
-  ANYK_CHECK(top_k >= 0, "--top-k " << top_k << " must be >= 0 (0 = all tokens)");
-  ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0");
-  ANYK_CHECK(vm.count("top-p") == 0 || (top_p > 0 && top_p <= 1), "--top-p " << top_p << " must be in (0, 1]");
-  ANYK_CHECK(vm.count("budget") == 0 || budget > 0, "--budget " << budget << " must be > 0");
-  const int modes = int(!k_text.empty() && top_p == 0) + int(!layer_k.empty()) + int(budget != 0) + int(top_p != 0);
+  ANYK_CHECK(a.max_new >= 1, "--max-new " << a.max_new << " must be >= 1");
+  ANYK_CHECK(a.temperature >= 0 && std::isfinite(a.temperature), "--temperature " << a.temperature << " must be >= 0");
+  ANYK_CHECK(a.top_k >= 0, "--top-k " << a.top_k << " must be >= 0 (0 = all tokens)");
+  ANYK_CHECK(a.threads >= 0, "--threads " << a.threads << " must be >= 0");
+  ANYK_CHECK(vm.count("top-p") == 0 || (a.top_p > 0 && a.top_p <= 1), "--top-p " << a.top_p << " must be in (0, 1]");
+  ANYK_CHECK(vm.count("budget") == 0 || a.budget > 0, "--budget " << a.budget << " must be > 0");
+  const int modes = int(!a.k_text.empty() && a.top_p == 0) + int(!a.layer_k.empty()) + int(a.budget != 0) + int(a.top_p != 0);
   ANYK_CHECK(modes <= 1, "give at most one of --k, --layer-k, --budget, --top-p (--top-p takes --k as its cap) "
                          "hint: see anyk generate --help");
-  ANYK_CHECK(budget == 0 || !data_dir.empty(),
+  ANYK_CHECK(a.budget == 0 || !a.data_dir.empty(),
              "--budget needs --data DIR: the schedule is chosen on its validation windows");
-  ANYK_CHECK(prompt_file.empty() || std::filesystem::is_regular_file(prompt_file),
-             "--prompt-file " << prompt_file << " does not exist (or is not a file)");
-  ANYK_CHECK(prompts_file.empty() || std::filesystem::is_regular_file(prompts_file),
-             "--prompts " << prompts_file << " does not exist (or is not a file)");
+  ANYK_CHECK(a.prompt_file.empty() || std::filesystem::is_regular_file(a.prompt_file),
+             "--prompt-file " << a.prompt_file << " does not exist (or is not a file)");
+  ANYK_CHECK(a.prompts_file.empty() || std::filesystem::is_regular_file(a.prompts_file),
+             "--prompts " << a.prompts_file << " does not exist (or is not a file)");
 
-  InferenceModel m = load_inference_model(run_dir, checkpoint, weights);
-  const ModelConfig& mc = m.lm->config();
-  const int L = mc.layers, E = mc.experts;
+}
 
+// The prompts (--prompt, --prompt-file, --prompts or stdin) as texts and byte tokens.
+void read_prompts(const GenArgs& a, const ModelConfig& mc, std::vector<std::string>& texts,
+                  std::vector<std::vector<int>>& prompts) {
   // The prompts, as byte tokens.
-  std::vector<std::string> texts;
-  if (has_prompt) {
-    texts.push_back(prompt);
-  } else if (!prompt_file.empty()) {
-    texts.push_back(strip_one_newline(read_whole(prompt_file, "prompt-file")));
-  } else if (!prompts_file.empty()) {
-    std::istringstream in(read_whole(prompts_file, "prompts"));
+  if (a.has_prompt) {
+    texts.push_back(a.prompt);
+  } else if (!a.prompt_file.empty()) {
+    texts.push_back(strip_one_newline(read_whole(a.prompt_file, "prompt-file")));
+  } else if (!a.prompts_file.empty()) {
+    std::istringstream in(read_whole(a.prompts_file, "prompts"));
     for (std::string line; std::getline(in, line);) {
       line = strip_one_newline(line);
       if (!line.empty()) texts.push_back(line);
     }
-    ANYK_CHECK(!texts.empty(), "--prompts " << prompts_file << " holds no prompt (every line is blank)");
+    ANYK_CHECK(!texts.empty(), "--prompts " << a.prompts_file << " holds no prompt (every line is blank)");
   } else {
     std::string all((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
     texts.push_back(strip_one_newline(all));
   }
-  std::vector<std::vector<int>> prompts;
   for (size_t i = 0; i < texts.size(); ++i) {
     ANYK_CHECK(!texts[i].empty(), (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
                                       << " is empty hint: give --prompt TEXT, --prompt-file F or text on stdin");
@@ -234,48 +223,56 @@ int generate_command(int argc, char** argv) {
     prompts.push_back(encode(texts[i], mc.vocab, int(i) + 1));
   }
 
-  // The K setting.
-  omp_set_num_threads(threads > 0 ? threads : m.train.threads);
-  GenerateOptions go;
-  go.max_new = max_new;
-  go.sample.temperature = temperature;
-  go.sample.top_k = top_k;
-  go.sample.seed = uint64_t(seed);
+}
+
+// The K setting (--layer-k, --budget, --k, --top-p or the trained K) into go; returns its name.
+std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions& go) {
+  const ModelConfig& mc = m.lm->config();
+  const int L = mc.layers, E = mc.experts;
+  go.max_new = a.max_new;
+  go.sample.temperature = a.temperature;
+  go.sample.top_k = a.top_k;
+  go.sample.seed = uint64_t(a.seed);
   int trained_k = m.train.k_strategy == "fixed" || m.train.k_strategy == "emoe" ? m.train.k : m.train.k_max;
   trained_k = std::max(1, std::min(trained_k, E));
   std::string k_desc;
-  if (!layer_k.empty()) {
-    go.k.k = parse_int_list(layer_k, "layer-k");
+  if (!a.layer_k.empty()) {
+    go.k.k = parse_int_list(a.layer_k, "layer-k");
     ANYK_CHECK(int(go.k.k.size()) == L, "--layer-k has " << go.k.k.size() << " values but the model has " << L
                                                          << " layers");
     for (int k : go.k.k)
       ANYK_CHECK(k >= 1 && k <= E, "--layer-k value " << k << " is outside [1, experts=" << E << "]");
-  } else if (budget != 0) {
-    ANYK_CHECK(budget >= 1 && budget <= E, "--budget " << budget << " is outside [1, experts=" << E << "]");
-    auto val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(data_dir + "/val.bin", mc.vocab));
+  } else if (a.budget != 0) {
+    ANYK_CHECK(a.budget >= 1 && a.budget <= E, "--budget " << a.budget << " is outside [1, experts=" << E << "]");
+    auto val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(a.data_dir + "/val.bin", mc.vocab));
     data::Loader val(val_tokens, mc.seq_len, uint64_t(m.train.seed));
     Arena arena;
-    BudgetResult br = greedy_budget(*m.lm, val, budget, batch > 0 ? batch : m.train.batch, eval_windows, arena);
+    BudgetResult br = greedy_budget(*m.lm, val, a.budget, a.batch > 0 ? a.batch : m.train.batch, a.eval_windows, arena);
     go.k.k = br.greedy.k;
-    k_desc = " (greedy schedule for budget " + std::to_string(budget).substr(0, 4) + ")";
+    k_desc = " (greedy schedule for budget " + std::to_string(a.budget).substr(0, 4) + ")";
   } else {
     int K = trained_k;
-    if (!k_text.empty()) {
-      auto ks = parse_int_list(k_text, "k");
-      ANYK_CHECK(ks.size() == 1, "--k takes one value here, got " << k_text << " hint: per-layer K is --layer-k");
+    if (!a.k_text.empty()) {
+      auto ks = parse_int_list(a.k_text, "k");
+      ANYK_CHECK(ks.size() == 1, "--k takes one value here, got " << a.k_text << " hint: per-layer K is --layer-k");
       K = ks[0];
       ANYK_CHECK(K >= 1 && K <= E, "--k " << K << " is outside [1, experts=" << E << "]");
-    } else if (top_p > 0) {
+    } else if (a.top_p > 0) {
       K = E;
     }
     go.k.k.assign(size_t(L), K);
-    go.k.top_p = top_p;
+    go.k.top_p = a.top_p;
   }
-  std::string setting = top_p > 0 ? "top-p " + std::to_string(top_p).substr(0, 4) + " (K <= " +
+  return a.top_p > 0 ? "top-p " + std::to_string(a.top_p).substr(0, 4) + " (K <= " +
                                         std::to_string(go.k.k[0]) + ")"
                                   : k_setting_name(go.k.k) + k_desc;
+}
 
-  // Generate: a single prompt streams; a batch prints each text when all are done.
+// Generates: a single prompt streams; a batch prints each text when all are done. Ends with the
+// stderr summary line.
+void emit(const InferenceModel& m, const std::vector<std::string>& texts, const std::vector<std::vector<int>>& prompts,
+          const GenerateOptions& go, const std::string& setting) {
+  const ModelConfig& mc = m.lm->config();
   const bool stream = prompts.size() == 1;
   if (stream) {
     std::fwrite(texts[0].data(), 1, texts[0].size(), stdout);
@@ -308,6 +305,35 @@ int generate_command(int argc, char** argv) {
                human(double(mc.active_params(st.mean_k))).c_str(), human(double(mc.num_params())).c_str(),
                omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s",
                st.slides ? (" | " + std::to_string(st.slides) + " window slides").c_str() : "");
+}
+
+}  // namespace
+
+int generate_command(int argc, char** argv) {
+  GenArgs a;
+  po::options_description desc(
+      "anyk generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
+      "              [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
+      "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P] [options]\n"
+      "Text from a trained model at any K, with a KV cache: the prompt in one batched pass, then\n"
+      "one token per step, streamed to stdout (the prompt first). Without a prompt option the prompt\n"
+      "is read from stdin. Prompts are bytes and may be at most the model's context (seq_len) long;\n"
+      "generation continues past the context by sliding: when the window is full it restarts at its\n"
+      "last seq_len/2 tokens (read again in one pass), so no position beyond training is used. Ends\n"
+      "with a stderr line: prompt and generation tokens/s, mean K used, active parameters per token");
+  CommandOptions cmd("generate", desc);
+  add_generate_options(desc, a);
+  if (!cmd.parse(argc, argv)) return 0;
+  a.has_prompt = cmd.vm().count("prompt") > 0;
+  check_generate_args(a, cmd.vm());
+  InferenceModel m = load_inference_model(a.run_dir, a.checkpoint, a.weights);
+  std::vector<std::string> texts;
+  std::vector<std::vector<int>> prompts;
+  read_prompts(a, m.lm->config(), texts, prompts);
+  omp_set_num_threads(a.threads > 0 ? a.threads : m.train.threads);
+  GenerateOptions go;
+  const std::string setting = choose_k(a, m, go);
+  emit(m, texts, prompts, go, setting);
   return 0;
 }
 

@@ -1,6 +1,8 @@
 // Train options: the option table, INI round trip, validation and conversion to library configs.
 #include "launch/options.h"
 
+#include <iostream>
+
 #include "parallel/comm.h"
 
 #include <omp.h>
@@ -65,6 +67,35 @@ po::parsed_options parse_command_line(int argc, char** argv, const po::options_d
                                                              << "' hint: options are --name value; see anyk "
                                                              << command << " --help");
   return parsed;
+}
+
+CommandOptions::CommandOptions(std::string command, po::options_description& desc)
+    : command_(std::move(command)), desc_(desc) {
+  desc_.add_options()("help,h", po::bool_switch(&help_), "show this help");
+}
+
+bool CommandOptions::parse(int argc, char** argv, bool print_help,
+                           const std::function<void(po::variables_map&)>& before_notify) {
+  try {
+    po::store(parse_command_line(argc, argv, desc_, command_), vm_);
+  } catch (const po::error& e) {
+    ANYK_FAIL(e.what() << " " << hint());
+  }
+  if (vm_.count("help") && vm_["help"].as<bool>()) {
+    if (print_help) std::cout << desc_ << "\n";
+    return false;
+  }
+  if (before_notify) before_notify(vm_);
+  try {
+    po::notify(vm_);
+  } catch (const po::error& e) {
+    ANYK_FAIL(e.what() << " " << hint());
+  }
+  return true;
+}
+
+void CommandOptions::require(bool given, const std::string& name) const {
+  ANYK_CHECK(given, "--" << name << " is required " << hint());
 }
 
 void bind_train_options(OptionTable& t, TrainOptions& o) {

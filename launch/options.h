@@ -89,6 +89,29 @@ int cli_style();
 po::parsed_options parse_command_line(int argc, char** argv, const po::options_description& desc,
                                       const std::string& command);
 
+// The Program_options boilerplate every `anyk COMMAND` shares: --help (-h) added first, argv
+// parsed with parse_command_line (any Boost error becomes one line `MESSAGE hint: see anyk
+// COMMAND --help`), the help text on stdout, and required options. desc must outlive this.
+class CommandOptions {
+ public:
+  CommandOptions(std::string command, po::options_description& desc);
+  // Parses argv (argv[0] = the command name). With --help: prints desc (when print_help) and
+  // returns false. before_notify, when given, may store more sources (a config file) into the map
+  // before the values are written into their variables.
+  bool parse(int argc, char** argv, bool print_help = true,
+             const std::function<void(po::variables_map&)>& before_notify = {});
+  // Throws `--NAME is required hint: see anyk COMMAND --help` unless given.
+  void require(bool given, const std::string& name) const;
+  std::string hint() const { return "hint: see anyk " + command_ + " --help"; }
+  const po::variables_map& vm() const { return vm_; }
+
+ private:
+  std::string command_;
+  po::options_description& desc_;
+  bool help_ = false;
+  po::variables_map vm_;
+};
+
 // "1,2,4" -> {1,2,4}; throws anyk::Error naming the option on anything else.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);
 

@@ -1,13 +1,12 @@
-// JSON formatting, the stdout+log line sink, and the SGEMM peak measurement.
+// The stdout+log line sink, and the SGEMM peak measurement.
 #include "launch/report.h"
 
 #include <cerrno>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <vector>
@@ -16,29 +15,7 @@
 
 namespace anyk::launch {
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, r.ptr);
-}
-
-std::string json_string(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      o += '\\';
-      o += char(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      o += buf;
-    } else {
-      o += char(c);
-    }
-  }
-  return o + "\"";
-}
+using io::fail_io;
 
 LineSink::~LineSink() {
   if (log_) std::fclose(log_);
@@ -47,7 +24,7 @@ LineSink::~LineSink() {
 void LineSink::open_log(const std::string& path) {
   if (log_) std::fclose(log_);
   log_ = std::fopen(path.c_str(), "w");
-  if (!log_) fail_io("writing", path, errno);
+  if (!log_) fail_io("writing", path, errno, io::kCheckpointSpaceHint);
   path_ = path;
 }
 
@@ -62,7 +39,7 @@ void LineSink::line(const std::string& s) {
       const int err = errno;
       std::fclose(log_);
       log_ = nullptr;  // the message below must not be logged into the same full disk again
-      fail_io("writing", path_, err);
+      fail_io("writing", path_, err, io::kCheckpointSpaceHint);
     }
   }
 }

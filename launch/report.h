@@ -1,15 +1,10 @@
-// Small output helpers shared by the commands: JSON number/string formatting, a line sink that
-// writes to stdout and (optionally) a log file, and the single-core SGEMM rate used for MFU.
+// Small output helpers of the commands: a line sink that writes to stdout and (optionally) a log
+// file, and the single-core SGEMM rate used for MFU. (JSON: io/json.h.)
 #pragma once
 #include <cstdio>
 #include <string>
 
 namespace anyk::launch {
-
-// A finite double as the shortest exact decimal; NaN and infinities as null (JSON has neither).
-std::string json_number(double v);
-// A JSON string literal with quotes and escapes.
-std::string json_string(const std::string& s);
 
 // Writes every line to stdout (flushed) and, when open, to a log file.
 class LineSink {

@@ -10,10 +10,12 @@
 #include <ctime>
 #include <filesystem>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 #include "runtime/check.h"
 
 namespace anyk::launch {
+
+using io::fail_io;
 
 namespace fs = std::filesystem;
 
@@ -64,7 +66,7 @@ RunDirLock::RunDirLock(const std::string& dir) {
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, who.data(), who.size(), 0) != ssize_t(who.size())) {
     const int err = errno;
     ::close(fd);
-    fail_io("writing", path, err ? err : ENOSPC);
+    fail_io("writing", path, err ? err : ENOSPC, io::kCheckpointSpaceHint);
   }
   fd_ = fd;
 }

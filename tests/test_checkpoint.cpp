@@ -20,15 +20,15 @@
 #include <string>
 #include <vector>
 
-#include "launch/h5.h"
-#include "launch/weights.h"
+#include "io/h5.h"
+#include "io/weights.h"
 #include "model/lm.h"
 
 #include "test_util.h"
 
 namespace fs = std::filesystem;
 using namespace anyk;
-namespace h5 = anyk::launch::h5;
+namespace h5 = anyk::io::h5;
 
 namespace {
 
@@ -245,10 +245,10 @@ TEST_CASE("resume with the same layout repeats the loss sequence bit for bit (np
   // The final weights agree bit for bit too.
   CHECK(slurp(f.dir / "res2" / "model.h5").size() > 0);
   LocalDispatcher d(4);
-  ModelConfig c = launch::weights_config((f.dir / "ref2" / "model.h5").string());
+  ModelConfig c = io::weights_config((f.dir / "ref2" / "model.h5").string());
   LM a(c, d), b(c, d);
-  launch::load_weights((f.dir / "ref2" / "model.h5").string(), a);
-  launch::load_weights((f.dir / "res2" / "model.h5").string(), b);
+  io::load_weights((f.dir / "ref2" / "model.h5").string(), a);
+  io::load_weights((f.dir / "res2" / "model.h5").string(), b);
   for (Region r : {Region::Dense, Region::Expert})
     CHECK(std::memcmp(a.params().region_data(r), b.params().region_data(r),
                       size_t(a.params().region_numel(r)) * sizeof(float)) == 0);

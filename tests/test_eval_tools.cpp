@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/analysis.h"
+#include "eval/analysis.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -149,15 +149,15 @@ TEST_CASE("eval tools: router_sharpness against hand-derived values") {
   // Token 0 uniform over 4: top-1 1/4, top-2 mass 1/2, entropy 2 bits. Token 1 (0.5, 0.25, 0.25, 0)
   // in scrambled order: top-1 1/2, top-2 mass 3/4, entropy 0.5*1 + 2*0.25*2 = 1.5 bits.
   const std::vector<float> p = {0.25f, 0.25f, 0.25f, 0.25f, 0.25f, 0.0f, 0.5f, 0.25f};
-  const auto one = anyk::launch::router_sharpness(p.data(), 1, 4, 2);
+  const auto one = anyk::eval::router_sharpness(p.data(), 1, 4, 2);
   CHECK(one.max_prob == doctest::Approx(0.25));
   CHECK(one.topk_mass == doctest::Approx(0.5));
   CHECK(one.entropy_bits == doctest::Approx(2.0));
-  const auto both = anyk::launch::router_sharpness(p.data(), 2, 4, 2);
+  const auto both = anyk::eval::router_sharpness(p.data(), 2, 4, 2);
   CHECK(both.max_prob == doctest::Approx((0.25 + 0.5) / 2));
   CHECK(both.topk_mass == doctest::Approx((0.5 + 0.75) / 2));
   CHECK(both.entropy_bits == doctest::Approx((2.0 + 1.5) / 2));
   const std::vector<float> hot = {0, 0, 1, 0};
-  CHECK(anyk::launch::router_sharpness(hot.data(), 1, 4, 1).entropy_bits == 0.0);
-  CHECK(anyk::launch::router_sharpness(hot.data(), 1, 4, 1).max_prob == 1.0);
+  CHECK(anyk::eval::router_sharpness(hot.data(), 1, 4, 1).entropy_bits == 0.0);
+  CHECK(anyk::eval::router_sharpness(hot.data(), 1, 4, 1).max_prob == 1.0);
 }

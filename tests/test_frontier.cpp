@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/weights.h"
+#include "io/weights.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -126,7 +126,7 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
   // Weights one token multiplies, from the model's declared parameters: every matrix of the dense
   // region (the embedding, used again as the tied output head; attention; router) and K/E of the
   // expert tensors; norm gains (vectors) are not multiply-adds.
-  const ModelConfig mc = launch::weights_config((r.dir / "run" / "model.h5").string());
+  const ModelConfig mc = io::weights_config((r.dir / "run" / "model.h5").string());
   REQUIRE(mc.layers == kL);
   REQUIRE(mc.dim == kC);
   REQUIRE(mc.experts == kE);
@@ -134,7 +134,7 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
   REQUIRE(mc.vocab == kV);
   LocalDispatcher disp(mc.experts);
   LM lm(mc, disp);
-  launch::load_weights((r.dir / "run" / "model.h5").string(), lm);  // the shapes are the file's
+  io::load_weights((r.dir / "run" / "model.h5").string(), lm);  // the shapes are the file's
   double dense = 0, expert = 0;
   for (const auto& p : lm.params().infos()) {
     if (p.shape.ndim < 2) continue;

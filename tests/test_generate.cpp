@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/weights.h"
+#include "io/weights.h"
 #include "model/generate.h"
 #include "test_util.h"
 
@@ -342,7 +342,7 @@ ModelConfig byte_model() {
 TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   Cli cli;
   Model m(byte_model(), 31);
-  launch::save_weights((cli.dir / "w.h5").string(), m.lm);
+  io::save_weights((cli.dir / "w.h5").string(), m.lm);
   const std::string w = "generate --weights w.h5 --threads 1 ";
 
   // Greedy at K=1 and a per-layer schedule: stdout is the prompt then the library's tokens.

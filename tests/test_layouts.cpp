@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/weights.h"
+#include "io/weights.h"
 #include "model/lm.h"
 
 #include "test_util.h"
@@ -105,14 +105,14 @@ TEST_CASE("layouts give the same losses and weights; a layout twice is bit-ident
   CHECK(ref.back() < ref.front());  // it trains
   LocalDispatcher d(4);
   LM want(small_config(), d);
-  launch::load_weights((r.dir / "np1" / "model.h5").string(), want);
+  io::load_weights((r.dir / "np1" / "model.h5").string(), want);
   for (auto& l : layouts) {
     CAPTURE(l.name);
     auto got = r.losses(l.name);
     REQUIRE(got.size() == ref.size());
     for (size_t i = 0; i < ref.size(); ++i) CHECK(std::abs(got[i] - ref[i]) <= 1e-5 * std::abs(ref[i]));
     LM have(small_config(), d);
-    launch::load_weights((r.dir / l.name / "model.h5").string(), have);
+    io::load_weights((r.dir / l.name / "model.h5").string(), have);
     for (Region reg : {Region::Dense, Region::Expert}) {
       const float* a = static_cast<const float*>(want.params().region_data(reg));
       const float* b = static_cast<const float*>(have.params().region_data(reg));

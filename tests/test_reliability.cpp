@@ -25,11 +25,11 @@
 #include <thread>
 #include <vector>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 #include "launch/memory.h"
 #include "launch/report.h"
 #include "launch/rundir.h"
-#include "launch/weights.h"
+#include "io/weights.h"
 #include "model/lm.h"
 #include "parallel/dispatcher.h"
 #include "runtime/arena.h"
@@ -473,7 +473,7 @@ TEST_CASE("4: every writer on a full disk names the path and errno, and removes 
     std::string mb(1 << 16, 'x');
     for (int i = 0; i < 4; ++i) o << mb;
   }
-  // model.h5 (HDF5 through launch::h5::write_file)
+  // model.h5 (HDF5 through io::h5::write_file)
   ModelConfig c;
   c.vocab = 256;
   c.dim = 64;
@@ -487,7 +487,7 @@ TEST_CASE("4: every writer on a full disk names the path and errno, and removes 
   lm.init(1);
   const std::string model = (f / "disk4w/model.h5").string();
   try {
-    launch::save_weights(model, lm);
+    io::save_weights(model, lm);
     FAIL("save_weights on a full disk did not throw");
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find("writing " + model + ".tmp: No space left on device (hint:") != std::string::npos);
@@ -497,7 +497,7 @@ TEST_CASE("4: every writer on a full disk names the path and errno, and removes 
   // text files (config.ini, sweep.json, eval JSON, `latest`)
   const std::string text = (f / "disk4w/sweep.json").string();
   try {
-    launch::write_file_atomic(text, std::string(1 << 20, 'y'));
+    io::write_file_atomic(text, std::string(1 << 20, 'y'));
     FAIL("write_file_atomic on a full disk did not throw");
   } catch (const Error& e) {
     CHECK(std::string(e.what()).find("writing " + text + ": No space left on device (hint:") != std::string::npos);

@@ -1,4 +1,4 @@
-// libFuzzer harness for the sharded-checkpoint loader (launch/checkpoint.cpp over launch/h5.cpp):
+// libFuzzer harness for the sharded-checkpoint loader (io/checkpoint.cpp over io/h5.cpp):
 // read_checkpoint_meta, then a model built from the meta's config, as `anyk eval --checkpoint`
 // and `anyk convert` do, the saved config_ini parsed as eval parses it, and
 // read_checkpoint_tensors for the values and (when meta.h5 says it has them) the AdamW moments.
@@ -26,8 +26,8 @@
 
 #include "fuzz_util.h"
 #include "h5_fix.h"
-#include "launch/checkpoint.h"
-#include "launch/h5.h"
+#include "io/checkpoint.h"
+#include "io/h5.h"
 #include "launch/options.h"
 #include "model/lm.h"
 #include "optim/adamw.h"
@@ -36,6 +36,7 @@
 
 using namespace anyk;
 using namespace anyk::launch;
+using namespace anyk::io;
 
 extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/checkpoint.h"
+#include "io/checkpoint.h"
 #include "launch/options.h"
 #include "model/lm.h"
 #include "optim/adamw.h"
@@ -18,6 +18,7 @@
 
 using namespace anyk;
 using namespace anyk::launch;
+using namespace anyk::io;
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {

@@ -12,13 +12,13 @@
 #include <string>
 #include <vector>
 
-#include "launch/h5.h"
+#include "io/h5.h"
 #include "model/config.h"
 #include "optim/adamw.h"
 #include "parallel/groups.h"
 #include "runtime/params.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 constexpr int64_t kCheckpointVersion = 1;
 
@@ -102,4 +102,4 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
 int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, const CheckpointMeta& meta,
                         const std::vector<TensorRef>& dense, const std::vector<ExpertRef>& experts, int keep);
 
-}  // namespace anyk::launch
+}  // namespace anyk::io

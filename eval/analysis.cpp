@@ -1,5 +1,5 @@
 // Greedy per-layer budgets and router analysis; see analysis.h.
-#include "launch/analysis.h"
+#include "eval/analysis.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,10 +8,10 @@
 #include <numeric>
 #include <sstream>
 
-#include "launch/report.h"
+#include "io/json.h"
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::eval {
 
 namespace {
 std::string fmt_number(double v) {
@@ -123,95 +123,111 @@ Sharpness router_sharpness(const float* probs, int64_t N, int E, int K) {
   return s;
 }
 
-std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena) {
-  const int L = lm.config().layers, E = lm.config().experts;
-  ANYK_CHECK(K >= 1 && K <= E, "--analyze at K = " << K << " is outside [1, experts=" << E << "]");
-  Capture c = capture(lm, val, K, B, windows, arena);
-  const int64_t N = int64_t(c.probs[0].size()) / E;
-  std::ostringstream js, txt;
-  js << "{\"k\": " << K << ", \"tokens\": " << N << ", \"load\": [";
-  txt << "router analysis at K=" << K << " over " << N << " tokens\n";
-  txt << "expert load per layer (share of assignments; uniform = " << fmt_number(1.0 / E) << "):\n";
-  std::vector<std::vector<double>> co(L, std::vector<double>(size_t(E) * E, 0.0));
+namespace {
+
+// Share of assignments per expert ([L][E]) and co-activation counts ([L][E*E]) at K.
+void load_and_coactivation(const Capture& c, int L, int E, int K, int64_t N, std::vector<std::vector<double>>& load,
+                           std::vector<std::vector<double>>& co) {
+  load.assign(L, std::vector<double>(E, 0.0));
+  co.assign(L, std::vector<double>(size_t(E) * E, 0.0));
   for (int l = 0; l < L; ++l) {
-    std::vector<double> load(E, 0.0);
     double tot = 0;
     for (int64_t n = 0; n < N; ++n) {
       const int* id = &c.ids[l][size_t(n) * K];
       for (int a = 0; a < K; ++a) {
         if (id[a] < 0) continue;
-        load[id[a]] += 1;
+        load[l][id[a]] += 1;
         tot += 1;
         for (int b = a + 1; b < K; ++b)
           if (id[b] >= 0) co[l][size_t(id[a]) * E + id[b]] += 1, co[l][size_t(id[b]) * E + id[a]] += 1;
       }
     }
-    txt << "  layer " << l << ":";
-    js << (l ? ", " : "") << "[";
-    for (int e = 0; e < E; ++e) {
-      double f = tot > 0 ? load[e] / tot : 0;
-      txt << " " << fmt_number(f);
-      js << (e ? ", " : "") << json_number(f);
-    }
-    txt << "\n";
-    js << "]";
+    for (double& f : load[l]) f = tot > 0 ? f / tot : 0;
   }
-  js << "], \"sharpness\": [";
-  txt << "router sharpness per layer (mean over tokens; uniform: top-1 " << fmt_number(1.0 / E) << ", entropy "
-      << fmt_number(std::log2(double(E))) << " bits):\n";
-  for (int l = 0; l < L; ++l) {
-    const Sharpness sh = router_sharpness(c.probs[l].data(), N, E, K);
-    js << (l ? ", " : "") << "{\"max_prob\": " << json_number(sh.max_prob) << ", \"topk_mass\": " << json_number(sh.topk_mass)
-       << ", \"entropy_bits\": " << json_number(sh.entropy_bits) << "}";
-    txt << "  layer " << l << ": top-1 " << fmt_number(sh.max_prob) << ", top-" << K << " mass "
-        << fmt_number(sh.topk_mass) << ", entropy " << fmt_number(sh.entropy_bits) << " bits\n";
-  }
-  js << "], \"coactivation\": [";
-  if (K >= 2) txt << "most frequent co-activated pairs (share of tokens):\n";
-  for (int l = 0; l < L; ++l) {
-    js << (l ? ", " : "") << "[";
-    std::vector<std::tuple<double, int, int>> pairs;
-    for (int a = 0; a < E; ++a) {
-      js << (a ? ", " : "") << "[";
-      for (int b = 0; b < E; ++b) {
-        js << (b ? ", " : "") << co[l][size_t(a) * E + b];
-        if (b > a && co[l][size_t(a) * E + b] > 0) pairs.emplace_back(co[l][size_t(a) * E + b], a, b);
-      }
-      js << "]";
-    }
-    js << "]";
-    if (K >= 2) {
-      std::sort(pairs.rbegin(), pairs.rend());
-      txt << "  layer " << l << ":";
-      for (size_t i = 0; i < pairs.size() && i < 4; ++i)
-        txt << " (" << std::get<1>(pairs[i]) << "," << std::get<2>(pairs[i]) << ") "
-            << fmt_number(std::get<0>(pairs[i]) / double(N));
-      txt << "\n";
-    }
-  }
-  js << "], \"spearman\": [";
-  // Stability of the ranking: the router's probabilities for the same tokens with every layer at
-  // K = 1 against every layer at K = k (inputs of later layers differ with K).
-  Capture base = K == 1 ? std::move(c) : capture(lm, val, 1, B, windows, arena);
+}
+
+// The four most frequent pairs of one layer as " (a,b) share" items.
+std::string top_pairs(const std::vector<double>& co, int E, int64_t N) {
+  std::vector<std::tuple<double, int, int>> pairs;
+  for (int a = 0; a < E; ++a)
+    for (int b = a + 1; b < E; ++b)
+      if (co[size_t(a) * E + b] > 0) pairs.emplace_back(co[size_t(a) * E + b], a, b);
+  std::sort(pairs.rbegin(), pairs.rend());
+  std::string s;
+  for (size_t i = 0; i < pairs.size() && i < 4; ++i)
+    s += " (" + std::to_string(std::get<1>(pairs[i])) + "," + std::to_string(std::get<2>(pairs[i])) + ") " +
+         fmt_number(std::get<0>(pairs[i]) / double(N));
+  return s;
+}
+
+// Stability of the ranking: the router's probabilities for the same tokens with every layer at
+// K = 1 against every layer at K = k (inputs of later layers differ with K).
+io::Json spearman_section(const LM& lm, const data::Loader& val, const Capture& base, int B, int64_t windows,
+                          Arena& arena, std::ostringstream& txt) {
+  const int L = lm.config().layers, E = lm.config().experts;
+  const int64_t N = int64_t(base.probs[0].size()) / E;
+  io::Json out = io::Json::array();
   txt << "stability of the router's ranking (Spearman, K=1 vs K=k, mean over tokens, per layer):\n";
   for (int k = 2; k <= E; ++k) {
     Capture ck = capture(lm, val, k, B, windows, arena);
-    js << (k > 2 ? ", " : "") << "{\"k\": " << k << ", \"per_layer\": [";
+    io::Json per_layer = io::Json::array();
     txt << "  K=" << k << ":";
     for (int l = 0; l < L; ++l) {
       double s = 0;
       for (int64_t n = 0; n < N; ++n)
         s += spearman(&base.probs[l][size_t(n) * E], &ck.probs[l][size_t(n) * E], E);
       s /= double(N);
-      js << (l ? ", " : "") << json_number(s);
+      per_layer.push_back(s);
       txt << " " << fmt_number(s);
     }
-    js << "]}";
+    out.push_back({{"k", k}, {"per_layer", per_layer}});
     txt << "\n";
   }
-  js << "]}\n";
-  std::fputs(txt.str().c_str(), stdout);
-  return js.str();
+  return out;
 }
 
-}  // namespace anyk::launch
+}  // namespace
+
+std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena) {
+  const int L = lm.config().layers, E = lm.config().experts;
+  ANYK_CHECK(K >= 1 && K <= E, "--analyze at K = " << K << " is outside [1, experts=" << E << "]");
+  Capture c = capture(lm, val, K, B, windows, arena);
+  const int64_t N = int64_t(c.probs[0].size()) / E;
+  std::vector<std::vector<double>> load, co;
+  load_and_coactivation(c, L, E, K, N, load, co);
+  std::ostringstream txt;
+  txt << "router analysis at K=" << K << " over " << N << " tokens\n";
+  txt << "expert load per layer (share of assignments; uniform = " << fmt_number(1.0 / E) << "):\n";
+  for (int l = 0; l < L; ++l) {
+    txt << "  layer " << l << ":";
+    for (double f : load[l]) txt << " " << fmt_number(f);
+    txt << "\n";
+  }
+  io::Json sharpness = io::Json::array(), coactivation = io::Json::array();
+  txt << "router sharpness per layer (mean over tokens; uniform: top-1 " << fmt_number(1.0 / E) << ", entropy "
+      << fmt_number(std::log2(double(E))) << " bits):\n";
+  for (int l = 0; l < L; ++l) {
+    const Sharpness sh = router_sharpness(c.probs[l].data(), N, E, K);
+    sharpness.push_back({{"max_prob", sh.max_prob}, {"topk_mass", sh.topk_mass}, {"entropy_bits", sh.entropy_bits}});
+    txt << "  layer " << l << ": top-1 " << fmt_number(sh.max_prob) << ", top-" << K << " mass "
+        << fmt_number(sh.topk_mass) << ", entropy " << fmt_number(sh.entropy_bits) << " bits\n";
+  }
+  if (K >= 2) txt << "most frequent co-activated pairs (share of tokens):\n";
+  for (int l = 0; l < L; ++l) {
+    io::Json rows = io::Json::array();
+    for (int a = 0; a < E; ++a) {
+      io::Json row = io::Json::array();
+      for (int b = 0; b < E; ++b) row.push_back(int64_t(co[l][size_t(a) * E + b]));
+      rows.push_back(row);
+    }
+    coactivation.push_back(rows);
+    if (K >= 2) txt << "  layer " << l << ":" << top_pairs(co[l], E, N) << "\n";
+  }
+  Capture base = K == 1 ? std::move(c) : capture(lm, val, 1, B, windows, arena);
+  io::Json js = {{"k", K}, {"tokens", N}, {"load", load}, {"sharpness", sharpness}, {"coactivation", coactivation}};
+  js["spearman"] = spearman_section(lm, val, base, B, windows, arena, txt);
+  std::fputs(txt.str().c_str(), stdout);
+  return io::json_text(js) + "\n";
+}
+
+}  // namespace anyk::eval

@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "launch/evaluate.h"
+#include "eval/evaluate.h"
 
-namespace anyk::launch {
+namespace anyk::eval {
 
 struct BudgetResult {
   EvalResult greedy;                 // the schedule found
@@ -36,4 +36,4 @@ Sharpness router_sharpness(const float* probs, int64_t N, int E, int K);
 //  probabilities at K = 1 with those at each k = 2..E for the same tokens}.
 std::string analyze_router(const LM& lm, const data::Loader& val, int K, int B, int64_t windows, Arena& arena);
 
-}  // namespace anyk::launch
+}  // namespace anyk::eval

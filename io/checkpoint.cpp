@@ -1,6 +1,6 @@
 // Sharded checkpoints: file writers and readers over launch/h5.h, views of a live model, and the
 // trainer's collective save with the .tmp + barrier + rename + `latest` protocol; see checkpoint.h.
-#include "launch/checkpoint.h"
+#include "io/checkpoint.h"
 
 #include <unistd.h>
 
@@ -12,10 +12,10 @@
 #include <regex>
 #include <sstream>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 namespace fs = std::filesystem;
 
@@ -325,13 +325,40 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
   }
 }
 
+namespace {
+
+// Renames the complete checkpoints/step_<n>.tmp to step_<n> (an earlier step_<n> from an abandoned
+// attempt moved aside first) and fsyncs the directory; on failure the .tmp directory is removed.
+void publish_step_dir(const fs::path& cdir, const std::string& name) {
+  const fs::path tmp = cdir / (name + ".tmp"), final_dir = cdir / name;
+  auto drop_tmp = [&] { remove_quietly(tmp.string()); };
+  try {
+    h5::fsync_path(tmp.string());
+    std::error_code ec;
+    if (fs::exists(final_dir)) {  // a save of this step from an abandoned earlier attempt
+      const fs::path aside = cdir / (name + ".old.tmp");
+      fs::remove_all(aside, ec);
+      fs::rename(final_dir, aside, ec);
+      if (ec) fail_io("moving aside", final_dir.string(), ec.value(), kCheckpointSpaceHint);
+    }
+    fs::rename(tmp, final_dir, ec);
+    if (ec) fail_io("renaming " + tmp.string() + " to", final_dir.string(), ec.value(), kCheckpointSpaceHint);
+  } catch (...) {
+    drop_tmp();
+    throw;
+  }
+  h5::fsync_path(cdir.string());
+}
+
+}  // namespace
+
 int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, const CheckpointMeta& meta,
                         const std::vector<TensorRef>& dense, const std::vector<ExpertRef>& experts, int keep) {
   const Comm& world = g.world;
   const bool root = world.rank() == 0;
   const fs::path cdir = checkpoints_dir(run_dir);
   const std::string name = step_dir_name(meta.step);
-  const fs::path tmp = cdir / (name + ".tmp"), final_dir = cdir / name;
+  const fs::path tmp = cdir / (name + ".tmp");
   // On a failure on any rank (a full disk, say), rank 0 removes the half-written step_<n>.tmp;
   // the previous checkpoint and `latest` are untouched.
   auto drop_tmp = [&] { remove_quietly(tmp.string()); };
@@ -341,10 +368,10 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
         if (!root) return;
         std::error_code ec;
         fs::create_directories(cdir, ec);
-        if (ec) fail_io("creating directory", cdir.string(), ec.value());
+        if (ec) fail_io("creating directory", cdir.string(), ec.value(), kCheckpointSpaceHint);
         fs::remove_all(tmp, ec);
         fs::create_directories(tmp, ec);
-        if (ec) fail_io("creating directory", tmp.string(), ec.value());
+        if (ec) fail_io("creating directory", tmp.string(), ec.value(), kCheckpointSpaceHint);
       },
       drop_tmp);  // the .tmp directory exists for every writer
 
@@ -372,23 +399,8 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
       drop_tmp);  // every file is written and fsynced
   if (!root) return bytes;
 
-  try {
-    h5::fsync_path(tmp.string());
-    std::error_code ec;
-    if (fs::exists(final_dir)) {  // a save of this step from an abandoned earlier attempt
-      const fs::path aside = cdir / (name + ".old.tmp");
-      fs::remove_all(aside, ec);
-      fs::rename(final_dir, aside, ec);
-      if (ec) fail_io("moving aside", final_dir.string(), ec.value());
-    }
-    fs::rename(tmp, final_dir, ec);
-    if (ec) fail_io("renaming " + tmp.string() + " to", final_dir.string(), ec.value());
-  } catch (...) {
-    drop_tmp();
-    throw;
-  }
-  h5::fsync_path(cdir.string());
-  write_file_atomic((cdir / "latest").string(), name + "\n");  // latest.tmp + fsync + rename
+  publish_step_dir(cdir, name);
+  write_file_atomic((cdir / "latest").string(), name + "\n", kCheckpointSpaceHint);  // latest.tmp + fsync + rename
   // Prune: keep the newest `keep` complete checkpoints up to this one; drop stale .tmp dirs
   // (saves killed part-way). Checkpoints newer than this one (an abandoned attempt that went
   // further before a resume from an older step) are left alone. A checkpoint is first renamed
@@ -421,4 +433,4 @@ int64_t save_checkpoint(const ProcessGroups& g, const std::string& run_dir, cons
   return bytes;
 }
 
-}  // namespace anyk::launch
+}  // namespace anyk::io

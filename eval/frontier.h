@@ -5,9 +5,9 @@
 #include <string>
 #include <vector>
 
-#include "launch/evaluate.h"
+#include "eval/evaluate.h"
 
-namespace anyk::launch {
+namespace anyk::eval {
 
 struct FrontierPoint {
   EvalResult eval;             // name, per-layer K, val loss
@@ -32,14 +32,7 @@ std::vector<FrontierPoint> measure_frontier(const LM& lm, const data::Loader& va
                                             Arena& arena);
 // The table `setting | bits/byte | decode tok/s | MFLOP/token | active params`.
 std::vector<std::string> frontier_table(const std::vector<FrontierPoint>& ps);
-// {"frontier": [{"name","kind","k","val_loss","bits_per_byte","mean_k","active_params",
-//   "flops_per_token","decode_tokens_per_s","prompt_tokens_per_s"}...]}
+// {"frontier": [{"name", "kind", "k", "val_loss", "bits_per_byte", "mean_k", "active_params",
+//   "flops_per_token", "decode_tokens_per_s", "prompt_tokens_per_s"}...]} on one line
 std::string frontier_json(const std::vector<FrontierPoint>& ps);
-// Measures, prints the table to stdout, writes json_path (when not empty) and a PNG plot to
-// plot_path (when not empty; tools/plot_frontier.py, needs python3-matplotlib). Returns 0.
-int frontier_command(const LM& lm, const data::Loader& val, const FrontierOptions& o, Arena& arena,
-                     const std::string& label, const std::string& json_path, const std::string& plot_path);
-// "1.5,2.5" -> {1.5, 2.5}; throws naming the option.
-std::vector<double> parse_double_list(const std::string& text, const std::string& option);
-
-}  // namespace anyk::launch
+}  // namespace anyk::eval

@@ -18,13 +18,13 @@
   [&]() {                                                                                          \
     auto anyk_h5_r_ = (expr);                                                                      \
     ANYK_CHECK(anyk_h5_r_ >= 0, "HDF5 call failed: " << #expr << " (" << what << ")"               \
-                                                      << ::anyk::launch::h5::failure_detail()      \
+                                                      << ::anyk::io::h5::failure_detail()      \
                                                       << " hint: is the file a complete anyk file " \
                                                          "on a readable, writable disk?");          \
     return anyk_h5_r_;                                                                             \
   }()
 
-namespace anyk::launch::h5 {
+namespace anyk::io::h5 {
 
 // Closes an HDF5 handle at scope exit (each handle kind has its own closer).
 struct Handle {
@@ -107,4 +107,4 @@ void check_same_shape(const ModelConfig& saved, const ModelConfig& have, const s
 // fsync a file or a directory so a following rename is durable.
 void fsync_path(const std::string& path);
 
-}  // namespace anyk::launch::h5
+}  // namespace anyk::io::h5

@@ -8,7 +8,7 @@
 
 #include "model/lm.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 // Writes path + ".tmp", fsyncs it, then renames it to path. Every HDF5 failure throws naming
 // file and dataset.
@@ -19,4 +19,4 @@ void load_weights(const std::string& path, LM& lm);
 // The model config stored in a weights (or consolidated) file's attributes.
 ModelConfig weights_config(const std::string& path);
 
-}  // namespace anyk::launch
+}  // namespace anyk::io

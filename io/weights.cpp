@@ -1,19 +1,19 @@
 // HDF5 weights file (see weights.h), written and read through the helpers of launch/h5.h.
-#include "launch/weights.h"
+#include "io/weights.h"
 
 #include <cerrno>
 #include <cstdio>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include "launch/h5.h"
+#include "io/h5.h"
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 namespace {
 
@@ -35,20 +35,16 @@ void check_weights_header(hid_t f, const std::string& path) {
 void save_weights(const std::string& path, const LM& lm) {
   const ParamStore& ps = lm.params();
   ANYK_CHECK(ps.dtype() == DType::F32, "save_weights: only float32 models are supported");
-  const std::string tmp = path + ".tmp";
-  h5::write_file(tmp, [&](hid_t f) {
-    h5::write_attr(f, tmp, "format", "anyk-weights");
-    h5::write_attr(f, tmp, "version", int64_t(1));
-    h5::write_model_attrs(f, tmp, lm.config());
-    // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
-    for (int id = 0; id < ps.size(); ++id)
-      h5::write_f32(f, tmp, ps.info(id).name, ps.value(id).ptr<float>(), dims_of(ps.info(id).shape));
+  write_file_atomic(path, [&](const std::string& tmp) {
+    h5::write_file(tmp, [&](hid_t f) {
+      h5::write_attr(f, tmp, "format", "anyk-weights");
+      h5::write_attr(f, tmp, "version", int64_t(1));
+      h5::write_model_attrs(f, tmp, lm.config());
+      // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
+      for (int id = 0; id < ps.size(); ++id)
+        h5::write_f32(f, tmp, ps.info(id).name, ps.value(id).ptr<float>(), dims_of(ps.info(id).shape));
+    });
   });
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    remove_quietly(tmp);
-    fail_io("renaming " + tmp + " to", path, err);
-  }
 }
 
 void load_weights(const std::string& path, LM& lm) {
@@ -71,4 +67,4 @@ ModelConfig weights_config(const std::string& path) {
   return h5::read_model_attrs(f.id, path);
 }
 
-}  // namespace anyk::launch
+}  // namespace anyk::io

@@ -1,5 +1,6 @@
 // Validation: no-grad forward passes over the first deterministic val windows at a given K per
-// layer, shared by `anyk train` (periodic evals, final K-sweep) and `anyk eval`.
+// layer, shared by `anyk train` (periodic evals, final K-sweep) and `anyk eval`, and the K-sweep
+// table and JSON they print and write.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -11,7 +12,7 @@
 #include "model/lm.h"
 #include "runtime/arena.h"
 
-namespace anyk::launch {
+namespace anyk::eval {
 
 struct EvalResult {
   std::string name;        // "K=2" or "K=4,3,2,1"
@@ -35,12 +36,6 @@ std::string k_setting_name(std::span<const int> k);
 
 // The table `K | val loss (nats) | bits/byte`, one line per result.
 std::vector<std::string> result_table(const std::vector<EvalResult>& rs, bool byte_tokens);
-// {"results":[{"name","k","val_loss","bits_per_byte","windows","tokens"}...]}
+// {"results": [{"name", "k", "val_loss", "bits_per_byte", "windows", "tokens"}...]} on one line
 std::string results_json(const std::vector<EvalResult>& rs);
-// Writes text to path via path.tmp + rename; throws naming the path.
-void write_text_file(const std::string& path, const std::string& text);
-
-// `anyk eval`: argv after the command name. Returns the exit code.
-int eval_command(int argc, char** argv);
-
-}  // namespace anyk::launch
+}  // namespace anyk::eval

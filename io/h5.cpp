@@ -1,5 +1,5 @@
 // HDF5 helpers; see h5.h.
-#include "launch/h5.h"
+#include "io/h5.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -11,9 +11,9 @@
 #include <cstring>
 #include <filesystem>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 
-namespace anyk::launch::h5 {
+namespace anyk::io::h5 {
 
 static_assert(std::endian::native == std::endian::little,
               "checksums are defined over little-endian float32 bytes");
@@ -366,4 +366,4 @@ void fsync_path(const std::string& path) {
   if (rc != 0) fail_io("writing (fsync)", path, err);
 }
 
-}  // namespace anyk::launch::h5
+}  // namespace anyk::io::h5

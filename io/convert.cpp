@@ -1,34 +1,33 @@
-// `anyk convert` (see convert.h): the whole checkpoint is loaded into one process as a full
+// Checkpoint conversion (see convert.h): the whole checkpoint is loaded into one process as a full
 // model (every expert) with AdamW moments, through the same readers and views the trainer uses,
 // then written in the requested form. Memory: about 4x the parameter bytes (values, the unused
 // gradient buffer, m, v); fine for the models a CPU trainer produces.
-#include "launch/convert.h"
+#include "io/convert.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 
-#include "launch/fsio.h"
+#include "io/fsio.h"
 
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <string>
 #include <vector>
 
-#include "launch/checkpoint.h"
-#include "launch/h5.h"
-#include "launch/options.h"
-#include "launch/report.h"
+#include "io/checkpoint.h"
+#include "io/h5.h"
+#include "io/json.h"
 #include "model/lm.h"
 #include "runtime/check.h"
 
-namespace anyk::launch {
+namespace anyk::io {
 
 namespace fs = std::filesystem;
 
@@ -171,34 +170,34 @@ void replace_with(const std::string& tmp, const std::string& out) {
 }
 
 void write_consolidated(Full& full, const std::string& out, bool moments) {
-  const std::string tmp = out + ".tmp";
   std::vector<TensorRef> refs = full.full_refs(moments);
   Progress bar("write");
-  h5::write_file(tmp, [&](hid_t f) {
-    // The model.h5 header first, so load_weights and `anyk eval --weights` read this file.
-    h5::write_attr(f, tmp, "format", "anyk-weights");
-    h5::write_attr(f, tmp, "version", int64_t(1));
-    h5::write_model_attrs(f, tmp, full.meta.model);
-    h5::write_attr(f, tmp, "kind", "consolidated");
-    h5::write_attr(f, tmp, "checksum", "crc32");
-    write_run_state_attrs(f, tmp, full.meta);
-    h5::write_attr(f, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
-    h5::Handle gm, gv;
-    if (moments) {
-      gm = h5::create_group(f, tmp, "adam_m");
-      gv = h5::create_group(f, tmp, "adam_v");
-    }
-    for (size_t i = 0; i < refs.size(); ++i) {
-      const TensorRef& t = refs[i];
-      h5::write_f32(f, tmp, t.name, t.value, t.shape);
+  write_file_atomic(out, [&](const std::string& tmp) {
+    h5::write_file(tmp, [&](hid_t f) {
+      // The model.h5 header first, so load_weights and `anyk eval --weights` read this file.
+      h5::write_attr(f, tmp, "format", "anyk-weights");
+      h5::write_attr(f, tmp, "version", int64_t(1));
+      h5::write_model_attrs(f, tmp, full.meta.model);
+      h5::write_attr(f, tmp, "kind", "consolidated");
+      h5::write_attr(f, tmp, "checksum", "crc32");
+      write_run_state_attrs(f, tmp, full.meta);
+      h5::write_attr(f, tmp, "has_optimizer", int64_t(moments ? 1 : 0));
+      h5::Handle gm, gv;
       if (moments) {
-        h5::write_f32(gm.id, tmp, t.name, t.m, t.shape);
-        h5::write_f32(gv.id, tmp, t.name, t.v, t.shape);
+        gm = h5::create_group(f, tmp, "adam_m");
+        gv = h5::create_group(f, tmp, "adam_v");
       }
-      bar(int64_t(i + 1), int64_t(refs.size()));
-    }
+      for (size_t i = 0; i < refs.size(); ++i) {
+        const TensorRef& t = refs[i];
+        h5::write_f32(f, tmp, t.name, t.value, t.shape);
+        if (moments) {
+          h5::write_f32(gm.id, tmp, t.name, t.m, t.shape);
+          h5::write_f32(gv.id, tmp, t.name, t.v, t.shape);
+        }
+        bar(int64_t(i + 1), int64_t(refs.size()));
+      }
+    });
   });
-  replace_with(tmp, out);
 }
 
 void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
@@ -233,159 +232,85 @@ void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
   replace_with(tmp.string(), out);
 }
 
-void write_safetensors(Full& full, const std::string& out) {
-  std::vector<TensorRef> refs = full.full_refs(false);
+std::string shortest(double v) {
+  char buf[64];
+  return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
+}
+
+// The safetensors header: JSON, then spaces up to a multiple of 8 bytes (the data's alignment).
+std::string safetensors_header(const Full& full, const std::vector<TensorRef>& refs) {
   const ModelConfig& c = full.meta.model;
-  // __metadata__ values must be strings.
-  std::string header = "{\"__metadata__\": {\"format\": \"pt\", \"producer\": \"anyk convert\"";
-  auto meta_kv = [&](const char* k, const std::string& v) { header += ", " + json_string(k) + ": " + json_string(v); };
-  meta_kv("vocab", std::to_string(c.vocab));
-  meta_kv("dim", std::to_string(c.dim));
-  meta_kv("layers", std::to_string(c.layers));
-  meta_kv("heads", std::to_string(c.heads));
-  meta_kv("experts", std::to_string(c.experts));
-  meta_kv("expert_hidden", std::to_string(c.expert_hidden));
-  meta_kv("seq_len", std::to_string(c.seq_len));
-  meta_kv("rope_theta", json_number(c.rope_theta));
-  meta_kv("norm_eps", json_number(c.norm_eps));
-  meta_kv("router_renormalize", c.router.renormalize ? "1" : "0");
-  meta_kv("step", std::to_string(full.meta.step));
-  meta_kv("seed", std::to_string(full.meta.seed));
-  header += "}";
+  Json meta = {{"format", "pt"}, {"producer", "anyk convert"}};  // values must be strings
+  for (auto [k, v] : {std::pair<const char*, int64_t>{"vocab", c.vocab}, {"dim", c.dim}, {"layers", c.layers},
+                      {"heads", c.heads}, {"experts", c.experts}, {"expert_hidden", c.expert_hidden},
+                      {"seq_len", c.seq_len}})
+    meta[k] = std::to_string(v);
+  meta["rope_theta"] = shortest(c.rope_theta);
+  meta["norm_eps"] = shortest(c.norm_eps);
+  meta["router_renormalize"] = c.router.renormalize ? "1" : "0";
+  meta["step"] = std::to_string(full.meta.step);
+  meta["seed"] = std::to_string(full.meta.seed);
+  Json header = {{"__metadata__", meta}};
   int64_t offset = 0;
   for (const TensorRef& t : refs) {
     int64_t n = 1;
-    std::string shape = "[";
-    for (size_t i = 0; i < t.shape.size(); ++i) {
-      shape += (i ? ", " : "") + std::to_string(t.shape[i]);
-      n *= t.shape[i];
-    }
-    shape += "]";
-    header += ", " + json_string(t.name) + ": {\"dtype\": \"F32\", \"shape\": " + shape + ", \"data_offsets\": [" +
-              std::to_string(offset) + ", " + std::to_string(offset + n * 4) + "]}";
+    for (int64_t d : t.shape) n *= d;
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + n * 4}}};
     offset += n * 4;
   }
-  header += "}";
-  while (header.size() % 8) header += ' ';  // the data starts 8-byte aligned
-  const std::string tmp = out + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_io("writing", tmp, errno);
-  auto put = [&](const void* data, size_t n) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      const ssize_t w = ::write(fd, p, n);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        const int err = w < 0 ? errno : ENOSPC;
-        ::close(fd);
-        remove_quietly(tmp);
-        fail_io("writing", tmp, err);
-      }
-      p += w;
-      n -= size_t(w);
+  std::string text = json_text(header);
+  while (text.size() % 8) text += ' ';
+  return text;
+}
+
+void write_safetensors(Full& full, const std::string& out) {
+  const std::vector<TensorRef> refs = full.full_refs(false);
+  const std::string header = safetensors_header(full, refs);
+  write_file_atomic(out, [&](const std::string& tmp) {
+    FileWriter w(tmp);
+    const uint64_t len = header.size();
+    unsigned char le[8];
+    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
+    w.write(le, 8);
+    w.write(header.data(), header.size());
+    Progress bar("write");
+    for (size_t i = 0; i < refs.size(); ++i) {
+      int64_t n = 1;
+      for (int64_t d : refs[i].shape) n *= d;
+      w.write(refs[i].value, size_t(n) * 4);  // little-endian host
+      bar(int64_t(i + 1), int64_t(refs.size()));
     }
-  };
-  const uint64_t len = header.size();
-  unsigned char le[8];
-  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-  put(le, 8);
-  put(header.data(), header.size());
-  Progress bar("write");
-  for (size_t i = 0; i < refs.size(); ++i) {
-    int64_t n = 1;
-    for (int64_t d : refs[i].shape) n *= d;
-    put(refs[i].value, size_t(n) * 4);  // little-endian host
-    bar(int64_t(i + 1), int64_t(refs.size()));
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
-    remove_quietly(tmp);
-    fail_io("writing", tmp, err);
-  }
-  replace_with(tmp, out);
+    w.close();
+  });
 }
 
 }  // namespace
 
-int convert_command(int argc, char** argv) {
-  std::string checkpoint, to, out;
-  bool no_optimizer = false, overwrite = false, help = false;
-  po::options_description desc(
-      "anyk convert --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5 --to consolidated|ep=M|safetensors "
-      "--out PATH [--no-optimizer]\n"
-      "Convert a checkpoint offline (one process): one consolidated HDF5 file (the model.h5 layout plus\n"
-      "adam_m/ and adam_v/), a sharded checkpoint directory for another expert-parallel size, or\n"
-      "safetensors (weights only). Formats: docs/checkpoint-format.md");
-  desc.add_options()("help,h", po::bool_switch(&help), "show this help")(
-      "checkpoint", po::value(&checkpoint),
-      "a checkpoint step directory, a `latest` file, or a consolidated .h5 file (or a model.h5)")(
-      "to", po::value(&to), "consolidated, ep=M (M divides the experts) or safetensors")(
-      "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
-      "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
-      "overwrite", po::bool_switch(&overwrite),
-      "replace an existing --out (the old one is removed only after the new one is complete)");
-  po::variables_map vm;
-  try {
-    po::store(parse_command_line(argc, argv, desc, "convert"), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    ANYK_FAIL(e.what() << " hint: see anyk convert --help");
-  }
-  if (help) {
-    std::cout << desc << "\n";
-    return 0;
-  }
-  ANYK_CHECK(!checkpoint.empty(), "--checkpoint is required hint: see anyk convert --help");
-  ANYK_CHECK(!out.empty(), "--out is required hint: see anyk convert --help");
-  int ep = 0;
-  if (to.rfind("ep=", 0) == 0) {
-    ep = parse_int_list(to.substr(3), "to ep=").at(0);
-    ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
-  } else {
-    ANYK_CHECK(to == "consolidated" || to == "safetensors",
-               "--to '" << to << "' is not one of consolidated, ep=M, safetensors hint: see anyk convert --help");
-  }
-
-  {  // the output, before anything is read
-    const fs::path o(out);
-    const bool file_out = ep == 0;
-    ANYK_CHECK(!(file_out && fs::is_directory(o)),
-               "--out " << out << " is a directory, but --to " << to << " writes one file hint: name a file, e.g. "
-                        << (o / (to == "safetensors" ? "model.safetensors" : "model.h5")).string());
-    ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
-               "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
-                                                                    "directory that does not exist yet");
-    ANYK_CHECK(!fs::exists(o) || overwrite, "--out " << out << " exists hint: choose another path, or pass "
-                                                               "--overwrite to replace it");
-    const fs::path parent = o.parent_path().empty() ? fs::path(".") : o.parent_path();
-    ANYK_CHECK(fs::is_directory(parent), "--out " << out << ": directory " << parent.string()
-                                                  << " does not exist hint: create it first");
-  }
-  const auto t0 = std::chrono::steady_clock::now();
+ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::string& to, int ep,
+                                  const std::string& out, bool no_optimizer) {
   std::unique_ptr<Full> full;
-  std::string source;
+  ConvertSummary sum;
   if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
-    source = checkpoint;
+    sum.source = checkpoint;
     full = read_consolidated(checkpoint);
   } else {
-    source = resolve_checkpoint(checkpoint, "");
-    full = read_sharded(source);
+    sum.source = resolve_checkpoint(checkpoint, "");
+    full = read_sharded(sum.source);
   }
-  const bool moments = full->has_optimizer && !no_optimizer;
+  sum.moments = full->has_optimizer && !no_optimizer;
   if (ep > 0 && !full->has_optimizer && !no_optimizer)
-    ANYK_FAIL(source << " has no optimizer state, so a resumable ep=" << ep << " checkpoint cannot be made from it "
-                     << "hint: pass --no-optimizer for a weights-only one");
+    ANYK_FAIL(sum.source << " has no optimizer state, so a resumable ep=" << ep << " checkpoint cannot be made from "
+                         << "it hint: pass --no-optimizer for a weights-only one");
   if (to == "consolidated")
-    write_consolidated(*full, out, moments);
+    write_consolidated(*full, out, sum.moments);
   else if (to == "safetensors")
     write_safetensors(*full, out);
   else
-    write_sharded(*full, out, ep, moments);
-  std::printf("convert: %s (step %lld, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", source.c_str(),
-              (long long)full->meta.step, (long long)full->meta.model.experts, (long long)full->meta.ep_size,
-              to.c_str(), out.c_str(), moments || to == "safetensors" ? "" : " without optimizer state",
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  return 0;
+    write_sharded(*full, out, ep, sum.moments);
+  sum.step = full->meta.step;
+  sum.experts = full->meta.model.experts;
+  sum.ep_size = full->meta.ep_size;
+  return sum;
 }
 
-}  // namespace anyk::launch
+}  // namespace anyk::io

@@ -1,0 +1,78 @@
+// `anyk convert` (see convert_command.h): options, the checks on --out before anything is read,
+// and the summary line; the conversion itself is io::convert_checkpoint.
+#include "launch/convert_command.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "io/convert.h"
+#include "launch/options.h"
+#include "runtime/check.h"
+
+namespace anyk::launch {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// --out against --to, before anything is read: a file for consolidated/safetensors, a directory
+// for ep=M, not existing unless --overwrite, in an existing directory.
+void check_out(const std::string& out, const std::string& to, int ep, bool overwrite) {
+  const fs::path o(out);
+  const bool file_out = ep == 0;
+  ANYK_CHECK(!(file_out && fs::is_directory(o)),
+             "--out " << out << " is a directory, but --to " << to << " writes one file hint: name a file, e.g. "
+                      << (o / (to == "safetensors" ? "model.safetensors" : "model.h5")).string());
+  ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
+             "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
+                                                                  "directory that does not exist yet");
+  ANYK_CHECK(!fs::exists(o) || overwrite, "--out " << out << " exists hint: choose another path, or pass "
+                                                             "--overwrite to replace it");
+  const fs::path parent = o.parent_path().empty() ? fs::path(".") : o.parent_path();
+  ANYK_CHECK(fs::is_directory(parent), "--out " << out << ": directory " << parent.string()
+                                                << " does not exist hint: create it first");
+}
+
+}  // namespace
+
+int convert_command(int argc, char** argv) {
+  std::string checkpoint, to, out;
+  bool no_optimizer = false, overwrite = false;
+  po::options_description desc(
+      "anyk convert --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5 --to consolidated|ep=M|safetensors "
+      "--out PATH [--no-optimizer]\n"
+      "Convert a checkpoint offline (one process): one consolidated HDF5 file (the model.h5 layout plus\n"
+      "adam_m/ and adam_v/), a sharded checkpoint directory for another expert-parallel size, or\n"
+      "safetensors (weights only). Formats: docs/checkpoint-format.md");
+  CommandOptions cmd("convert", desc);
+  desc.add_options()("checkpoint", po::value(&checkpoint),
+                     "a checkpoint step directory, a `latest` file, or a consolidated .h5 file (or a model.h5)")(
+      "to", po::value(&to), "consolidated, ep=M (M divides the experts) or safetensors")(
+      "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
+      "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
+      "overwrite", po::bool_switch(&overwrite),
+      "replace an existing --out (the old one is removed only after the new one is complete)");
+  if (!cmd.parse(argc, argv)) return 0;
+  cmd.require(!checkpoint.empty(), "checkpoint");
+  cmd.require(!out.empty(), "out");
+  int ep = 0;
+  if (to.rfind("ep=", 0) == 0) {
+    ep = parse_int_list(to.substr(3), "to ep=").at(0);
+    ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
+  } else {
+    ANYK_CHECK(to == "consolidated" || to == "safetensors",
+               "--to '" << to << "' is not one of consolidated, ep=M, safetensors " << cmd.hint());
+  }
+  check_out(out, to, ep, overwrite);
+  const auto t0 = std::chrono::steady_clock::now();
+  const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer);
+  std::printf("convert: %s (step %lld, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
+              (long long)s.step, (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
+              s.moments || to == "safetensors" ? "" : " without optimizer state",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
+}  // namespace anyk::launch
