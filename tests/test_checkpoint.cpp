@@ -58,8 +58,9 @@ struct Fixture {
   // The anyk binary (under mpiexec when np > 0) in dir with a hard timeout (a hang fails the
   // test); the exit code.
   int run(int np, const std::string& args, std::string* err = nullptr, const std::string& env = "") {
-    const auto r = anyk::test::run_anyk(
-        args, {.np = np, .cwd = dir, .env = env.empty() ? std::vector<std::string>{} : std::vector{env}, .timeout_s = 120});
+    anyk::test::RunOptions o{.np = np, .cwd = dir, .timeout_s = 120};
+    if (!env.empty()) o.env = {env};
+    const auto r = anyk::test::run_anyk(args, o);
     if (err) *err = r.err;
     last_out = r.out;
     return r.rc;

@@ -34,8 +34,9 @@ struct Runner {
   // Runs the anyk binary (under mpiexec when np > 0) in dir with a hard timeout (a hang fails the
   // test); returns the exit code.
   int run(int np, const std::string& args, std::string* err = nullptr, const std::string& env = "") {
-    const auto r = anyk::test::run_anyk(
-        args, {.np = np, .cwd = dir, .env = env.empty() ? std::vector<std::string>{} : std::vector{env}, .timeout_s = 120});
+    anyk::test::RunOptions o{.np = np, .cwd = dir, .timeout_s = 120};
+    if (!env.empty()) o.env = {env};
+    const auto r = anyk::test::run_anyk(args, o);
     if (err) *err = r.err;
     return r.rc;
   }
@@ -118,14 +119,12 @@ TEST_CASE("a failing rank brings the whole job down with its message, within sec
   int rc = r.run(2, "train --data data --run-dir run " + kModel + " --ep 2", &err,
                  "ANYK_FAULT_INJECT=1:3");
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  CHECK(rc != 0);
-  CHECK(rc != 124);  // not the timeout: the job ended by itself
+  CHECK(rc != 0);  // the job ended by itself (a hang fails the run's timeout)
   CHECK(secs < 60);
   CHECK(err.find("injected fault on rank 1 at step 3") != std::string::npos);
   // A layout that does not divide is refused before any work, on every rank.
   rc = r.run(2, "train --data data --run-dir bad " + kModel + " --ep 3", &err);
   CHECK(rc != 0);
-  CHECK(rc != 124);
   CHECK(err.find("--ep 3") != std::string::npos);
   CHECK(!fs::exists(r.dir / "bad"));
 }

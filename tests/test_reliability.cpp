@@ -73,10 +73,9 @@ struct Fixture {
   // test); the exit code, stderr in *err, stdout in last_out.
   int run(int np, const std::string& args, std::string* err = nullptr, const std::string& env = "",
           int timeout_s = 180) const {
-    const auto r = anyk::test::run_anyk(args, {.np = np,
-                                               .cwd = dir,
-                                               .env = env.empty() ? std::vector<std::string>{} : std::vector{env},
-                                               .timeout_s = double(timeout_s)});
+    anyk::test::RunOptions o{.np = np, .cwd = dir, .timeout_s = double(timeout_s)};
+    if (!env.empty()) o.env = {env};
+    const auto r = anyk::test::run_anyk(args, o);
     if (err) *err = r.err;
     last_out = r.out;
     return r.rc;

@@ -63,7 +63,8 @@ TEST_CASE("runner: exit status, stdout and stderr apart, env, cwd and stdin") {
 }
 
 TEST_CASE("runner: np > 0 runs the command under mpiexec with OpenMPI's root permission") {
-  RunResult r = run_command({"sh", "-c", "echo $OMPI_COMM_WORLD_SIZE $OMPI_ALLOW_RUN_AS_ROOT"}, {.np = 2, .timeout_s = 60});
+  RunResult r =
+      run_command({"sh", "-c", "echo $OMPI_COMM_WORLD_SIZE $OMPI_ALLOW_RUN_AS_ROOT"}, {.np = 2, .timeout_s = 60});
   REQUIRE_MESSAGE(r.rc == 0, r.err);
   CHECK(r.out == "2 1\n2 1\n");
 }

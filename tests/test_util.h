@@ -69,7 +69,6 @@ inline std::string slurp(const std::filesystem::path& p) {
   return ss.str();
 }
 
-
 // ---- processes ---------------------------------------------------------------------------------
 // A command runs from an argv vector (no shell), in its own process group, stdin from stdin_text
 // (empty: an empty stdin), stdout and stderr captured. np > 0 runs it under
@@ -77,9 +76,9 @@ inline std::string slurp(const std::filesystem::path& p) {
 struct RunOptions {
   int np = 0;
   std::vector<std::string> mpi_args{};  // mpirun options before -np, e.g. {"--mca", "x", "1"}
-  std::filesystem::path cwd{};        // empty: the test's working directory
-  std::vector<std::string> env{};     // "NAME=value", added to (or replacing in) the environment
-  double timeout_s = 300;             // run_command: the whole process group is killed after this
+  std::filesystem::path cwd{};          // empty: the test's working directory
+  std::vector<std::string> env{};       // "NAME=value", added to (or replacing in) the environment
+  double timeout_s = 300;               // run_command: the whole process group is killed after it
   std::string stdin_text{};
 };
 
@@ -98,7 +97,9 @@ RunResult run_command(const std::vector<std::string>& argv, const RunOptions& o 
 // $ANYK_BIN (set by ctest) followed by the words of args: split on spaces, '...' quotes a word
 // (which may be empty or hold spaces); no other shell syntax.
 std::vector<std::string> anyk_argv(const std::string& args);
-inline RunResult run_anyk(const std::string& args, const RunOptions& o = {}) { return run_command(anyk_argv(args), o); }
+inline RunResult run_anyk(const std::string& args, const RunOptions& o = {}) {
+  return run_command(anyk_argv(args), o);
+}
 
 // A command started in the background (same options; timeout_s is not used): signal it, poll it,
 // wait with a timeout. The destructor kills its process group if it is still running.
