@@ -5,13 +5,9 @@
 // in weights and both moments, safetensors parses back to the same data; damaged or mismatched
 // checkpoints are refused with one line naming the file and the dataset or field.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +28,7 @@ namespace h5 = anyk::io::h5;
 
 namespace {
 
+using anyk::test::Json;
 using anyk::test::slurp;
 
 const std::string kModel =
@@ -40,14 +37,13 @@ const std::string kModel =
 
 // One corpus and the two uninterrupted reference runs, shared by every test case.
 struct Fixture {
-  fs::path dir;
+  anyk::test::TempDir tmp{"test_checkpoint"};
+  fs::path dir = tmp.path;
   int ref1_rc = -1, ref2_rc = -1;
   std::string ref1_err, ref2_err;
+  std::string last_out;  // stdout of the last run
 
   Fixture() {
-    dir = fs::temp_directory_path() / ("anyk_test_checkpoint_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
     {
       std::ofstream o(dir / "text.txt");
       for (int i = 0; i < 400; ++i) o << "line " << i << ": experts learn a coarse-to-fine ranking. ";
@@ -59,38 +55,23 @@ struct Fixture {
     // ref2: np=2 ep=2 with the same global batch, all three checkpoints kept.
     ref2_rc = run(2, "train --data data --run-dir ref2 " + kModel + " --ep 2 --grad-accum 2 --save-every 4", &ref2_err);
   }
-  ~Fixture() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
-  // The anyk binary (under mpiexec when np > 0) in dir with a hard timeout; the exit code (124
-  // when the timeout fired).
-  int run(int np, const std::string& args, std::string* err = nullptr, const std::string& env = "") const {
-    const char* bin = std::getenv("ANYK_BIN");
-    const char* mpiexec = std::getenv("ANYK_MPIEXEC");
-    REQUIRE_MESSAGE(bin, "ANYK_BIN is not set (run through ctest)");
-    std::string cmd = "cd " + dir.string() + " && " + env + " timeout 120 ";
-    if (np > 0) {
-      REQUIRE_MESSAGE(mpiexec, "ANYK_MPIEXEC is not set (run through ctest)");
-      cmd += std::string(mpiexec) + " -np " + std::to_string(np) + " --oversubscribe ";
-    }
-    cmd += std::string(bin) + " " + args + " > out.txt 2> err.txt";
-    int rc = std::system(cmd.c_str());
-    if (err) *err = slurp(dir / "err.txt");
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+  // The anyk binary (under mpiexec when np > 0) in dir with a hard timeout (a hang fails the
+  // test); the exit code.
+  int run(int np, const std::string& args, std::string* err = nullptr, const std::string& env = "") {
+    anyk::test::RunOptions o{.np = np, .cwd = dir, .timeout_s = 120};
+    if (!env.empty()) o.env = {env};
+    const auto r = anyk::test::run_anyk(args, o);
+    if (err) *err = r.err;
+    last_out = r.out;
+    return r.rc;
   }
 
   // step -> loss from run_dir/metrics.jsonl; a step logged twice (a resumed run appends) keeps
   // the later value.
   std::map<int, double> losses(const std::string& run_dir) const {
     std::map<int, double> v;
-    std::ifstream in(dir / run_dir / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      if (line.find("\"type\": \"train\"") == std::string::npos) continue;
-      auto s = line.find("\"step\": "), l = line.find("\"loss\": ");
-      v[std::stoi(line.substr(s + 8))] = std::stod(line.substr(l + 8));
-    }
+    for (const auto& rec : anyk::test::read_jsonl(dir / run_dir / "metrics.jsonl", "train"))
+      v[int(anyk::test::number(rec, "step"))] = anyk::test::number(rec, "loss");
     return v;
   }
 };
@@ -144,74 +125,6 @@ std::map<std::string, std::vector<float>> all_datasets(const fs::path& file) {
       &ctx);
   return out;
 }
-
-// A minimal JSON reader for the safetensors header: objects, arrays, strings, integers.
-struct Json {
-  enum Kind { Obj, Arr, Str, Num } kind = Num;
-  std::map<std::string, Json> obj;
-  std::vector<std::string> keys;  // in file order
-  std::vector<Json> arr;
-  std::string str;
-  int64_t num = 0;
-};
-Json parse_json(const std::string& s, size_t& i) {
-  auto ws = [&] {
-    while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
-  };
-  auto str = [&] {
-    std::string o;
-    REQUIRE(s[i] == '"');
-    for (++i; s[i] != '"'; ++i) {
-      if (s[i] == '\\') ++i;
-      o += s[i];
-    }
-    ++i;
-    return o;
-  };
-  ws();
-  Json j;
-  if (s[i] == '{') {
-    j.kind = Json::Obj;
-    ++i;
-    ws();
-    while (s[i] != '}') {
-      ws();
-      std::string k = str();
-      ws();
-      REQUIRE(s[i] == ':');
-      ++i;
-      j.keys.push_back(k);
-      j.obj[k] = parse_json(s, i);
-      ws();
-      if (s[i] == ',') ++i;
-      ws();
-    }
-    ++i;
-  } else if (s[i] == '[') {
-    j.kind = Json::Arr;
-    ++i;
-    ws();
-    while (s[i] != ']') {
-      j.arr.push_back(parse_json(s, i));
-      ws();
-      if (s[i] == ',') ++i;
-      ws();
-    }
-    ++i;
-  } else if (s[i] == '"') {
-    j.kind = Json::Str;
-    j.str = str();
-  } else {
-    size_t end = i;
-    while (end < s.size() && (std::isdigit(static_cast<unsigned char>(s[end])) || s[end] == '-')) ++end;
-    REQUIRE(end > i);
-    j.num = std::stoll(s.substr(i, end - i));
-    i = end;
-  }
-  return j;
-}
-
-int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
 
 // kModel with one option's value replaced ("--experts 4" -> "--experts 8").
 std::string model_with(const std::string& from, const std::string& to) {
@@ -293,7 +206,7 @@ TEST_CASE("a save killed part-way leaves the previous checkpoint as latest; resu
   const std::string args = "train --data data --run-dir killed " + kModel + " --ep 2 --grad-accum 2 --save-every 4";
   int rc = f.run(2, args, &err, "ANYK_FAULT_INJECT_SAVE=8");
   CHECK(rc != 0);
-  CHECK(rc != 124);  // it died, it did not hang
+  // (It died, it did not hang: a hang fails the run's timeout.)
   CHECK(err.find("ANYK_FAULT_INJECT_SAVE=8") != std::string::npos);
   const fs::path c = f.dir / "killed" / "checkpoints";
   CHECK(slurp(c / "latest") == "step_4\n");
@@ -361,20 +274,19 @@ TEST_CASE("convert: safetensors parses back to the consolidated data; eval reads
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(st[size_t(i)]);
   REQUIRE(8 + n <= st.size());
   CHECK(n % 8 == 0);
-  size_t pos = 0;
-  Json h = parse_json(st.substr(8, n), pos);
-  REQUIRE(h.kind == Json::Obj);
-  CHECK(h.obj.at("__metadata__").obj.at("experts").str == "4");
+  const Json h = anyk::test::parse_json(st.substr(8, n), "the safetensors header");
+  REQUIRE(h.is_object());
+  CHECK(h.at("__metadata__").at("experts") == "4");
   const size_t data0 = 8 + n;
   int64_t expect_begin = 0, tensors = 0;
-  for (const std::string& name : h.keys) {
+  for (const auto& [name, t] : h.items()) {  // in file order
     if (name == "__metadata__") continue;
     CAPTURE(name);
-    const Json& t = h.obj.at(name);
-    CHECK(t.obj.at("dtype").str == "F32");
+    CHECK(t.at("dtype") == "F32");
     int64_t numel = 1;
-    for (const Json& d : t.obj.at("shape").arr) numel *= d.num;
-    const int64_t b = t.obj.at("data_offsets").arr.at(0).num, e = t.obj.at("data_offsets").arr.at(1).num;
+    for (const Json& d : t.at("shape")) numel *= d.get<int64_t>();
+    REQUIRE(t.at("data_offsets").size() == 2);
+    const int64_t b = t.at("data_offsets").at(0).get<int64_t>(), e = t.at("data_offsets").at(1).get<int64_t>();
     CHECK(b == expect_begin);  // contiguous, in order
     CHECK(e - b == 4 * numel);
     expect_begin = e;
@@ -387,7 +299,7 @@ TEST_CASE("convert: safetensors parses back to the consolidated data; eval reads
   }
   CHECK(tensors == 16);
   CHECK(data0 + size_t(expect_begin) == st.size());
-  CHECK(h.obj.at("layers.0.moe.experts.w13").obj.at("shape").arr.at(0).num == 4);  // every expert: (E, 2H, C)
+  CHECK(h.at("layers.0.moe.experts.w13").at("shape").at(0) == 4);  // every expert: (E, 2H, C)
 
   // eval: the run dir (model.h5), the final checkpoint and the consolidated file agree exactly.
   std::vector<std::string> outs;
@@ -395,7 +307,8 @@ TEST_CASE("convert: safetensors parses back to the consolidated data; eval reads
                                  std::string("--weights w.h5")}) {
     CAPTURE(src);
     REQUIRE_MESSAGE(f.run(0, "eval " + src + " --data data --k 2 --eval-windows 8 --threads 1", &err) == 0, err);
-    std::string out = slurp(f.dir / "out.txt");
+    const std::string& out = f.last_out;
+    REQUIRE(out.find("K=2 |") != std::string::npos);
     outs.push_back(out.substr(out.find("K=2 |")));
   }
   CHECK(outs[0] == outs[1]);
@@ -418,7 +331,7 @@ TEST_CASE("damaged or mismatched checkpoints are refused with one line naming th
                                 " --grad-accum 4 --resume " + ckpt,
                          &err);
     CHECK(rc == 2);
-    CHECK(count_lines(err) == 1);
+    CHECK(std::count(err.begin(), err.end(), '\n') == 1);
     for (const auto& s : needles) CHECK_MESSAGE(err.find(s) != std::string::npos, "'" << s << "' not in: " << err);
     CHECK(!fs::exists(f.dir / "refused"));  // refused before any file was written
   };

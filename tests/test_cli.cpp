@@ -1,15 +1,10 @@
 // The `anyk` command line as a user meets it: bad input gives one `anyk: error:` line naming the
 // offending option or value, a non-zero exit and no run directory; --help describes the commands.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
 
-#include <atomic>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
-#include <unistd.h>
 
 #include "test_util.h"
 
@@ -17,52 +12,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int rc;
-  std::string out, err;
-};
-
+using Result = anyk::test::RunResult;
+using anyk::test::count_lines;
 using anyk::test::slurp;
 
 // A fresh directory under the system temp dir, removed when the fixture dies.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("anyk_test_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
+struct TempDir : anyk::test::TempDir {
+  TempDir() : anyk::test::TempDir("test_cli") {}
 };
 
-std::string anyk_bin() {
-  const char* b = std::getenv("ANYK_BIN");
-  REQUIRE_MESSAGE(b != nullptr, "ANYK_BIN is not set (run through ctest)");
-  return b;
-}
-
-Result run(const std::string& args, const fs::path& dir) {
-  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
-  std::string cmd = anyk_bin() + " " + args + " >" + out.string() + " 2>" + err.string();
-  int status = std::system(cmd.c_str());
-  Result r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  if (!s.empty() && s.back() != '\n') ++n;
-  return n;
-}
+// anyk with args (paths in them are absolute), run in dir.
+Result run(const std::string& args, const fs::path& dir) { return anyk::test::run_anyk(args, {.cwd = dir}); }
 
 // A small prepared data dir, so that the only fault in a command is the one under test.
 fs::path make_data(const TempDir& t) {
@@ -81,11 +41,8 @@ fs::path make_data(const TempDir& t) {
 
 // The contract every rejected command meets.
 void expect_rejected(const Result& r, const fs::path& run_dir, std::initializer_list<std::string> needles) {
-  INFO("stderr: " << r.err);
   CHECK(r.rc != 0);
-  CHECK(count_lines(r.err) == 1);
-  CHECK(r.err.find("error") != std::string::npos);
-  for (const auto& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, "missing '" << n << "'");
+  anyk::test::check_one_error_line(r.err, needles);
   CHECK_FALSE(fs::exists(run_dir));
 }
 

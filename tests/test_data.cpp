@@ -3,9 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +16,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "runtime/check.h"
+#include "test_util.h"
 
 using namespace anyk;
 using namespace anyk::data;
@@ -26,20 +25,8 @@ namespace fs = std::filesystem;
 namespace {
 
 // A fresh directory under the system temp dir, removed on scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const auto stamp = std::chrono::steady_clock::now().time_since_epoch().count();
-    path = fs::temp_directory_path() /
-           ("anyk_test_data_" + std::to_string(stamp) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct TempDir : anyk::test::TempDir {
+  TempDir() : anyk::test::TempDir("test_data") {}
 };
 
 void write_file(const fs::path& p, const std::string& content) {

@@ -4,13 +4,10 @@
 // first layer's ranking is identical at every K (its router input does not depend on K);
 // --sweep --csv writes one line per K with the same numbers as --json.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,48 +18,32 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using anyk::test::Json;
+using anyk::test::number;
 using anyk::test::slurp;
 
-// All numbers following `"key": [` up to the matching close of that array (flattened).
-std::vector<double> numbers_after(const std::string& s, const std::string& key) {
+// Every number in j (arrays and objects flattened, in order).
+std::vector<double> flat(const Json& j) {
   std::vector<double> v;
-  size_t p = s.find("\"" + key + "\": ");
-  REQUIRE(p != std::string::npos);
-  p = s.find('[', p);
-  int depth = 0;
-  for (size_t i = p; i < s.size(); ++i) {
-    char c = s[i];
-    if (c == '[') ++depth;
-    else if (c == ']') {
-      if (--depth == 0) break;
-    } else if ((c >= '0' && c <= '9') || c == '-') {
-      size_t used = 0;
-      v.push_back(std::stod(s.substr(i), &used));
-      i += used - 1;
-    }
+  if (j.is_number()) v.push_back(j.get<double>());
+  for (const Json& x : j.is_structured() ? j : Json::array()) {
+    auto sub = flat(x);
+    v.insert(v.end(), sub.begin(), sub.end());
   }
   return v;
 }
 
 struct Run {
-  fs::path dir;
+  anyk::test::TempDir tmp{"test_eval_tools"};
+  fs::path dir = tmp.path;
+  anyk::test::RunResult last;
   Run() {
-    dir = fs::temp_directory_path() / ("anyk_test_eval_tools_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
     std::ofstream o(dir / "t.txt");
     for (int i = 0; i < 600; ++i) o << "sample " << i % 37 << " of a small corpus, line " << i << ". ";
   }
-  ~Run() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
   int sh(const std::string& args) {
-    const char* bin = std::getenv("ANYK_BIN");
-    REQUIRE(bin);
-    std::string cmd = "cd " + dir.string() + " && timeout 300 " + bin + " " + args + " > out.txt 2> err.txt";
-    int rc = std::system(cmd.c_str());
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+    last = anyk::test::run_anyk(args, {.cwd = dir});
+    return last.rc;
   }
 };
 
@@ -77,30 +58,33 @@ TEST_CASE("eval tools: --budget, --analyze, --sweep --csv") {
   const std::string ev = "eval --run-dir run --data data --eval-windows 8 ";
 
   REQUIRE(r.sh(ev + "--budget 2.34 --json budget.json") == 0);  // round(2.34 * 3) = 7 experts
-  std::string b = slurp(r.dir / "budget.json");
-  std::string out = slurp(r.dir / "out.txt");
-  auto ks = numbers_after(b, "k");  // greedy schedule (first result)
+  const Json b = anyk::test::read_json(r.dir / "budget.json").at("results");
+  std::string out = r.last.out;
+  REQUIRE(b.size() == 2);
+  auto ks = b[0].at("k").get<std::vector<int>>();  // greedy schedule (first result)
   REQUIRE(ks.size() == 3);
   CHECK(ks[0] + ks[1] + ks[2] == 7);
-  size_t even = b.find("even K=");
-  REQUIRE(even != std::string::npos);
-  auto ks_even = numbers_after(b.substr(even), "k");
+  REQUIRE(b[1].at("name").get<std::string>().rfind("even K=", 0) == 0);
+  auto ks_even = b[1].at("k").get<std::vector<int>>();
+  REQUIRE(ks_even.size() == 3);
   CHECK(ks_even[0] + ks_even[1] + ks_even[2] == 7);
   // The greedy loss is at most the K=1 start (each step takes the best increment).
+  REQUIRE(out.find("start K=1 ") != std::string::npos);
   double start = std::stod(out.substr(out.find("start K=1 ") + 10));
-  double greedy = std::stod(b.substr(b.find("\"bits_per_byte\": ") + 17));
+  double greedy = number(b[0], "bits_per_byte");
   CHECK(greedy <= start + 1e-9);
 
   REQUIRE(r.sh(ev + "--analyze --k 2 --json an.json") == 0);
-  std::string a = slurp(r.dir / "an.json");
-  auto load = numbers_after(a, "load");
+  const Json a = anyk::test::read_json(r.dir / "an.json");
+  CHECK(a.at("k") == 2);
+  auto load = flat(a.at("load"));
   REQUIRE(load.size() == 3 * 4);
   for (int l = 0; l < 3; ++l) {
     double s = 0;
     for (int e = 0; e < 4; ++e) s += load[l * 4 + e];
     CHECK(s == doctest::Approx(1.0));
   }
-  auto co = numbers_after(a, "coactivation");
+  auto co = flat(a.at("coactivation"));
   REQUIRE(co.size() == 3 * 16);
   for (int l = 0; l < 3; ++l)
     for (int i = 0; i < 4; ++i) {
@@ -111,37 +95,43 @@ TEST_CASE("eval tools: --budget, --analyze, --sweep --csv") {
   double pairs = 0;
   for (int i = 0; i < 4; ++i)
     for (int j = i + 1; j < 4; ++j) pairs += co[i * 4 + j];
-  double tokens = std::stod(a.substr(a.find("\"tokens\": ") + 10));
+  double tokens = number(a, "tokens");
   CHECK(pairs == tokens);
   // Sharpness: 1/E <= top-1 <= top-K mass <= 1, entropy in [0, log2 E], and the mean entropy is at
   // least -log2 of the mean top-1 (H >= -log2 max p per token, then Jensen).
-  auto sharp = numbers_after(a, "sharpness");
-  REQUIRE(sharp.size() == 3 * 3);
+  const Json& sharp = a.at("sharpness");
+  REQUIRE(sharp.size() == 3);
   for (int l = 0; l < 3; ++l) {
-    const double top1 = sharp[l * 3], mass = sharp[l * 3 + 1], h = sharp[l * 3 + 2];
+    const double top1 = number(sharp[l], "max_prob"), mass = number(sharp[l], "topk_mass"),
+                 h = number(sharp[l], "entropy_bits");
     CHECK(top1 >= 0.25 - 1e-6);
     CHECK(top1 <= mass + 1e-9);
     CHECK(mass <= 1.0 + 1e-6);
     CHECK(h >= -std::log2(top1) - 1e-6);
     CHECK(h <= 2.0 + 1e-6);
   }
-  std::string sp = a.substr(a.find("\"spearman\""));
-  for (size_t p = sp.find("\"per_layer\": ["); p != std::string::npos; p = sp.find("\"per_layer\": [", p + 1)) {
-    auto v = numbers_after(sp.substr(p), "per_layer");
+  const Json& sp = a.at("spearman");
+  REQUIRE(sp.size() == 3);  // K = 2..4 against K = 1
+  for (size_t i = 0; i < sp.size(); ++i) {
+    CHECK(sp[i].at("k") == int(i) + 2);
+    auto v = flat(sp[i].at("per_layer"));
     REQUIRE(v.size() == 3);
     CHECK(v[0] == doctest::Approx(1.0));  // layer 0 sees the same input at every K
     for (double x : v) CHECK(x <= 1.0 + 1e-12);
   }
 
   REQUIRE(r.sh(ev + "--sweep --json s.json --csv s.csv") == 0);
-  std::string csv = slurp(r.dir / "s.csv"), js = slurp(r.dir / "s.json");
+  std::string csv = slurp(r.dir / "s.csv");
+  const Json js = anyk::test::read_json(r.dir / "s.json").at("results");
   int lines = 0;
   for (char c : csv) lines += c == '\n';
   CHECK(lines == 1 + 4);
   CHECK(csv.find("\"K=3\",3;3;3,") != std::string::npos);
+  REQUIRE(js.size() == 4);  // the same settings as the CSV's rows
+  CHECK(js[2].at("name") == "K=3");
   // A bad combination is refused in one line.
   CHECK(r.sh(ev + "--budget 9") == 2);
-  CHECK(slurp(r.dir / "err.txt").find("--budget 9") != std::string::npos);
+  CHECK(anyk::test::error_of(r.last.err).find("--budget 9") != std::string::npos);
   CHECK(r.sh(ev + "--k 2 --plot p.png") == 2);
 }
 

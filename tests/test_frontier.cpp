@@ -6,10 +6,8 @@
 // tensors scaled by K/E) and from the config by hand; every point has a positive measured speed.
 // No assertion depends on wall-clock values.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -20,75 +18,35 @@
 
 namespace fs = std::filesystem;
 using namespace anyk;
-using anyk::test::slurp;
+using anyk::test::Json;
+using anyk::test::number;
 
 namespace {
 
 struct Run {
-  fs::path dir;
+  anyk::test::TempDir tmp{"test_frontier"};
+  fs::path dir = tmp.path;
+  anyk::test::RunResult last;
   Run() {
-    dir = fs::temp_directory_path() / ("anyk_test_frontier_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
     std::ofstream o(dir / "t.txt");
     for (int i = 0; i < 600; ++i) o << "line " << i % 41 << " of a tiny corpus, item " << i << ". ";
   }
-  ~Run() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
   int sh(const std::string& args) {
-    const char* bin = std::getenv("ANYK_BIN");
-    REQUIRE(bin);
-    std::string cmd = "cd " + dir.string() + " && timeout 300 " + bin + " " + args + " > out.txt 2> err.txt";
-    int rc = std::system(cmd.c_str());
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+    last = anyk::test::run_anyk(args, {.cwd = dir});
+    return last.rc;
   }
 };
 
-// The objects of a `{"frontier": [...]}` or `{"results": [...]}` file, one string each (the
-// writers put no nested objects in them).
-std::vector<std::string> objects(const std::string& s) {
-  std::vector<std::string> out;
-  size_t p = s.find('[');
-  REQUIRE(p != std::string::npos);
-  while ((p = s.find('{', p)) != std::string::npos) {
-    size_t q = s.find('}', p);
-    REQUIRE(q != std::string::npos);
-    out.push_back(s.substr(p, q - p + 1));
-    p = q + 1;
-  }
-  return out;
+// The objects of a `{"frontier": [...]}` or `{"results": [...]}` file.
+std::vector<Json> objects(const fs::path& file, const std::string& list) {
+  const Json j = anyk::test::read_json(file);
+  REQUIRE_MESSAGE(j.contains(list), list << " missing in " << file);
+  return j.at(list).get<std::vector<Json>>();
 }
 
-double number(const std::string& obj, const std::string& key) {
-  size_t p = obj.find("\"" + key + "\": ");
-  REQUIRE_MESSAGE(p != std::string::npos, key << " missing in " << obj);
-  p += key.size() + 4;
-  REQUIRE_MESSAGE(obj.compare(p, 4, "null") != 0, key << " is null in " << obj);
-  return std::stod(obj.substr(p));
-}
+std::string text(const Json& obj, const std::string& key) { return obj.at(key).get<std::string>(); }
 
-std::string text(const std::string& obj, const std::string& key) {
-  size_t p = obj.find("\"" + key + "\": \"");
-  REQUIRE_MESSAGE(p != std::string::npos, key << " missing in " << obj);
-  p += key.size() + 5;
-  return obj.substr(p, obj.find('"', p) - p);
-}
-
-std::vector<int> ints(const std::string& obj, const std::string& key) {
-  size_t p = obj.find("\"" + key + "\": [");
-  REQUIRE_MESSAGE(p != std::string::npos, key << " missing in " << obj);
-  p += key.size() + 5;
-  std::vector<int> v;
-  while (obj[p] != ']') {
-    size_t used = 0;
-    v.push_back(std::stoi(obj.substr(p), &used));
-    p += used;
-    while (obj[p] == ',' || obj[p] == ' ') ++p;
-  }
-  return v;
-}
+std::vector<int> ints(const Json& obj, const std::string& key) { return obj.at(key).get<std::vector<int>>(); }
 
 std::string join(const std::vector<int>& v) {
   std::string s;
@@ -109,18 +67,18 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
                        std::to_string(kH) + " --seq-len " + std::to_string(kT) +
                        " --batch 8 --k-strategy layer --k-min 1 --k-max 4 --eval-every 0 --eval-windows 8 "
                        "--threads 1") == 0,
-                  slurp(r.dir / "err.txt"));
+                  r.last.err);
   const std::string ev = "eval --run-dir run --data data --eval-windows 8 --threads 1 ";
   REQUIRE_MESSAGE(r.sh(ev + "--frontier --frontier-budgets 1,1.5,2.5,3.5,4 --gen-tokens 6 --json f.json") == 0,
-                  slurp(r.dir / "err.txt"));
-  const std::string table = slurp(r.dir / "out.txt");
-  const auto pts = objects(slurp(r.dir / "f.json"));
+                  r.last.err);
+  const std::string table = r.last.out;
+  const auto pts = objects(r.dir / "f.json", "frontier");
   // K = 1..E, then the budgets strictly inside (1, E): 1 and 4 are the uniform points already.
   REQUIRE(pts.size() == size_t(kE) + 3);
 
   // The independent references: `eval --k 1..E` on the same windows.
   REQUIRE(r.sh(ev + "--k 1,2,3,4 --json k.json") == 0);
-  const auto ref = objects(slurp(r.dir / "k.json"));
+  const auto ref = objects(r.dir / "k.json", "results");
   REQUIRE(ref.size() == size_t(kE));
 
   // Weights one token multiplies, from the model's declared parameters: every matrix of the dense
@@ -149,11 +107,11 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
   }
 
   for (int k = 1; k <= kE; ++k) {
-    const std::string& p = pts[size_t(k - 1)];
-    CAPTURE(p);
+    const Json& p = pts[size_t(k - 1)];
+    CAPTURE(p.dump());
     CHECK(text(p, "kind") == "K");
     CHECK(ints(p, "k") == std::vector<int>(size_t(kL), k));
-    const std::string& q = ref[size_t(k - 1)];
+    const Json& q = ref[size_t(k - 1)];
     REQUIRE(ints(q, "k") == std::vector<int>(size_t(kL), k));
     CHECK(number(p, "bits_per_byte") == number(q, "bits_per_byte"));  // same windows, same sums
     CHECK(number(p, "val_loss") == number(q, "val_loss"));
@@ -170,8 +128,8 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
 
   const double budgets[] = {1.5, 2.5, 3.5};
   for (int i = 0; i < 3; ++i) {
-    const std::string& p = pts[size_t(kE + i)];
-    CAPTURE(p);
+    const Json& p = pts[size_t(kE + i)];
+    CAPTURE(p.dump());
     CHECK(text(p, "kind") == "budget");
     const auto ks = ints(p, "k");
     REQUIRE(ks.size() == size_t(kL));
@@ -188,12 +146,12 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
     CHECK(number(p, "flops_per_token") == doctest::Approx(2 * active(budgets[i])).epsilon(1e-12));
     // The schedule it reports, evaluated on its own, gives its bits/byte.
     REQUIRE(r.sh(ev + "--layer-k " + join(ks) + " --json l.json") == 0);
-    const auto lk = objects(slurp(r.dir / "l.json"));
+    const auto lk = objects(r.dir / "l.json", "results");
     REQUIRE(lk.size() == 1);
     CHECK(number(p, "bits_per_byte") == number(lk[0], "bits_per_byte"));
     // And it is the greedy schedule `eval --budget` picks.
     REQUIRE(r.sh(ev + "--budget " + std::to_string(budgets[i]).substr(0, 3) + " --json b.json") == 0);
-    const auto bj = objects(slurp(r.dir / "b.json"));
+    const auto bj = objects(r.dir / "b.json", "results");
     REQUIRE(bj.size() == 2);
     CHECK(ints(bj[0], "k") == ks);
     CHECK(number(bj[0], "bits_per_byte") == number(p, "bits_per_byte"));
@@ -201,7 +159,7 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
 
   // Every point has a measured, positive speed (its value is not asserted: wall clock).
   for (const auto& p : pts) {
-    CAPTURE(p);
+    CAPTURE(p.dump());
     const double d = number(p, "decode_tokens_per_s"), pr = number(p, "prompt_tokens_per_s");
     CHECK(std::isfinite(d));
     CHECK(d > 0);
@@ -211,7 +169,7 @@ TEST_CASE("eval --frontier: bits/byte, FLOPs/token, budgets and speeds against i
 
   // Bad budgets and a stray --plot are one-line refusals.
   CHECK(r.sh(ev + "--frontier --frontier-budgets 0.5") == 2);
-  CHECK(slurp(r.dir / "err.txt").find("--frontier-budgets value 0.5 is outside [1, experts=4]") != std::string::npos);
+  CHECK(r.last.err.find("--frontier-budgets value 0.5 is outside [1, experts=4]") != std::string::npos);
   CHECK(r.sh(ev + "--frontier --frontier-budgets 1.5,x") == 2);
-  CHECK(slurp(r.dir / "err.txt").find("'x' is not a number") != std::string::npos);
+  CHECK(r.last.err.find("'x' is not a number") != std::string::npos);
 }

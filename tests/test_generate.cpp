@@ -6,9 +6,7 @@
 // decoder equal the training forward's; sampling is a pure function of (logits, seed, step); and
 // `anyk generate` through the binary: its text is the library's, and bad input is one clear line.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -308,27 +306,15 @@ TEST_CASE("decoder refusals") {
 namespace {
 
 struct Cli {
-  fs::path dir;
-  Cli() {
-    dir = fs::temp_directory_path() / ("anyk_test_generate_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~Cli() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
+  TempDir tmp{"test_generate"};
+  fs::path dir = tmp.path;
+  RunResult last;
   int sh(const std::string& args, const std::string& stdin_text = "") {
-    const char* bin = std::getenv("ANYK_BIN");
-    REQUIRE(bin);
-    std::ofstream(dir / "in.txt", std::ios::binary) << stdin_text;
-    std::string cmd = "cd " + dir.string() + " && timeout 120 " + bin + " " + args +
-                      " < in.txt > out.txt 2> err.txt";
-    int rc = std::system(cmd.c_str());
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+    last = run_anyk(args, {.cwd = dir, .timeout_s = 120, .stdin_text = stdin_text});
+    return last.rc;
   }
-  std::string out() const { return slurp(dir / "out.txt"); }
-  std::string err() const { return slurp(dir / "err.txt"); }
+  std::string out() const { return last.out; }
+  std::string err() const { return last.err; }
 };
 
 ModelConfig byte_model() {

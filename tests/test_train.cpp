@@ -2,15 +2,11 @@
 // zero), `anyk eval` reproduces the training-time K-sweep from the saved weights, and the same
 // seed gives the same loss sequence.
 #include <doctest/doctest.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -20,18 +16,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using anyk::test::Json;
 using anyk::test::slurp;
 
 // One prepared corpus and one trained run shared by the test cases of this file.
 struct Fixture {
-  fs::path dir, data, run;
+  anyk::test::TempDir tmp{"test_train"};
+  fs::path dir = tmp.path, data, run;
   int train_rc = -1;
   std::string train_err;
 
   Fixture() {
-    dir = fs::temp_directory_path() / ("anyk_test_train_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
     {
       std::ofstream o(dir / "fox.txt");
       for (int i = 0; i < 900; ++i) o << "the quick brown fox jumps over the lazy dog. ";  // ~40 KB
@@ -43,22 +38,15 @@ struct Fixture {
                       " --steps 300 --lr 0.01 --warmup 20 --log-every 10 --eval-every 150 --threads 1",
                   &train_err);
   }
-  ~Fixture() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-
   static inline const std::string kModel =
       "--layers 2 --dim 32 --heads 4 --experts 4 --expert-hidden 32 --seq-len 32 --batch 8 "
       "--k-strategy layer --k-min 1 --k-max 4 --seed 7";
 
+  // anyk with args (absolute paths) in dir; the exit status, stderr in *err.
   int sh(const std::string& args, std::string* err = nullptr) const {
-    const char* bin = std::getenv("ANYK_BIN");
-    REQUIRE_MESSAGE(bin != nullptr, "ANYK_BIN is not set (run through ctest)");
-    const fs::path out = dir / "stdout.txt", errp = dir / "stderr.txt";
-    int status = std::system((std::string(bin) + " " + args + " >" + out.string() + " 2>" + errp.string()).c_str());
-    if (err) *err = slurp(errp);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    const anyk::test::RunResult r = anyk::test::run_anyk(args, {.cwd = dir, .timeout_s = 600});
+    if (err) *err = r.err;
+    return r.rc;
   }
 };
 
@@ -67,28 +55,18 @@ Fixture& fixture() {
   return f;
 }
 
-// Every value of "key": <number> in text, in order.
-std::vector<double> numbers_after(const std::string& text, const std::string& key, const std::string& only_lines_with = "") {
-  std::vector<double> v;
-  std::istringstream in(text);
-  std::string line;
-  const std::string k = "\"" + key + "\": ";
-  while (std::getline(in, line)) {
-    if (!only_lines_with.empty() && line.find(only_lines_with) == std::string::npos) continue;
-    auto p = line.find(k);
-    if (p == std::string::npos) continue;
-    v.push_back(std::strtod(line.c_str() + p + k.size(), nullptr));
-  }
-  return v;
+// Every value of key in the records of metrics.jsonl whose "type" is type, in order.
+std::vector<double> metric(const fs::path& run_dir, const std::string& type, const std::string& key) {
+  return anyk::test::numbers(anyk::test::read_jsonl(run_dir / "metrics.jsonl", type), key);
 }
 
 // The val_loss of the result named `name` in a results JSON (sweep.json or eval --json).
-double val_loss_of(const std::string& json, const std::string& name) {
-  auto p = json.find("\"name\": \"" + name + "\"");
-  REQUIRE_MESSAGE(p != std::string::npos, "no result " << name << " in " << json);
-  auto q = json.find("\"val_loss\": ", p);
-  REQUIRE(q != std::string::npos);
-  return std::strtod(json.c_str() + q + 12, nullptr);
+double val_loss_of(const fs::path& json, const std::string& name) {
+  const Json j = anyk::test::read_json(json);
+  for (const Json& r : j.at("results"))
+    if (r.at("name") == name) return anyk::test::number(r, "val_loss");
+  FAIL("no result " << name << " in " << j.dump());
+  return 0;
 }
 
 }  // namespace
@@ -98,8 +76,7 @@ TEST_CASE("train: a tiny MoE memorises a repeating text") {
   REQUIRE_MESSAGE(f.train_rc == 0, f.train_err);
   for (const char* file : {"config.ini", "train.log", "metrics.jsonl", "model.h5", "sweep.json"})
     CHECK_MESSAGE(fs::exists(f.run / file), file);
-  const std::string metrics = slurp(f.run / "metrics.jsonl");
-  std::vector<double> loss = numbers_after(metrics, "loss", "\"type\": \"train\"");
+  std::vector<double> loss = metric(f.run, "train", "loss");
   REQUIRE(loss.size() == 31);  // step 1 and every 10th step
   INFO("first loss " << loss.front() << ", last loss " << loss.back());
   CHECK(loss.front() > 5.0);  // ~ln 256 at initialisation
@@ -109,15 +86,14 @@ TEST_CASE("train: a tiny MoE memorises a repeating text") {
   CHECK(tail < 0.1);
   CHECK(loss.back() < 0.02 * loss.front());
   // The K schedule stays in range and the logged fields are there.
-  for (double k : numbers_after(metrics, "mean_k", "\"type\": \"train\"")) {
+  for (double k : metric(f.run, "train", "mean_k")) {
     CHECK(k >= 1.0);
     CHECK(k <= 4.0);
   }
-  CHECK(numbers_after(metrics, "val_loss", "\"type\": \"eval\"").size() == 2);  // K=1 and K=4 at step 150
-  CHECK(numbers_after(metrics, "mfu", "\"type\": \"train\"").size() == 31);
+  CHECK(metric(f.run, "eval", "val_loss").size() == 2);  // K=1 and K=4 at step 150
+  CHECK(metric(f.run, "train", "mfu").size() == 31);
   // Validation on the same repeating text is near zero at every K in the trained range.
-  const std::string sweep = slurp(f.run / "sweep.json");
-  for (const char* k : {"K=1", "K=2", "K=3", "K=4"}) CHECK(val_loss_of(sweep, k) < 0.2);
+  for (const char* k : {"K=1", "K=2", "K=3", "K=4"}) CHECK(val_loss_of(f.run / "sweep.json", k) < 0.2);
 }
 
 TEST_CASE("train: anyk eval reproduces the training-time sweep from model.h5") {
@@ -129,8 +105,8 @@ TEST_CASE("train: anyk eval reproduces the training-time sweep from model.h5") {
                     " --threads 1",
                 &err);
   REQUIRE_MESSAGE(rc == 0, err);
-  const double at_eval = val_loss_of(slurp(json), "K=2");
-  const double at_train = val_loss_of(slurp(f.run / "sweep.json"), "K=2");
+  const double at_eval = val_loss_of(json, "K=2");
+  const double at_train = val_loss_of(f.run / "sweep.json", "K=2");
   INFO("eval " << at_eval << " vs training-time sweep " << at_train);
   CHECK(std::abs(at_eval - at_train) <= 1e-5 * std::abs(at_train));
 
@@ -139,7 +115,7 @@ TEST_CASE("train: anyk eval reproduces the training-time sweep from model.h5") {
                 json.string() + " --threads 1",
             &err);
   REQUIRE_MESSAGE(rc == 0, err);
-  CHECK(std::isfinite(val_loss_of(slurp(json), "K=4,1")));
+  CHECK(std::isfinite(val_loss_of(json, "K=4,1")));
 }
 
 TEST_CASE("train: the same seed gives the same loss sequence") {
@@ -152,7 +128,7 @@ TEST_CASE("train: the same seed gives the same loss sequence") {
                       " --steps 12 --grad-accum 2 --log-every 1 --eval-every 0 --eval-windows 4 --threads 2",
                   &err);
     REQUIRE_MESSAGE(rc == 0, err);
-    runs.push_back(numbers_after(slurp(r / "metrics.jsonl"), "loss", "\"type\": \"train\""));
+    runs.push_back(metric(r, "train", "loss"));
   }
   REQUIRE(runs[0].size() == 12);
   CHECK(runs[0] == runs[1]);
@@ -171,7 +147,7 @@ TEST_CASE("train: top_p with p <= 1/E gives every token --k-min experts, and say
                       std::to_string(p),
                   &err);
     REQUIRE_MESSAGE(rc == 0, err);
-    const std::vector<double> k = numbers_after(slurp(r / "metrics.jsonl"), "mean_k", "\"type\": \"train\"");
+    const std::vector<double> k = metric(r, "train", "mean_k");
     REQUIRE(k.size() == 8);
     const bool warned = slurp(r / "train.log").find("warning: --top-p") != std::string::npos;
     if (p < 0.25) {

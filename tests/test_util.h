@@ -1,10 +1,17 @@
 // Helpers shared by the test suites: move data between std::vector<double> and Vars of either
-// dtype, a relative-error measure, and reading a file whole.
+// dtype, a relative-error measure, and reading a file whole; and, for the suites that run the
+// `anyk` binary (tests/README.md), one process runner, a temporary directory, error-line checks
+// and a JSON reader (nlohmann-json), implemented in test_util.cpp.
 #pragma once
+#include <sys/types.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -61,5 +68,103 @@ inline std::string slurp(const std::filesystem::path& p) {
   ss << in.rdbuf();
   return ss.str();
 }
+
+// ---- processes ---------------------------------------------------------------------------------
+// A command runs from an argv vector (no shell), in its own process group, stdin from stdin_text
+// (empty: an empty stdin), stdout and stderr captured. np > 0 runs it under
+// `$ANYK_MPIEXEC mpi_args... -np NP --oversubscribe` with OpenMPI's run-as-root variables set.
+struct RunOptions {
+  int np = 0;
+  std::vector<std::string> mpi_args{};  // mpirun options before -np, e.g. {"--mca", "x", "1"}
+  std::filesystem::path cwd{};          // empty: the test's working directory
+  std::vector<std::string> env{};       // "NAME=value", added to (or replacing in) the environment
+  double timeout_s = 300;               // run_command: the whole process group is killed after it
+  std::string stdin_text{};
+};
+
+struct RunResult {
+  std::string command;  // as printed in messages
+  int rc = -1;          // exit status; -1 when a signal ended it
+  int signal = 0;       // the signal that ended it, 0 when it exited
+  std::string out, err;
+};
+
+// Runs argv to its end. When it outlives o.timeout_s (times ANYK_TEST_TIMEOUT_SCALE when set, for
+// slow or loaded machines), its process group is killed and the test fails with a message naming
+// the command and the timeout.
+RunResult run_command(const std::vector<std::string>& argv, const RunOptions& o = {});
+
+// $ANYK_BIN (set by ctest) followed by the words of args: split on spaces, '...' quotes a word
+// (which may be empty or hold spaces); no other shell syntax.
+std::vector<std::string> anyk_argv(const std::string& args);
+inline RunResult run_anyk(const std::string& args, const RunOptions& o = {}) {
+  return run_command(anyk_argv(args), o);
+}
+
+// A command started in the background (same options; timeout_s is not used): signal it, poll it,
+// wait with a timeout. The destructor kills its process group if it is still running.
+class Process {
+ public:
+  Process(const std::vector<std::string>& argv, const RunOptions& o = {});
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  pid_t pid() const { return pid_; }  // the command's own pid (mpirun under np > 0)
+  void signal(int sig) const;         // to that process only, as a terminal or batch system would
+  void kill_group(int sig) const;     // to every process of its group
+  bool wait_for(double seconds);      // true once it has ended
+  bool done() const { return done_; }
+  RunResult result() const;           // after it ended: status and the whole output
+  std::string out() const;            // output so far
+  std::string err() const;
+  const std::string& command() const { return command_; }
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = 0;
+  bool done_ = false;
+  std::string command_;
+  std::filesystem::path out_path_, err_path_, in_path_;
+};
+
+// Polls pred every 50 ms until it holds (true) or seconds pass (false).
+bool wait_until(double seconds, const std::function<bool()>& pred);
+// Polls until file contains needle.
+bool wait_for_text(const std::filesystem::path& file, const std::string& needle, double seconds);
+
+// A fresh empty directory under the system temp dir, removed with everything in it on scope exit
+// (kept when ANYK_KEEP_TEST_DIRS is set, for debugging).
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag = "test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::filesystem::path operator/(const std::string& p) const { return path / p; }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+// ---- error lines -------------------------------------------------------------------------------
+// The first line of output that starts with "anyk: error:" (without its newline), "" if none.
+std::string error_of(const std::string& output);
+// Lines of s; a last line without '\n' counts.
+int count_lines(const std::string& s);
+// s is exactly one line, "anyk: error: ...\n", holding every needle.
+void check_one_error_line(const std::string& s, std::initializer_list<std::string> needles);
+
+// ---- JSON --------------------------------------------------------------------------------------
+// Objects keep their keys in file order (a safetensors header is ordered).
+using Json = nlohmann::ordered_json;
+// Parses text; malformed JSON fails the test, naming `what` and the parser's message.
+Json parse_json(const std::string& text, const std::string& what = "JSON text");
+Json read_json(const std::filesystem::path& file);
+// The records of a JSON-lines file (metrics.jsonl) whose "type" is `type` (all when empty), in
+// order. complete_only: a last line without '\n' (still being written) is skipped, not an error.
+std::vector<Json> read_jsonl(const std::filesystem::path& file, const std::string& type = "",
+                             bool complete_only = false);
+// obj[key] as a number; a missing key or a null (a non-finite value) fails the test.
+double number(const Json& obj, const std::string& key);
+// number(r, key) of every record, in order.
+std::vector<double> numbers(const std::vector<Json>& records, const std::string& key);
 
 }  // namespace anyk::test
