@@ -34,7 +34,6 @@
 #include "parallel/gather.h"
 #include "parallel/grad_sync.h"
 #include "parallel/groups.h"
-#include "parallel/mpi_dispatcher.h"
 #include "runtime/check.h"
 
 namespace anyk::launch {
@@ -252,15 +251,8 @@ int train_command(int argc, char** argv) {
   }
   // world = ep x edp; experts split over the ep group, replicated over edp.
   ProcessGroups groups = make_groups(Comm::world(), o.ep, E);
-  std::unique_ptr<Dispatcher> disp;
-  MpiDispatcher* mpi_disp = nullptr;
-  if (groups.ep_size == 1) {
-    disp = std::make_unique<LocalDispatcher>(E);
-  } else {
-    auto d = std::make_unique<MpiDispatcher>(groups.ep, E);
-    mpi_disp = d.get();
-    disp = std::move(d);
-  }
+  NodeGroups nodes;  // --a2a hier: this node's ep ranks and the same local index on every node
+  std::unique_ptr<AllToAllDispatcher> disp = make_dispatcher(groups, E, parse_a2a(o.a2a), &nodes);
   // Allocation failures name what was being allocated (the estimate above should prevent them).
   auto oom = [&](const char* what, double bytes) {
     ANYK_FAIL("out of memory allocating " << what << " (" << gib(bytes) << "; the run's estimate is "
@@ -540,7 +532,7 @@ int train_command(int argc, char** argv) {
     const auto t0 = clock::now();
     std::fill(red.begin(), red.end(), 0.0);
     std::vector<double> k_first;  // realised K per layer of rank 0's first micro-batch
-    if (mpi_disp) mpi_disp->reset_timers();
+    disp->reset_timers();
     bool abandoned = false;
     for (int a = 0; a < A; ++a) {
       // A stop request between micro-batches abandons the step (agreed by every rank): nothing
@@ -605,7 +597,7 @@ int train_command(int argc, char** argv) {
     opt.step(lr);
     ps.zero_grad();
     const auto t3 = clock::now();
-    const double dispatch_s = mpi_disp ? mpi_disp->exchange_seconds() : 0.0;
+    const double dispatch_s = disp->exchange_seconds();
     t_dispatch += dispatch_s;
     t_compute += secs(t0, t1) - dispatch_s;
     t_sync += secs(t1, t2);
