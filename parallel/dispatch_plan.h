@@ -9,7 +9,7 @@
 
 namespace anyk {
 
-// The two phases of the hierarchical all-to-all (parallel/all_to_all_dispatcher.h). Rank r is
+// The two phases of the hierarchical all-to-all (parallel/dispatcher.h). Rank r is
 // local index l = r % G on node n = r / G.
 struct HierPlan {
   Tensor node_send, node_recv;    // I32 (G) rows to / from each rank of this node (phase 1)
