@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "parallel/comm.h"
+#include "parallel/dispatcher.h"
 
 #include <omp.h>
 
@@ -140,6 +141,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("threads", &o.threads, "OpenMP threads per rank (0 = this node's cores / its ranks)");
   t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
                      "world = ep x edp (0 = all ranks)");
+  t.add("a2a", &o.a2a, "expert all-to-all: flat (one exchange among the ep ranks) or hier (inside each "
+                       "node, then across nodes; docs/hier-a2a.md; ANYK_A2A_NODE_SIZE=n sets n ranks per node)");
   t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
   t.add("save-every", &o.save_every,
         "save a checkpoint to run_dir/checkpoints/step_<n> every N steps (0 = only at the end)");
@@ -191,6 +194,7 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
+  parse_a2a(o.a2a);  // names flat and hier on anything else
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
   ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
   if (o.threads == 0) o.threads = default_threads();

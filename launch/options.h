@@ -35,6 +35,7 @@ struct TrainOptions {
   int64_t log_every = 10, eval_every = 200, eval_windows = 64;
   int threads = 0;  // 0: the cores of this node divided among its ranks
   int ep = 0;       // expert-parallel ranks (0: all ranks)
+  std::string a2a = "flat";  // expert all-to-all: flat or hier
   bool profile = false;
   int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep = 3;            // complete checkpoints kept (older ones deleted)

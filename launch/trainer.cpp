@@ -132,13 +132,8 @@ void Trainer::build_model() {
   }
   // world = ep x edp; experts split over the ep group, replicated over edp.
   groups_ = make_groups(Comm::world(), o_.ep, E_);
-  if (groups_.ep_size == 1) {
-    disp_ = std::make_unique<LocalDispatcher>(E_);
-  } else {
-    auto d = std::make_unique<MpiDispatcher>(groups_.ep, E_);
-    mpi_disp_ = d.get();
-    disp_ = std::move(d);
-  }
+  // --a2a hier: nodes_ holds this node's ep ranks and the same local index on every node.
+  disp_ = make_dispatcher(groups_, E_, parse_a2a(o_.a2a), &nodes_);
   try {
     lm_ = std::make_unique<LM>(train_cfg, *disp_);
   } catch (const std::bad_alloc&) {
@@ -329,7 +324,7 @@ int Trainer::run() {
 bool Trainer::step(int64_t s, StepResult& r) {
   const auto t0 = clock::now();
   std::fill(red_.begin(), red_.end(), 0.0);
-  if (mpi_disp_) mpi_disp_->reset_timers();
+  disp_->reset_timers();
   for (int a = 0; a < A_; ++a) {
     // A stop request between micro-batches abandons the step (agreed by every rank): nothing
     // of it is applied, and the checkpoint of the last finished step is written.
@@ -349,7 +344,7 @@ bool Trainer::step(int64_t s, StepResult& r) {
   const auto t2 = clock::now();
   update(s, r);
   const auto t3 = clock::now();
-  const double dispatch_s = mpi_disp_ ? mpi_disp_->exchange_seconds() : 0.0;
+  const double dispatch_s = disp_->exchange_seconds();
   iv_.dispatch += dispatch_s;
   iv_.compute += secs(t0, t1) - dispatch_s;
   iv_.sync += secs(t1, t2);

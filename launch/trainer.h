@@ -23,7 +23,6 @@
 #include "optim/adamw.h"
 #include "parallel/comm.h"
 #include "parallel/groups.h"
-#include "parallel/mpi_dispatcher.h"
 #include "runtime/arena.h"
 
 namespace anyk::launch {
@@ -100,8 +99,8 @@ class Trainer {
   double node_need_ = 0, mem_avail_ = -1;
   std::string mem_source_;
   ProcessGroups groups_;
-  std::unique_ptr<Dispatcher> disp_;
-  MpiDispatcher* mpi_disp_ = nullptr;
+  NodeGroups nodes_;  // must outlive disp_ (the hierarchical all-to-all uses its groups)
+  std::unique_ptr<AllToAllDispatcher> disp_;
   LocalDispatcher full_disp_;
   std::unique_ptr<LM> lm_, eval_twin_;
   std::unique_ptr<AdamW> opt_;

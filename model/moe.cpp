@@ -29,9 +29,10 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
                       MoEStats* st) const {
   int N = int(x.shape()[0]);
   RouterOut r = router_.forward(tape, x, K, opt);
+  Tensor ids{const_cast<int*>(r.ids), {N, K}, DType::I32};  // (N,K) routing ids
   DispatchPlan plan;
-  Var rows = d_->permute(tape, x, r.ids, N, K, plan);    // (N,C) -> (R,C) by local expert
-  Var y = experts_.forward(tape, rows, plan.offsets);    // (R,C) -> (R,C)
+  Var rows = d_->permute(tape, x, ids, plan);                        // (N,C) -> (R,C) by local expert
+  Var y = experts_.forward(tape, rows, plan.offsets.ptr<int32_t>());  // (R,C) -> (R,C)
   Var out = d_->unpermute(tape, y, r.weights, plan);     // (R,C) -> (N,C), weighted
   if (aux) *aux = r.aux;
   if (st) {

@@ -7,25 +7,27 @@
 
 namespace anyk {
 
-Var all_to_all_rows(Tape& tape, const Var& x, const int* send_counts, const int* recv_counts,
-                    const Comm& comm) {
-  int P = comm.size(), C = int(x.shape()[-1]);
+Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
+                    const Communicator& comm) {
+  const int P = comm.size();
+  const int64_t C = x.shape()[-1];
+  check_counts_tensor(send_counts, P, "all_to_all_rows send_counts");
+  check_counts_tensor(recv_counts, P, "all_to_all_rows recv_counts");
   int64_t S = 0, R = 0;
   for (int i = 0; i < P; ++i) {
-    S += send_counts[i];
-    R += recv_counts[i];
+    S += send_counts.ptr<int32_t>()[i];
+    R += recv_counts.ptr<int32_t>()[i];
   }
   ANYK_CHECK(S * C == x.val.numel(), "all_to_all_rows: " << S << " rows to send but x is " << x.shape().str());
   Var out = tape.make({R, C}, x.dtype(), x.requires_grad());
-  int64_t row_bytes = int64_t(C) * int64_t(dtype_size(x.dtype()));
-  comm.all_to_all_v(x.val.data, send_counts, out.val.data, recv_counts, row_bytes);
+  comm.all_to_all_v(x.val.view({S, C}), send_counts, out.val, recv_counts);
   if (out.requires_grad()) {
-    const Comm* cp = &comm;
+    const Communicator* cp = &comm;
     Arena* arena = &tape.arena();
     tape.record("all_to_all_rows", [=] {
       // Gradients travel back along the same routes: counts swapped.
       Tensor back = arena->tensor({S, C}, x.dtype());
-      cp->all_to_all_v(out.grad.data, recv_counts, back.data, send_counts, row_bytes);
+      cp->all_to_all_v(out.grad, recv_counts, back, send_counts);
       dispatch(x.dtype(), [&](auto tag) {
         using T = decltype(tag);
         cpu::add_backward<T>(x.grad.ptr<T>(), nullptr, back.ptr<T>(), S * C);

@@ -2,14 +2,14 @@
 // receives recv_counts[i] rows from rank i (rank order); backward is the same exchange with the
 // counts swapped, adding into the input's gradient.
 #pragma once
-#include "parallel/comm.h"
+#include "parallel/communicator.h"
 #include "runtime/tape.h"
 
 namespace anyk {
 
-// x (S,C) with S = sum(send_counts) -> (R,C) with R = sum(recv_counts). The count arrays must
-// outlive the step (allocate them in the arena).
-Var all_to_all_rows(Tape& tape, const Var& x, const int* send_counts, const int* recv_counts,
-                    const Comm& comm);
+// x (S,C) with S = sum(send_counts) -> (R,C) with R = sum(recv_counts). send_counts,
+// recv_counts: I32 (comm.size()) host tensors that must outlive the step (the arena's).
+Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
+                    const Communicator& comm);
 
 }  // namespace anyk

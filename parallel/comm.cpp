@@ -120,6 +120,13 @@ Comm Comm::split(int color, int key) const {
   return Comm(out, true);
 }
 
+Comm Comm::split_node(int key) const {
+  MPI_Comm out;
+  ANYK_MPI_CHECK(MPI_Comm_split_type(c_, MPI_COMM_TYPE_SHARED, key, MPI_INFO_NULL, &out));
+  MPI_Comm_set_errhandler(out, MPI_ERRORS_RETURN);
+  return Comm(out, true);
+}
+
 void Comm::barrier() const { ANYK_MPI_CHECK(MPI_Barrier(c_)); }
 
 void Comm::all_reduce_sum(float* data, int64_t n) const {
@@ -150,24 +157,49 @@ double Comm::all_reduce_sum(double v) const {
   return v;
 }
 
-std::vector<int> Comm::all_to_all(const std::vector<int>& send) const {
-  ANYK_CHECK(int(send.size()) % size_ == 0, "all_to_all: " << send.size() << " values for " << size_ << " ranks");
-  std::vector<int> recv(send.size());
-  int per = int(send.size()) / size_;
-  ANYK_MPI_CHECK(MPI_Alltoall(send.data(), per, MPI_INT, recv.data(), per, MPI_INT, c_));
-  return recv;
+void Comm::all_reduce_sum(const Tensor& x) const {
+  check_host_tensor(x, "the MPI communicator");
+  if (x.dtype == DType::F32)
+    all_reduce_sum(static_cast<float*>(x.data), x.numel());
+  else if (x.dtype == DType::F64)
+    all_reduce_sum(static_cast<double*>(x.data), x.numel());
+  else
+    ANYK_FAIL("all_reduce_sum supports f32 and f64, got " << dtype_name(x.dtype));
 }
 
-void Comm::all_to_all_v(const void* send, const int* send_counts, void* recv, const int* recv_counts,
-                        int64_t row_bytes) const {
+void Comm::all_gather(const Tensor& send, const Tensor& recv) const {
+  const int64_t n = send.numel();
+  check_counts_tensor(send, n, "all_gather send");
+  check_counts_tensor(recv, n * size_, "all_gather recv");
+  ANYK_CHECK(n <= INT_MAX, "all_gather of " << n << " values would overflow MPI's int counts");
+  ANYK_MPI_CHECK(MPI_Allgather(send.data, int(n), MPI_INT32_T, recv.data, int(n), MPI_INT32_T, c_));
+}
+
+void Comm::all_to_all(const Tensor& send, const Tensor& recv) const {
+  const int64_t n = send.numel();
+  ANYK_CHECK(n % size_ == 0, "all_to_all: " << n << " values for " << size_ << " ranks");
+  check_counts_tensor(send, n, "all_to_all send");
+  check_counts_tensor(recv, n, "all_to_all recv");
+  ANYK_CHECK(n / size_ <= INT_MAX, "all_to_all of " << n << " values would overflow MPI's int counts");
+  const int per = int(n / size_);
+  ANYK_MPI_CHECK(MPI_Alltoall(send.data, per, MPI_INT32_T, recv.data, per, MPI_INT32_T, c_));
+}
+
+void Comm::all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
+                        const Tensor& recv_counts) const {
+  const int64_t row_bytes = check_all_to_all_v(send, send_counts, recv, recv_counts, size_);
+  check_host_tensor(send, "the MPI communicator");  // TODO(host staging) for device tensors
+  check_host_tensor(recv, "the MPI communicator");
+  const int* sc = send_counts.ptr<int32_t>();
+  const int* rc = recv_counts.ptr<int32_t>();
   // One MPI datatype per row keeps the counts in rows; displacements must still fit an int.
   std::vector<int> sd(size_), rd(size_);
   int64_t s = 0, r = 0;
   for (int i = 0; i < size_; ++i) {
     sd[i] = int(s);
     rd[i] = int(r);
-    s += send_counts[i];
-    r += recv_counts[i];
+    s += sc[i];
+    r += rc[i];
   }
   ANYK_CHECK(s <= INT_MAX && r <= INT_MAX && row_bytes <= INT_MAX,
              "all-to-all of " << s << " rows out / " << r << " rows in of " << row_bytes
@@ -176,9 +208,9 @@ void Comm::all_to_all_v(const void* send, const int* send_counts, void* recv, co
   MPI_Datatype row;
   ANYK_MPI_CHECK(MPI_Type_contiguous(int(row_bytes), MPI_BYTE, &row));
   ANYK_MPI_CHECK(MPI_Type_commit(&row));
-  int rc = MPI_Alltoallv(send, send_counts, sd.data(), row, recv, recv_counts, rd.data(), row, c_);
+  int rc_mpi = MPI_Alltoallv(send.data, sc, sd.data(), row, recv.data, rc, rd.data(), row, c_);
   MPI_Type_free(&row);
-  ANYK_MPI_CHECK(rc);
+  ANYK_MPI_CHECK(rc_mpi);
 }
 
 void Comm::gather(const float* send, int64_t n, float* recv, int root) const {

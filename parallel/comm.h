@@ -1,7 +1,11 @@
-// A communicator: the small interface the rest of anyk uses to talk to other ranks (rank, size,
-// split, all-reduce, all-to-all(v)), implemented over MPI. Every MPI call goes through
-// ANYK_MPI_CHECK, which throws with file:line and a hint. Groups are passed to the objects that
-// use them; nothing reaches for MPI_COMM_WORLD except the code that builds the groups.
+// Comm: an MPI process group. It is the MPI implementation of the data-path Communicator
+// (parallel/communicator.h: all-to-all-v, all-reduce, counts, barrier over tensors) and also the
+// handle for control-path code (splitting groups, agree_or_throw, checkpoint gathers, scalar
+// reductions), which stays MPI-only. One class rather than an MpiCommunicator wrapping a Comm:
+// the groups in ProcessGroups are then usable as communicators directly, with no second object
+// to keep alive beside each. Every MPI call goes through ANYK_MPI_CHECK, which throws with
+// file:line and a hint. Groups are passed to the objects that use them; nothing reaches for
+// MPI_COMM_WORLD except the code that builds the groups.
 #pragma once
 #ifndef OMPI_SKIP_MPICXX
 #define OMPI_SKIP_MPICXX 1  // the C API only; the deprecated C++ bindings warn
@@ -13,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/communicator.h"
 #include "runtime/check.h"
 
 #define ANYK_MPI_CHECK(call)                                                                  \
@@ -47,7 +52,7 @@ class Comm;
 // MPI_Abort, no message per rank.
 void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std::function<void()>& on_failure = {});
 
-class Comm {
+class Comm final : public Communicator {
  public:
   Comm() = default;
   explicit Comm(MPI_Comm c, bool owned = false);
@@ -55,26 +60,32 @@ class Comm {
   Comm& operator=(const Comm&) = delete;
   Comm(Comm&& o) noexcept;
   Comm& operator=(Comm&& o) noexcept;
-  ~Comm();
+  ~Comm() override;
 
   static Comm world();
   static Comm self();
 
-  int rank() const { return rank_; }
-  int size() const { return size_; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
   MPI_Comm raw() const { return c_; }
   Comm split(int color, int key) const;
+  // The ranks of this group that share this node's memory (MPI_COMM_TYPE_SHARED), ordered by key.
+  Comm split_node(int key) const;
 
-  void barrier() const;
+  // Communicator (data path). Host memory only: tensors on another device are refused with an
+  // error. TODO(host staging): stage device tensors through pinned host buffers.
+  void barrier() const override;
+  void all_reduce_sum(const Tensor& x) const override;
+  void all_gather(const Tensor& send, const Tensor& recv) const override;
+  void all_to_all(const Tensor& send, const Tensor& recv) const override;
+  void all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
+                    const Tensor& recv_counts) const override;
+
+  // Control path, host values.
   void all_reduce_sum(float* data, int64_t n) const;   // in place; chunked past INT_MAX
   void all_reduce_sum(double* data, int64_t n) const;
   double all_reduce_max(double v) const;
   double all_reduce_sum(double v) const;
-  // send[i] goes to rank i; returns what each rank sent here.
-  std::vector<int> all_to_all(const std::vector<int>& send) const;
-  // Rows of `row_bytes` bytes: send_counts[i] rows to rank i, recv_counts[i] from rank i.
-  void all_to_all_v(const void* send, const int* send_counts, void* recv, const int* recv_counts,
-                    int64_t row_bytes) const;
   // Root gathers n values from every rank, in rank order, into recv (size() * n, root only).
   void gather(const float* send, int64_t n, float* recv, int root) const;
   // Abort every rank of the job (used when one rank fails, so no rank waits forever).

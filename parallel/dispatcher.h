@@ -1,24 +1,16 @@
-// The token dispatcher: owns every permutation (and, in the MPI implementation, all of the
-// communication) between the router's choices and the experts' contiguous row blocks.
+// The token dispatcher: owns every permutation and all of the communication between the
+// router's choices and the experts' contiguous row blocks.
 // permute: (N,C) tokens + (N,K) expert ids -> rows grouped by local expert (+ tokens_per_expert).
 // unpermute: expert outputs -> weighted scatter-add back to (N,C); router weights never travel.
 // Both are differentiable: their backward is the dual permutation (and exchange).
 #pragma once
+#include <string>
+
+#include "parallel/communicator.h"
+#include "parallel/dispatch_plan.h"
 #include "runtime/tape.h"
 
 namespace anyk {
-
-struct DispatchPlan {
-  int N = 0, K = 0;             // tokens and slots per token on this rank
-  int rows = 0;                 // rows delivered to this rank's local experts
-  const int* offsets = nullptr; // (E_local+1) row offsets of each local expert's block
-  const int* counts = nullptr;  // (E_local) rows per local expert (tokens_per_expert)
-  // Local bookkeeping: for the rows this rank sends, in send order.
-  int sent = 0;                 // number of routed assignments (ids >= 0) on this rank
-  const int* send_tok = nullptr;   // (sent) source token of each routed assignment
-  const int* send_slot = nullptr;  // (sent) its flat slot n*K + k (index into the weights)
-  void* impl = nullptr;         // implementation-specific state (arena memory)
-};
 
 class Dispatcher {
  public:
@@ -26,30 +18,61 @@ class Dispatcher {
   virtual int num_experts() const = 0;    // E, global
   virtual int num_local() const = 0;      // E_local
   virtual int first_expert() const = 0;   // global id of local expert 0
-  // x (N,C), ids (N,K) with -1 for unused slots -> rows (plan.rows, C) grouped by local expert.
-  virtual Var permute(Tape& tape, const Var& x, const int* ids, int N, int K, DispatchPlan& plan) = 0;
+  // x (N,C), ids I32 (N,K) host, -1 for unused slots -> rows (plan.rows, C) by local expert.
+  virtual Var permute(Tape& tape, const Var& x, const Tensor& ids, DispatchPlan& plan) = 0;
   // y (plan.rows, C) in the order permute produced, weights (N,K) -> out (N,C).
   virtual Var unpermute(Tape& tape, const Var& y, const Var& weights, const DispatchPlan& plan) = 0;
 };
 
-// One process holds every expert: permute is a counting sort plus a row gather.
-class LocalDispatcher final : public Dispatcher {
+// How rows travel between the ranks of the expert-parallel group (--a2a).
+enum class A2A { Flat, Hier };
+A2A parse_a2a(const std::string& name);  // "flat" | "hier"; the error lists both
+const char* a2a_name(A2A mode);
+
+// Experts split evenly over the P ranks of the ep group (rank r holds [r*El, (r+1)*El)).
+// permute: sort the N*K assignments by expert (= by destination) -> exchange_counts, the one
+// host synchronisation, sizes the receive buffers (in the step arena: they resize every step
+// with K) -> gather the rows in send order -> exchange them -> regroup by local expert.
+// unpermute: the reverse exchange, then the weighted scatter-add on the source rank.
+// Flat: one all-to-all over the ep group (P-1 peers per rank). Hier (Tutel's 2D all-to-all,
+// docs/hier-a2a.md): phase 1 inside the node, phase 2 among the ranks with the same local index
+// on every node ((G-1) + (M-1) peers); the rows reach the experts in exactly the flat order.
+// On one rank nothing travels and permute is the sort plus one gather.
+class AllToAllDispatcher : public Dispatcher {
  public:
-  explicit LocalDispatcher(int num_experts);
+  // Flat all-to-all over ep.
+  AllToAllDispatcher(const Communicator& ep, int num_experts);
+  // Hierarchical: node = the G ep ranks on this node, cross = the M ep ranks with this rank's
+  // local index, one per node; needs ep rank = cross rank * G + node rank (make_node_groups).
+  AllToAllDispatcher(const Communicator& ep, const Communicator& node, const Communicator& cross,
+                     int num_experts);
   int num_experts() const override { return E_; }
-  int num_local() const override { return E_; }
-  int first_expert() const override { return 0; }
-  Var permute(Tape& tape, const Var& x, const int* ids, int N, int K, DispatchPlan& plan) override;
+  int num_local() const override { return E_local_; }
+  int first_expert() const override { return ep_->rank() * E_local_; }
+  Var permute(Tape& tape, const Var& x, const Tensor& ids, DispatchPlan& plan) override;
   Var unpermute(Tape& tape, const Var& y, const Var& weights, const DispatchPlan& plan) override;
+  A2A mode() const { return node_ ? A2A::Hier : A2A::Flat; }
+
+  // Time spent in the count and row exchanges since the last reset (seconds), for --profile.
+  double exchange_seconds() const { return exchange_s_; }
+  void reset_timers() { exchange_s_ = 0; }
 
  private:
-  int E_;
+  Tensor exchange_counts(Arena& a, const Tensor& expert_counts, Tensor* mid);
+  Var send_rows(Tape& tape, const Var& send, const DispatchPlan& plan);
+  Var return_rows(Tape& tape, const Var& back, const DispatchPlan& plan);
+
+  const Communicator* ep_;
+  const Communicator* node_ = nullptr;   // hier only
+  const Communicator* cross_ = nullptr;  // hier only
+  int E_, E_local_;
+  double exchange_s_ = 0;
 };
 
-// Sort the routed assignments of ids (N,K) by expert, stably (token order within an expert).
-// Writes send_tok/send_slot (sent) and per-expert counts (E); `next` is scratch (E). Returns
-// `sent`. Shared by every dispatcher implementation.
-int sort_assignments(const int* ids, int N, int K, int E, int* send_tok, int* send_slot, int* counts,
-                     int* next);
+// One process holds every expert: the one-rank case (a LocalCommunicator, no MPI).
+class LocalDispatcher final : public AllToAllDispatcher {
+ public:
+  explicit LocalDispatcher(int num_experts);
+};
 
 }  // namespace anyk

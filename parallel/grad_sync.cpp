@@ -4,12 +4,13 @@
 namespace anyk {
 
 void sync_gradients(ParamStore& ps, const ProcessGroups& g) {
-  auto reduce = [&](Region r, const Comm& c) {
+  auto reduce = [&](Region r, const Communicator& c) {
     if (c.size() == 1 || ps.region_numel(r) == 0) return;
-    if (ps.dtype() == DType::F32)
-      c.all_reduce_sum(static_cast<float*>(ps.region_grad(r)), ps.region_numel(r));
-    else
-      c.all_reduce_sum(static_cast<double*>(ps.region_grad(r)), ps.region_numel(r));
+    Tensor grad;  // the region's flat gradient, (numel)
+    grad.data = ps.region_grad(r);
+    grad.shape = {ps.region_numel(r)};
+    grad.dtype = ps.dtype();
+    c.all_reduce_sum(grad);
   };
   reduce(Region::Dense, g.world);
   reduce(Region::Expert, g.edp);

@@ -1,7 +1,9 @@
 // Building the communicators with MPI_Comm_split; see groups.h.
 #include "parallel/groups.h"
 
+#include <cstdlib>
 #include <sstream>
+#include <string>
 
 namespace anyk {
 
@@ -29,6 +31,49 @@ ProcessGroups make_groups(Comm world, int ep, int experts) {
   g.edp_size = P / ep;
   g.world = std::move(world);
   return g;
+}
+
+namespace {
+int env_node_size() {
+  const char* v = std::getenv("ANYK_A2A_NODE_SIZE");
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  long n = std::strtol(v, &end, 10);
+  ANYK_CHECK(*end == 0 && n >= 1 && n <= 1 << 20,
+             "ANYK_A2A_NODE_SIZE='" << v << "' is not a positive rank count hint: unset it, or set the "
+                                    "number of consecutive ranks per node");
+  return int(n);
+}
+}  // namespace
+
+NodeGroups make_node_groups(const Comm& ep, int node_size) {
+  const int P = ep.size(), r = ep.rank();
+  if (node_size <= 0) node_size = env_node_size();
+  ANYK_CHECK(node_size <= 0 || P % node_size == 0,
+             "node size " << node_size << " (ANYK_A2A_NODE_SIZE) does not divide the " << P
+                          << " ranks of the expert-parallel group hint: pick a divisor of --ep");
+  NodeGroups g;
+  g.node = node_size > 0 ? ep.split(r / node_size, r) : ep.split_node(r);
+  const int G = g.node.size(), l = g.node.rank();
+  // Blocked layout: every node holds G consecutive ep ranks starting at a multiple of G.
+  // (Every rank makes every collective call: no short-circuit.)
+  const double base = double(r - l);
+  const double node_hi = g.node.all_reduce_max(base), node_lo = -g.node.all_reduce_max(-base);
+  const double g_hi = ep.all_reduce_max(double(G)), g_lo = -ep.all_reduce_max(-double(G));
+  const bool bad = int(base) % G != 0 || node_hi != node_lo || g_hi != g_lo;
+  if (ep.all_reduce_max(bad ? 1.0 : 0.0) != 0)
+    ANYK_FAIL("--a2a hier needs every node to hold the same number of consecutive expert-parallel ranks, "
+              "but ep rank " << r << " is rank " << l << " of " << G << " on its node hint: place ranks by "
+              "node (mpirun --map-by slot, srun --distribution=block), set ANYK_A2A_NODE_SIZE, or use --a2a flat");
+  g.cross = ep.split(l, r / G);
+  return g;
+}
+
+std::unique_ptr<AllToAllDispatcher> make_dispatcher(const ProcessGroups& g, int experts, A2A mode,
+                                                    NodeGroups* nodes) {
+  if (mode == A2A::Flat || g.ep.size() == 1) return std::make_unique<AllToAllDispatcher>(g.ep, experts);
+  *nodes = make_node_groups(g.ep);
+  return std::make_unique<AllToAllDispatcher>(g.ep, nodes->node, nodes->cross, experts);
 }
 
 }  // namespace anyk

@@ -3,7 +3,10 @@
 // group form an expert-data-parallel group (they hold the same experts). Dense weights are
 // replicated on every rank and synchronised over the world.
 #pragma once
+#include <memory>
+
 #include "parallel/comm.h"
+#include "parallel/dispatcher.h"
 
 namespace anyk {
 
@@ -18,5 +21,23 @@ struct ProcessGroups {
 // The error names the values and lists the ep sizes that would divide.
 void check_layout(int world_size, int ep, int experts);
 ProcessGroups make_groups(Comm world, int ep, int experts);
+
+// The two levels of the hierarchical all-to-all inside an ep group of P = M x G ranks: `node`
+// holds the G ep ranks of this node, `cross` the M ep ranks with this rank's local index (one
+// per node); ep rank = node index * G + local index.
+struct NodeGroups {
+  Comm node;   // G ranks: phase 1
+  Comm cross;  // M ranks: phase 2
+};
+// Collective over ep. Nodes are the ranks that share memory (MPI_COMM_TYPE_SHARED), unless
+// node_size > 0 or the environment sets ANYK_A2A_NODE_SIZE=n: then consecutive ep ranks form
+// nodes of n (to test the hierarchy on one machine). Every rank throws the same error when the
+// nodes differ in size or do not hold consecutive ep ranks.
+NodeGroups make_node_groups(const Comm& ep, int node_size = 0);
+
+// The training dispatcher over g.ep: flat, or hier with node groups built into *nodes (which
+// must outlive the dispatcher). Collective over g.ep.
+std::unique_ptr<AllToAllDispatcher> make_dispatcher(const ProcessGroups& g, int experts, A2A mode,
+                                                    NodeGroups* nodes);
 
 }  // namespace anyk

@@ -118,13 +118,15 @@ TEST_CASE("permute then unpermute is the identity, forward and backward, with em
     }
     Var wv = leaf(tape, {N, rc.K}, DType::F64, w, false);
     DispatchPlan plan;
-    Var rows = d.permute(tape, xv, rc.ids.data(), N, rc.K, plan);
+    Var rows = d.permute(tape, xv, Tensor{rc.ids.data(), {N, rc.K}, DType::I32}, plan);
+    const int* counts = plan.counts.ptr<int32_t>();
+    const int* offsets = plan.offsets.ptr<int32_t>();
     // Rows are grouped by expert: every row of expert e's block comes from a token routed to e.
     auto rv = read(rows.val);
     for (int e = 0; e < E; ++e) {
-      CHECK(plan.counts[e] == plan.offsets[e + 1] - plan.offsets[e]);
-      for (int r = plan.offsets[e]; r < plan.offsets[e + 1]; ++r) {
-        int n = plan.send_tok[r];
+      CHECK(counts[e] == offsets[e + 1] - offsets[e]);
+      for (int r = offsets[e]; r < offsets[e + 1]; ++r) {
+        int n = plan.send_tok.ptr<int32_t>()[r];
         bool routed = false;
         for (int k = 0; k < rc.K; ++k) routed |= rc.ids[n * rc.K + k] == e;
         CHECK(routed);
