@@ -30,7 +30,7 @@ usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, bridge, daemons)"
 
 nodes() {  # the hosts of the running cluster, one per line (nodeK)
-  [ -f "$STATE/nodes" ] && cat "$STATE/nodes" || true
+  if [ -f "$STATE/nodes" ]; then cat "$STATE/nodes"; fi
 }
 in_node() {  # in_node K CMD...: run CMD in host K's net and UTS namespaces
   local k=$1
@@ -48,10 +48,10 @@ wait_for() {  # wait_for SECONDS WHAT CMD...: poll CMD every 0.2 s
   done
 }
 stop_pid() {  # stop_pid PID: TERM, up to 10 s, then KILL (only pids this script recorded)
-  local pid=$1 i
+  local pid=$1 _
   kill -0 "$pid" 2>/dev/null || return 0
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || return 0
     sleep 0.2
   done
@@ -128,6 +128,9 @@ net_up() {  # net_up N: bridge, and per host a netns, a UTS ns (hostname nodeK) 
     ip -n "$NSPFX$k" addr add "$NET.$((10 + k))/24" dev eth0
     ip -n "$NSPFX$k" link set eth0 up
     ip -n "$NSPFX$k" link set lo up
+    # IPv4 only: Open MPI's TCP BTL otherwise also tries the veth's IPv6 link-local address, and a
+    # connect() there failed now and then ("Operation now in progress (115)", then a crash).
+    ip netns exec "$NSPFX$k" sh -c 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 >"$f"; done' 2>/dev/null || true
     echo "node$k" >>"$STATE/nodes"
   done
 }
@@ -149,7 +152,7 @@ start_munge() {
 
 cmd_up() {
   local n=${1:-}
-  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 16 ] || die "up N: N='$n' must be 1..16 (e.g. up 2)"
+  if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 16 ]; then die "up N: N='$n' must be 1..16 (e.g. up 2)"; fi
   [ ! -e "$STATE/nodes" ] || die "a cluster is already up in $STATE (tools/cluster.sh down first)"
   ip link show "$BR" >/dev/null 2>&1 && die "bridge $BR exists (tools/cluster.sh down first)"
   for b in munged slurmctld slurmd srun sinfo nsenter unshare tc; do
@@ -171,6 +174,7 @@ cmd_up() {
   for k in $(seq 1 "$n"); do
     # Its own mount namespace too: $STATE/tmp (TmpFS, where Slurm's PMIx plugin makes
     # spmix_appdir_<uid>_<job>.<step>, the same name on every host) is host K's own directory.
+    # shellcheck disable=SC2016  # $1.. expand in the inner sh
     setsid nsenter --net="/run/netns/$NSPFX$k" --uts="$STATE/node$k/uts" -- \
       unshare --mount --propagation slave -- sh -c 'mount --bind "$1" "$2" && shift 2 && exec "$@"' sh \
       "$STATE/node$k/tmp" "$STATE/tmp" slurmd -D -N "node$k" -f "$SLURM_CONF" \
