@@ -59,7 +59,7 @@ def parse_args():
     p.add_argument("--out", default="runs/cluster_scaling")
     p.add_argument("--anyk-bin", default=os.environ.get("ANYK_BIN", os.path.join(ROOT, "build", "anyk")))
     p.add_argument("--data", default="", help="prepared data (default: OUT/data, made from generated text)")
-    p.add_argument("--pingpong-reps", type=int, default=10)
+    p.add_argument("--pingpong-reps", type=int, default=30)
     p.add_argument("--collect-only", action="store_true", help="re-read OUT's runs; predict again; no runs")
     return p.parse_args()
 
@@ -155,9 +155,10 @@ def measured(run_dir):
 
 
 def link_constants(pp, rate):
-    """Per-message latency and bandwidth from the ping-pong (one-way times by size)."""
+    """Per-message latency (the 8-byte minimum: the link and stack, not the scheduler) and
+    bandwidth from the ping-pong (one-way times by size)."""
     b, t = pp["bytes"], pp["one_way_s"]
-    lat = t[0]
+    lat = pp.get("min_s", t)[0]
     big = max(range(len(b)), key=lambda i: b[i])
     bw_pp = (b[big] - b[0]) / max(t[big] - t[0], 1e-9)
     bps = rate_bps(rate)
@@ -180,8 +181,11 @@ def predict(a, runs):
                                  bw_intra=bw, bw_inter=bw, lat_intra=lat, lat_inter=lat, mem_bw=mem_bw)
         model = replace(run["model"], k=m["mean_k"])
         c = cost_model.step_cost(model, hw, run["P"], run["tokens"] / run["P"], ep=run["ep"])
-        out[(rate, hosts)] = dict(compute=c["compute"], dispatch=c["dispatch"], sync=c["sync"], optim=c["optim"],
-                                  step=c["step"], lat=lat, bw=bw)
+        # The host's own waits: the unshaped run at this host count (its link terms are small).
+        _, mu, _ = runs.get(("none", hosts), (None, None, None))
+        w = cost_model.with_host_wait(c, mu["dispatch"], mu["sync"]) if mu and rate != "none" else c
+        out[(rate, hosts)] = dict(compute=c["compute"], dispatch=w["dispatch"], sync=w["sync"], optim=c["optim"],
+                                  step=w["step"], lat=lat, bw=bw, link_dispatch=c["dispatch"], link_sync=c["sync"])
     return out, flops, mem_bw
 
 
@@ -196,7 +200,9 @@ def write(a, runs, pred, flops, mem_bw):
             row[f"meas_{k}_ms"] = 1e3 * m[k]
             row[f"pred_{k}_ms"] = 1e3 * p[k]
         for k in ("dispatch", "sync"):
-            row[f"{k}_ratio"] = p[k] / m[k] if m[k] > 0 else float("nan")
+            row[f"link_{k}_ms"] = 1e3 * p[f"link_{k}"]
+            row[f"link_{k}_ratio"] = p[f"link_{k}"] / m[k] if m[k] > 0 else float("nan")
+            row[f"{k}_ratio"] = p[k] / m[k] if m[k] > 0 and key[0] != "none" and run["P"] > 1 else float("nan")
         rows.append(row)
     with open(os.path.join(a.out, "cluster_scaling.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -207,17 +213,23 @@ def write(a, runs, pred, flops, mem_bw):
     lines = [f"Model `{a.model_args}`{(' ' + a.train_args) if a.train_args else ''}, {a.ntasks_per_node} rank(s) per "
              f"host, {a.steps} steps (mean after the first 20%). Machine: {CAVEAT}.", "",
              "| link | hosts | ep x edp | link: latency µs, MB/s | **measured** compute / dispatch / sync / optim ms "
-             "| **predicted** compute / dispatch / sync / optim ms | predicted / measured: dispatch, sync |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| **predicted**, link only: dispatch / sync ms (/ measured) "
+             "| **predicted** with the host's waits: compute / dispatch / sync / optim ms "
+             "| predicted / measured: dispatch, sync |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['rate']} | {r['hosts']} | {r['ep']} x {r['edp']} | {r['lat_us']:.0f}, {r['bw_MBps']:.0f} | "
                      + " / ".join(f2(r[f"meas_{k}_ms"]) for k in KEYS) + " | "
-                     + " / ".join(f2(r[f"pred_{k}_ms"]) for k in KEYS) + " | "
+                     + " / ".join(f"{f2(r[f'link_{k}_ms'])} ({r[f'link_{k}_ratio']:.2f})" for k in ("dispatch", "sync"))
+                     + " | " + " / ".join(f2(r[f"pred_{k}_ms"]) for k in KEYS) + " | "
                      + ", ".join("—" if r[f"{k}_ratio"] != r[f"{k}_ratio"] else f"{r[f'{k}_ratio']:.2f}"
                                  for k in ("dispatch", "sync")) + " |")
     lines += ["", f"Calibration from the 1-host unshaped run: compute {flops / 1e9:.1f} GFLOP/s per rank, optimizer "
               f"{mem_bw / 1e9:.2f} GB/s. Link bandwidth: nominal rate x 1448/1514 (TCP payload per frame) when "
-              "shaped, the ping-pong's 4 MiB bandwidth when not; latency: the ping-pong's 8-byte one-way time."]
+              "shaped, the ping-pong's 4 MiB bandwidth when not; latency: the ping-pong's fastest 8-byte one-way "
+              "time. \"Link only\" is cost_model.step_cost(); \"with the host's waits\" adds "
+              "cost_model.with_host_wait() with the waits measured in the unshaped run at the same host count "
+              "(so the unshaped rows are calibration, not prediction: no ratio)."]
     md = "\n".join(lines) + "\n"
     open(os.path.join(a.out, "cluster_scaling.md"), "w").write(md)
     print(md)
@@ -241,7 +253,6 @@ def write(a, runs, pred, flops, mem_bw):
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['rate']}\n{r['hosts']} host{'s' if r['hosts'] > 1 else ''}" for r in rows])
     ax.set_ylabel("ms per step (left bar measured, right bar predicted)")
-    ax.set_yscale("log")
     ax.set_title(f"anyk step-time split on the test cluster vs tools/cost_model.py\n({CAVEAT})", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -129,6 +129,20 @@ def exchange_time(rows_bytes, ep, hw: Hardware, a2a="flat"):
     return (ep - 1) * lat + on_node / hw.bw_intra + off_node / hw.bw_inter, ep - 1
 
 
+def with_host_wait(c, wait_dispatch, wait_sync):
+    """The step of an oversubscribed host (more busy processes than cores, as on the namespaced
+    test cluster): ranks reach each exchange at different times, and a rank's exchange time holds
+    waiting for the slowest peer. The waits are measured where the link is not the limit (the
+    unshaped run at the same host count). The all-reduce follows the step-end wait, so they add;
+    the all-to-all's time is whichever is larger, the peers' lag or the link transfer (a slow
+    link paces the ranks in step, as measured: docs/scaling.md section 4)."""
+    out = dict(c)
+    out["dispatch"] = max(wait_dispatch, c["dispatch"])
+    out["sync"] = wait_sync + c["sync"]
+    out["step"] = out["compute"] + out["dispatch"] + out["sync"] + out["optim"]
+    return out
+
+
 def step_cost(m: Model, hw: Hardware, P: int, tokens_rank: float, ep=None, a2a="flat"):
     """Predicted seconds per step on each rank, split like anyk's --profile, plus byte counts."""
     ep, edp = layout(P, m.E) if ep is None else (ep, P // ep)

@@ -1,5 +1,6 @@
 /* Ping-pong between world ranks 0 and 1: one-way time per message size, printed by rank 0 as
- * one JSON line {"bytes": [...], "one_way_s": [...]} (the median of the repetitions). The link
+ * one JSON line {"bytes": [...], "one_way_s": [...], "min_s": [...]} (median and minimum of the
+ * repetitions; on a busy machine the median holds scheduling delays, the minimum is the link). The link
  * constants of tools/cost_model.py's cluster preset (per-message latency, bandwidth) come from
  * this, measured on the link the study runs on, not from the study's own step times.
  *   mpicc -O2 -o /tmp/pingpong tools/mpi_pingpong.c
@@ -29,7 +30,7 @@ int main(int argc, char** argv) {
   char* buf = calloc(sizes[nsizes - 1], 1);
   double* t = malloc(sizeof(double) * (reps > 0 ? reps : 1));
   if (rank == 0) printf("{\"bytes\": [");
-  double med[16];
+  double med[16], lo[16];
   for (int s = 0; s < nsizes; ++s) {
     int n = (int)sizes[s];
     for (int r = -2; r < reps; ++r) { /* two warm-up rounds */
@@ -46,11 +47,14 @@ int main(int argc, char** argv) {
     }
     qsort(t, reps, sizeof(double), cmp_double);
     med[s] = t[reps / 2];
+    lo[s] = t[0];
     if (rank == 0) printf("%s%ld", s ? ", " : "", sizes[s]);
   }
   if (rank == 0) {
     printf("], \"one_way_s\": [");
     for (int s = 0; s < nsizes; ++s) printf("%s%.9g", s ? ", " : "", med[s]);
+    printf("], \"min_s\": [");
+    for (int s = 0; s < nsizes; ++s) printf("%s%.9g", s ? ", " : "", lo[s]);
     printf("]}\n");
   }
   free(buf);
