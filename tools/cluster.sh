@@ -130,6 +130,7 @@ net_up() {  # net_up N: bridge, and per host a netns, a UTS ns (hostname nodeK) 
     ip -n "$NSPFX$k" link set lo up
     # IPv4 only: Open MPI's TCP BTL otherwise also tries the veth's IPv6 link-local address, and a
     # connect() there failed now and then ("Operation now in progress (115)", then a crash).
+    # shellcheck disable=SC2016  # expands in the inner sh
     ip netns exec "$NSPFX$k" sh -c 'for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 >"$f"; done' 2>/dev/null || true
     echo "node$k" >>"$STATE/nodes"
   done

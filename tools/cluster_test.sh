@@ -11,6 +11,7 @@
 # and that `cluster.sh down` leaves nothing (run twice). Prints PASS/FAIL per case, exits non-zero
 # on any failure; every wait has a timeout; any exit tears the cluster down.
 #   bash tools/cluster_test.sh        # ANYK_BIN=build/anyk by default; KEEP_TMP=1 keeps the work dir
+#   ANYK_TRAIN_ARGS="--a2a hier" bash tools/cluster_test.sh   # more anyk train flags for every run
 # shellcheck disable=SC2086  # $MODEL is a flag list, split on purpose
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -64,6 +65,8 @@ for i in $(seq 1 3000); do echo "line $i: experts learn a coarse-to-fine ranking
 # every layout computes the same micro-batches (routing statistics and K draws are per micro-batch).
 MODEL="--layers 2 --dim 64 --heads 2 --experts 4 --expert-hidden 64 --seq-len 64 --k-strategy layer --k-min 1 --k-max 4 --eval-windows 4 --seed 5 --batch 2"
 
+EXTRA=${ANYK_TRAIN_ARGS:-}
+
 up() {  # up N
   $CL up "$1" >"$TMP/up$1.log" 2>&1 || { cat "$TMP/up$1.log" >&2; die "cluster.sh up $1 failed"; }
   export SLURM_CONF=$ANYK_CLUSTER_DIR/slurm.conf
@@ -75,7 +78,7 @@ train() {
   local name=$1 n=$2 r=$3
   shift 3
   timeout 180 srun --mpi=pmix -N "$n" -n "$r" --ntasks-per-node=$(((r + n - 1) / n)) --kill-on-bad-exit=1 \
-    "$ANYK_BIN" train --data "$TMP/data" --run-dir "$TMP/$name" $MODEL --threads 1 --eval-every 0 "$@" \
+    "$ANYK_BIN" train --data "$TMP/data" --run-dir "$TMP/$name" $MODEL --threads 1 --eval-every 0 "$@" $EXTRA \
     >"$TMP/$name.out" 2>&1
 }
 # compare_losses A B FIRST LAST TOL: steps FIRST..LAST of two metrics.jsonl agree (relative TOL; 0 = exact)
@@ -169,7 +172,7 @@ preempt_case() {
   local out=$TMP/pre.out job st deadline n1
   local steps=150
   job=$(ANYK_BIN=$ANYK_BIN DATA_DIR=$TMP/data RUN_DIR=$TMP/pre STEPS=$steps SAVE_EVERY=0 KEEP=2 LOG_EVERY=1 \
-    EVAL_EVERY=0 EP=2 MODEL_ARGS="$MODEL --grad-accum 2" ANYK_SRUN_MPI=pmix REQUEUE=1 MAX_RESTARTS=1 THREADS=1 \
+    EVAL_EVERY=0 EP=2 MODEL_ARGS="$MODEL --grad-accum 2" ANYK_SRUN_MPI=pmix REQUEUE=1 MAX_RESTARTS=1 THREADS=1 TRAIN_ARGS="$EXTRA" \
     sbatch --parsable --job-name=anyk-pre --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --time=10 \
     --requeue --open-mode=append --output="$out" "$ROOT/slurm/train.sbatch") || { failc "preempt: sbatch failed"; return; }
   job=${job%%;*}

@@ -12,10 +12,14 @@ Per rank and step (N = tokens per micro-batch on this rank, A micro-batches, b b
                    expert gradients (E/ep experts, 3HC each, per layer) over the edp = P/ep replicas
   optimizer      = AdamW streams ~28 bytes per local parameter (p, g, m, v read; p, m, v written)
 anyk does not overlap communication with compute, so the predicted step time is the sum.
+  --a2a hier: the Tutel-style two-phase all-to-all (exchange_time(); docs/scaling.md section 5);
+  with_host_wait(): the waits of an oversubscribed host, for the namespaced test cluster
+  (tools/cluster_scaling.py; docs/scaling.md section 4).
 
   /usr/bin/python3 tools/cost_model.py                       # both stated models on the H100 preset
   /usr/bin/python3 tools/cost_model.py --model quickstart --hw h100-ib --markdown
   /usr/bin/python3 tools/cost_model.py --validate            # measure on this machine (mpirun, 2 ranks)
+  /usr/bin/python3 tools/cost_model.py --a2a compare --model moe-10b --markdown   # flat vs hier, 8..1024 GPUs
 
 Everything printed by the scaling tables is a prediction from the stated constants; --validate
 checks the FLOP and byte COUNTS against what anyk logs and what MPI is handed (a PMPI counter,
