@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A test cluster of N hosts on this machine (root): one network namespace and one UTS namespace
-# (hostname nodeK) per host, each with a veth on a private bridge, one munged, one slurmctld (in
+# A test cluster of N hosts on this machine (root): per host a network namespace (a veth on a
+# private bridge), a UTS namespace (hostname nodeK) and a mount namespace (its own Slurm TmpFS);
+# one munged, one slurmctld (in
 # the root namespace, on the bridge address) and one slurmd per host started inside its
 # namespaces with -N nodeK. Everything lives under one state directory; `down` stops every
 # process the script started, every process left in the hosts' namespaces, and removes the
@@ -12,7 +13,8 @@
 #   bash tools/cluster.sh pids K            # processes inside host K's network namespace
 #   bash tools/cluster.sh down              # stop everything, remove everything (safe to repeat)
 # Environment: ANYK_CLUSTER_DIR (state dir, default /tmp/anyk-cluster), ANYK_CLUSTER_NET (the
-# bridge's /24 prefix, default 10.77.0), ANYK_CLUSTER_CPUS (CPUs each host declares, default nproc).
+# bridge's /24 prefix, default 10.77.0), ANYK_CLUSTER_CPUS (CPUs each host declares, default nproc),
+# ANYK_CLUSTER_KILLWAIT (slurm.conf KillWait, default 5 s).
 # Clients: `export SLURM_CONF=$ANYK_CLUSTER_DIR/slurm.conf` (or source $ANYK_CLUSTER_DIR/env.sh).
 set -euo pipefail
 STATE=${ANYK_CLUSTER_DIR:-/tmp/anyk-cluster}
@@ -25,7 +27,7 @@ die() {
   echo "cluster: error: $*" >&2
   exit 1
 }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, bridge, daemons)"
 
