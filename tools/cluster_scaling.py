@@ -45,6 +45,7 @@ DEFAULT_MODEL = ("--layers 4 --dim 128 --heads 4 --experts 8 --expert-hidden 128
                  "--k-strategy layer --k-min 1 --k-max 4 --eval-windows 4 --seed 1")
 CAVEAT = "one shared 2-core VM, hosts = network namespaces on veth links (tc tbf), not a real cluster"
 KEYS = ("compute", "dispatch", "sync", "optim")
+SHM_BW = 2e9  # bytes/s between two ranks of one host (shared memory; assumed, not measured)
 
 
 def parse_args():
@@ -177,10 +178,17 @@ def predict(a, runs):
     out = {}
     for (rate, hosts), (run, m, pp) in runs.items():
         lat, bw, _ = link_constants(pp, rate) if pp else (0.0, 1e12, 1e12)
+        # A host's link is shared by its ranks; ranks on one host use shared memory (Open MPI's
+        # vader), assumed at SHM_BW and 2 µs: not the link.
         hw = cost_model.Hardware(f"cluster {rate}", flops=flops, ranks_per_node=a.ntasks_per_node,
-                                 bw_intra=bw, bw_inter=bw, lat_intra=lat, lat_inter=lat, mem_bw=mem_bw)
+                                 bw_intra=SHM_BW, bw_inter=bw / a.ntasks_per_node, lat_intra=2e-6,
+                                 lat_inter=lat, mem_bw=mem_bw)
         model = replace(run["model"], k=m["mean_k"])
         c = cost_model.step_cost(model, hw, run["P"], run["tokens"] / run["P"], ep=run["ep"])
+        # A ring all-reduce over contiguous ranks sends one flow per host across the link: all of it.
+        c["sync"] = cost_model.step_cost(model, replace(hw, bw_inter=bw), run["P"], run["tokens"] / run["P"],
+                                         ep=run["ep"])["sync"]
+        c["step"] = c["compute"] + c["dispatch"] + c["sync"] + c["optim"]
         # The host's own waits: the unshaped run at this host count (its link terms are small).
         _, mu, _ = runs.get(("none", hosts), (None, None, None))
         w = cost_model.with_host_wait(c, mu["dispatch"], mu["sync"]) if mu and rate != "none" else c
