@@ -12,10 +12,14 @@ Per rank and step (N = tokens per micro-batch on this rank, A micro-batches, b b
                    expert gradients (E/ep experts, 3HC each, per layer) over the edp = P/ep replicas
   optimizer      = AdamW streams ~28 bytes per local parameter (p, g, m, v read; p, m, v written)
 anyk does not overlap communication with compute, so the predicted step time is the sum.
+  --a2a hier: the Tutel-style two-phase all-to-all (exchange_time(); docs/scaling.md section 5);
+  with_host_wait(): the waits of an oversubscribed host, for the namespaced test cluster
+  (tools/cluster_scaling.py; docs/scaling.md section 4).
 
   /usr/bin/python3 tools/cost_model.py                       # both stated models on the H100 preset
   /usr/bin/python3 tools/cost_model.py --model quickstart --hw h100-ib --markdown
   /usr/bin/python3 tools/cost_model.py --validate            # measure on this machine (mpirun, 2 ranks)
+  /usr/bin/python3 tools/cost_model.py --a2a compare --model moe-10b --markdown   # flat vs hier, 8..1024 GPUs
 
 Everything printed by the scaling tables is a prediction from the stated constants; --validate
 checks the FLOP and byte COUNTS against what anyk logs and what MPI is handed (a PMPI counter,
@@ -106,9 +110,46 @@ def layout(P, E):
     return ep, P // ep
 
 
-def step_cost(m: Model, hw: Hardware, P: int, tokens_rank: float):
+def exchange_time(rows_bytes, ep, hw: Hardware, a2a="flat"):
+    """Seconds for one all-to-all of rows_bytes per rank (to itself included) over an ep group of
+    contiguous ranks, ranks_per_node = G per node, and the messages one rank sends.
+      flat: ep-1 messages; (G-1)/ep of the rows stay on the node, (ep-G)/ep cross the network.
+      hier (Tutel-style 2D, when the group spans n = ep/G > 1 nodes): phase 1, an all-to-all
+        inside the node that gathers at local rank l every row the node sends to local rank l of
+        any node: G-1 messages, (G-1)/G of the rows; phase 2, an all-to-all among the ranks of
+        equal local index: n-1 messages, (n-1)/n of the rows (= (ep-G)/ep, the same bytes cross
+        the network). Intra-node bytes grow from (G-1)/ep to (G-1)/G of the rows (x n; double at
+        2 nodes); messages per rank drop from ep-1 to (G-1)+(n-1)."""
+    if ep <= 1:
+        return 0.0, 0
+    G = min(hw.ranks_per_node, ep)
+    off_node = rows_bytes * max(0, ep - G) / ep
+    if a2a == "hier" and ep > G:
+        n = ep // G
+        return ((G - 1) * hw.lat_intra + rows_bytes * (G - 1) / G / hw.bw_intra
+                + (n - 1) * hw.lat_inter + off_node / hw.bw_inter), (G - 1) + (n - 1)
+    on_node = rows_bytes * (G - 1) / ep
+    lat = hw.lat_inter if ep > G else hw.lat_intra
+    return (ep - 1) * lat + on_node / hw.bw_intra + off_node / hw.bw_inter, ep - 1
+
+
+def with_host_wait(c, wait_dispatch, wait_sync):
+    """The step of an oversubscribed host (more busy processes than cores, as on the namespaced
+    test cluster): ranks reach each exchange at different times, and a rank's exchange time holds
+    waiting for the slowest peer. The waits are measured where the link is not the limit (the
+    unshaped run at the same host count). The all-reduce follows the step-end wait, so they add;
+    the all-to-all's time is whichever is larger, the peers' lag or the link transfer (a slow
+    link paces the ranks in step, as measured: docs/scaling.md section 4)."""
+    out = dict(c)
+    out["dispatch"] = max(wait_dispatch, c["dispatch"])
+    out["sync"] = wait_sync + c["sync"]
+    out["step"] = out["compute"] + out["dispatch"] + out["sync"] + out["optim"]
+    return out
+
+
+def step_cost(m: Model, hw: Hardware, P: int, tokens_rank: float, ep=None, a2a="flat"):
     """Predicted seconds per step on each rank, split like anyk's --profile, plus byte counts."""
-    ep, edp = layout(P, m.E)
+    ep, edp = layout(P, m.E) if ep is None else (ep, P // ep)
     b = hw.bytes_per_elem
     A = m.micro
     N = tokens_rank / A  # tokens per micro-batch
@@ -118,11 +159,8 @@ def step_cost(m: Model, hw: Hardware, P: int, tokens_rank: float):
     # All-to-all: ep ranks are contiguous, so an ep group spans ceil(ep / ranks_per_node) nodes.
     rows_bytes = N * m.k * m.C * b  # one exchange's payload on this rank (to itself included)
     off = rows_bytes * (ep - 1) / ep
-    off_node = rows_bytes * max(0, ep - hw.ranks_per_node) / ep
-    on_node = off - off_node
-    lat = hw.lat_inter if ep > hw.ranks_per_node else hw.lat_intra
-    per_exchange = (ep - 1) * lat + on_node / hw.bw_intra + off_node / hw.bw_inter if ep > 1 else 0.0
-    count_exchange = (ep - 1) * lat if ep > 1 else 0.0
+    per_exchange, out["a2a_msgs"] = exchange_time(rows_bytes, ep, hw, a2a)
+    count_exchange, _ = exchange_time(0.0, ep, hw, a2a)
     out["a2a_bytes"] = 4 * m.L * A * off  # bytes leaving this rank per step
     out["dispatch"] = m.L * A * (4 * per_exchange + count_exchange)
 
@@ -147,7 +185,7 @@ def step_cost(m: Model, hw: Hardware, P: int, tokens_rank: float):
     return out
 
 
-def scaling_table(m, hw, ranks, mode, strong_base=64):
+def scaling_table(m, hw, ranks, mode, strong_base=64, a2a="flat"):
     """weak: seqs_per_rank per rank at every P. strong: the global batch of the weak run at
     strong_base ranks, split over P ranks (P up to one sequence per rank)."""
     rows = []
@@ -158,12 +196,36 @@ def scaling_table(m, hw, ranks, mode, strong_base=64):
     base = None
     for P in ranks:
         tr = tokens_rank_weak if mode == "weak" else G / P
-        c = step_cost(m, hw, P, tr)
+        c = step_cost(m, hw, P, tr, a2a=a2a)
         if base is None:
             base = c["tok_per_s"] / P
         c["efficiency"] = (c["tok_per_s"] / P) / base
         rows.append(c)
     return rows
+
+
+def a2a_table(m, hw, markdown, max_ranks=1024, strong_base=64):
+    """Flat against hierarchical all-to-all, P = 8 .. max_ranks, weak and strong scaling."""
+    head = ["GPUs", "ep x edp", "nodes/ep group", "tok/rank", "msgs flat", "msgs hier", "all-to-all flat ms",
+            "all-to-all hier ms", "hier/flat", "step flat ms", "step hier ms"]
+    lines = []
+    for mode in ("weak", "strong"):
+        title = f"{mode} scaling, {m.name}, on {hw.name}: flat vs hierarchical all-to-all, PREDICTED"
+        lines += ([f"**{title}**", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)] if markdown
+                  else [title, "  ".join(f"{h:>9s}" for h in head)])
+        P = hw.ranks_per_node
+        while P <= max_ranks:
+            tr = m.seqs_per_rank * m.T if mode == "weak" else m.seqs_per_rank * m.T * strong_base / P
+            if tr >= m.T:
+                f, h = step_cost(m, hw, P, tr), step_cost(m, hw, P, tr, a2a="hier")
+                cells = [f"{P}", f"{f['ep']} x {f['edp']}", f"{max(1, f['ep'] // hw.ranks_per_node)}", f"{tr:.0f}",
+                         f"{f['a2a_msgs']}", f"{h['a2a_msgs']}", f"{1e3 * f['dispatch']:.2f}",
+                         f"{1e3 * h['dispatch']:.2f}", f"{h['dispatch'] / f['dispatch']:.2f}" if f["dispatch"] else "-",
+                         f"{1e3 * f['step']:.1f}", f"{1e3 * h['step']:.1f}"]
+                lines.append("| " + " | ".join(cells) + " |" if markdown else "  ".join(f"{x:>9s}" for x in cells))
+            P *= 2
+        lines.append("")
+    print("\n".join(lines))
 
 
 def print_table(m, hw, rows, mode, markdown):
@@ -310,6 +372,10 @@ def main():
     p.add_argument("--max-ranks", type=int, default=1024)
     p.add_argument("--bytes-per-elem", type=int, default=0, help="2 for a bf16 exchange (anyk today: 4)")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--a2a", choices=["flat", "hier", "compare"], default="flat",
+                   help="all-to-all of the tables: flat, hierarchical (anyk --a2a hier), or a flat-vs-hier table")
+    p.add_argument("--experts", type=int, default=0, help="override the model's E (ep = gcd(P, E))")
+    p.add_argument("--seqs-per-rank", type=int, default=0, help="override the model's sequences per rank")
     p.add_argument("--validate", action="store_true", help="run anyk here and check the counts")
     p.add_argument("--steps", type=int, default=30, help="--validate: steps per run")
     p.add_argument("--data", default=os.path.join(ROOT, "data_cache", "fortunes"), help="--validate: prepared data")
@@ -323,11 +389,17 @@ def main():
     ranks = [2 ** i for i in range(int(math.log2(a.max_ranks)) + 1)]
     for name in (MODELS if a.model == "all" else [a.model]):
         m = MODELS[name]
+        if a.experts or a.seqs_per_rank:
+            m = replace(m, E=a.experts or m.E, seqs_per_rank=a.seqs_per_rank or m.seqs_per_rank,
+                        name=f"{m.name}, E={a.experts or m.E}, {a.seqs_per_rank or m.seqs_per_rank} seqs/rank")
+        if a.a2a == "compare":
+            a2a_table(m, hw, a.markdown, a.max_ranks)
+            continue
         print(f"{m.name}: dense {m.dense_params() / 1e6:.2f}M, experts {m.expert_params() / 1e6:.1f}M, active/token "
               f"{m.active_params() / 1e6:.2f}M at K={m.k}, {m.flops_per_token() / 1e9:.3f} GFLOP/token; "
               f"{m.seqs_per_rank} x {m.T} tokens per rank (weak), exchanges in {hw.bytes_per_elem}-byte elements\n")
         for mode in (["weak", "strong"] if a.mode == "both" else [a.mode]):
-            print_table(m, hw, scaling_table(m, hw, ranks, mode), mode, a.markdown)
+            print_table(m, hw, scaling_table(m, hw, ranks, mode, a2a=a.a2a), mode, a.markdown)
 
 
 if __name__ == "__main__":
