@@ -184,8 +184,7 @@ std::string fmt(const char* f, ...) {
 void copy_params(const LM& from, LM& to) {
   for (Region r : {Region::Dense, Region::Expert}) {
     ANYK_CHECK(from.params().region_numel(r) == to.params().region_numel(r), "parameter layouts differ");
-    std::memcpy(to.params().region_data(r), from.params().region_data(r),
-                size_t(from.params().region_numel(r)) * sizeof(float));
+    copy(to.params().region_value(r), from.params().region_value(r));  // any devices
   }
 }
 
@@ -308,7 +307,7 @@ int train_command(int argc, char** argv) {
   };
 
   ParamStore& ps = lm.params();
-  AdamW opt(AdamWConfig{o.lr, 0.9, 0.95, 1e-8, o.weight_decay});
+  AdamW opt(AdamWConfig{o.lr, 0.9, 0.95, 1e-8, o.weight_decay}, ps.device());
   int opt_region[kNumRegions] = {-1, -1};
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
@@ -589,10 +588,10 @@ int train_command(int argc, char** argv) {
     // Global gradient norm, each parameter counted once: dense gradients are identical on every
     // rank after the sync; each expert lives on one rank of an ep group.
     auto dense = region_grad(Region::Dense), expert = region_grad(Region::Expert);
-    const double dn = global_grad_norm({{dense.first, dense.second}});
+    const double dn = global_grad_norm({{dense.first, dense.second}}, ps.device());
     double en2 = 0;
     if (expert.second) {
-      const double en = global_grad_norm({{expert.first, expert.second}});
+      const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
       en2 = groups.ep.all_reduce_sum(en * en);
     }
     const double gnorm = std::sqrt(dn * dn + en2);
@@ -600,7 +599,7 @@ int train_command(int argc, char** argv) {
     ANYK_CHECK(std::isfinite(gnorm) && std::isfinite(ce),
                "training diverged at step " << s + 1 << " (loss " << ce << ", grad norm " << gnorm
                                             << ") hint: lower --lr or raise --warmup");
-    scale_to_norm({dense, expert}, gnorm, o.grad_clip);
+    scale_to_norm({dense, expert}, gnorm, o.grad_clip, ps.device());
     const double lr = p.lr.at(s);
     opt.step(lr);
     ps.zero_grad();

@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "kernels/cpu/kernels.h"
+#include "runtime/ops/kernel_call.h"
 
 namespace anyk {
 
@@ -26,9 +26,9 @@ Var all_to_all_rows(Tape& tape, const Var& x, const int* send_counts, const int*
       // Gradients travel back along the same routes: counts swapped.
       Tensor back = arena->tensor({S, C}, x.dtype());
       cp->all_to_all_v(out.grad.data, recv_counts, back.data, send_counts, row_bytes);
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::add_backward<T>(x.grad.ptr<T>(), nullptr, back.ptr<T>(), S * C);
+        k.accumulate(ctx, x.grad.dev_ptr<T>(), back.dev_ptr<T>(), S * C);
       });
     });
   }
