@@ -1,6 +1,8 @@
 // Router, Experts and MoELayer; see moe.h.
 #include "model/moe.h"
 
+#include "runtime/device.h"
+
 namespace anyk {
 
 Router::Router(ParamStore& ps, const std::string& prefix, int C, int E)
@@ -43,10 +45,10 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
     st->counts.assign(r.counts, r.counts + d_->num_experts());
     if (st->capture) {
       st->ids.assign(r.ids, r.ids + int64_t(N) * K);
-      st->probs.resize(size_t(r.probs.numel()));
       dispatch(r.probs.dtype, [&](auto tag) {
         using T = decltype(tag);
-        for (int64_t i = 0; i < r.probs.numel(); ++i) st->probs[i] = float(r.probs.ptr<T>()[i]);
+        std::vector<T> p = to_host_vector<T>(r.probs);  // through the copy ops: probs may be on a device
+        st->probs.assign(p.begin(), p.end());
       });
     }
   }

@@ -1,7 +1,7 @@
 // Reverse walk of the tape; see tape.h.
 #include "runtime/tape.h"
 
-#include <cstring>
+#include "kernels/kernels.h"
 
 namespace anyk {
 
@@ -18,7 +18,7 @@ void Tape::backward(const Var& loss) {
   ANYK_CHECK(loss.requires_grad(), "backward() on a loss that needs no gradient");
   dispatch(loss.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    loss.grad.ptr<T>()[0] = T(1);
+    kernels<T>(loss.grad.device).fill(exec_ctx(loss.grad.device), loss.grad.dev_ptr<T>(), T(1), 1);
   });
   backward_seeded();
 }

@@ -4,6 +4,7 @@
 // Contract: every backward closure ADDS into the gradients of its inputs (+=), so a Var used
 // twice, and parameters across micro-batches, accumulate naturally.
 #pragma once
+#include <memory>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -31,7 +32,11 @@ inline constexpr std::string_view kAllOps[] = {
 
 class Tape {
  public:
-  explicit Tape(Arena& arena) : arena_(&arena) { nodes_.reserve(1024); }
+  explicit Tape(Arena& arena)
+      : arena_(&arena),
+        host_(arena.device() == Device::CPU ? nullptr : std::make_unique<Arena>(size_t(1) << 20)) {
+    nodes_.reserve(1024);
+  }
 
   Arena& arena() { return *arena_; }
   // With grad disabled (evaluation), ops record nothing and allocate no gradients.
@@ -52,7 +57,8 @@ class Tape {
                   "tape closures live in the arena and are never destroyed: capture views only");
     if (!grad_enabled_) return;
     check_op_name(op);
-    void* mem = arena_->alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
+    Arena& host = host_ ? *host_ : *arena_;
+    void* mem = host.alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
     Fn* p = new (mem) Fn(std::forward<F>(fn));
     nodes_.push_back(Node{op, [](void* q) { (*static_cast<Fn*>(q))(); }, p});
   }
@@ -62,7 +68,10 @@ class Tape {
   // Runs every closure in reverse with the output gradients already seeded by the caller.
   void backward_seeded();
   // Forget the recorded ops (the owner resets the arena separately).
-  void clear() { nodes_.clear(); }
+  void clear() {
+    nodes_.clear();
+    if (host_) host_->reset();
+  }
 
   size_t size() const { return nodes_.size(); }
   std::string_view op_at(size_t i) const { return nodes_[i].op; }
@@ -75,6 +84,7 @@ class Tape {
     void* closure;
   };
   Arena* arena_;
+  std::unique_ptr<Arena> host_;  // closures when arena_ is not host memory
   bool grad_enabled_ = true;
   std::vector<Node> nodes_;
 };

@@ -6,7 +6,8 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/kernels.h"
+#include "kernels/cpu/kernels.h"  // the router only (its kernels move to the table with the router split)
+#include "runtime/ops/kernel_call.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 
@@ -60,8 +61,8 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
   double* f = arena.alloc_n<double>(E);
   dispatch(logits.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    T* p = r.probs.ptr<T>();
-    cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(),
+    T* p = r.probs.dev_ptr<T>();
+    cpu::router_forward<T>(p, lse.dev_ptr<T>(), ids, r.weights.val.dev_ptr<T>(), logits.val.dev_ptr<T>(),
                            nullptr, N, E, K, opt.renormalize);
     if (opt.pool > K) {
       // EMoE: top-`pool` by probability, then K of them per token, uniformly without
@@ -70,8 +71,8 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
       const int Pk = opt.pool;
       int* pid = arena.alloc_n<int>(size_t(N) * Pk);
       T* pw = arena.alloc_n<T>(size_t(N) * Pk);
-      cpu::router_forward<T>(p, lse.ptr<T>(), pid, pw, logits.val.ptr<T>(), nullptr, N, E, Pk, opt.renormalize);
-      T* w = r.weights.val.ptr<T>();
+      cpu::router_forward<T>(p, lse.dev_ptr<T>(), pid, pw, logits.val.dev_ptr<T>(), nullptr, N, E, Pk, opt.renormalize);
+      T* w = r.weights.val.dev_ptr<T>();
       for (int n = 0; n < N; ++n) {
         int slot[64];
         ANYK_CHECK(Pk <= 64, "router: EMoE pool " << Pk << " is larger than 64");
@@ -94,7 +95,7 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
       // Per-token K: the smallest k whose sorted probabilities reach top_p, in [k_min, K].
       int* kc = arena.alloc_n<int>(N);
       for (int n = 0; n < N; ++n) kc[n] = top_p_count<T>(p + int64_t(n) * E, E, opt.top_p, std::min(opt.k_min, K), K);
-      cpu::router_forward<T>(p, lse.ptr<T>(), ids, r.weights.val.ptr<T>(), logits.val.ptr<T>(), kc,
+      cpu::router_forward<T>(p, lse.dev_ptr<T>(), ids, r.weights.val.dev_ptr<T>(), logits.val.dev_ptr<T>(), kc,
                              N, E, K, opt.renormalize);
     }
     std::fill(counts, counts + E, 0);
@@ -111,7 +112,7 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
     }
     lb *= E;
     for (int n = 0; n < N; ++n) {
-      double l = lse.ptr<T>()[n];
+      double l = lse.dev_ptr<T>()[n];
       z += l * l;
       for (int e = 0; e < E; ++e) {
         double q = p[int64_t(n) * E + e];
@@ -124,7 +125,7 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
     r.z = z;
     r.kl = kl;
     r.assignments = total;
-    r.aux.val.ptr<T>()[0] = T(opt.lb_coef * lb + opt.z_coef * z - opt.kl_coef * kl);
+    r.aux.val.dev_ptr<T>()[0] = T(opt.lb_coef * lb + opt.z_coef * z - opt.kl_coef * kl);
   });
   r.ids = ids;
   r.counts = counts;
@@ -136,8 +137,8 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
     tape.record("router", [=] {
       dispatch(lg.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        const T* p = probs.ptr<T>();
-        double ga = aux.grad.ptr<T>()[0];
+        const T* p = probs.dev_ptr<T>();
+        double ga = aux.grad.dev_ptr<T>()[0];
         // d aux / d probs: load balance E f_e / N per token; -KL gives -(log(q E) + 1) / N.
         T* dp = ap->alloc_n<T>(size_t(N) * E);
         T* dl = ap->alloc_n<T>(N);
@@ -148,9 +149,9 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
             if (o.kl_coef != 0 && q > 0) g -= o.kl_coef * (std::log(q * E) + 1.0) / N;
             dp[int64_t(n) * E + e] = T(ga * g);
           }
-          dl[n] = T(ga * o.z_coef * 2.0 * lse.ptr<T>()[n] / N);
+          dl[n] = T(ga * o.z_coef * 2.0 * lse.dev_ptr<T>()[n] / N);
         }
-        cpu::router_backward<T>(lg.grad.ptr<T>(), w.grad.ptr<T>(), dp, dl, p, ids, N, E, K,
+        cpu::router_backward<T>(lg.grad.dev_ptr<T>(), w.grad.dev_ptr<T>(), dp, dl, p, ids, N, E, K,
                                 o.renormalize);
       });
     });
@@ -161,15 +162,15 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
 Var gather_rows(Tape& tape, const Var& x, const int* rows, int M) {
   int C = int(x.shape()[-1]);
   Var out = tape.make({M, C}, x.dtype(), x.requires_grad());
-  dispatch(x.dtype(), [&](auto tag) {
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::gather_rows_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), rows, M, C);
+    k.gather_rows_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), rows, M, C);
   });
   if (out.requires_grad())
     tape.record("gather_rows", [=] {
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::gather_rows_backward<T>(x.grad.ptr<T>(), out.grad.ptr<T>(), rows, M, C);
+        k.gather_rows_backward(ctx, x.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), rows, M, C);
       });
     });
   return out;
@@ -180,20 +181,18 @@ Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const int* tok, con
   Var wv = w ? *w : Var{};
   bool needs = y.requires_grad() || (w && w->requires_grad());
   Var out = tape.make({N, C}, y.dtype(), needs);
-  dispatch(y.dtype(), [&](auto tag) {
+  with_kernels(y.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    std::fill(out.val.ptr<T>(), out.val.ptr<T>() + int64_t(N) * C, T(0));
-    cpu::scatter_add_rows_forward<T>(out.val.ptr<T>(), y.val.ptr<T>(),
-                                     w ? wv.val.ptr<T>() : nullptr, tok, widx, M, C);
+    k.fill(ctx, out.val.dev_ptr<T>(), T(0), int64_t(N) * C);
+    k.scatter_add_rows_forward(ctx, out.val.dev_ptr<T>(), y.val.dev_ptr<T>(), dev_or_null<T>(wv.val), tok, widx,
+                               M, C);
   });
   if (out.requires_grad())
     tape.record("scatter_add_rows", [=] {
-      dispatch(y.dtype(), [&](auto tag) {
+      with_kernels(y.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::scatter_add_rows_backward<T>(
-            y.requires_grad() ? y.grad.ptr<T>() : nullptr,
-            wv.requires_grad() ? wv.grad.ptr<T>() : nullptr, out.grad.ptr<T>(), y.val.ptr<T>(),
-            wv.val.defined() ? wv.val.ptr<T>() : nullptr, tok, widx, M, C);
+        k.scatter_add_rows_backward(ctx, dev_or_null<T>(y.grad), dev_or_null<T>(wv.grad), out.grad.dev_ptr<T>(),
+                                    y.val.dev_ptr<T>(), dev_or_null<T>(wv.val), tok, widx, M, C);
       });
     });
   return out;
@@ -207,18 +206,16 @@ Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets) {
              "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()
                                   << " and offsets [0.." << offsets[E] << "]");
   Var out = tape.make({M, O}, x.dtype(), any_grad({&x, &w}));
-  dispatch(x.dtype(), [&](auto tag) {
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::grouped_linear_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), offsets, E, I, O);
+    k.grouped_linear_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
   });
   if (out.requires_grad())
     tape.record("grouped_linear", [=] {
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::grouped_linear_backward<T>(x.requires_grad() ? x.grad.ptr<T>() : nullptr,
-                                        w.requires_grad() ? w.grad.ptr<T>() : nullptr,
-                                        out.grad.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), offsets,
-                                        E, I, O);
+        k.grouped_linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
+                                  x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
       });
     });
   return out;

@@ -1,12 +1,15 @@
 // Differentiable ops. Each returns a Var allocated from the tape's arena and records its backward
 // closure (which adds into the inputs' gradients). The backward rule of every op sits next to its
-// forward in the .cpp beside this header. Ops work in f32 and f64 (the gradient checks use f64).
+// forward in the .cpp beside this header. Ops work in f32 and f64 (the gradient checks use f64),
+// on any device with registered kernels (kernels/kernels.h); they never read device data.
 #pragma once
 #include "runtime/tape.h"
 
 namespace anyk {
 
-// (N) ids -> (N,C) rows of wte (V,C)
+// ids (N, i32, on wte's device) -> (N,C) rows of wte (V,C)
+Var embedding(Tape& tape, const Tensor& ids, const Var& wte);
+// The same from host ids (copied to wte's device when it is not the CPU)
 Var embedding(Tape& tape, const int* ids, int N, const Var& wte);
 // x (...,I) · w (O,I)^T -> (...,O)
 Var linear(Tape& tape, const Var& x, const Var& w);
@@ -23,6 +26,9 @@ Var attention(Tape& tape, const Var& qkv, int NH);
 // SwiGLU: h (M,2H) = [gate | up] -> (M,H)
 Var swiglu(Tape& tape, const Var& h);
 // Mean (or sum / norm when norm > 0) of -log softmax(logits)[target]: logits (N,V) -> scalar (1)
+// targets (N, i32, on the logits' device)
+Var cross_entropy(Tape& tape, const Var& logits, const Tensor& targets, double norm = 0);
+// The same from host targets (copied to the logits' device when it is not the CPU)
 Var cross_entropy(Tape& tape, const Var& logits, const int* targets, double norm = 0);
 
 struct RouterOptions {
