@@ -6,6 +6,26 @@ namespace anyk {
 Router::Router(ParamStore& ps, const std::string& prefix, int C, int E)
     : ps_(&ps), w_(ps.add(prefix + ".router", {E, C}, Region::Dense, true)) {}
 
+RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt) {
+  Gating g = router_gating(tape, logits, K, opt);
+  Var lb = router_lb_loss(tape, g.probs, g.counts);
+  Var z = router_z_loss(tape, g.lse);
+  Var kl = router_kl_loss(tape, g.probs);
+  RouterOut r;
+  r.weights = g.weights;
+  r.ids = g.ids;
+  r.probs = g.probs.val;
+  r.aux = router_aux(tape, lb, z, kl, opt, logits.dtype());
+  r.counts = g.counts;
+  r.lb = lb.val.ptr<double>()[0];
+  r.z = z.val.ptr<double>()[0];
+  r.kl = kl.val.ptr<double>()[0];
+  const int* counts = g.counts.ptr<int32_t>();
+  r.assignments = 0;
+  for (int e = 0; e < int(g.counts.numel()); ++e) r.assignments += counts[e];
+  return r;
+}
+
 RouterOut Router::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt) const {
   Var logits = linear(tape, x, ps_->var(w_));  // (N,C) -> (N,E)
   return router(tape, logits, K, opt);
@@ -30,7 +50,8 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
   int N = int(x.shape()[0]);
   RouterOut r = router_.forward(tape, x, K, opt);
   DispatchPlan plan;
-  Var rows = d_->permute(tape, x, r.ids, N, K, plan);    // (N,C) -> (R,C) by local expert
+  const int* ids = r.ids.ptr<int32_t>();
+  Var rows = d_->permute(tape, x, ids, N, K, plan);      // (N,C) -> (R,C) by local expert
   Var y = experts_.forward(tape, rows, plan.offsets);    // (R,C) -> (R,C)
   Var out = d_->unpermute(tape, y, r.weights, plan);     // (R,C) -> (N,C), weighted
   if (aux) *aux = r.aux;
@@ -39,9 +60,10 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
     st->z = r.z;
     st->kl = r.kl;
     st->assignments = r.assignments;
-    st->counts.assign(r.counts, r.counts + d_->num_experts());
+    const int* counts = r.counts.ptr<int32_t>();
+    st->counts.assign(counts, counts + d_->num_experts());
     if (st->capture) {
-      st->ids.assign(r.ids, r.ids + int64_t(N) * K);
+      st->ids.assign(ids, ids + int64_t(N) * K);
       st->probs.resize(size_t(r.probs.numel()));
       dispatch(r.probs.dtype, [&](auto tag) {
         using T = decltype(tag);

@@ -7,6 +7,8 @@
 
 namespace anyk {
 
+[[maybe_unused]] static const bool kParallelOpsRegistered = register_ops(kParallelOps);
+
 Var all_to_all_rows(Tape& tape, const Var& x, const int* send_counts, const int* recv_counts,
                     const Comm& comm) {
   int P = comm.size(), C = int(x.shape()[-1]);

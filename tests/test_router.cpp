@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "runtime/ops/ops.h"
+#include "model/moe.h"
 #include "test_util.h"
 
 using namespace anyk;
@@ -69,14 +69,14 @@ TEST_CASE("router matches a naive loop for K = 1, 2, E (f32 and f64, renormalise
         RouterOut r = router(tape, x, K, o);
         Naive ref = naive_router(logits, N, E, K, renorm);
         double tol = dt == DType::F64 ? 1e-12 : 1e-6;
-        for (int i = 0; i < N * K; ++i) CHECK(r.ids[i] == ref.ids[i]);
+        for (int i = 0; i < N * K; ++i) CHECK(r.ids.ptr<int>()[i] == ref.ids[i]);
         CHECK(rel_err(read(r.weights.val), ref.w) < tol);
         CHECK(r.lb == doctest::Approx(ref.lb).epsilon(tol));
         CHECK(r.z == doctest::Approx(ref.z).epsilon(tol));
         CHECK(read(r.aux.val)[0] == doctest::Approx(0.01 * ref.lb + 0.001 * ref.z).epsilon(tol * 10));
         CHECK(r.assignments == int64_t(N) * K);
         int total = 0;
-        for (int e = 0; e < E; ++e) total += r.counts[e];
+        for (int e = 0; e < E; ++e) total += r.counts.ptr<int>()[e];
         CHECK(total == N * K);
         if (K == E) CHECK(r.lb == doctest::Approx(1.0).epsilon(tol));  // f_e = 1/E for all e
       }
@@ -89,8 +89,8 @@ TEST_CASE("router: ties go to the lower expert id") {
   Tape tape(arena);
   Var x = leaf(tape, {1, 4}, DType::F64, {0.5, 2.0, 2.0, 2.0});
   RouterOut r = router(tape, x, 2, RouterOptions{});
-  CHECK(r.ids[0] == 1);
-  CHECK(r.ids[1] == 2);
+  CHECK(r.ids.ptr<int>()[0] == 1);
+  CHECK(r.ids.ptr<int>()[1] == 2);
   auto w = read(r.weights.val);
   CHECK(w[0] == doctest::Approx(0.5));
   CHECK(w[1] == doctest::Approx(0.5));
@@ -114,7 +114,7 @@ TEST_CASE("router: top_p picks the smallest k whose sorted probabilities reach p
     while (acc < 0.5) acc += s[want++];
     want = std::min(want, K);
     int got = 0;
-    for (int k = 0; k < K; ++k) got += r.ids[n * K + k] >= 0;
+    for (int k = 0; k < K; ++k) got += r.ids.ptr<int>()[n * K + k] >= 0;
     CHECK(got == want);
   }
 }
