@@ -9,6 +9,7 @@
 #include <string>
 
 #include "kernels/cpu/kernels.h"
+#include "model/moe_ops.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 

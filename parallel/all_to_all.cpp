@@ -7,6 +7,8 @@
 
 namespace anyk {
 
+[[maybe_unused]] static const bool kParallelOpsRegistered = register_ops(kParallelOps);
+
 Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
                     const Communicator& comm) {
   const int P = comm.size();

@@ -5,6 +5,7 @@
 // twice, and parameters across micro-batches, accumulate naturally.
 #pragma once
 #include <memory>
+#include <span>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -23,12 +24,20 @@ struct Var {
   DType dtype() const { return val.dtype; }
 };
 
-// Every differentiable op in the runtime, by the name it records on the tape. The gradient-check
-// suite has one entry per name and fails if an op is missing from its table.
-inline constexpr std::string_view kAllOps[] = {
+// Op names. Every op records itself on the tape under a name, and Tape::record refuses a name
+// that no library has registered (a typo, or an op missing from its library's list). Each
+// library lists its own ops, so runtime/ knows nothing of the layers above it: runtime's are
+// kRuntimeOps below, model/ has kModelOps (model/moe_ops.h), parallel/ kParallelOps
+// (parallel/all_to_all.h). A library registers its list with register_ops() from a static
+// initialiser in the .cpp that defines its ops, so the names are present whenever one of those
+// ops is linked. The gradient-check suite concatenates the lists and has one entry per name.
+inline constexpr std::string_view kRuntimeOps[] = {
     "embedding", "linear",  "add",         "rmsnorm",     "rope",          "attention",
-    "swiglu",    "cross_entropy", "router", "gather_rows", "scatter_add_rows", "grouped_linear",
-    "scale",     "all_to_all_rows"};
+    "swiglu",    "cross_entropy", "gather_rows", "scatter_add_rows", "scale"};
+// Adds names (string views into static storage) to the registry; returns true (for use as a
+// static initialiser). Registering a name twice is harmless.
+bool register_ops(std::span<const std::string_view> names);
+bool is_registered_op(std::string_view name);
 
 class Tape {
  public:
