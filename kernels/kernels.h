@@ -100,6 +100,58 @@ template <class T> struct Kernels {
   void (*adamw_update)(const Ctx&, T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2, double eps,
                        double shrink, double step_size, double inv_sqrt_bc2);
 
+  // ---- router (model/moe_ops) ----
+  // logits (N,E) -> probs (N,E) softmax over all E, lse (N), ids (N,K) the top-kt experts by
+  // probability (ties: lower id first; -1 in unused slots), weights (N,K) their probabilities
+  // (renormalised over the chosen when renorm); kt = kcount[n] when kcount (N) is given, else K.
+  void (*router_forward)(const Ctx&, T* probs, T* lse, int32_t* ids, T* weights, const T* logits,
+                         const int32_t* kcount, int N, int E, int K, bool renorm);
+  // dlogits += the gradient through dweights (N,K), dprobs (N,E) and dlse (N) (both may be null)
+  void (*router_backward)(const Ctx&, T* dlogits, const T* dweights, const T* dprobs, const T* dlse,
+                          const T* probs, const int32_t* ids, int N, int E, int K, bool renorm);
+  // kcount (N): per row of probs (N,E) the smallest k whose k largest sum to >= p, in
+  // [k_min, k_max]; NaN counts as zero mass. scratch: E doubles (host memory on the CPU backend).
+  void (*top_p_count_forward)(const Ctx&, int32_t* kcount, double* scratch, const T* probs, int N, int E,
+                              double p, int k_min, int k_max);
+  // EMoE: ids, weights (N,K) = K of each token's pool_ids (N,P) drawn without replacement (keyed by
+  // key, token, draw), in pool order; weights from probs (N,E), renormalised when renorm. P <= 64.
+  void (*emoe_sample_forward)(const Ctx&, int32_t* ids, T* weights, const T* probs, const int32_t* pool_ids,
+                              int N, int E, int K, int P, uint64_t key, bool renorm);
+  // counts (E) = occurrences of each expert in ids (n); negative ids skipped (same in every table)
+  void (*expert_counts)(const Ctx&, int32_t* counts, const int32_t* ids, int64_t n, int E);
+  // Auxiliary losses, each an f64 scalar out (1). lb = E * sum_e f_e P_e (f_e from counts (E), no
+  // gradient; P_e the mean of probs (N,E)); z = mean lse (N)^2; kl = mean sum_e q log(q E), q > 0.
+  void (*lb_loss_forward)(const Ctx&, double* out, const T* probs, const int32_t* counts, int N, int E);
+  // dprobs (N,E) += dout[0] * E * f_e / N  (T is the gradient's type here)
+  void (*lb_loss_backward)(const Ctx&, T* dprobs, const double* dout, const int32_t* counts, int N, int E);
+  void (*z_loss_forward)(const Ctx&, double* out, const T* lse, int N);
+  // dlse (N) += dout[0] * 2 lse / N
+  void (*z_loss_backward)(const Ctx&, T* dlse, const double* dout, const T* lse, int N);
+  void (*kl_loss_forward)(const Ctx&, double* out, const T* probs, int N, int E);
+  // dprobs (N,E) += dout[0] * (log(q E) + 1) / N where q > 0; the gradient in T, or (_f64) in
+  // double (the router keeps its probabilities' gradient in f64)
+  void (*kl_loss_backward)(const Ctx&, T* dprobs, const double* dout, const T* probs, int N, int E);
+  void (*kl_loss_backward_f64)(const Ctx&, double* dprobs, const double* dout, const T* probs, int N, int E);
+  // out (1) = T(cl lb + cz z - ck kl) from scalars (1) in T, or (_f64) in double, computed in
+  // their type; backward dlb += dout cl, dz += dout cz, dkl -= dout ck (null: not needed)
+  void (*router_aux_forward)(const Ctx&, T* out, const T* lb, const T* z, const T* kl, double cl, double cz,
+                             double ck);
+  void (*router_aux_forward_f64)(const Ctx&, T* out, const double* lb, const double* z, const double* kl,
+                                 double cl, double cz, double ck);
+  void (*router_aux_backward)(const Ctx&, T* dlb, T* dz, T* dkl, const T* dout, double cl, double cz, double ck);
+  void (*router_aux_backward_f64)(const Ctx&, double* dlb, double* dz, double* dkl, const T* dout, double cl,
+                                  double cz, double ck);
+  // out (n) = T(in (n)) from double (the router's f64 probability gradient)
+  void (*convert_from_f64)(const Ctx&, T* out, const double* in, int64_t n);
+
+  // ---- inference (model/generate) ----
+  // n new queries q (n,C) (row stride q_stride) of one sequence over its cached keys and values
+  // kc, vc (len,C), the new tokens last; out (n,C); scores (NH,n,len) scratch
+  void (*attention_cached_forward)(const Ctx&, T* out, T* scores, const T* q, int q_stride, const T* kc,
+                                   const T* vc, int n, int len, int C, int NH);
+  // out (M,O) = x (M,I) · w (O,I)^T for a few rows (decode steps), streaming w
+  void (*linear_rows_forward)(const Ctx&, T* out, const T* x, const T* w, int M, int I, int O);
+
   // ---- storage conversion (meaningful for T = float; null in other tables) ----
   // out (n) bf16 bits = round-to-nearest-even(x (n)); NaN stays a (quiet) NaN
   void (*to_bf16)(const Ctx&, uint16_t* out, const T* x, int64_t n);

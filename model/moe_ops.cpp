@@ -1,14 +1,12 @@
 // The MoE ops and their gradient rules; see moe_ops.h. Every forward and backward body is a few
-// kernel calls (kernels/cpu/kernels.h for gating and grouped matmul, kernels/cpu/router_kernels.h
-// for the rest), each op's calls in one dispatch block.
+// calls into the kernel table of the tensors' device (kernels/kernels.h), each op's calls in one
+// with_kernels block.
 #include "model/moe_ops.h"
 
 #include <algorithm>
 #include <array>
 #include <vector>
 
-#include "kernels/cpu/kernels.h"
-#include "kernels/cpu/router_kernels.h"
 #include "runtime/ops/kernel_call.h"
 
 namespace anyk {
@@ -36,8 +34,8 @@ int top_p_count(const T* probs, int E, double p, int k_min, int k_max) {
     heap_buf.resize(static_cast<size_t>(E));
     buf = heap_buf.data();
   }
-  int k = 0;
-  cpu::top_p_count_forward<T>(&k, buf, probs, 1, E, p, k_min, k_max);
+  int32_t k = 0;
+  kernels<T>(Device::CPU).top_p_count_forward(exec_ctx(Device::CPU), &k, buf, probs, 1, E, p, k_min, k_max);
   return k;
 }
 
@@ -68,34 +66,34 @@ Gating router_gating(Tape& tape, const Var& logits, int K, const RouterOptions& 
   Tensor pool_w = emoe ? arena.tensor({N, P}, dt) : r.weights.val;
   Tensor kcount = top_p ? arena.tensor({N}, DType::I32) : Tensor{};
   double* scratch = top_p ? arena.alloc_n<double>(size_t(E)) : nullptr;
-  int* ids = r.ids.dev_ptr<int32_t>();
-  dispatch(dt, [&](auto tag) {
+  int32_t* ids = r.ids.dev_ptr<int32_t>();
+  with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
     T *p = r.probs.val.dev_ptr<T>(), *lse = r.lse.val.dev_ptr<T>(), *w = r.weights.val.dev_ptr<T>();
     const T* z = logits.val.dev_ptr<T>();
-    cpu::router_forward<T>(p, lse, pool_ids.dev_ptr<int32_t>(), pool_w.dev_ptr<T>(), z, nullptr, N, E, P,
-                           opt.renormalize);
+    k.router_forward(ctx, p, lse, pool_ids.dev_ptr<int32_t>(), pool_w.dev_ptr<T>(), z, nullptr, N, E, P,
+                     opt.renormalize);
     if (emoe)
-      cpu::emoe_sample_forward<T>(ids, w, p, pool_ids.dev_ptr<int32_t>(), N, E, K, P, opt.sample_key,
-                                  opt.renormalize);
+      k.emoe_sample_forward(ctx, ids, w, p, pool_ids.dev_ptr<int32_t>(), N, E, K, P, opt.sample_key,
+                            opt.renormalize);
     if (top_p) {
-      int* kc = kcount.dev_ptr<int32_t>();
-      cpu::top_p_count_forward<T>(kc, scratch, p, N, E, opt.top_p, k_min, K);
-      cpu::router_forward<T>(p, lse, ids, w, z, kc, N, E, K, opt.renormalize);
+      int32_t* kc = kcount.dev_ptr<int32_t>();
+      k.top_p_count_forward(ctx, kc, scratch, p, N, E, opt.top_p, k_min, K);
+      k.router_forward(ctx, p, lse, ids, w, z, kc, N, E, K, opt.renormalize);
     }
-    cpu::expert_counts(r.counts.dev_ptr<int32_t>(), ids, int64_t(N) * K, E);
+    k.expert_counts(ctx, r.counts.dev_ptr<int32_t>(), ids, int64_t(N) * K, E);
   });
   if (r.weights.requires_grad()) {
     Var lg = logits, w = r.weights, probs = r.probs, lse = r.lse;
     const bool renorm = opt.renormalize;
     Arena* ap = &arena;
     tape.record("router", [=] {
-      dispatch(lg.dtype(), [&](auto tag) {
+      with_kernels(lg.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         T* dp = ap->alloc_n<T>(size_t(N) * E);
-        cpu::convert<T, double>(dp, probs.grad.dev_ptr<double>(), int64_t(N) * E);
-        cpu::router_backward<T>(lg.grad.dev_ptr<T>(), w.grad.dev_ptr<T>(), dp, lse.grad.dev_ptr<T>(),
-                                probs.val.dev_ptr<T>(), ids, N, E, K, renorm);
+        k.convert_from_f64(ctx, dp, probs.grad.dev_ptr<double>(), int64_t(N) * E);
+        k.router_backward(ctx, lg.grad.dev_ptr<T>(), w.grad.dev_ptr<T>(), dp, lse.grad.dev_ptr<T>(),
+                          probs.val.dev_ptr<T>(), ids, N, E, K, renorm);
       });
     });
   }
@@ -108,16 +106,16 @@ Var router_lb_loss(Tape& tape, const Var& probs, const Tensor& counts) {
                                       << " counts " << counts.shape.str() << " do not match (need I32 (E))");
   const int N = int(probs.shape()[0]), E = int(probs.shape()[1]);
   Var out = tape.make({1}, DType::F64, probs.requires_grad());
-  const int* cnt = counts.dev_ptr<int32_t>();
-  dispatch(probs.dtype(), [&](auto tag) {
+  const int32_t* cnt = counts.dev_ptr<int32_t>();
+  with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::lb_loss_forward<T>(out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), cnt, N, E);
+    k.lb_loss_forward(ctx, out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), cnt, N, E);
   });
   if (out.requires_grad())
     tape.record("router_lb_loss", [=] {
-      dispatch(probs.grad.dtype, [&](auto tag) {
+      with_kernels(probs.grad, [&](auto& k, auto& ctx, auto tag) {  // the gradient's dtype
         using G = decltype(tag);
-        cpu::lb_loss_backward<G>(probs.grad.dev_ptr<G>(), out.grad.dev_ptr<double>(), cnt, N, E);
+        k.lb_loss_backward(ctx, probs.grad.dev_ptr<G>(), out.grad.dev_ptr<double>(), cnt, N, E);
       });
     });
   return out;
@@ -127,15 +125,15 @@ Var router_z_loss(Tape& tape, const Var& lse) {
   ANYK_CHECK(lse.shape().ndim == 1, "router_z_loss expects lse (N), got " << lse.shape().str());
   const int N = int(lse.shape()[0]);
   Var out = tape.make({1}, DType::F64, lse.requires_grad());
-  dispatch(lse.dtype(), [&](auto tag) {
+  with_kernels(lse.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::z_loss_forward<T>(out.val.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
+    k.z_loss_forward(ctx, out.val.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
   });
   if (out.requires_grad())
     tape.record("router_z_loss", [=] {
-      dispatch(lse.dtype(), [&](auto tag) {
+      with_kernels(lse.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::z_loss_backward<T>(lse.grad.dev_ptr<T>(), out.grad.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
+        k.z_loss_backward(ctx, lse.grad.dev_ptr<T>(), out.grad.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
       });
     });
   return out;
@@ -145,18 +143,23 @@ Var router_kl_loss(Tape& tape, const Var& probs) {
   ANYK_CHECK(probs.shape().ndim == 2, "router_kl_loss expects probs (N,E), got " << probs.shape().str());
   const int N = int(probs.shape()[0]), E = int(probs.shape()[1]);
   Var out = tape.make({1}, DType::F64, probs.requires_grad());
-  dispatch(probs.dtype(), [&](auto tag) {
+  with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::kl_loss_forward<T>(out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), N, E);
+    k.kl_loss_forward(ctx, out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), N, E);
   });
+  // The gradient is in the probabilities' dtype or (the router's) f64.
+  ANYK_CHECK(!out.requires_grad() || probs.grad.dtype == probs.dtype() || probs.grad.dtype == DType::F64,
+             "router_kl_loss: a " << dtype_name(probs.grad.dtype) << " gradient for " << dtype_name(probs.dtype())
+                                  << " probs is not supported (need the same dtype or f64)");
   if (out.requires_grad())
     tape.record("router_kl_loss", [=] {
-      dispatch(probs.dtype(), [&](auto tag) {
+      with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        dispatch(probs.grad.dtype, [&](auto gtag) {
-          using G = decltype(gtag);
-          cpu::kl_loss_backward<T, G>(probs.grad.dev_ptr<G>(), out.grad.dev_ptr<double>(), probs.val.dev_ptr<T>(), N, E);
-        });
+        const double* dout = out.grad.dev_ptr<double>();
+        if (probs.grad.dtype == probs.dtype())
+          k.kl_loss_backward(ctx, probs.grad.dev_ptr<T>(), dout, probs.val.dev_ptr<T>(), N, E);
+        else
+          k.kl_loss_backward_f64(ctx, probs.grad.dev_ptr<double>(), dout, probs.val.dev_ptr<T>(), N, E);
       });
     });
   return out;
@@ -169,25 +172,33 @@ Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const Rou
              "router_aux expects three scalars of one dtype, got " << lb.shape().str() << " "
                  << dtype_name(lb.dtype()) << ", " << z.shape().str() << " " << dtype_name(z.dtype())
                  << ", " << kl.shape().str() << " " << dtype_name(kl.dtype()));
+  ANYK_CHECK(lb.dtype() == dt || lb.dtype() == DType::F64,
+             "router_aux: " << dtype_name(lb.dtype()) << " scalars for a " << dtype_name(dt)
+                            << " result are not supported (need the result's dtype or f64)");
   const double cl = opt.lb_coef, cz = opt.z_coef, ck = opt.kl_coef;
+  const bool same = lb.dtype() == dt;  // else the scalars are f64 (the loss ops' dtype)
   Var out = tape.make({1}, dt, any_grad({&lb, &z, &kl}));
-  dispatch(dt, [&](auto tag) {
+  with_kernels(out.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    dispatch(lb.dtype(), [&](auto stag) {
-      using S = decltype(stag);
-      cpu::router_aux_forward<T, S>(out.val.dev_ptr<T>(), lb.val.dev_ptr<S>(), z.val.dev_ptr<S>(), kl.val.dev_ptr<S>(),
-                                    cl, cz, ck);
-    });
+    if (same)
+      k.router_aux_forward(ctx, out.val.dev_ptr<T>(), lb.val.dev_ptr<T>(), z.val.dev_ptr<T>(), kl.val.dev_ptr<T>(),
+                           cl, cz, ck);
+    else
+      k.router_aux_forward_f64(ctx, out.val.dev_ptr<T>(), lb.val.dev_ptr<double>(), z.val.dev_ptr<double>(),
+                               kl.val.dev_ptr<double>(), cl, cz, ck);
   });
   if (out.requires_grad())
     tape.record("router_aux", [=] {
-      dispatch(out.dtype(), [&](auto tag) {
+      with_kernels(out.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        dispatch(lb.dtype(), [&](auto stag) {
-          using S = decltype(stag);
-          auto g = [](const Var& v) { return v.requires_grad() ? v.grad.dev_ptr<S>() : nullptr; };
-          cpu::router_aux_backward<T, S>(g(lb), g(z), g(kl), out.grad.dev_ptr<T>(), cl, cz, ck);
-        });
+        const T* dout = out.grad.dev_ptr<T>();
+        if (same) {
+          auto g = [](const Var& v) { return v.requires_grad() ? v.grad.dev_ptr<T>() : nullptr; };
+          k.router_aux_backward(ctx, g(lb), g(z), g(kl), dout, cl, cz, ck);
+        } else {
+          auto g = [](const Var& v) { return v.requires_grad() ? v.grad.dev_ptr<double>() : nullptr; };
+          k.router_aux_backward_f64(ctx, g(lb), g(z), g(kl), dout, cl, cz, ck);
+        }
       });
     });
   return out;

@@ -116,6 +116,15 @@ template <class T> Kernels<T> make() {
   ANYK_CHECKED(scatter_add_rows_forward); ANYK_CHECKED(scatter_add_rows_backward);
   ANYK_CHECKED(grouped_linear_forward); ANYK_CHECKED(grouped_linear_backward);
   ANYK_CHECKED(adamw_update);
+  ANYK_CHECKED(router_forward); ANYK_CHECKED(router_backward);
+  ANYK_CHECKED(top_p_count_forward); ANYK_CHECKED(emoe_sample_forward); ANYK_CHECKED(expert_counts);
+  ANYK_CHECKED(lb_loss_forward); ANYK_CHECKED(lb_loss_backward);
+  ANYK_CHECKED(z_loss_forward); ANYK_CHECKED(z_loss_backward);
+  ANYK_CHECKED(kl_loss_forward); ANYK_CHECKED(kl_loss_backward); ANYK_CHECKED(kl_loss_backward_f64);
+  ANYK_CHECKED(router_aux_forward); ANYK_CHECKED(router_aux_forward_f64);
+  ANYK_CHECKED(router_aux_backward); ANYK_CHECKED(router_aux_backward_f64);
+  ANYK_CHECKED(convert_from_f64);
+  ANYK_CHECKED(attention_cached_forward); ANYK_CHECKED(linear_rows_forward);
   if (g_cpu<T>.to_bf16) {
     ANYK_CHECKED(to_bf16);
     ANYK_CHECKED(from_bf16);

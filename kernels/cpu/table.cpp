@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/router_kernels.h"
 
 namespace anyk::cpu {
 
@@ -47,6 +48,25 @@ template <class T> Kernels<T> make_table() {
   k.grouped_linear_forward = ANYK_CPU_ENTRY(grouped_linear_forward<T>);
   k.grouped_linear_backward = ANYK_CPU_ENTRY(grouped_linear_backward<T>);
   k.adamw_update = ANYK_CPU_ENTRY(adamw_update<T>);
+  k.router_forward = ANYK_CPU_ENTRY(router_forward<T>);
+  k.router_backward = ANYK_CPU_ENTRY(router_backward<T>);
+  k.top_p_count_forward = ANYK_CPU_ENTRY(top_p_count_forward<T>);
+  k.emoe_sample_forward = ANYK_CPU_ENTRY(emoe_sample_forward<T>);
+  k.expert_counts = ANYK_CPU_ENTRY(expert_counts);
+  k.lb_loss_forward = ANYK_CPU_ENTRY(lb_loss_forward<T>);
+  k.lb_loss_backward = ANYK_CPU_ENTRY(lb_loss_backward<T>);
+  k.z_loss_forward = ANYK_CPU_ENTRY(z_loss_forward<T>);
+  k.z_loss_backward = ANYK_CPU_ENTRY(z_loss_backward<T>);
+  k.kl_loss_forward = ANYK_CPU_ENTRY(kl_loss_forward<T>);
+  k.kl_loss_backward = ANYK_CPU_ENTRY((kl_loss_backward<T, T>));
+  k.kl_loss_backward_f64 = ANYK_CPU_ENTRY((kl_loss_backward<T, double>));
+  k.router_aux_forward = ANYK_CPU_ENTRY((router_aux_forward<T, T>));
+  k.router_aux_forward_f64 = ANYK_CPU_ENTRY((router_aux_forward<T, double>));
+  k.router_aux_backward = ANYK_CPU_ENTRY((router_aux_backward<T, T>));
+  k.router_aux_backward_f64 = ANYK_CPU_ENTRY((router_aux_backward<T, double>));
+  k.convert_from_f64 = ANYK_CPU_ENTRY((convert<T, double>));
+  k.attention_cached_forward = ANYK_CPU_ENTRY(attention_cached_forward<T>);
+  k.linear_rows_forward = ANYK_CPU_ENTRY(linear_rows_forward<T>);
   if constexpr (std::is_same_v<T, float>) {
     k.to_bf16 = ANYK_CPU_ENTRY(to_bf16);
     k.from_bf16 = ANYK_CPU_ENTRY(from_bf16);
