@@ -243,8 +243,9 @@ TEST_CASE("checked device: AdamW and the clipped grad norm match the CPU bit for
 
 TEST_CASE("checked device: a full LM training step and an eval forward match the CPU bit for bit") {
   register_checked_device();
-  // Not strict yet: the router and the dispatcher's plan still read routing ids on the host
-  // (the router split and the dispatcher rewrite move them behind kernels).
+  // Not strict yet: the router runs through the kernel table, but the dispatcher builds its plan
+  // (parallel/dispatch_plan.cpp) with host loops over tensors from the step arena, i.e. device
+  // memory, and grouped_linear checks offsets[0] and offsets[E] on the host.
   for (std::vector<int> ks : {std::vector<int>{1, 2}, std::vector<int>{4, 3}}) {
     CAPTURE(ks[0]);
     StepRun cpu = lm_step(Device::CPU, ks);
