@@ -35,8 +35,7 @@ std::string fmt(const char* f, ...) {
 void copy_params(const LM& from, LM& to) {
   for (Region r : {Region::Dense, Region::Expert}) {
     ANYK_CHECK(from.params().region_numel(r) == to.params().region_numel(r), "parameter layouts differ");
-    std::memcpy(to.params().region_data(r), from.params().region_data(r),
-                size_t(from.params().region_numel(r)) * sizeof(float));
+    copy(to.params().region_value(r), from.params().region_value(r));  // any devices
   }
 }
 
@@ -169,7 +168,7 @@ void Trainer::load_init_weights() {
 
 void Trainer::build_optimizer() {
   ParamStore& ps = lm_->params();
-  opt_ = std::make_unique<AdamW>(AdamWConfig{o_.lr, 0.9, 0.95, 1e-8, o_.weight_decay});
+  opt_ = std::make_unique<AdamW>(AdamWConfig{o_.lr, 0.9, 0.95, 1e-8, o_.weight_decay}, ps.device());
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
     if (n == 0) continue;
@@ -390,10 +389,10 @@ void Trainer::update(int64_t s, StepResult& r) {
     return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(g)), ps.region_numel(g));
   };
   auto dense = region_grad(Region::Dense), expert = region_grad(Region::Expert);
-  const double dn = global_grad_norm({{dense.first, dense.second}});
+  const double dn = global_grad_norm({{dense.first, dense.second}}, ps.device());
   double en2 = 0;
   if (expert.second) {
-    const double en = global_grad_norm({{expert.first, expert.second}});
+    const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
     en2 = groups_.ep.all_reduce_sum(en * en);
   }
   r.gnorm = std::sqrt(dn * dn + en2);
@@ -401,7 +400,7 @@ void Trainer::update(int64_t s, StepResult& r) {
   ANYK_CHECK(std::isfinite(r.gnorm) && std::isfinite(r.ce),
              "training diverged at step " << s + 1 << " (loss " << r.ce << ", grad norm " << r.gnorm
                                           << ") hint: lower --lr or raise --warmup");
-  scale_to_norm({dense, expert}, r.gnorm, o_.grad_clip);
+  scale_to_norm({dense, expert}, r.gnorm, o_.grad_clip, ps.device());
   r.lr = p_.lr.at(s);
   opt_->step(r.lr);
   ps.zero_grad();

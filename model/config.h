@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "runtime/ops/ops.h"
+#include "model/moe_ops.h"
 #include "runtime/tensor.h"
 
 namespace anyk {

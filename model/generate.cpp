@@ -8,7 +8,8 @@
 #include <cstring>
 #include <string>
 
-#include "kernels/cpu/kernels.h"
+#include "kernels/kernels.h"
+#include "model/moe_ops.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 
@@ -26,9 +27,13 @@ int param_id(const ParamStore& ps, const std::string& name) {
 // (linear_rows_forward) instead of packing them for a GEMM; longer passes (prompts) use the GEMM.
 constexpr int kFewRows = 16;
 
+// The decoder runs on the host: the CPU kernel table and its context.
+template <class T> const Kernels<T>& host_kernels() { return kernels<T>(Device::CPU); }
+const Ctx& host_ctx() { return exec_ctx(Device::CPU); }
+
 template <class T> void matmul(T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M <= kFewRows) cpu::linear_rows_forward<T>(out, x, w, M, I, O);
-  else cpu::linear_forward<T>(out, x, w, M, I, O);
+  if (M <= kFewRows) host_kernels<T>().linear_rows_forward(host_ctx(), out, x, w, M, I, O);
+  else host_kernels<T>().linear_forward(host_ctx(), out, x, w, M, I, O);
 }
 
 // Per-expert matmul over contiguous row blocks (as grouped_linear_forward), each block by matmul.
@@ -68,7 +73,7 @@ KVDecoder::KVDecoder(const LM& lm, int slots, int capacity) : lm_(&lm), slots_(s
   dispatch(ps.dtype(), [&](auto tag) {
     using T = decltype(tag);
     T* cs = static_cast<T*>(rope_.data());
-    cpu::rope_tables<T>(cs, cs + int64_t(cap_) * (D / 2), cap_, D, c.rope_theta);
+    host_kernels<T>().rope_tables(host_ctx(), cs, cs + int64_t(cap_) * (D / 2), cap_, D, c.rope_theta);
   });
 }
 
@@ -118,6 +123,8 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
   const int C = c.dim, NH = c.heads, D = C / NH, half = D / 2, E = c.experts, H = c.expert_hidden,
             L = c.layers, V = c.vocab;
   const int S = int(segs.size());
+  const Kernels<T>& kn = host_kernels<T>();
+  const Ctx& ctx = host_ctx();
   std::vector<int> r0(size_t(S) + 1, 0);  // first row of each segment
   for (int s = 0; s < S; ++s) r0[s + 1] = r0[s] + segs[s].n;
   const int N = r0[S];
@@ -163,18 +170,18 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
     return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
   };
 
-  cpu::embedding_forward<T>(x, tok, P(wte_), N, C);
+  kn.embedding_forward(ctx, x, tok, P(wte_), N, C);
   for (int l = 0; l < L; ++l) {
     const LayerIds& li = layers_[l];
     // Attention: norm, packed projection, RoPE at each segment's own positions, cache append,
     // attention over the cache, output projection, residual.
-    cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln1), N, C, c.norm_eps);
+    kn.rmsnorm_forward(ctx, h, rstd, x, P(li.ln1), N, C, c.norm_eps);
     matmul<T>(qkv, h, P(li.wqkv), N, C, 3 * C);
     for (int s = 0; s < S; ++s) {
       const int p0 = len_[segs[s].slot], n = segs[s].n;
       const int64_t o = int64_t(r0[s]) * 3 * C;
-      cpu::rope_forward<T>(qkr + o, qkv + o, cosb + int64_t(p0) * half, sinb + int64_t(p0) * half, 1, n,
-                           3 * NH, D, 2 * NH);
+      kn.rope_forward(ctx, qkr + o, qkv + o, cosb + int64_t(p0) * half, sinb + int64_t(p0) * half, 1, n,
+                      3 * NH, D, 2 * NH);
       T* kc = cache(segs[s].slot, l, 0);
       T* vc = cache(segs[s].slot, l, 1);
       for (int i = 0; i < n; ++i) {
@@ -182,33 +189,33 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
         std::memcpy(kc + int64_t(p0 + i) * C, row + C, sizeof(T) * size_t(C));
         std::memcpy(vc + int64_t(p0 + i) * C, row + 2 * C, sizeof(T) * size_t(C));
       }
-      cpu::attention_cached_forward<T>(att + int64_t(r0[s]) * C, scores, qkr + o, 3 * C, kc, vc, n, p0 + n, C,
-                                       NH);
+      kn.attention_cached_forward(ctx, att + int64_t(r0[s]) * C, scores, qkr + o, 3 * C, kc, vc, n, p0 + n,
+                                  C, NH);
     }
     matmul<T>(a, att, P(li.wo), N, C, C);
-    cpu::add_forward<T>(x, x, a, int64_t(N) * C);
+    kn.add_forward(ctx, x, x, a, int64_t(N) * C);
 
     // MoE: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU experts
     // on their contiguous rows, weighted scatter back, residual.
     const int K = kk.k[l];
-    cpu::rmsnorm_forward<T>(h, rstd, x, P(li.ln2), N, C, c.norm_eps);
+    kn.rmsnorm_forward(ctx, h, rstd, x, P(li.ln2), N, C, c.norm_eps);
     matmul<T>(rl, h, P(li.router), N, C, E);
     const bool renorm = c.router.renormalize;
-    cpu::router_forward<T>(probs, lse, ids, wts, rl, nullptr, N, E, K, renorm);
+    kn.router_forward(ctx, probs, lse, ids, wts, rl, nullptr, N, E, K, renorm);
     if (kk.top_p > 0) {
       for (int n = 0; n < N; ++n) kcount[n] = top_p_count<T>(probs + int64_t(n) * E, E, kk.top_p, 1, K);
-      cpu::router_forward<T>(probs, lse, ids, wts, rl, kcount, N, E, K, renorm);
+      kn.router_forward(ctx, probs, lse, ids, wts, rl, kcount, N, E, K, renorm);
     }
     const int sent = sort_assignments(ids, N, K, E, stok, sslot, counts, next);
     offsets[0] = 0;
     for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
-    cpu::gather_rows_forward<T>(rows, h, stok, sent, C);
+    kn.gather_rows_forward(ctx, rows, h, stok, sent, C);
     grouped<T>(h13, rows, P(li.w13), offsets, E, C, 2 * H);
-    cpu::swiglu_forward<T>(sw, h13, sent, H);
+    kn.swiglu_forward(ctx, sw, h13, sent, H);
     grouped<T>(y, sw, P(li.w2), offsets, E, H, C);
     std::fill(a, a + int64_t(N) * C, T(0));
-    cpu::scatter_add_rows_forward<T>(a, y, wts, stok, sslot, sent, C);
-    cpu::add_forward<T>(x, x, a, int64_t(N) * C);
+    kn.scatter_add_rows_forward(ctx, a, y, wts, stok, sslot, sent, C);
+    kn.add_forward(ctx, x, x, a, int64_t(N) * C);
     assignments_ += sent;
     token_layers_ += N;
   }
@@ -222,7 +229,7 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
       std::memcpy(xs + int64_t(s) * C, x + int64_t(r0[s + 1] - 1) * C, sizeof(T) * size_t(C));
   }
   T* xn = a;
-  cpu::rmsnorm_forward<T>(xn, rstd, xs, P(lnf_), R, C, c.norm_eps);
+  kn.rmsnorm_forward(ctx, xn, rstd, xs, P(lnf_), R, C, c.norm_eps);
   T* lg = buf(int64_t(R) * V);
   matmul<T>(lg, xn, P(wte_), R, C, V);
   logits.assign(lg, lg + int64_t(R) * V);

@@ -32,7 +32,7 @@ class KSchedule {
   KSchedule(KScheduleConfig cfg, int num_layers, int num_experts);
 
   /// K of every layer at (step, micro): (num_layers). For top_p every entry is k_max, the cap of
-  /// the per-token K that the router decides with top_p_count (runtime/ops/ops.h).
+  /// the per-token K that the router decides with top_p_count (model/moe_ops.h).
   std::vector<int> draw(int64_t step, int micro) const;
 
   /// EMoE stochastic co-activation: the pool size of every layer at (step, micro), uniform in

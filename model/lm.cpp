@@ -3,12 +3,15 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
+#include "runtime/device.h"
 #include "runtime/rng.h"
 
 namespace anyk {
 
-LM::LM(const ModelConfig& cfg, Dispatcher& dispatcher) : cfg_(cfg), d_(&dispatcher), ps_(cfg.dtype) {
+LM::LM(const ModelConfig& cfg, Dispatcher& dispatcher, Device device)
+    : cfg_(cfg), d_(&dispatcher), ps_(cfg.dtype, device) {
   cfg_.validate();
   ANYK_CHECK(dispatcher.num_experts() == cfg.experts,
              "dispatcher has " << dispatcher.num_experts() << " experts, model " << cfg.experts);
@@ -44,9 +47,10 @@ void LM::init(uint64_t seed) {
     Tensor t = ps_.value(id);
     dispatch(t.dtype, [&](auto tag) {
       using T = decltype(tag);
-      T* p = t.ptr<T>();
+      std::vector<T> p(size_t(t.numel()));  // built on the host, then copied to the device
       for (int64_t i = 0; i < t.numel(); ++i)
         p[i] = norm ? T(1) : T(std * normal_from(hash_key(seed, stream, uint64_t(base + i))));
+      from_host(t, p.data());
     });
   }
 }
@@ -99,8 +103,8 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
   if (stats) {
     dispatch(ce.dtype(), [&](auto tag) {
       using TT = decltype(tag);
-      stats->ce = double(ce.val.ptr<TT>()[0]);
-      stats->aux = double(aux_total.val.ptr<TT>()[0]);
+      stats->ce = double(read_element<TT>(ce.val));
+      stats->aux = double(read_element<TT>(aux_total.val));
     });
   }
   return loss;

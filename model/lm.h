@@ -23,8 +23,9 @@ struct ForwardStats {
 
 class LM {
  public:
-  // The dispatcher decides which experts are local (all of them for LocalDispatcher).
-  LM(const ModelConfig& cfg, Dispatcher& dispatcher);
+  // The dispatcher decides which experts are local (all of them for LocalDispatcher). Parameters
+  // and gradients live on `device`; run forward with an arena of the same device.
+  LM(const ModelConfig& cfg, Dispatcher& dispatcher, Device device = Device::CPU);
 
   // Deterministic initialisation: every value is a pure function of (seed, parameter name,
   // global element index), so the same seed gives the same model under any expert layout.

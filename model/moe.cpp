@@ -1,10 +1,31 @@
 // Router, Experts and MoELayer; see moe.h.
 #include "model/moe.h"
 
+#include "runtime/device.h"
+
 namespace anyk {
 
 Router::Router(ParamStore& ps, const std::string& prefix, int C, int E)
     : ps_(&ps), w_(ps.add(prefix + ".router", {E, C}, Region::Dense, true)) {}
+
+RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt) {
+  Gating g = router_gating(tape, logits, K, opt);
+  Var lb = router_lb_loss(tape, g.probs, g.counts);
+  Var z = router_z_loss(tape, g.lse);
+  Var kl = router_kl_loss(tape, g.probs);
+  RouterOut r;
+  r.weights = g.weights;
+  r.ids = g.ids;
+  r.probs = g.probs.val;
+  r.aux = router_aux(tape, lb, z, kl, opt, logits.dtype());
+  r.counts = g.counts;
+  r.lb = read_element<double>(lb.val);  // through the copy ops: the losses may be on a device
+  r.z = read_element<double>(z.val);
+  r.kl = read_element<double>(kl.val);
+  r.assignments = 0;
+  for (int32_t c : to_host_vector<int32_t>(g.counts)) r.assignments += c;
+  return r;
+}
 
 RouterOut Router::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt) const {
   Var logits = linear(tape, x, ps_->var(w_));  // (N,C) -> (N,E)
@@ -29,7 +50,13 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
                       MoEStats* st) const {
   int N = int(x.shape()[0]);
   RouterOut r = router_.forward(tape, x, K, opt);
-  Tensor ids{const_cast<int*>(r.ids), {N, K}, DType::I32};  // (N,K) routing ids
+  // The dispatcher plans on the host: ids off the CPU are staged through the copy ops.
+  std::vector<int32_t> host_ids;
+  Tensor ids = r.ids;
+  if (ids.device != Device::CPU) {
+    host_ids = to_host_vector<int32_t>(r.ids);
+    ids = Tensor{host_ids.data(), r.ids.shape, DType::I32};
+  }
   DispatchPlan plan;
   Var rows = d_->permute(tape, x, ids, plan);                        // (N,C) -> (R,C) by local expert
   Var y = experts_.forward(tape, rows, plan.offsets.ptr<int32_t>());  // (R,C) -> (R,C)
@@ -40,13 +67,13 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
     st->z = r.z;
     st->kl = r.kl;
     st->assignments = r.assignments;
-    st->counts.assign(r.counts, r.counts + d_->num_experts());
+    st->counts = to_host_vector<int32_t>(r.counts);
     if (st->capture) {
-      st->ids.assign(r.ids, r.ids + int64_t(N) * K);
-      st->probs.resize(size_t(r.probs.numel()));
+      st->ids = to_host_vector<int32_t>(r.ids);
       dispatch(r.probs.dtype, [&](auto tag) {
         using T = decltype(tag);
-        for (int64_t i = 0; i < r.probs.numel(); ++i) st->probs[i] = float(r.probs.ptr<T>()[i]);
+        std::vector<T> p = to_host_vector<T>(r.probs);  // through the copy ops: probs may be on a device
+        st->probs.assign(p.begin(), p.end());
       });
     }
   }

@@ -5,11 +5,25 @@
 #include <string>
 #include <vector>
 
+#include "model/moe_ops.h"
 #include "parallel/dispatcher.h"
 #include "runtime/ops/ops.h"
 #include "runtime/params.h"
 
 namespace anyk {
+
+struct RouterOut {
+  Var weights;        // (N,K) gate weights; 0 in unused slots
+  Tensor ids;         // I32 (N,K) chosen experts, best first; -1 in unused slots
+  Tensor probs;       // (N,E) softmax over all experts
+  Var aux;            // (1) lb_coef*lb + z_coef*z + kl_coef*(-KL)
+  Tensor counts;      // I32 (E) assignments per expert
+  int64_t assignments;  // sum of counts  } read back to the host,
+  double lb, z, kl;     // the unweighted loss values  } for logging
+};
+// Routing as the MoE layer runs it: logits (N,E) -> router_gating, then the load-balance, z and
+// KL losses (moe_ops.h) combined into aux in the logits' dtype.
+RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt);
 
 class Router {
  public:

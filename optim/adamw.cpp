@@ -5,16 +5,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/kernels.h"
 #include "runtime/check.h"
 
 namespace anyk {
 
-namespace {
-// Below this many elements a parallel region costs more than it saves.
-constexpr int64_t kParallelMin = int64_t(1) << 15;
-}  // namespace
-
-AdamW::AdamW(AdamWConfig cfg) : cfg_(cfg) {
+AdamW::AdamW(AdamWConfig cfg, Device device) : cfg_(cfg), device_(device) {
   ANYK_CHECK(cfg_.beta1 >= 0.0 && cfg_.beta1 < 1.0,
              "AdamW beta1 = " << cfg_.beta1 << " is outside [0, 1); hint: use e.g. 0.9");
   ANYK_CHECK(cfg_.beta2 >= 0.0 && cfg_.beta2 < 1.0,
@@ -44,8 +40,8 @@ int AdamW::add_region(float* param, const float* grad, int64_t n, std::vector<Pa
                                     << "; hint: each element must belong to at most one span");
     end = s.offset + s.numel;
   }
-  Region r{param, grad, n, std::move(spans), std::vector<float>(static_cast<size_t>(n), 0.0f),
-           std::vector<float>(static_cast<size_t>(n), 0.0f)};
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  Region r{param, grad, n, std::move(spans), DeviceBuffer(device_, bytes), DeviceBuffer(device_, bytes)};
   regions_.push_back(std::move(r));
   return static_cast<int>(regions_.size()) - 1;
 }
@@ -61,24 +57,16 @@ void AdamW::step(double lr) {
   // (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps).
   const double step_size = lr / bc1;
   const double inv_sqrt_bc2 = 1.0 / std::sqrt(bc2);
+  const Kernels<float>& k = kernels<float>(device_);
+  const Ctx& ctx = exec_ctx(device_);
   for (Region& r : regions_) {
-    float* p = r.param;
-    const float* g = r.grad;
-    float* m = r.m.data();
-    float* v = r.v.data();
+    float* m = static_cast<float*>(r.m.data());
+    float* v = static_cast<float*>(r.v.data());
     for (const ParamSpan& s : r.spans) {
       const double shrink = s.decay ? 1.0 - lr * cfg_.weight_decay : 1.0;
-      const int64_t lo = s.offset, hi = s.offset + s.numel;
-#pragma omp parallel for schedule(static) if (s.numel >= kParallelMin)
-      for (int64_t i = lo; i < hi; ++i) {
-        const double gi = g[i];
-        const double mi = b1 * m[i] + (1.0 - b1) * gi;
-        const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-        m[i] = static_cast<float>(mi);
-        v[i] = static_cast<float>(vi);
-        const double denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
-        p[i] = static_cast<float>(p[i] * shrink - step_size * mi / denom);
-      }
+      const int64_t o = s.offset;
+      k.adamw_update(ctx, r.param + o, m + o, v + o, r.grad + o, s.numel, b1, b2, eps, shrink, step_size,
+                     inv_sqrt_bc2);
     }
   }
 }
@@ -94,49 +82,49 @@ const AdamW::Region& AdamW::region_at(int region) const {
   return regions_[static_cast<size_t>(region)];
 }
 
-float* AdamW::m(int region) { return const_cast<float*>(region_at(region).m.data()); }
-float* AdamW::v(int region) { return const_cast<float*>(region_at(region).v.data()); }
+float* AdamW::m(int region) { return static_cast<float*>(region_at(region).m.data()); }
+float* AdamW::v(int region) { return static_cast<float*>(region_at(region).v.data()); }
+Tensor AdamW::moment(const DeviceBuffer& b, int region) const {
+  Tensor t;
+  t.shape = Shape{region_at(region).n};
+  t.dtype = DType::F32;
+  t.device = device_;
+  t.data = b.data();
+  return t;
+}
+Tensor AdamW::m_tensor(int region) const { return moment(region_at(region).m, region); }
+Tensor AdamW::v_tensor(int region) const { return moment(region_at(region).v, region); }
 int64_t AdamW::region_size(int region) const { return region_at(region).n; }
 
-double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads) {
-  // Fixed chunks summed in order: the result does not depend on the thread count or on the
-  // order in which threads finish (an OpenMP reduction's would), so runs stay bit-identical.
-  constexpr int64_t kChunk = 1 << 16;
-  double sum = 0.0;
+double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads, Device device) {
+  // One accumulator in device memory; each buffer adds its fixed-order chunk sums in turn, so the
+  // result does not depend on the thread count (an OpenMP reduction's order would).
+  const Kernels<float>& k = kernels<float>(device);
+  DeviceBuffer acc(device, sizeof(double));  // zeroed
   for (const auto& grad : grads) {
-    const float* g = grad.first;  // not a structured binding: clang < 16 cannot capture one in OpenMP
+    const float* g = grad.first;
     const int64_t n = grad.second;
     ANYK_CHECK(n >= 0 && (n == 0 || g != nullptr),
                "global_grad_norm got a buffer of numel " << n << " with pointer " << g);
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t c = 0; c < chunks; ++c) {
-      double acc = 0.0;
-      for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i)
-        acc += static_cast<double>(g[i]) * g[i];
-      part[c] = acc;
-    }
-    for (double x : part) sum += x;
+    k.sumsq_accumulate(exec_ctx(device), static_cast<double*>(acc.data()), g, n);
   }
+  double sum = 0.0;
+  allocator(device).to_host(&sum, acc.data(), sizeof(double));
   return std::sqrt(sum);
 }
 
-void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm) {
+void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm,
+                   Device device) {
   if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return;
   const float scale = static_cast<float>(max_norm / norm);
-  for (const auto& grad : grads) {
-    float* g = grad.first;  // not a structured binding: clang < 16 cannot capture one in OpenMP
-    const int64_t n = grad.second;
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
-  }
+  const Kernels<float>& k = kernels<float>(device);
+  for (const auto& grad : grads) k.scale_forward(exec_ctx(device), grad.first, grad.first, scale, grad.second);
 }
 
-double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm) {
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm, Device device) {
   std::vector<std::pair<const float*, int64_t>> cgrads(grads.begin(), grads.end());
-  const double norm = global_grad_norm(cgrads);
-  scale_to_norm(grads, norm, max_norm);
+  const double norm = global_grad_norm(cgrads, device);
+  scale_to_norm(grads, norm, max_norm, device);
   return norm;
 }
 

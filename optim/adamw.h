@@ -1,10 +1,13 @@
 // AdamW with decoupled weight decay over flat float regions, plus global gradient-norm clipping.
 // A region is one flat (param, grad) pair of n floats; spans mark which slices are updated and
-// which of them get weight decay. Elements in no span are left untouched (frozen).
+// which of them get weight decay. Elements in no span are left untouched (frozen). Parameters,
+// gradients and the moments live on the optimizer's device; the math runs in its kernels.
 #pragma once
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#include "runtime/device.h"
 
 namespace anyk {
 
@@ -24,9 +27,9 @@ struct ParamSpan {
 /// cfg.lr is only a default for callers; step() takes the learning rate from the schedule.
 class AdamW {
  public:
-  explicit AdamW(AdamWConfig cfg);
+  explicit AdamW(AdamWConfig cfg, Device device = Device::CPU);
 
-  /// Registers a flat region: param and grad are (n) floats owned by the caller and must outlive
+  /// Registers a flat region: param and grad are (n) floats in the device's memory, owned by the caller and must outlive
   /// the optimizer. Allocates zeroed m, v of (n). Spans must lie in [0, n) and not overlap.
   /// Returns the region index.
   int add_region(float* param, const float* grad, int64_t n, std::vector<ParamSpan> spans);
@@ -38,8 +41,11 @@ class AdamW {
   int64_t step_count() const { return t_; }
   void set_step_count(int64_t t);  // for resuming from a checkpoint
 
-  float* m(int region);  // (n) first moment, for checkpoints
-  float* v(int region);  // (n) second moment, for checkpoints
+  float* m(int region);  // (n) first moment in device memory, for checkpoints (host-readable on the CPU)
+  float* v(int region);  // (n) second moment in device memory, for checkpoints
+  Tensor m_tensor(int region) const;  // the same as (n) f32 tensors on the optimizer's device
+  Tensor v_tensor(int region) const;
+  Device device() const { return device_; }
   int64_t region_size(int region) const;
   int num_regions() const { return static_cast<int>(regions_.size()); }
   const AdamWConfig& config() const { return cfg_; }
@@ -50,26 +56,30 @@ class AdamW {
     const float* grad;
     int64_t n;
     std::vector<ParamSpan> spans;
-    std::vector<float> m, v;  // (n) each
+    DeviceBuffer m, v;  // (n) floats each
   };
   const Region& region_at(int region) const;
+  Tensor moment(const DeviceBuffer& b, int region) const;
 
   AdamWConfig cfg_;
+  Device device_;
   int64_t t_ = 0;
   std::vector<Region> regions_;
 };
 
 /// L2 norm over all buffers, accumulated in double in a fixed order (deterministic for any
-/// thread count). Each pair is (pointer, numel).
-double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads);
+/// thread count). Each pair is (pointer, numel), in the memory of `device`.
+double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads, Device device = Device::CPU);
 
 /// Scales every buffer in place by max_norm / norm when norm > max_norm (norm computed by the
 /// caller, e.g. reduced over ranks); no-op for max_norm <= 0 or a non-finite norm.
-void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm);
+void scale_to_norm(const std::vector<std::pair<float*, int64_t>>& grads, double norm, double max_norm,
+                   Device device = Device::CPU);
 
 /// Scales every buffer in place by max_norm / norm when norm > max_norm, so the new global norm
 /// is max_norm. max_norm <= 0 disables clipping. A non-finite norm leaves the grads untouched (the
 /// caller sees it in the return value and should skip the step). Returns the pre-clip norm.
-double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm);
+double clip_grad_norm(const std::vector<std::pair<float*, int64_t>>& grads, double max_norm,
+                      Device device = Device::CPU);
 
 }  // namespace anyk

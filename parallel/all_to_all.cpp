@@ -3,9 +3,11 @@
 
 #include <cstring>
 
-#include "kernels/cpu/kernels.h"
+#include "runtime/ops/kernel_call.h"
 
 namespace anyk {
+
+[[maybe_unused]] static const bool kParallelOpsRegistered = register_ops(kParallelOps);
 
 Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
                     const Communicator& comm) {
@@ -28,9 +30,9 @@ Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const T
       // Gradients travel back along the same routes: counts swapped.
       Tensor back = arena->tensor({S, C}, x.dtype());
       cp->all_to_all_v(out.grad, recv_counts, back, send_counts);
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::add_backward<T>(x.grad.ptr<T>(), nullptr, back.ptr<T>(), S * C);
+        k.accumulate(ctx, x.grad.dev_ptr<T>(), back.dev_ptr<T>(), S * C);
       });
     });
   }

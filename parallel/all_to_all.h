@@ -7,6 +7,9 @@
 
 namespace anyk {
 
+// parallel/'s differentiable ops (registered with the tape from all_to_all.cpp; see runtime/tape.h).
+inline constexpr std::string_view kParallelOps[] = {"all_to_all_rows"};
+
 // x (S,C) with S = sum(send_counts) -> (R,C) with R = sum(recv_counts). send_counts,
 // recv_counts: I32 (comm.size()) host tensors that must outlive the step (the arena's).
 Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,

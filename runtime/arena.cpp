@@ -1,6 +1,8 @@
 // Chunked bump allocator; see arena.h.
 #include "runtime/arena.h"
 
+#include "runtime/device.h"
+
 #include <cstdlib>
 #include <new>
 
@@ -11,10 +13,11 @@ constexpr size_t kChunkAlign = 4096;
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 }  // namespace
 
-Arena::Arena(size_t chunk_bytes) : chunk_bytes_(round_up(chunk_bytes ? chunk_bytes : 1, kChunkAlign)) {}
+Arena::Arena(size_t chunk_bytes, Device device)
+    : chunk_bytes_(round_up(chunk_bytes ? chunk_bytes : 1, kChunkAlign)), device_(device) {}
 
 Arena::~Arena() {
-  for (auto& c : chunks_) std::free(c.base);
+  for (auto& c : chunks_) allocator(device_).free(c.base, c.size);
 }
 
 void* Arena::alloc(size_t bytes, size_t align) {
@@ -35,7 +38,11 @@ void* Arena::alloc(size_t bytes, size_t align) {
     offset_ = 0;
   }
   size_t size = round_up(bytes > chunk_bytes_ ? bytes : chunk_bytes_, kChunkAlign);
-  auto* base = static_cast<std::byte*>(std::aligned_alloc(kChunkAlign, size));
+  std::byte* base = nullptr;
+  try {
+    base = static_cast<std::byte*>(allocator(device_).alloc(size, kChunkAlign));
+  } catch (const std::bad_alloc&) {
+  }
   ANYK_CHECK(base, "out of memory: the activation arena could not grow by " << (size >> 20) << " MiB (it holds "
                                                                            << (capacity() >> 20)
                                                                            << " MiB) hint: lower --batch or --seq-len");
@@ -51,8 +58,9 @@ Tensor Arena::tensor(Shape s, DType dt, bool zero) {
   Tensor t;
   t.shape = s;
   t.dtype = dt;
+  t.device = device_;
   t.data = alloc(t.bytes());
-  if (zero) std::memset(t.data, 0, t.bytes());
+  if (zero && t.bytes()) allocator(device_).zero(t.data, t.bytes());
   return t;
 }
 

@@ -1,6 +1,7 @@
 // The per-step arena: a chunked bump allocator. Chunks are never moved or freed until the arena
 // dies; reset() rewinds the cursor so the next step reuses the same memory. The high-water mark
-// tells how much one step needed (it is logged, and varies with K and expert loads).
+// tells how much one step needed (it is logged, and varies with K and expert loads). Chunks come
+// from the allocator of the arena's device; tensors it hands out carry that device.
 #pragma once
 #include <cstddef>
 #include <cstring>
@@ -13,12 +14,13 @@ namespace anyk {
 
 class Arena {
  public:
-  explicit Arena(size_t chunk_bytes = size_t(64) << 20);
+  explicit Arena(size_t chunk_bytes = size_t(64) << 20, Device device = Device::CPU);
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
   ~Arena();
 
-  // Uninitialised memory, aligned to `align` (a power of two, at most 4096).
+  Device device() const { return device_; }
+  // Uninitialised memory (of the arena's device), aligned to `align` (a power of two, at most 4096).
   void* alloc(size_t bytes, size_t align = 64);
   template <class T> T* alloc_n(size_t n) {
     return static_cast<T*>(alloc(n * sizeof(T), alignof(T) < 64 ? 64 : alignof(T)));
@@ -38,6 +40,7 @@ class Arena {
   };
   std::vector<Chunk> chunks_;
   size_t chunk_bytes_;
+  Device device_;
   size_t cur_ = 0;      // index of the chunk being filled
   size_t offset_ = 0;   // bytes used in chunks_[cur_]
   size_t used_ = 0;

@@ -20,8 +20,8 @@ int ParamStore::add(const std::string& name, Shape shape, Region region, bool de
 void ParamStore::finalize() {
   ANYK_CHECK(!finalized_, "finalize() called twice");
   for (int r = 0; r < kNumRegions; ++r) {
-    values_[r].resize(static_cast<size_t>(numel_[r]) * dtype_size(dtype_));
-    grads_[r].resize(static_cast<size_t>(numel_[r]) * dtype_size(dtype_));
+    values_[r].resize(device_, static_cast<size_t>(numel_[r]) * dtype_size(dtype_));
+    grads_[r].resize(device_, static_cast<size_t>(numel_[r]) * dtype_size(dtype_));
   }
   finalized_ = true;
 }
@@ -32,12 +32,25 @@ int ParamStore::find(const std::string& name) const {
   return -1;
 }
 
-Tensor ParamStore::at(const AlignedBuffer& buf, int id) const {
+Tensor ParamStore::flat(const DeviceBuffer& buf, Region r) const {
+  ANYK_CHECK(finalized_, "parameters used before finalize()");
+  Tensor t;
+  t.shape = Shape{numel_[int(r)]};
+  t.dtype = dtype_;
+  t.device = device_;
+  t.data = buf.data();
+  return t;
+}
+Tensor ParamStore::region_value(Region r) const { return flat(values_[int(r)], r); }
+Tensor ParamStore::region_gradient(Region r) const { return flat(grads_[int(r)], r); }
+
+Tensor ParamStore::at(const DeviceBuffer& buf, int id) const {
   ANYK_CHECK(finalized_, "parameters used before finalize()");
   const ParamInfo& p = params_.at(id);
   Tensor t;
   t.shape = p.shape;
   t.dtype = dtype_;
+  t.device = device_;
   t.data = static_cast<char*>(buf.data()) + p.offset * dtype_size(dtype_);
   return t;
 }
@@ -47,7 +60,7 @@ Tensor ParamStore::grad(int id) const { return at(grads_[int(params_.at(id).regi
 
 void ParamStore::zero_grad() {
   for (int r = 0; r < kNumRegions; ++r)
-    if (grads_[r].data()) std::memset(grads_[r].data(), 0, grads_[r].bytes());
+    grads_[r].zero();
 }
 
 }  // namespace anyk

@@ -4,6 +4,8 @@
 // Contract: every backward closure ADDS into the gradients of its inputs (+=), so a Var used
 // twice, and parameters across micro-batches, accumulate naturally.
 #pragma once
+#include <memory>
+#include <span>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -22,16 +24,28 @@ struct Var {
   DType dtype() const { return val.dtype; }
 };
 
-// Every differentiable op in the runtime, by the name it records on the tape. The gradient-check
-// suite has one entry per name and fails if an op is missing from its table.
-inline constexpr std::string_view kAllOps[] = {
+// Op names. Every op records itself on the tape under a name, and Tape::record refuses a name
+// that no library has registered (a typo, or an op missing from its library's list). Each
+// library lists its own ops, so runtime/ knows nothing of the layers above it: runtime's are
+// kRuntimeOps below, model/ has kModelOps (model/moe_ops.h), parallel/ kParallelOps
+// (parallel/all_to_all.h). A library registers its list with register_ops() from a static
+// initialiser in the .cpp that defines its ops, so the names are present whenever one of those
+// ops is linked. The gradient-check suite concatenates the lists and has one entry per name.
+inline constexpr std::string_view kRuntimeOps[] = {
     "embedding", "linear",  "add",         "rmsnorm",     "rope",          "attention",
-    "swiglu",    "cross_entropy", "router", "gather_rows", "scatter_add_rows", "grouped_linear",
-    "scale",     "all_to_all_rows"};
+    "swiglu",    "cross_entropy", "gather_rows", "scatter_add_rows", "scale"};
+// Adds names (string views into static storage) to the registry; returns true (for use as a
+// static initialiser). Registering a name twice is harmless.
+bool register_ops(std::span<const std::string_view> names);
+bool is_registered_op(std::string_view name);
 
 class Tape {
  public:
-  explicit Tape(Arena& arena) : arena_(&arena) { nodes_.reserve(1024); }
+  explicit Tape(Arena& arena)
+      : arena_(&arena),
+        host_(arena.device() == Device::CPU ? nullptr : std::make_unique<Arena>(size_t(1) << 20)) {
+    nodes_.reserve(1024);
+  }
 
   Arena& arena() { return *arena_; }
   // With grad disabled (evaluation), ops record nothing and allocate no gradients.
@@ -52,7 +66,8 @@ class Tape {
                   "tape closures live in the arena and are never destroyed: capture views only");
     if (!grad_enabled_) return;
     check_op_name(op);
-    void* mem = arena_->alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
+    Arena& host = host_ ? *host_ : *arena_;
+    void* mem = host.alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
     Fn* p = new (mem) Fn(std::forward<F>(fn));
     nodes_.push_back(Node{op, [](void* q) { (*static_cast<Fn*>(q))(); }, p});
   }
@@ -62,7 +77,10 @@ class Tape {
   // Runs every closure in reverse with the output gradients already seeded by the caller.
   void backward_seeded();
   // Forget the recorded ops (the owner resets the arena separately).
-  void clear() { nodes_.clear(); }
+  void clear() {
+    nodes_.clear();
+    if (host_) host_->reset();
+  }
 
   size_t size() const { return nodes_.size(); }
   std::string_view op_at(size_t i) const { return nodes_[i].op; }
@@ -75,6 +93,7 @@ class Tape {
     void* closure;
   };
   Arena* arena_;
+  std::unique_ptr<Arena> host_;  // closures when arena_ is not host memory
   bool grad_enabled_ = true;
   std::vector<Node> nodes_;
 };

@@ -45,10 +45,16 @@ inline const char* device_name(Device d) {
   return "?";
 }
 
+// bf16 storage: the upper 16 bits of an f32 (convert through the to_bf16 / from_bf16 kernels).
+struct bf16 {
+  uint16_t bits;
+};
+
 template <class T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::F32; }
 template <> constexpr DType dtype_of<double>() { return DType::F64; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
+template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
 
 struct Shape {
   std::array<int64_t, 4> d{0, 0, 0, 0};
@@ -88,7 +94,16 @@ struct Tensor {
   size_t bytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
   bool defined() const { return data != nullptr; }
 
+  // Host access: only for tensors in host memory (Device::CPU). Device data reaches the host
+  // through the copy ops in runtime/device.h.
   template <class T> T* ptr() const {
+    ANYK_CHECK(device == Device::CPU, "host access to a tensor on device " << device_name(device)
+                                          << " hint: copy it with to_host() (runtime/device.h)");
+    return dev_ptr<T>();
+  }
+  // The raw pointer in the tensor's own device memory, for handing to a kernel or a
+  // communicator only (never dereferenced by host code).
+  template <class T> T* dev_ptr() const {
     ANYK_CHECK(dtype == dtype_of<T>(), "tensor is " << dtype_name(dtype) << ", asked for "
                                                     << dtype_name(dtype_of<T>()));
     return static_cast<T*>(data);

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "model/k_schedule.h"
-#include "runtime/ops/ops.h"
+#include "model/moe.h"
 #include "test_util.h"
 
 using namespace anyk;
@@ -26,7 +26,7 @@ TEST_CASE("emoe: a pool of size K is plain top-K") {
     same.pool = K;
     same.sample_key = 1234;
     RouterOut b = router(tape, x, K, same);
-    for (int i = 0; i < N * K; ++i) CHECK(a.ids[i] == b.ids[i]);
+    for (int i = 0; i < N * K; ++i) CHECK(a.ids.ptr<int>()[i] == b.ids.ptr<int>()[i]);
     CHECK(read(a.weights.val) == read(b.weights.val));
   }
 }
@@ -51,15 +51,15 @@ TEST_CASE("emoe: chosen experts are distinct, inside the top-pool, and renormali
     std::set<int> chosen;
     double S = 0;
     for (int k = 0; k < K; ++k) {
-      int e = r.ids[n * K + k];
+      int e = r.ids.ptr<int>()[n * K + k];
       CHECK(top.count(e) == 1);
       chosen.insert(e);
       S += p[n * E + e];
     }
     CHECK(chosen.size() == size_t(K));
-    for (int k = 0; k < K; ++k) CHECK(w[n * K + k] == doctest::Approx(p[n * E + r.ids[n * K + k]] / S));
+    for (int k = 0; k < K; ++k) CHECK(w[n * K + k] == doctest::Approx(p[n * E + r.ids.ptr<int>()[n * K + k]] / S));
     // probability order within the chosen
-    CHECK(p[n * E + r.ids[n * K]] >= p[n * E + r.ids[n * K + 1]]);
+    CHECK(p[n * E + r.ids.ptr<int>()[n * K]] >= p[n * E + r.ids.ptr<int>()[n * K + 1]]);
   }
   // The same key gives the same draw; another key a different one.
   RouterOut again = router(tape, x, K, o);
@@ -68,8 +68,8 @@ TEST_CASE("emoe: chosen experts are distinct, inside the top-pool, and renormali
   RouterOut other = router(tape, x, K, o2);
   int same = 0, diff = 0;
   for (int i = 0; i < N * K; ++i) {
-    same += again.ids[i] == r.ids[i];
-    diff += other.ids[i] != r.ids[i];
+    same += again.ids.ptr<int>()[i] == r.ids.ptr<int>()[i];
+    diff += other.ids.ptr<int>()[i] != r.ids.ptr<int>()[i];
   }
   CHECK(same == N * K);
   CHECK(diff > 0);
@@ -90,7 +90,7 @@ TEST_CASE("emoe: every pool member is chosen with frequency K/pool (chi-square)"
   o.sample_key = 7;
   RouterOut r = router(tape, x, K, o);
   std::vector<double> count(E, 0);
-  for (int i = 0; i < N * K; ++i) count[r.ids[i]] += 1;
+  for (int i = 0; i < N * K; ++i) count[r.ids.ptr<int>()[i]] += 1;
   CHECK(count[6] == 0);
   CHECK(count[7] == 0);
   const double expect = double(N) * K / POOL;

@@ -1,12 +1,14 @@
 // Table-driven gradient check of every differentiable op: analytic gradients from the tape
 // against central finite differences computed in double precision, for the f64 kernels (tight)
-// and the f32 kernels (the training path, to 1e-3). The table must cover kAllOps exactly.
+// and the f32 kernels (the training path, to 1e-3). The table must cover every library's op list
+// (kRuntimeOps, kModelOps, kParallelOps) exactly.
 #include <doctest/doctest.h>
 
 #include <functional>
 #include <set>
 #include <string>
 
+#include "model/moe_ops.h"
 #include "parallel/all_to_all.h"
 #include "parallel/comm.h"
 #include "runtime/ops/ops.h"
@@ -18,7 +20,7 @@ using namespace anyk::test;
 namespace {
 
 struct OpCase {
-  std::string op;                   // the name in kAllOps
+  std::string op;                   // the name in an op list
   std::string variant;              // what this case exercises
   std::vector<Shape> inputs;        // differentiable inputs
   double input_scale = 1.0;         // std of the random input values
@@ -34,6 +36,7 @@ const int kTok[5] = {1, 0, 1, 2, 0};              // scatter rows -> token
 const int kWidx[5] = {3, 0, 2, 4, 1};             // and weight slot
 const int kOffsets[4] = {0, 3, 3, 7};             // three experts, the middle one empty
 const int kSelfCounts[1] = {4};                   // all_to_all_rows on one rank: 4 rows to itself
+int32_t kExpertCounts[5] = {3, 0, 4, 2, 3};       // load-balance f_e: 12 assignments, one expert idle
 
 std::vector<OpCase> table() {
   std::vector<OpCase> t;
@@ -72,8 +75,8 @@ std::vector<OpCase> table() {
                }});
   auto router_case = [](std::string variant, int K, RouterOptions o) {
     return OpCase{"router", variant, {{6, 5}}, 2.0, [K, o](Tape& tp, std::vector<Var>& in) {
-                    RouterOut r = router(tp, in[0], K, o);
-                    return std::vector<Var>{r.weights, r.aux};
+                    Gating g = router_gating(tp, in[0], K, o);
+                    return std::vector<Var>{g.weights, g.probs, g.lse};
                   }};
   };
   RouterOptions o;
@@ -93,6 +96,20 @@ std::vector<OpCase> table() {
   em.pool = 4;
   em.sample_key = 77;
   t.push_back(router_case("EMoE: K=2 drawn from a pool of 4", 2, em));
+  t.push_back({"router_lb_loss", "one expert idle", {{6, 5}}, 0.5, [](Tape& tp, std::vector<Var>& in) {
+                 Tensor counts{kExpertCounts, {5}, DType::I32};
+                 return std::vector<Var>{router_lb_loss(tp, in[0], counts)};
+               }});
+  t.push_back({"router_z_loss", "N=6", {{6}}, 2.0, [](Tape& tp, std::vector<Var>& in) {
+                 return std::vector<Var>{router_z_loss(tp, in[0])};
+               }});
+  t.push_back({"router_kl_loss", "q <= 0 entries skipped", {{6, 5}}, 0.5, [](Tape& tp, std::vector<Var>& in) {
+                 return std::vector<Var>{router_kl_loss(tp, in[0])};
+               }});
+  t.push_back({"router_aux", "0.3 lb + 0.2 z - 0.1 kl", {{1}, {1}, {1}}, 1.0,
+               [o](Tape& tp, std::vector<Var>& in) {
+                 return std::vector<Var>{router_aux(tp, in[0], in[1], in[2], o, in[0].dtype())};
+               }});
   t.push_back({"gather_rows", "repeated rows", {{4, 3}}, 1.0, [](Tape& tp, std::vector<Var>& in) {
                  return std::vector<Var>{gather_rows(tp, in[0], kRows, 7)};
                }});
@@ -152,13 +169,16 @@ std::vector<std::vector<double>> analytic(const OpCase& c, const std::vector<std
 
 }  // namespace
 
-TEST_CASE("gradcheck: the table covers every op in kAllOps, and only those") {
+TEST_CASE("gradcheck: the table covers every op of every library, and only those") {
   std::set<std::string> in_table;
   for (auto& c : table()) in_table.insert(c.op);
   std::set<std::string> all;
-  for (auto op : kAllOps) all.insert(std::string(op));
+  for (auto op : kRuntimeOps) all.insert(std::string(op));
+  for (auto op : kModelOps) all.insert(std::string(op));
+  for (auto op : kParallelOps) all.insert(std::string(op));
   for (auto& op : all) CHECK_MESSAGE(in_table.count(op), "op '" << op << "' has no gradient check");
   for (auto& op : in_table) CHECK_MESSAGE(all.count(op), "table entry '" << op << "' is not an op");
+  for (auto& op : all) CHECK_MESSAGE(is_registered_op(op), "op '" << op << "' is not registered");
 }
 
 TEST_CASE("gradcheck: every op against central finite differences in double") {
@@ -194,7 +214,7 @@ TEST_CASE("gradcheck: every op against central finite differences in double") {
   }
 }
 
-TEST_CASE("gradcheck: an op outside kAllOps cannot be recorded") {
+TEST_CASE("gradcheck: an unregistered op cannot be recorded") {
   Arena arena(4096);
   Tape tape(arena);
   CHECK_THROWS_AS(tape.record("not_an_op", [] {}), Error);

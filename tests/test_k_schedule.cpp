@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/k_schedule.h"
+#include "model/moe_ops.h"
 #include "runtime/check.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"

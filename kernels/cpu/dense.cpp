@@ -55,10 +55,12 @@ template <class T> void add_backward(T* da, T* db, const T* dout, int64_t n) {
 }
 
 template <class T> void scale_forward(T* out, const T* a, T s, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) out[i] = s * a[i];
 }
 
 template <class T> void scale_backward(T* da, const T* dout, T s, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) da[i] += s * dout[i];
 }
 

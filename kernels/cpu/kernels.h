@@ -103,4 +103,18 @@ template <class T>
 void grouped_linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const int* offsets,
                              int E, int I, int O);
 
+// ---- element-wise, reductions, optimizer and conversions (see kernels/kernels.h) ----
+template <class T> void fill(T* out, T v, int64_t n);
+template <class T> void copy(T* dst, const T* src, int64_t n);
+template <class T> void accumulate(T* y, const T* x, int64_t n);
+template <class T> void fill_div(T* out, const T* s, double div, int64_t n);
+template <class T> void sum_div(T* out, const T* x, int64_t n, double div);
+template <class T> void sumsq_accumulate(double* acc, const T* x, int64_t n);
+int64_t first_bad_id(const int* ids, int64_t n, int V);
+template <class T>
+void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2, double eps, double shrink,
+                  double step_size, double inv_sqrt_bc2);
+void to_bf16(uint16_t* out, const float* x, int64_t n);
+void from_bf16(float* out, const uint16_t* x, int64_t n);
+
 }  // namespace anyk::cpu

@@ -1,6 +1,8 @@
 // The dense ops and their gradient rules: embedding, linear, add, scale, RMSNorm, RoPE,
-// attention, SwiGLU, cross-entropy. Forward calls the CPU kernel; backward adds into inputs.
-#include "kernels/cpu/kernels.h"
+// attention, SwiGLU, cross-entropy. Forward and backward only call kernels of the tensors'
+// device (runtime/ops/kernel_call.h); backward adds into inputs.
+#include "runtime/device.h"
+#include "runtime/ops/kernel_call.h"
 #include "runtime/ops/ops.h"
 
 namespace anyk {
@@ -14,24 +16,51 @@ Shape with_last(const Shape& s, int64_t last) {
 void same_dtype(const Var& a, const Var& b, const char* op) {
   ANYK_CHECK(a.dtype() == b.dtype(), op << ": dtype mismatch " << dtype_name(a.dtype()) << " vs "
                                         << dtype_name(b.dtype()));
+  ANYK_CHECK(a.val.device == b.val.device, op << ": device mismatch " << device_name(a.val.device) << " vs "
+                                              << device_name(b.val.device));
+}
+// Host ids as an I32 tensor on `dev`: a view when dev is the CPU, else a copy in the arena.
+Tensor ids_on(Tape& tape, const int* ids, int N, Device dev) {
+  Tensor t;
+  t.shape = Shape{N};
+  t.dtype = DType::I32;
+  t.data = const_cast<int*>(ids);
+  if (dev == Device::CPU) return t;
+  Tensor d = tape.arena().tensor({N}, DType::I32);
+  ANYK_CHECK(d.device == dev, "ids for device " << device_name(dev) << " but the arena is on "
+                                                << device_name(d.device));
+  from_host(d, ids);
+  return d;
+}
+// Every id in [0, V), else an error naming the first bad one (a host sync).
+void check_ids(const Tensor& ids, int V, const char* what) {
+  ANYK_CHECK(ids.dtype == DType::I32, what << " ids must be i32, got " << dtype_name(ids.dtype));
+  int64_t bad = kernels<float>(ids.device).first_bad_id(exec_ctx(ids.device), ids.dev_ptr<int32_t>(),
+                                                        ids.numel(), V);
+  ANYK_CHECK(bad < 0, what << " " << read_element<int32_t>(ids, bad) << " at position " << bad
+                           << " is outside the vocab [0," << V << ")");
 }
 }  // namespace
 
 Var embedding(Tape& tape, const int* ids, int N, const Var& wte) {
-  int V = int(wte.val.dim(0)), C = int(wte.val.dim(1));
-  for (int n = 0; n < N; ++n)
-    ANYK_CHECK(ids[n] >= 0 && ids[n] < V, "token id " << ids[n] << " at position " << n
-                                                      << " is outside the vocab [0," << V << ")");
+  return embedding(tape, ids_on(tape, ids, N, wte.val.device), wte);
+}
+
+Var embedding(Tape& tape, const Tensor& ids, const Var& wte) {
+  int V = int(wte.val.dim(0)), C = int(wte.val.dim(1)), N = int(ids.numel());
+  ANYK_CHECK(ids.device == wte.val.device, "embedding: ids on " << device_name(ids.device) << ", table on "
+                                                                << device_name(wte.val.device));
+  check_ids(ids, V, "token id");
   Var out = tape.make({N, C}, wte.dtype(), wte.requires_grad());
-  dispatch(wte.dtype(), [&](auto tag) {
+  with_kernels(wte.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::embedding_forward<T>(out.val.ptr<T>(), ids, wte.val.ptr<T>(), N, C);
+    k.embedding_forward(ctx, out.val.dev_ptr<T>(), ids.dev_ptr<int32_t>(), wte.val.dev_ptr<T>(), N, C);
   });
   if (out.requires_grad())
     tape.record("embedding", [=] {
-      dispatch(wte.dtype(), [&](auto tag) {
+      with_kernels(wte.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::embedding_backward<T>(wte.grad.ptr<T>(), out.grad.ptr<T>(), ids, N, C);
+        k.embedding_backward(ctx, wte.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), ids.dev_ptr<int32_t>(), N, C);
       });
     });
   return out;
@@ -44,17 +73,16 @@ Var linear(Tape& tape, const Var& x, const Var& w) {
                                              << w.val.shape.str());
   int N = int(x.val.numel() / I);
   Var out = tape.make(with_last(x.shape(), O), x.dtype(), any_grad({&x, &w}));
-  dispatch(x.dtype(), [&](auto tag) {
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::linear_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), N, I, O);
+    k.linear_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
   });
   if (out.requires_grad())
     tape.record("linear", [=] {
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::linear_backward<T>(x.requires_grad() ? x.grad.ptr<T>() : nullptr,
-                                w.requires_grad() ? w.grad.ptr<T>() : nullptr, out.grad.ptr<T>(),
-                                x.val.ptr<T>(), w.val.ptr<T>(), N, I, O);
+        k.linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
+                          x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
       });
     });
   return out;
@@ -66,16 +94,15 @@ Var add(Tape& tape, const Var& a, const Var& b) {
              "add: shapes " << a.shape().str() << " and " << b.shape().str() << " differ");
   Var out = tape.make(a.shape(), a.dtype(), any_grad({&a, &b}));
   int64_t n = a.val.numel();
-  dispatch(a.dtype(), [&](auto tag) {
+  with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::add_forward<T>(out.val.ptr<T>(), a.val.ptr<T>(), b.val.ptr<T>(), n);
+    k.add_forward(ctx, out.val.dev_ptr<T>(), a.val.dev_ptr<T>(), b.val.dev_ptr<T>(), n);
   });
   if (out.requires_grad())
     tape.record("add", [=] {
-      dispatch(a.dtype(), [&](auto tag) {
+      with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::add_backward<T>(a.requires_grad() ? a.grad.ptr<T>() : nullptr,
-                             b.requires_grad() ? b.grad.ptr<T>() : nullptr, out.grad.ptr<T>(), n);
+        k.add_backward(ctx, dev_or_null<T>(a.grad), dev_or_null<T>(b.grad), out.grad.dev_ptr<T>(), n);
       });
     });
   return out;
@@ -84,15 +111,15 @@ Var add(Tape& tape, const Var& a, const Var& b) {
 Var scale(Tape& tape, const Var& a, double s) {
   Var out = tape.make(a.shape(), a.dtype(), a.requires_grad());
   int64_t n = a.val.numel();
-  dispatch(a.dtype(), [&](auto tag) {
+  with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::scale_forward<T>(out.val.ptr<T>(), a.val.ptr<T>(), T(s), n);
+    k.scale_forward(ctx, out.val.dev_ptr<T>(), a.val.dev_ptr<T>(), T(s), n);
   });
   if (out.requires_grad())
     tape.record("scale", [=] {
-      dispatch(a.dtype(), [&](auto tag) {
+      with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::scale_backward<T>(a.grad.ptr<T>(), out.grad.ptr<T>(), T(s), n);
+        k.scale_backward(ctx, a.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), T(s), n);
       });
     });
   return out;
@@ -104,17 +131,17 @@ Var rmsnorm(Tape& tape, const Var& x, const Var& w, double eps) {
   ANYK_CHECK(w.val.numel() == C, "rmsnorm: weight " << w.shape().str() << " vs x " << x.shape().str());
   Var out = tape.make(x.shape(), x.dtype(), any_grad({&x, &w}));
   Tensor rstd = tape.arena().tensor({N}, x.dtype());
-  dispatch(x.dtype(), [&](auto tag) {
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::rmsnorm_forward<T>(out.val.ptr<T>(), rstd.ptr<T>(), x.val.ptr<T>(), w.val.ptr<T>(), N, C, eps);
+    k.rmsnorm_forward(ctx, out.val.dev_ptr<T>(), rstd.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N,
+                      C, eps);
   });
   if (out.requires_grad())
     tape.record("rmsnorm", [=] {
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::rmsnorm_backward<T>(x.requires_grad() ? x.grad.ptr<T>() : nullptr,
-                                 w.requires_grad() ? w.grad.ptr<T>() : nullptr, out.grad.ptr<T>(),
-                                 x.val.ptr<T>(), w.val.ptr<T>(), rstd.ptr<T>(), N, C);
+        k.rmsnorm_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
+                           x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), rstd.dev_ptr<T>(), N, C);
       });
     });
   return out;
@@ -128,19 +155,19 @@ Var rope(Tape& tape, const Var& x, int nrot, double theta) {
   Var out = tape.make(x.shape(), x.dtype(), x.requires_grad());
   // The angle tables are computed once per call (T x D/2), not per element.
   Tensor cs = tape.arena().tensor({2, T_, D / 2}, x.dtype());
-  dispatch(x.dtype(), [&](auto tag) {
+  const int64_t half = int64_t(T_) * (D / 2);
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    T* c = cs.ptr<T>();
-    cpu::rope_tables<T>(c, c + int64_t(T_) * (D / 2), T_, D, theta);
-    cpu::rope_forward<T>(out.val.ptr<T>(), x.val.ptr<T>(), c, c + int64_t(T_) * (D / 2), B, T_, NHx, D, nrot);
+    T* c = cs.dev_ptr<T>();
+    k.rope_tables(ctx, c, c + half, T_, D, theta);
+    k.rope_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), c, c + half, B, T_, NHx, D, nrot);
   });
   if (out.requires_grad())
     tape.record("rope", [=] {
-      dispatch(x.dtype(), [&](auto tag) {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        const T* c = cs.ptr<T>();
-        cpu::rope_backward<T>(x.grad.ptr<T>(), out.grad.ptr<T>(), c, c + int64_t(T_) * (D / 2), B, T_, NHx, D,
-                              nrot);
+        const T* c = cs.dev_ptr<T>();
+        k.rope_backward(ctx, x.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), c, c + half, B, T_, NHx, D, nrot);
       });
     });
   return out;
@@ -153,18 +180,18 @@ Var attention(Tape& tape, const Var& qkv, int NH) {
   ANYK_CHECK(C % NH == 0, "attention: dim " << C << " is not divisible by heads " << NH);
   Var out = tape.make({B, T_, C}, qkv.dtype(), qkv.requires_grad());
   Tensor att = tape.arena().tensor({B, NH, T_, T_}, qkv.dtype());
-  dispatch(qkv.dtype(), [&](auto tag) {
+  with_kernels(qkv.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::attention_forward<T>(out.val.ptr<T>(), att.ptr<T>(), qkv.val.ptr<T>(), B, T_, C, NH);
+    k.attention_forward(ctx, out.val.dev_ptr<T>(), att.dev_ptr<T>(), qkv.val.dev_ptr<T>(), B, T_, C, NH);
   });
   if (out.requires_grad()) {
     Arena* arena = &tape.arena();
     tape.record("attention", [=] {
       Tensor scratch = arena->tensor({B, NH, T_, T_}, qkv.dtype());
-      dispatch(qkv.dtype(), [&](auto tag) {
+      with_kernels(qkv.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::attention_backward<T>(qkv.grad.ptr<T>(), scratch.ptr<T>(), out.grad.ptr<T>(),
-                                   qkv.val.ptr<T>(), att.ptr<T>(), B, T_, C, NH);
+        k.attention_backward(ctx, qkv.grad.dev_ptr<T>(), scratch.dev_ptr<T>(), out.grad.dev_ptr<T>(),
+                             qkv.val.dev_ptr<T>(), att.dev_ptr<T>(), B, T_, C, NH);
       });
     });
   }
@@ -176,15 +203,15 @@ Var swiglu(Tape& tape, const Var& h) {
   ANYK_CHECK(H2 % 2 == 0, "swiglu expects an even last dim, got " << h.shape().str());
   int H = H2 / 2, M = int(h.val.numel() / H2);
   Var out = tape.make(with_last(h.shape(), H), h.dtype(), h.requires_grad());
-  dispatch(h.dtype(), [&](auto tag) {
+  with_kernels(h.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    cpu::swiglu_forward<T>(out.val.ptr<T>(), h.val.ptr<T>(), M, H);
+    k.swiglu_forward(ctx, out.val.dev_ptr<T>(), h.val.dev_ptr<T>(), M, H);
   });
   if (out.requires_grad())
     tape.record("swiglu", [=] {
-      dispatch(h.dtype(), [&](auto tag) {
+      with_kernels(h.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        cpu::swiglu_backward<T>(h.grad.ptr<T>(), out.grad.ptr<T>(), h.val.ptr<T>(), M, H);
+        k.swiglu_backward(ctx, h.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), h.val.dev_ptr<T>(), M, H);
       });
     });
   return out;
@@ -192,29 +219,32 @@ Var swiglu(Tape& tape, const Var& h) {
 
 Var cross_entropy(Tape& tape, const Var& logits, const int* targets, double norm) {
   int V = int(logits.shape()[-1]), N = int(logits.val.numel() / V);
-  for (int n = 0; n < N; ++n)
-    ANYK_CHECK(targets[n] >= 0 && targets[n] < V,
-               "target " << targets[n] << " at position " << n << " is outside the vocab [0," << V << ")");
+  return cross_entropy(tape, logits, ids_on(tape, targets, N, logits.val.device), norm);
+}
+
+Var cross_entropy(Tape& tape, const Var& logits, const Tensor& targets, double norm) {
+  int V = int(logits.shape()[-1]), N = int(logits.val.numel() / V);
+  ANYK_CHECK(targets.numel() == N, "cross_entropy: " << targets.numel() << " targets for " << N << " rows");
+  ANYK_CHECK(targets.device == logits.val.device, "cross_entropy: targets on " << device_name(targets.device)
+                                                      << ", logits on " << device_name(logits.val.device));
+  check_ids(targets, V, "target");
   if (norm <= 0) norm = N;
   Var out = tape.make({1}, logits.dtype(), logits.requires_grad());
   Tensor losses = tape.arena().tensor({N}, logits.dtype());
-  dispatch(logits.dtype(), [&](auto tag) {
+  with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    T* l = losses.ptr<T>();
-    cpu::cross_entropy_forward<T>(l, logits.val.ptr<T>(), targets, N, V);
-    double s = 0;
-    for (int n = 0; n < N; ++n) s += l[n];
-    out.val.ptr<T>()[0] = T(s / norm);
+    k.cross_entropy_forward(ctx, losses.dev_ptr<T>(), logits.val.dev_ptr<T>(), targets.dev_ptr<int32_t>(), N, V);
+    k.sum_div(ctx, out.val.dev_ptr<T>(), losses.dev_ptr<T>(), N, norm);
   });
   if (out.requires_grad()) {
     Arena* arena = &tape.arena();
     tape.record("cross_entropy", [=] {
-      dispatch(logits.dtype(), [&](auto tag) {
+      Tensor dl = arena->tensor({N}, logits.dtype());
+      with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        T* dl = arena->alloc_n<T>(N);
-        T g = out.grad.ptr<T>()[0] / T(norm);
-        for (int n = 0; n < N; ++n) dl[n] = g;
-        cpu::cross_entropy_backward<T>(logits.grad.ptr<T>(), dl, logits.val.ptr<T>(), targets, N, V);
+        k.fill_div(ctx, dl.dev_ptr<T>(), out.grad.dev_ptr<T>(), norm, N);
+        k.cross_entropy_backward(ctx, logits.grad.dev_ptr<T>(), dl.dev_ptr<T>(), logits.val.dev_ptr<T>(),
+                                 targets.dev_ptr<int32_t>(), N, V);
       });
     });
   }

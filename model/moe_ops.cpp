@@ -1,0 +1,230 @@
+// The MoE ops and their gradient rules; see moe_ops.h. Every forward and backward body is a few
+// calls into the kernel table of the tensors' device (kernels/kernels.h), each op's calls in one
+// with_kernels block.
+#include "model/moe_ops.h"
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "runtime/ops/kernel_call.h"
+
+namespace anyk {
+
+[[maybe_unused]] static const bool kModelOpsRegistered = register_ops(kModelOps);
+
+namespace {
+void check_top_p(int E, double p, int k_min, int k_max) {
+  ANYK_CHECK(E >= 1 && k_min >= 1 && k_min <= k_max && k_max <= E,
+             "top_p_count: need 1 <= k_min <= k_max <= E, got k_min = "
+                 << k_min << ", k_max = " << k_max << ", E = " << E);
+  ANYK_CHECK(p > 0.0 && p <= 1.0, "top_p_count: p = " << p << " is outside (0, 1]");
+}
+}  // namespace
+
+template <class T>
+int top_p_count(const T* probs, int E, double p, int k_min, int k_max) {
+  check_top_p(E, p, k_min, k_max);
+  // Small E stays on the stack: callers run this once per token.
+  constexpr int kStack = 256;
+  std::array<double, kStack> stack_buf;
+  std::vector<double> heap_buf;
+  double* buf = stack_buf.data();
+  if (E > kStack) {
+    heap_buf.resize(static_cast<size_t>(E));
+    buf = heap_buf.data();
+  }
+  int32_t k = 0;
+  kernels<T>(Device::CPU).top_p_count_forward(exec_ctx(Device::CPU), &k, buf, probs, 1, E, p, k_min, k_max);
+  return k;
+}
+
+template int top_p_count<float>(const float*, int, double, int, int);
+template int top_p_count<double>(const double*, int, double, int, int);
+
+Gating router_gating(Tape& tape, const Var& logits, int K, const RouterOptions& opt) {
+  ANYK_CHECK(logits.shape().ndim == 2, "router expects logits (N,E), got " << logits.shape().str());
+  const int N = int(logits.shape()[0]), E = int(logits.shape()[1]);
+  ANYK_CHECK(K >= 1 && K <= E, "router: K = " << K << " must be in [1, E=" << E << "]");
+  const bool emoe = opt.pool > K, top_p = !emoe && opt.top_p > 0;
+  const int P = emoe ? opt.pool : K, k_min = std::min(opt.k_min, K);
+  ANYK_CHECK(!emoe || opt.pool <= E, "router: EMoE pool " << opt.pool << " exceeds E = " << E);
+  ANYK_CHECK(!emoe || opt.pool <= 64, "router: EMoE pool " << opt.pool << " is larger than 64");
+  if (top_p) check_top_p(E, opt.top_p, k_min, K);
+  Arena& arena = tape.arena();
+  const DType dt = logits.dtype();
+  const bool g = logits.requires_grad();
+  Gating r;
+  r.probs = tape.make({N, E}, dt, false);
+  if (g && tape.grad_enabled()) r.probs.grad = arena.tensor({N, E}, DType::F64, true);
+  r.lse = tape.make({N}, dt, g);
+  r.weights = tape.make({N, K}, dt, g);
+  r.ids = arena.tensor({N, K}, DType::I32);
+  r.counts = arena.tensor({E}, DType::I32);
+  // EMoE ranks the top-P into a pool first; top-p needs the probabilities before choosing.
+  Tensor pool_ids = emoe ? arena.tensor({N, P}, DType::I32) : r.ids;
+  Tensor pool_w = emoe ? arena.tensor({N, P}, dt) : r.weights.val;
+  Tensor kcount = top_p ? arena.tensor({N}, DType::I32) : Tensor{};
+  double* scratch = top_p ? arena.alloc_n<double>(size_t(E)) : nullptr;
+  int32_t* ids = r.ids.dev_ptr<int32_t>();
+  with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    T *p = r.probs.val.dev_ptr<T>(), *lse = r.lse.val.dev_ptr<T>(), *w = r.weights.val.dev_ptr<T>();
+    const T* z = logits.val.dev_ptr<T>();
+    k.router_forward(ctx, p, lse, pool_ids.dev_ptr<int32_t>(), pool_w.dev_ptr<T>(), z, nullptr, N, E, P,
+                     opt.renormalize);
+    if (emoe)
+      k.emoe_sample_forward(ctx, ids, w, p, pool_ids.dev_ptr<int32_t>(), N, E, K, P, opt.sample_key,
+                            opt.renormalize);
+    if (top_p) {
+      int32_t* kc = kcount.dev_ptr<int32_t>();
+      k.top_p_count_forward(ctx, kc, scratch, p, N, E, opt.top_p, k_min, K);
+      k.router_forward(ctx, p, lse, ids, w, z, kc, N, E, K, opt.renormalize);
+    }
+    k.expert_counts(ctx, r.counts.dev_ptr<int32_t>(), ids, int64_t(N) * K, E);
+  });
+  if (r.weights.requires_grad()) {
+    Var lg = logits, w = r.weights, probs = r.probs, lse = r.lse;
+    const bool renorm = opt.renormalize;
+    Arena* ap = &arena;
+    tape.record("router", [=] {
+      with_kernels(lg.val, [&](auto& k, auto& ctx, auto tag) {
+        using T = decltype(tag);
+        T* dp = ap->alloc_n<T>(size_t(N) * E);
+        k.convert_from_f64(ctx, dp, probs.grad.dev_ptr<double>(), int64_t(N) * E);
+        k.router_backward(ctx, lg.grad.dev_ptr<T>(), w.grad.dev_ptr<T>(), dp, lse.grad.dev_ptr<T>(),
+                          probs.val.dev_ptr<T>(), ids, N, E, K, renorm);
+      });
+    });
+  }
+  return r;
+}
+
+Var router_lb_loss(Tape& tape, const Var& probs, const Tensor& counts) {
+  ANYK_CHECK(probs.shape().ndim == 2 && counts.dtype == DType::I32 && counts.numel() == probs.shape()[1],
+             "router_lb_loss: probs " << probs.shape().str() << " and " << dtype_name(counts.dtype)
+                                      << " counts " << counts.shape.str() << " do not match (need I32 (E))");
+  const int N = int(probs.shape()[0]), E = int(probs.shape()[1]);
+  Var out = tape.make({1}, DType::F64, probs.requires_grad());
+  const int32_t* cnt = counts.dev_ptr<int32_t>();
+  with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    k.lb_loss_forward(ctx, out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), cnt, N, E);
+  });
+  if (out.requires_grad())
+    tape.record("router_lb_loss", [=] {
+      with_kernels(probs.grad, [&](auto& k, auto& ctx, auto tag) {  // the gradient's dtype
+        using G = decltype(tag);
+        k.lb_loss_backward(ctx, probs.grad.dev_ptr<G>(), out.grad.dev_ptr<double>(), cnt, N, E);
+      });
+    });
+  return out;
+}
+
+Var router_z_loss(Tape& tape, const Var& lse) {
+  ANYK_CHECK(lse.shape().ndim == 1, "router_z_loss expects lse (N), got " << lse.shape().str());
+  const int N = int(lse.shape()[0]);
+  Var out = tape.make({1}, DType::F64, lse.requires_grad());
+  with_kernels(lse.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    k.z_loss_forward(ctx, out.val.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
+  });
+  if (out.requires_grad())
+    tape.record("router_z_loss", [=] {
+      with_kernels(lse.val, [&](auto& k, auto& ctx, auto tag) {
+        using T = decltype(tag);
+        k.z_loss_backward(ctx, lse.grad.dev_ptr<T>(), out.grad.dev_ptr<double>(), lse.val.dev_ptr<T>(), N);
+      });
+    });
+  return out;
+}
+
+Var router_kl_loss(Tape& tape, const Var& probs) {
+  ANYK_CHECK(probs.shape().ndim == 2, "router_kl_loss expects probs (N,E), got " << probs.shape().str());
+  const int N = int(probs.shape()[0]), E = int(probs.shape()[1]);
+  Var out = tape.make({1}, DType::F64, probs.requires_grad());
+  with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    k.kl_loss_forward(ctx, out.val.dev_ptr<double>(), probs.val.dev_ptr<T>(), N, E);
+  });
+  // The gradient is in the probabilities' dtype or (the router's) f64.
+  ANYK_CHECK(!out.requires_grad() || probs.grad.dtype == probs.dtype() || probs.grad.dtype == DType::F64,
+             "router_kl_loss: a " << dtype_name(probs.grad.dtype) << " gradient for " << dtype_name(probs.dtype())
+                                  << " probs is not supported (need the same dtype or f64)");
+  if (out.requires_grad())
+    tape.record("router_kl_loss", [=] {
+      with_kernels(probs.val, [&](auto& k, auto& ctx, auto tag) {
+        using T = decltype(tag);
+        const double* dout = out.grad.dev_ptr<double>();
+        if (probs.grad.dtype == probs.dtype())
+          k.kl_loss_backward(ctx, probs.grad.dev_ptr<T>(), dout, probs.val.dev_ptr<T>(), N, E);
+        else
+          k.kl_loss_backward_f64(ctx, probs.grad.dev_ptr<double>(), dout, probs.val.dev_ptr<T>(), N, E);
+      });
+    });
+  return out;
+}
+
+Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const RouterOptions& opt,
+               DType dt) {
+  ANYK_CHECK(lb.val.numel() == 1 && z.val.numel() == 1 && kl.val.numel() == 1 &&
+                 lb.dtype() == z.dtype() && lb.dtype() == kl.dtype(),
+             "router_aux expects three scalars of one dtype, got " << lb.shape().str() << " "
+                 << dtype_name(lb.dtype()) << ", " << z.shape().str() << " " << dtype_name(z.dtype())
+                 << ", " << kl.shape().str() << " " << dtype_name(kl.dtype()));
+  ANYK_CHECK(lb.dtype() == dt || lb.dtype() == DType::F64,
+             "router_aux: " << dtype_name(lb.dtype()) << " scalars for a " << dtype_name(dt)
+                            << " result are not supported (need the result's dtype or f64)");
+  const double cl = opt.lb_coef, cz = opt.z_coef, ck = opt.kl_coef;
+  const bool same = lb.dtype() == dt;  // else the scalars are f64 (the loss ops' dtype)
+  Var out = tape.make({1}, dt, any_grad({&lb, &z, &kl}));
+  with_kernels(out.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    if (same)
+      k.router_aux_forward(ctx, out.val.dev_ptr<T>(), lb.val.dev_ptr<T>(), z.val.dev_ptr<T>(), kl.val.dev_ptr<T>(),
+                           cl, cz, ck);
+    else
+      k.router_aux_forward_f64(ctx, out.val.dev_ptr<T>(), lb.val.dev_ptr<double>(), z.val.dev_ptr<double>(),
+                               kl.val.dev_ptr<double>(), cl, cz, ck);
+  });
+  if (out.requires_grad())
+    tape.record("router_aux", [=] {
+      with_kernels(out.val, [&](auto& k, auto& ctx, auto tag) {
+        using T = decltype(tag);
+        const T* dout = out.grad.dev_ptr<T>();
+        if (same) {
+          auto g = [](const Var& v) { return v.requires_grad() ? v.grad.dev_ptr<T>() : nullptr; };
+          k.router_aux_backward(ctx, g(lb), g(z), g(kl), dout, cl, cz, ck);
+        } else {
+          auto g = [](const Var& v) { return v.requires_grad() ? v.grad.dev_ptr<double>() : nullptr; };
+          k.router_aux_backward_f64(ctx, g(lb), g(z), g(kl), dout, cl, cz, ck);
+        }
+      });
+    });
+  return out;
+}
+
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets) {
+  ANYK_CHECK(w.shape().ndim == 3, "grouped_linear expects w (E,O,I), got " << w.shape().str());
+  int E = int(w.shape()[0]), O = int(w.shape()[1]), I = int(w.shape()[2]);
+  int M = int(x.val.numel() / I);
+  ANYK_CHECK(x.shape()[-1] == I && offsets[0] == 0 && offsets[E] == M,
+             "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()
+                                  << " and offsets [0.." << offsets[E] << "]");
+  Var out = tape.make({M, O}, x.dtype(), any_grad({&x, &w}));
+  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+    using T = decltype(tag);
+    k.grouped_linear_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+  });
+  if (out.requires_grad())
+    tape.record("grouped_linear", [=] {
+      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+        using T = decltype(tag);
+        k.grouped_linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
+                                  x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+      });
+    });
+  return out;
+}
+
+}  // namespace anyk
