@@ -115,124 +115,148 @@ void KVDecoder::forward(std::span<const Segment> segs, const InferenceK& k, std:
   dispatch(lm_->params().dtype(), [&](auto tag) { forward_t<decltype(tag)>(segs, k, logits, all_logits); });
 }
 
+// One forward's sizes, kernel table and scratch, all in the decoder's arena (rewound per call).
+template <class T> struct KVDecoder::Pass {
+  const Kernels<T>* kn;
+  const Ctx* ctx;
+  int C, NH, D, half, E, H, N, S;
+  std::vector<int> r0;  // first row of each segment, and N
+  T *x, *h, *rstd, *qkv, *qkr, *att, *a, *scores;
+  T *rl, *probs, *lse, *wts, *rows, *h13, *sw, *y;  // MoE scratch for the largest K
+  int *tok, *ids, *kcount, *stok, *sslot, *counts, *next, *offsets;
+  const T* P(const ParamStore& ps, int id) const { return ps.value(id).template ptr<T>(); }
+};
+
+template <class T>
+KVDecoder::Pass<T> KVDecoder::make_pass(std::span<const Segment> segs, const InferenceK& kk) {
+  const ModelConfig& c = lm_->config();
+  Pass<T> p;
+  p.kn = &host_kernels<T>();
+  p.ctx = &host_ctx();
+  p.C = c.dim, p.NH = c.heads, p.D = p.C / p.NH, p.half = p.D / 2, p.E = c.experts, p.H = c.expert_hidden;
+  p.S = int(segs.size());
+  p.r0.assign(size_t(p.S) + 1, 0);
+  for (int s = 0; s < p.S; ++s) p.r0[s + 1] = p.r0[s] + segs[s].n;
+  const int N = p.N = p.r0[p.S], C = p.C, E = p.E, H = p.H;
+  arena_.reset();
+  auto buf = [&](int64_t n) { return arena_.alloc_n<T>(size_t(n)); };
+  auto ibuf = [&](int64_t n) { return arena_.alloc_n<int>(size_t(n)); };
+  p.tok = ibuf(N);
+  for (int s = 0; s < p.S; ++s) std::memcpy(p.tok + p.r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
+  p.x = buf(int64_t(N) * C), p.h = buf(int64_t(N) * C), p.rstd = buf(N);
+  p.qkv = buf(int64_t(N) * 3 * C), p.qkr = buf(int64_t(N) * 3 * C);
+  p.att = buf(int64_t(N) * C), p.a = buf(int64_t(N) * C);
+  int64_t score_n = 0;
+  for (int s = 0; s < p.S; ++s)
+    score_n = std::max<int64_t>(score_n, int64_t(p.NH) * segs[s].n * (len_[segs[s].slot] + segs[s].n));
+  p.scores = buf(score_n);
+  const int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
+  p.rl = buf(int64_t(N) * E), p.probs = buf(int64_t(N) * E), p.lse = buf(N);
+  p.ids = ibuf(int64_t(N) * Kmax), p.wts = buf(int64_t(N) * Kmax), p.kcount = ibuf(N);
+  p.stok = ibuf(int64_t(N) * Kmax + 1), p.sslot = ibuf(int64_t(N) * Kmax + 1);
+  p.counts = ibuf(E), p.next = ibuf(E), p.offsets = ibuf(int64_t(E) + 1);
+  p.rows = buf(int64_t(N) * Kmax * C), p.h13 = buf(int64_t(N) * Kmax * 2 * H);
+  p.sw = buf(int64_t(N) * Kmax * H), p.y = buf(int64_t(N) * Kmax * C);
+  return p;
+}
+
+// Attention of layer l: norm, packed projection, RoPE at each segment's own positions, cache
+// append, attention over the cache, output projection, residual.
+template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<const Segment> segs) {
+  const ModelConfig& c = lm_->config();
+  const ParamStore& ps = lm_->params();
+  const LayerIds& li = layers_[l];
+  const Kernels<T>& kn = *p.kn;
+  const Ctx& ctx = *p.ctx;
+  const int C = p.C, N = p.N, L = c.layers;
+  const T* cosb = static_cast<const T*>(rope_.data());
+  const T* sinb = cosb + int64_t(cap_) * p.half;
+  T* kvbase = static_cast<T*>(kv_.data());
+  auto cache = [&](int slot, int which) {  // (cap, C) keys (0) or values (1)
+    return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
+  };
+  kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln1), N, C, c.norm_eps);
+  matmul<T>(p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C);
+  for (int s = 0; s < p.S; ++s) {
+    const int p0 = len_[segs[s].slot], n = segs[s].n;
+    const int64_t o = int64_t(p.r0[s]) * 3 * C;
+    kn.rope_forward(ctx, p.qkr + o, p.qkv + o, cosb + int64_t(p0) * p.half, sinb + int64_t(p0) * p.half, 1, n,
+                    3 * p.NH, p.D, 2 * p.NH);
+    T* kc = cache(segs[s].slot, 0);
+    T* vc = cache(segs[s].slot, 1);
+    for (int i = 0; i < n; ++i) {
+      const T* row = p.qkr + o + int64_t(i) * 3 * C;
+      std::memcpy(kc + int64_t(p0 + i) * C, row + C, sizeof(T) * size_t(C));
+      std::memcpy(vc + int64_t(p0 + i) * C, row + 2 * C, sizeof(T) * size_t(C));
+    }
+    kn.attention_cached_forward(ctx, p.att + int64_t(p.r0[s]) * C, p.scores, p.qkr + o, 3 * C, kc, vc, n,
+                                p0 + n, C, p.NH);
+  }
+  matmul<T>(p.a, p.att, p.P(ps, li.wo), N, C, C);
+  kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
+}
+
+// MoE of layer l: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU
+// experts on their contiguous rows, weighted scatter back, residual.
+template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, int K, double top_p) {
+  const ModelConfig& c = lm_->config();
+  const ParamStore& ps = lm_->params();
+  const LayerIds& li = layers_[l];
+  const Kernels<T>& kn = *p.kn;
+  const Ctx& ctx = *p.ctx;
+  const int C = p.C, N = p.N, E = p.E, H = p.H;
+  kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln2), N, C, c.norm_eps);
+  matmul<T>(p.rl, p.h, p.P(ps, li.router), N, C, E);
+  const bool renorm = c.router.renormalize;
+  kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, nullptr, N, E, K, renorm);
+  if (top_p > 0) {
+    for (int n = 0; n < N; ++n) p.kcount[n] = top_p_count<T>(p.probs + int64_t(n) * E, E, top_p, 1, K);
+    kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, p.kcount, N, E, K, renorm);
+  }
+  const int sent = sort_assignments(p.ids, N, K, E, p.stok, p.sslot, p.counts, p.next);
+  p.offsets[0] = 0;
+  for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  kn.gather_rows_forward(ctx, p.rows, p.h, p.stok, sent, C);
+  grouped<T>(p.h13, p.rows, p.P(ps, li.w13), p.offsets, E, C, 2 * H);
+  kn.swiglu_forward(ctx, p.sw, p.h13, sent, H);
+  grouped<T>(p.y, p.sw, p.P(ps, li.w2), p.offsets, E, H, C);
+  std::fill(p.a, p.a + int64_t(N) * C, T(0));
+  kn.scatter_add_rows_forward(ctx, p.a, p.y, p.wts, p.stok, p.sslot, sent, C);
+  kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
+  assignments_ += sent;
+  token_layers_ += N;
+}
+
+// Final norm and tied head on the rows that need logits.
+template <class T> void KVDecoder::head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits) {
+  const ModelConfig& c = lm_->config();
+  const ParamStore& ps = lm_->params();
+  const int C = p.C, N = p.N, V = c.vocab;
+  const int R = all_logits ? N : p.S;
+  T* xs = p.h;
+  if (all_logits) {
+    std::memcpy(xs, p.x, sizeof(T) * size_t(N) * C);
+  } else {
+    for (int s = 0; s < p.S; ++s)
+      std::memcpy(xs + int64_t(s) * C, p.x + int64_t(p.r0[s + 1] - 1) * C, sizeof(T) * size_t(C));
+  }
+  T* xn = p.a;
+  p.kn->rmsnorm_forward(*p.ctx, xn, p.rstd, xs, p.P(ps, lnf_), R, C, c.norm_eps);
+  T* lg = arena_.alloc_n<T>(size_t(R) * V);
+  matmul<T>(lg, xn, p.P(ps, wte_), R, C, V);
+  logits.assign(lg, lg + int64_t(R) * V);
+}
+
 template <class T>
 void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, std::vector<double>& logits,
                           bool all_logits) {
-  const ModelConfig& c = lm_->config();
-  const ParamStore& ps = lm_->params();
-  const int C = c.dim, NH = c.heads, D = C / NH, half = D / 2, E = c.experts, H = c.expert_hidden,
-            L = c.layers, V = c.vocab;
-  const int S = int(segs.size());
-  const Kernels<T>& kn = host_kernels<T>();
-  const Ctx& ctx = host_ctx();
-  std::vector<int> r0(size_t(S) + 1, 0);  // first row of each segment
-  for (int s = 0; s < S; ++s) r0[s + 1] = r0[s] + segs[s].n;
-  const int N = r0[S];
-  arena_.reset();
-  auto buf = [&](int64_t n) { return arena_.alloc_n<T>(size_t(n)); };
-  auto P = [&](int id) { return ps.value(id).template ptr<T>(); };
-
-  int* tok = arena_.alloc_n<int>(size_t(N));
-  for (int s = 0; s < S; ++s) std::memcpy(tok + r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
-  T* x = buf(int64_t(N) * C);
-  T* h = buf(int64_t(N) * C);
-  T* rstd = buf(N);
-  T* qkv = buf(int64_t(N) * 3 * C);
-  T* qkr = buf(int64_t(N) * 3 * C);
-  T* att = buf(int64_t(N) * C);
-  T* a = buf(int64_t(N) * C);
-  int64_t score_n = 0;
-  for (int s = 0; s < S; ++s)
-    score_n = std::max<int64_t>(score_n, int64_t(NH) * segs[s].n * (len_[segs[s].slot] + segs[s].n));
-  T* scores = buf(score_n);
-  // MoE scratch for the largest K.
-  int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
-  T* rl = buf(int64_t(N) * E);
-  T* probs = buf(int64_t(N) * E);
-  T* lse = buf(N);
-  int* ids = arena_.alloc_n<int>(size_t(N) * Kmax);
-  T* wts = buf(int64_t(N) * Kmax);
-  int* kcount = arena_.alloc_n<int>(size_t(N));
-  int* stok = arena_.alloc_n<int>(size_t(N) * Kmax + 1);
-  int* sslot = arena_.alloc_n<int>(size_t(N) * Kmax + 1);
-  int* counts = arena_.alloc_n<int>(size_t(E));
-  int* next = arena_.alloc_n<int>(size_t(E));
-  int* offsets = arena_.alloc_n<int>(size_t(E) + 1);
-  T* rows = buf(int64_t(N) * Kmax * C);
-  T* h13 = buf(int64_t(N) * Kmax * 2 * H);
-  T* sw = buf(int64_t(N) * Kmax * H);
-  T* y = buf(int64_t(N) * Kmax * C);
-
-  const T* cosb = static_cast<const T*>(rope_.data());
-  const T* sinb = cosb + int64_t(cap_) * half;
-  T* kvbase = static_cast<T*>(kv_.data());
-  auto cache = [&](int slot, int l, int which) {  // (cap, C) keys (0) or values (1)
-    return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
-  };
-
-  kn.embedding_forward(ctx, x, tok, P(wte_), N, C);
-  for (int l = 0; l < L; ++l) {
-    const LayerIds& li = layers_[l];
-    // Attention: norm, packed projection, RoPE at each segment's own positions, cache append,
-    // attention over the cache, output projection, residual.
-    kn.rmsnorm_forward(ctx, h, rstd, x, P(li.ln1), N, C, c.norm_eps);
-    matmul<T>(qkv, h, P(li.wqkv), N, C, 3 * C);
-    for (int s = 0; s < S; ++s) {
-      const int p0 = len_[segs[s].slot], n = segs[s].n;
-      const int64_t o = int64_t(r0[s]) * 3 * C;
-      kn.rope_forward(ctx, qkr + o, qkv + o, cosb + int64_t(p0) * half, sinb + int64_t(p0) * half, 1, n,
-                      3 * NH, D, 2 * NH);
-      T* kc = cache(segs[s].slot, l, 0);
-      T* vc = cache(segs[s].slot, l, 1);
-      for (int i = 0; i < n; ++i) {
-        const T* row = qkr + o + int64_t(i) * 3 * C;
-        std::memcpy(kc + int64_t(p0 + i) * C, row + C, sizeof(T) * size_t(C));
-        std::memcpy(vc + int64_t(p0 + i) * C, row + 2 * C, sizeof(T) * size_t(C));
-      }
-      kn.attention_cached_forward(ctx, att + int64_t(r0[s]) * C, scores, qkr + o, 3 * C, kc, vc, n, p0 + n,
-                                  C, NH);
-    }
-    matmul<T>(a, att, P(li.wo), N, C, C);
-    kn.add_forward(ctx, x, x, a, int64_t(N) * C);
-
-    // MoE: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU experts
-    // on their contiguous rows, weighted scatter back, residual.
-    const int K = kk.k[l];
-    kn.rmsnorm_forward(ctx, h, rstd, x, P(li.ln2), N, C, c.norm_eps);
-    matmul<T>(rl, h, P(li.router), N, C, E);
-    const bool renorm = c.router.renormalize;
-    kn.router_forward(ctx, probs, lse, ids, wts, rl, nullptr, N, E, K, renorm);
-    if (kk.top_p > 0) {
-      for (int n = 0; n < N; ++n) kcount[n] = top_p_count<T>(probs + int64_t(n) * E, E, kk.top_p, 1, K);
-      kn.router_forward(ctx, probs, lse, ids, wts, rl, kcount, N, E, K, renorm);
-    }
-    const int sent = sort_assignments(ids, N, K, E, stok, sslot, counts, next);
-    offsets[0] = 0;
-    for (int e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
-    kn.gather_rows_forward(ctx, rows, h, stok, sent, C);
-    grouped<T>(h13, rows, P(li.w13), offsets, E, C, 2 * H);
-    kn.swiglu_forward(ctx, sw, h13, sent, H);
-    grouped<T>(y, sw, P(li.w2), offsets, E, H, C);
-    std::fill(a, a + int64_t(N) * C, T(0));
-    kn.scatter_add_rows_forward(ctx, a, y, wts, stok, sslot, sent, C);
-    kn.add_forward(ctx, x, x, a, int64_t(N) * C);
-    assignments_ += sent;
-    token_layers_ += N;
+  Pass<T> p = make_pass<T>(segs, kk);
+  p.kn->embedding_forward(*p.ctx, p.x, p.tok, p.P(lm_->params(), wte_), p.N, p.C);
+  for (int l = 0; l < lm_->config().layers; ++l) {
+    attention_t<T>(p, l, segs);
+    moe_t<T>(p, l, kk.k[l], kk.top_p);
   }
-  // Final norm and tied head on the rows that need logits.
-  int R = all_logits ? N : S;
-  T* xs = h;
-  if (all_logits) {
-    std::memcpy(xs, x, sizeof(T) * size_t(N) * C);
-  } else {
-    for (int s = 0; s < S; ++s)
-      std::memcpy(xs + int64_t(s) * C, x + int64_t(r0[s + 1] - 1) * C, sizeof(T) * size_t(C));
-  }
-  T* xn = a;
-  kn.rmsnorm_forward(ctx, xn, rstd, xs, P(lnf_), R, C, c.norm_eps);
-  T* lg = buf(int64_t(R) * V);
-  matmul<T>(lg, xn, P(wte_), R, C, V);
-  logits.assign(lg, lg + int64_t(R) * V);
+  head_t<T>(p, logits, all_logits);
   for (const Segment& s : segs) len_[size_t(s.slot)] += s.n;
 }
 

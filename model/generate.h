@@ -62,6 +62,11 @@ class KVDecoder {
   struct LayerIds {
     int ln1, wqkv, wo, ln2, router, w13, w2;
   };
+  template <class T> struct Pass;  // one forward's sizes and scratch (generate.cpp)
+  template <class T> Pass<T> make_pass(std::span<const Segment> segs, const InferenceK& k);
+  template <class T> void attention_t(Pass<T>& p, int l, std::span<const Segment> segs);
+  template <class T> void moe_t(Pass<T>& p, int l, int K, double top_p);
+  template <class T> void head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits);
   const LM* lm_;
   int slots_, cap_;
   int wte_, lnf_;
