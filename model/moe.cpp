@@ -48,7 +48,6 @@ MoELayer::MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Disp
 
 Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt, Var* aux,
                       MoEStats* st) const {
-  int N = int(x.shape()[0]);
   RouterOut r = router_.forward(tape, x, K, opt);
   // The dispatcher plans on the host: ids off the CPU are staged through the copy ops.
   std::vector<int32_t> host_ids;
