@@ -1,8 +1,6 @@
 // MPI implementation of Comm; see comm.h.
 #include "parallel/comm.h"
 
-#include "runtime/device.h"
-
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +10,8 @@
 #include <exception>
 #include <string>
 #include <utility>
+
+#include "runtime/device.h"
 
 namespace anyk {
 
