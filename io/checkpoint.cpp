@@ -14,6 +14,7 @@
 
 #include "io/fsio.h"
 #include "runtime/check.h"
+#include "runtime/device.h"
 
 namespace anyk::io {
 
@@ -96,15 +97,43 @@ namespace {
 
 std::string expert_group(int id) { return "experts/" + std::to_string(id); }
 
+// Writes `shape` floats at p (in the memory of device d) as dataset `name`: directly from host
+// memory, otherwise staged into `stage` (grown as needed) with the copy ops.
+void write_dev_f32(hid_t loc, const std::string& path, const std::string& name, const float* p, Device d,
+                   const std::vector<int64_t>& shape, std::vector<float>& stage) {
+  if (d == Device::CPU) return h5::write_f32(loc, path, name, p, shape);
+  const int64_t n = numel_of(shape);
+  stage.resize(size_t(std::max<int64_t>(n, 1)));
+  if (n) allocator(d).to_host(stage.data(), p, size_t(n) * sizeof(float));
+  h5::write_f32(loc, path, name, stage.data(), shape);
+}
+
+// The reverse of write_dev_f32: the dataset (shape and CRC checked) into p on device d.
+void read_dev_f32(hid_t loc, const std::string& path, const std::string& name, float* p, Device d,
+                  const std::vector<int64_t>& shape, std::vector<float>& stage) {
+  if (d == Device::CPU) return h5::read_f32(loc, path, name, p, shape);
+  const int64_t n = numel_of(shape);
+  stage.resize(size_t(std::max<int64_t>(n, 1)));
+  h5::read_f32(loc, path, name, stage.data(), shape);
+  if (n) allocator(d).from_host(p, stage.data(), size_t(n) * sizeof(float));
+}
+
 // Reads one ref's value and (when wanted) moments from `prefix`{params,adam_m,adam_v}/name.
-void read_ref(hid_t f, const std::string& path, const std::string& prefix, const TensorRef& t) {
-  h5::read_f32(f, path, prefix + "params/" + t.name, t.value, t.shape);
+void read_ref(hid_t f, const std::string& path, const std::string& prefix, const TensorRef& t,
+              std::vector<float>& stage) {
+  read_dev_f32(f, path, prefix + "params/" + t.name, t.value, t.device, t.shape, stage);
   if (!t.m && !t.v) return;
   ANYK_CHECK(h5::link_exists(f, prefix + "adam_m"),
              path << " has no optimizer state (no group '" << prefix << "adam_m') hint: it was converted with "
                   << "--no-optimizer; it can be evaluated, not resumed");
-  if (t.m) h5::read_f32(f, path, prefix + "adam_m/" + t.name, t.m, t.shape);
-  if (t.v) h5::read_f32(f, path, prefix + "adam_v/" + t.name, t.v, t.shape);
+  if (t.m) read_dev_f32(f, path, prefix + "adam_m/" + t.name, t.m, t.device, t.shape, stage);
+  if (t.v) read_dev_f32(f, path, prefix + "adam_v/" + t.name, t.v, t.device, t.shape, stage);
+}
+
+void check_same_device(const ParamStore& ps, const AdamW* opt) {
+  ANYK_CHECK(!opt || opt->device() == ps.device(),
+             "checkpoint: parameters on " << device_name(ps.device()) << " but the optimizer on "
+                                          << device_name(opt->device()) << " hint: build both on one device");
 }
 
 int64_t file_bytes(const std::string& path) {
@@ -147,11 +176,12 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
 }
 
 std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region) {
+  check_same_device(ps, opt);
   std::vector<TensorRef> out;
   float* base = static_cast<float*>(ps.region_data(Region::Dense));
   for (const ParamInfo& i : ps.infos()) {
     if (i.region != Region::Dense) continue;
-    TensorRef t{i.name, dims_of(i.shape), base + i.offset, nullptr, nullptr};
+    TensorRef t{i.name, dims_of(i.shape), base + i.offset, nullptr, nullptr, ps.device()};
     if (opt) {
       t.m = opt->m(dense_region) + i.offset;
       t.v = opt->v(dense_region) + i.offset;
@@ -162,6 +192,7 @@ std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region) 
 }
 
 std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert) {
+  check_same_device(ps, opt);
   std::vector<ExpertRef> out;
   float* base = static_cast<float*>(ps.region_data(Region::Expert));
   int E_local = -1;
@@ -177,7 +208,7 @@ std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region
       // (E_local, a, b) -> expert j's (a, b)
       std::vector<int64_t> shape(i.shape.d.begin() + 1, i.shape.d.begin() + i.shape.ndim);
       const int64_t off = i.offset + int64_t(j) * numel_of(shape);
-      ExpertRef r{first_expert + j, TensorRef{i.name, shape, base + off, nullptr, nullptr}};
+      ExpertRef r{first_expert + j, TensorRef{i.name, shape, base + off, nullptr, nullptr, ps.device()}};
       if (opt) {
         r.t.m = opt->m(expert_region) + off;
         r.t.v = opt->v(expert_region) + off;
@@ -190,6 +221,7 @@ std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region
 
 void write_meta_file(const std::string& path, const CheckpointMeta& meta, const std::vector<TensorRef>& dense) {
   const bool moments = moments_of(dense, [](const TensorRef& t) -> const TensorRef& { return t; }, path);
+  std::vector<float> stage;  // host staging for refs off the CPU
   h5::write_file(path, [&](hid_t f) {
     write_common_attrs(f, path, meta, "meta");
     h5::write_attr(f, path, "seed", meta.seed);
@@ -202,13 +234,13 @@ void write_meta_file(const std::string& path, const CheckpointMeta& meta, const 
     h5::write_attr(f, path, "config_ini", meta.config_ini);
     {
       h5::Handle g = h5::create_group(f, path, "params");
-      for (const TensorRef& t : dense) h5::write_f32(g.id, path, t.name, t.value, t.shape);
+      for (const TensorRef& t : dense) write_dev_f32(g.id, path, t.name, t.value, t.device, t.shape, stage);
     }
     if (moments) {
       h5::Handle gm = h5::create_group(f, path, "adam_m");
-      for (const TensorRef& t : dense) h5::write_f32(gm.id, path, t.name, t.m, t.shape);
+      for (const TensorRef& t : dense) write_dev_f32(gm.id, path, t.name, t.m, t.device, t.shape, stage);
       h5::Handle gv = h5::create_group(f, path, "adam_v");
-      for (const TensorRef& t : dense) h5::write_f32(gv.id, path, t.name, t.v, t.shape);
+      for (const TensorRef& t : dense) write_dev_f32(gv.id, path, t.name, t.v, t.device, t.shape, stage);
     }
   });
 }
@@ -224,6 +256,7 @@ void write_experts_file(const std::string& path, const CheckpointMeta& meta, int
     by_id[r.expert].push_back(&r.t);
   }
   ANYK_CHECK(int(by_id.size()) == E_local, path << ": got " << by_id.size() << " experts, expected " << E_local);
+  std::vector<float> stage;  // host staging for refs off the CPU
   h5::write_file(path, [&](hid_t f) {
     write_common_attrs(f, path, meta, "experts");
     h5::write_attr(f, path, "ep_rank", int64_t(ep_rank));
@@ -236,7 +269,8 @@ void write_experts_file(const std::string& path, const CheckpointMeta& meta, int
       for (int k = 0; k < (moments ? 3 : 1); ++k) {
         h5::Handle sub = h5::create_group(g.id, path, groups[k]);
         for (const TensorRef* t : refs)
-          h5::write_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->shape);
+          write_dev_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->device, t->shape,
+                        stage);
       }
     }
   });
@@ -283,6 +317,7 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
                              const std::function<void(int64_t, int64_t)>& progress) {
   const int64_t total = int64_t(dense.size() + experts.size());
   int64_t done = 0;
+  std::vector<float> stage;  // host staging for refs off the CPU
   auto tick = [&] {
     ++done;
     if (progress) progress(done, total);
@@ -292,7 +327,7 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
     h5::Handle f = h5::open_file(path);
     check_header(f.id, path, "meta");
     for (const TensorRef& t : dense) {
-      read_ref(f.id, path, "", t);
+      read_ref(f.id, path, "", t, stage);
       tick();
     }
   }
@@ -320,7 +355,7 @@ void read_checkpoint_tensors(const std::string& dir, const CheckpointMeta& meta,
       h5::check_same_shape(h5::read_model_attrs(f.id, path), meta.model, path, "meta.h5");
       it = shards.emplace(shard, std::make_pair(path, std::move(f))).first;
     }
-    read_ref(it->second.second.id, it->second.first, expert_group(r.expert) + "/", r.t);
+    read_ref(it->second.second.id, it->second.first, expert_group(r.expert) + "/", r.t, stage);
     tick();
   }
 }

@@ -38,13 +38,16 @@ struct CheckpointMeta {
 };
 
 // A view of one float32 tensor and its AdamW moments; m and v are null when the optimizer state
-// is not wanted (reading) or not there (writing --no-optimizer files).
+// is not wanted (reading) or not there (writing --no-optimizer files). The pointers are in the
+// memory of `device`: off the CPU, the files are written and read through the copy ops
+// (runtime/device.h), byte for byte the same datasets as from host memory.
 struct TensorRef {
   std::string name;            // ParamStore name, e.g. "layers.0.attn.wqkv"
   std::vector<int64_t> shape;  // shape of this tensor (one expert's slice for ExpertRef)
   float* value = nullptr;
   float* m = nullptr;
   float* v = nullptr;
+  Device device = Device::CPU;
 };
 
 // One expert's slice of an expert parameter: name "layers.0.moe.experts.w13", shape (2H, C).

@@ -11,6 +11,8 @@
 #include <string>
 #include <utility>
 
+#include "runtime/device.h"
+
 namespace anyk {
 
 namespace {
@@ -157,14 +159,23 @@ double Comm::all_reduce_sum(double v) const {
   return v;
 }
 
+void* Comm::host_view(const Tensor& t, std::vector<std::byte>& stage, bool fill) {
+  if (t.device == Device::CPU) return t.data;
+  if (stage.size() < t.bytes()) stage.resize(t.bytes());
+  if (fill && t.bytes()) to_host(stage.data(), t);
+  return stage.data();
+}
+
 void Comm::all_reduce_sum(const Tensor& x) const {
-  check_host_tensor(x, "the MPI communicator");
+  ANYK_CHECK(x.dtype == DType::F32 || x.dtype == DType::F64,
+             "all_reduce_sum supports f32 and f64, got " << dtype_name(x.dtype));
+  if (size_ == 1) return;
+  void* h = host_view(x, send_stage_, true);
   if (x.dtype == DType::F32)
-    all_reduce_sum(static_cast<float*>(x.data), x.numel());
-  else if (x.dtype == DType::F64)
-    all_reduce_sum(static_cast<double*>(x.data), x.numel());
+    all_reduce_sum(static_cast<float*>(h), x.numel());
   else
-    ANYK_FAIL("all_reduce_sum supports f32 and f64, got " << dtype_name(x.dtype));
+    all_reduce_sum(static_cast<double*>(h), x.numel());
+  if (x.device != Device::CPU && x.bytes()) from_host(x, h);
 }
 
 void Comm::all_gather(const Tensor& send, const Tensor& recv) const {
@@ -188,8 +199,6 @@ void Comm::all_to_all(const Tensor& send, const Tensor& recv) const {
 void Comm::all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                         const Tensor& recv_counts) const {
   const int64_t row_bytes = check_all_to_all_v(send, send_counts, recv, recv_counts, size_);
-  check_host_tensor(send, "the MPI communicator");  // TODO(host staging) for device tensors
-  check_host_tensor(recv, "the MPI communicator");
   const int* sc = send_counts.ptr<int32_t>();
   const int* rc = recv_counts.ptr<int32_t>();
   // One MPI datatype per row keeps the counts in rows; displacements must still fit an int.
@@ -208,9 +217,12 @@ void Comm::all_to_all_v(const Tensor& send, const Tensor& send_counts, const Ten
   MPI_Datatype row;
   ANYK_MPI_CHECK(MPI_Type_contiguous(int(row_bytes), MPI_BYTE, &row));
   ANYK_MPI_CHECK(MPI_Type_commit(&row));
-  int rc_mpi = MPI_Alltoallv(send.data, sc, sd.data(), row, recv.data, rc, rd.data(), row, c_);
+  void* hs = host_view(send, send_stage_, true);
+  void* hr = host_view(recv, recv_stage_, false);
+  int rc_mpi = MPI_Alltoallv(hs, sc, sd.data(), row, hr, rc, rd.data(), row, c_);
   MPI_Type_free(&row);
   ANYK_MPI_CHECK(rc_mpi);
+  if (recv.device != Device::CPU && recv.bytes()) from_host(recv, hr);
 }
 
 void Comm::gather(const float* send, int64_t n, float* recv, int root) const {

@@ -12,6 +12,7 @@
 #endif
 #include <mpi.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -72,8 +73,9 @@ class Comm final : public Communicator {
   // The ranks of this group that share this node's memory (MPI_COMM_TYPE_SHARED), ordered by key.
   Comm split_node(int key) const;
 
-  // Communicator (data path). Host memory only: tensors on another device are refused with an
-  // error. TODO(host staging): stage device tensors through pinned host buffers.
+  // Communicator (data path). Tensors on a non-CPU device are staged through host buffers with
+  // the copy ops (to_host before sending, from_host after receiving); the buffers only grow, so
+  // steady-state steps allocate nothing. Host tensors go to MPI directly. Counts are host I32.
   void barrier() const override;
   void all_reduce_sum(const Tensor& x) const override;
   void all_gather(const Tensor& send, const Tensor& recv) const override;
@@ -92,9 +94,14 @@ class Comm final : public Communicator {
   [[noreturn]] void abort(int code) const;
 
  private:
+  // A host view of t's bytes for MPI: t's own memory on the CPU, else `stage` grown to fit
+  // (filled with t's data when `fill`).
+  static void* host_view(const Tensor& t, std::vector<std::byte>& stage, bool fill);
+
   MPI_Comm c_ = MPI_COMM_NULL;
   bool owned_ = false;
   int rank_ = 0, size_ = 1;
+  mutable std::vector<std::byte> send_stage_, recv_stage_;  // host staging for device tensors
 };
 
 }  // namespace anyk

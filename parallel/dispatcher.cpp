@@ -93,7 +93,7 @@ Var AllToAllDispatcher::return_rows(Tape& tape, const Var& back, const DispatchP
 }
 
 Var AllToAllDispatcher::permute(Tape& tape, const Var& x, const Tensor& ids, DispatchPlan& plan) {
-  Arena& a = tape.arena();
+  Arena& a = tape.host_arena();  // the plan is host memory whatever device the rows live on
   const int P = ep_->size();
   Tensor counts = plan_local(a, ids, E_, P, plan);
   ANYK_CHECK(x.shape().ndim == 2 && x.shape()[0] == plan.N,

@@ -6,11 +6,7 @@ namespace anyk {
 void sync_gradients(ParamStore& ps, const ProcessGroups& g) {
   auto reduce = [&](Region r, const Communicator& c) {
     if (c.size() == 1 || ps.region_numel(r) == 0) return;
-    Tensor grad;  // the region's flat gradient, (numel)
-    grad.data = ps.region_grad(r);
-    grad.shape = {ps.region_numel(r)};
-    grad.dtype = ps.dtype();
-    c.all_reduce_sum(grad);
+    c.all_reduce_sum(ps.region_gradient(r));  // the region's flat gradient on the store's device
   };
   reduce(Region::Dense, g.world);
   reduce(Region::Expert, g.edp);

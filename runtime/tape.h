@@ -48,6 +48,9 @@ class Tape {
   }
 
   Arena& arena() { return *arena_; }
+  // Host memory that lives as long as the recorded ops (closures, dispatch plans): the arena
+  // itself on the CPU, a host arena beside it otherwise.
+  Arena& host_arena() { return host_ ? *host_ : *arena_; }
   // With grad disabled (evaluation), ops record nothing and allocate no gradients.
   bool grad_enabled() const { return grad_enabled_; }
   void set_grad_enabled(bool on) { grad_enabled_ = on; }
@@ -66,8 +69,7 @@ class Tape {
                   "tape closures live in the arena and are never destroyed: capture views only");
     if (!grad_enabled_) return;
     check_op_name(op);
-    Arena& host = host_ ? *host_ : *arena_;
-    void* mem = host.alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
+    void* mem = host_arena().alloc(sizeof(Fn), alignof(Fn) > 64 ? alignof(Fn) : 64);
     Fn* p = new (mem) Fn(std::forward<F>(fn));
     nodes_.push_back(Node{op, [](void* q) { (*static_cast<Fn*>(q))(); }, p});
   }
