@@ -241,15 +241,19 @@ TEST_CASE("checked device: AdamW and the clipped grad norm match the CPU bit for
   CHECK(same_bits(cpu.second, chk.second));
 }
 
-TEST_CASE("checked device: a full LM training step and an eval forward match the CPU bit for bit") {
+TEST_CASE("checked device: a full LM training step and an eval forward match the CPU bit for bit (strict)") {
   register_checked_device();
-  // Not strict yet: the router runs through the kernel table, but the dispatcher builds its plan
-  // (parallel/dispatch_plan.cpp) with host loops over tensors from the step arena, i.e. device
-  // memory, and grouped_linear checks offsets[0] and offsets[E] on the host.
+  // Strict for the whole checked run (build, init, forward, backward, clip, AdamW, eval): the
+  // router and losses run through the kernel table, and the dispatcher builds its plan in the
+  // tape's host arena, so no host code touches the pool outside kernels and copy ops.
   for (std::vector<int> ks : {std::vector<int>{1, 2}, std::vector<int>{4, 3}}) {
     CAPTURE(ks[0]);
     StepRun cpu = lm_step(Device::CPU, ks);
-    StepRun chk = lm_step(Device::Checked, ks);
+    StepRun chk;
+    {
+      Strict s;
+      chk = lm_step(Device::Checked, ks);
+    }
     CHECK(cpu.ce == chk.ce);
     CHECK(cpu.aux == chk.aux);
     CHECK(cpu.norm == chk.norm);
