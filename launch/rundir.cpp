@@ -43,21 +43,40 @@ std::string move_run_aside(const std::string& dir) {
   return target;
 }
 
+namespace {
+
+// The holder writes "pid N on host H\n" right after taking the lock, so a process that loses a
+// race by microseconds can find the file still empty: wait briefly (up to ~1 s) for the complete
+// line before falling back to "another process".
+std::string read_holder(int fd) {
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    char buf[256] = {0};
+    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    std::string s = n > 0 ? std::string(buf, size_t(n)) : std::string();
+    if (!s.empty() && s.back() == '\n') {
+      while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+      return s;
+    }
+    ::usleep(10000);
+  }
+  return "another process";
+}
+
+}  // namespace
+
 RunDirLock::RunDirLock(const std::string& dir) {
   const std::string path = (fs::path(dir) / ".lock").string();
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) fail_io("creating the lock file", path, errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     const int err = errno;
-    char buf[256] = {0};
-    const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
-    ::close(fd);
     if (err == EWOULDBLOCK) {
-      std::string holder = n > 0 ? std::string(buf, size_t(n)) : std::string("another process");
-      while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+      const std::string holder = read_holder(fd);
+      ::close(fd);
       ANYK_FAIL("run dir " << dir << " is in use by " << holder
                            << " hint: wait for that run to finish, stop it, or choose another --run-dir");
     }
+    ::close(fd);
     fail_io("locking", path, err);
   }
   char host[256] = {0};
@@ -81,7 +100,12 @@ RunDirLock& RunDirLock::operator=(RunDirLock&& o) noexcept {
 }
 
 RunDirLock::~RunDirLock() {
-  if (fd_ >= 0) ::close(fd_);  // closing the descriptor releases the flock
+  if (fd_ >= 0) {
+    // Clear the holder line first so that a later contender never reads a stale pid, then close:
+    // closing the descriptor releases the flock. A failure to truncate only leaves a stale line.
+    [[maybe_unused]] const int rc = ::ftruncate(fd_, 0);
+    ::close(fd_);
+  }
 }
 
 }  // namespace anyk::launch
