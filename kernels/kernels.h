@@ -16,10 +16,13 @@ namespace anyk {
 
 enum class Device : uint8_t;  // runtime/tensor.h
 
-// How a kernel runs: threads (0: the backend's default) and an opaque stream (CUDA: cudaStream_t).
+// How a kernel runs: threads (0: the backend's default), an opaque stream (CUDA: cudaStream_t),
+// and whether the GEMMs may round their inputs to bf16 (accumulating in f32; CUDA --precision
+// bf16; the CPU backend ignores it).
 struct Ctx {
   int threads = 0;
   void* stream = nullptr;
+  bool gemm_bf16 = false;
 };
 
 template <class T> struct Kernels {

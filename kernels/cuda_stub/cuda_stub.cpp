@@ -11,5 +11,21 @@ void require_cuda(const char* what) {
   ANYK_FAIL(what << ": anyk was built without CUDA kernels. hint: reconfigure with "
                     "cmake -DANYK_CUDA=ON on a machine with the CUDA toolkit");
 }
+DeviceInfo init(int, bool) {
+  require_cuda("--device cuda");
+  return {};
+}
+void* mem_alloc(size_t) {
+  require_cuda("CUDA memory");
+  return nullptr;
+}
+void mem_free(void*, size_t) {}
+void mem_zero(void*, size_t) { require_cuda("CUDA memory"); }
+void mem_to_host(void*, const void*, size_t) { require_cuda("CUDA memory"); }
+void mem_from_host(void*, const void*, size_t) { require_cuda("CUDA memory"); }
+void mem_copy(void*, const void*, size_t) { require_cuda("CUDA memory"); }
+void synchronize() {}
+size_t mem_high_water() { return 0; }
+void* stream() { return nullptr; }
 
 }  // namespace anyk::cuda

@@ -1,0 +1,46 @@
+// Shared by the CUDA backend's .cu files only (never included outside kernels/cuda).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+#include "runtime/check.h"
+
+#define ANYK_CUDA_CHECK(call)                                                                         \
+  do {                                                                                                \
+    cudaError_t anyk_err_ = (call);                                                                   \
+    ANYK_CHECK(anyk_err_ == cudaSuccess, #call << " failed: " << cudaGetErrorString(anyk_err_)        \
+                                              << " hint: check nvidia-smi and CUDA_VISIBLE_DEVICES"); \
+  } while (0)
+
+#define ANYK_CUBLAS_CHECK(call)                                                             \
+  do {                                                                                      \
+    cublasStatus_t anyk_st_ = (call);                                                       \
+    ANYK_CHECK(anyk_st_ == CUBLAS_STATUS_SUCCESS, #call << " failed: cuBLAS status "        \
+                                                       << int(anyk_st_) << " (" << cublasGetStatusString(anyk_st_) << ")"); \
+  } while (0)
+
+namespace anyk::cuda {
+
+inline cudaStream_t stream_of(const Ctx& c) { return static_cast<cudaStream_t>(c.stream); }
+// The cuBLAS handle of the current device, bound to the backend's stream (created by init()).
+cublasHandle_t blas();
+// Scratch device memory owned by the backend, grown on demand and reused (kernels that need a
+// workspace, e.g. a sort, take it from here; valid until the next call on the same stream).
+void* workspace(size_t bytes);
+// Launch-configuration helper: blocks of `threads` covering n items (at least one block).
+inline unsigned blocks_for(int64_t n, int threads = 256) {
+  return unsigned(n <= 0 ? 1 : (n + threads - 1) / threads);
+}
+// Checks the last launch (cudaGetLastError) and names the kernel.
+void check_launch(const char* kernel);
+
+// Each .cu file fills its part of the table (called by table.cu for T = float and double).
+template <class T> void fill_elementwise(Kernels<T>& k);  // elementwise.cu: fill..first_bad_id, adamw, bf16
+template <class T> void fill_dense(Kernels<T>& k);        // dense.cu: embedding..cross_entropy, inference
+template <class T> void fill_moe(Kernels<T>& k);          // moe.cu: gather/scatter rows, grouped_linear
+template <class T> void fill_router(Kernels<T>& k);       // router.cu: router_forward..convert_from_f64
+
+}  // namespace anyk::cuda
