@@ -37,9 +37,20 @@ inline unsigned blocks_for(int64_t n, int threads = 256) {
 // Checks the last launch (cudaGetLastError) and names the kernel.
 void check_launch(const char* kernel);
 
+// Deterministic many-to-one row accumulation, shared by every kernel that adds rows into a
+// destination chosen per row (embedding backward, gather backward, scatter_add forward):
+// dst[dest[m]] (C) += (w ? w[widx ? widx[m] : m] : 1) * src[m] (C) for m in [0, M); rows with
+// dest[m] < 0 are skipped. No float atomics: the rows are stably sorted by destination (CUB
+// radix sort, scratch from workspace()) and each destination sums its rows in increasing m, the
+// order of the CPU loop. Implemented in moe.cu.
+template <class T>
+void scatter_add_rows_sorted(cudaStream_t s, T* dst, const T* src, const int32_t* dest, const T* w,
+                             const int32_t* widx, int M, int C);
+
 // Each .cu file fills its part of the table (called by table.cu for T = float and double).
-template <class T> void fill_elementwise(Kernels<T>& k);  // elementwise.cu: fill..first_bad_id, adamw, bf16
-template <class T> void fill_dense(Kernels<T>& k);        // dense.cu: embedding..cross_entropy, inference
+template <class T> void fill_elementwise(Kernels<T>& k);  // elementwise.cu: fill..first_bad_id, adamw, bf16 conversions
+template <class T> void fill_dense(Kernels<T>& k);        // dense.cu: embedding..cross_entropy, inference,
+                                                          // add/scale forward and backward
 template <class T> void fill_moe(Kernels<T>& k);          // moe.cu: gather/scatter rows, grouped_linear
 template <class T> void fill_router(Kernels<T>& k);       // router.cu: router_forward..convert_from_f64
 
