@@ -53,5 +53,7 @@ template <class T> void fill_dense(Kernels<T>& k);        // dense.cu: embedding
                                                           // add/scale forward and backward
 template <class T> void fill_moe(Kernels<T>& k);          // moe.cu: gather/scatter rows, grouped_linear
 template <class T> void fill_router(Kernels<T>& k);       // router.cu: router_forward..convert_from_f64
+// table.cu: the filled tables (built once; throws naming the index of an entry left null).
+template <class T> const Kernels<T>& kernel_table();
 
 }  // namespace anyk::cuda

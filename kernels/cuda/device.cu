@@ -1,0 +1,293 @@
+// The CUDA backend's device state: the GPU this process uses, its stream and cuBLAS handle, the
+// caching device allocator, pinned staging for host copies and the kernels' scratch workspace.
+// Everything here runs on one non-blocking stream, so a freed block is reused in stream order.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda_api.h"
+#include "runtime/tensor.h"
+
+namespace anyk::cuda {
+
+namespace {
+
+constexpr size_t kBlasWorkspace = size_t(32) << 20;  // cuBLAS' recommendation for sm_90
+constexpr size_t kPinnedMax = size_t(64) << 20;      // larger host copies go through in chunks
+
+struct State {
+  std::mutex mu;
+  int device = -1;
+  bool gemm_bf16 = false;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  void* blas_ws = nullptr;
+  // Caching allocator: rounded size -> free blocks; live pointer -> rounded size.
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+  std::unordered_map<void*, size_t> live;
+  size_t in_use = 0, cached = 0, high_water = 0;
+  // Pinned host staging and the kernels' workspace (outside the allocator's accounting).
+  void* pinned = nullptr;
+  size_t pinned_bytes = 0;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+};
+
+State& st() {
+  static State s;
+  return s;
+}
+
+const char* visible_devices() {
+  const char* v = std::getenv("CUDA_VISIBLE_DEVICES");
+  return v ? v : "(unset)";
+}
+
+// Checks init() ran and makes its GPU current on the calling thread (the current device is per
+// thread: a helper thread would otherwise allocate on GPU 0).
+void require_init(const char* what) {
+  ANYK_CHECK(st().stream != nullptr,
+             what << " before anyk::cuda::init() hint: select the GPU first (--device cuda)");
+  thread_local int bound = -1;
+  if (bound != st().device) {
+    ANYK_CUDA_CHECK(cudaSetDevice(st().device));
+    bound = st().device;
+  }
+}
+
+// Block sizes: 512-byte steps up to 1 MiB, then four steps per power of two (<= 25% waste), so
+// a buffer freed and asked for again each step lands on the same key.
+size_t round_size(size_t bytes) {
+  if (bytes <= (size_t(1) << 20)) return (bytes + 511) / 512 * 512;
+  int lg = 63 - __builtin_clzll(bytes);
+  size_t step = size_t(1) << (lg - 2);
+  return (bytes + step - 1) / step * step;
+}
+
+// Returns every cached block to the driver (cudaFree synchronises the device).
+void release_cache(State& s) {
+  for (auto& [size, blocks] : s.free_blocks)
+    for (void* p : blocks) ANYK_CUDA_CHECK(cudaFree(p));
+  s.free_blocks.clear();
+  s.cached = 0;
+}
+
+void* raw_malloc(State& s, size_t bytes) {
+  void* p = nullptr;
+  cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();  // not sticky: clear it and retry with the cache returned
+    release_cache(s);
+    err = cudaMalloc(&p, bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      ANYK_FAIL("out of GPU memory allocating " << bytes << " bytes (" << s.in_use << " in use, " << s.cached
+                                                << " cached) hint: lower --batch/--seq-len or use more ranks");
+    }
+  }
+  ANYK_CHECK(err == cudaSuccess, "cudaMalloc(" << bytes << ") failed: " << cudaGetErrorString(err));
+  return p;
+}
+
+// Grows the pinned staging buffer to at least `bytes` (callers hold the lock).
+void* pinned(State& s, size_t bytes) {
+  if (s.pinned_bytes < bytes) {
+    if (s.pinned) ANYK_CUDA_CHECK(cudaFreeHost(s.pinned));
+    s.pinned = nullptr;
+    s.pinned_bytes = 0;
+    ANYK_CUDA_CHECK(cudaMallocHost(&s.pinned, bytes));
+    s.pinned_bytes = bytes;
+  }
+  return s.pinned;
+}
+
+}  // namespace
+
+bool built_with_cuda() { return true; }
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // no driver or no device: report none
+    return 0;
+  }
+  return n;
+}
+
+void require_cuda(const char* what) {
+  ANYK_CHECK(device_count() > 0, what << ": no CUDA device visible (CUDA_VISIBLE_DEVICES=" << visible_devices()
+                                      << ") hint: run on a GPU node (srun --gpus-per-node=N) or use --device cpu");
+}
+
+namespace {
+// Creates the stream, the cuBLAS handle (TF32 off) and its workspace on the current device.
+void create_stream_and_blas(State& s) {
+  ANYK_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+  ANYK_CUBLAS_CHECK(cublasCreate(&s.blas));
+  ANYK_CUBLAS_CHECK(cublasSetStream(s.blas, s.stream));
+  // CUBLAS_DEFAULT_MATH: f32 routines run in full f32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH or
+  // CUBLAS_COMPUTE_32F_FAST_TF32, never set here); bf16 GemmEx with f32 compute still uses
+  // tensor cores. Pedantic mode would also forbid those.
+  ANYK_CUBLAS_CHECK(cublasSetMathMode(s.blas, CUBLAS_DEFAULT_MATH));
+  ANYK_CUDA_CHECK(cudaMalloc(&s.blas_ws, kBlasWorkspace));
+  ANYK_CUBLAS_CHECK(cublasSetWorkspace(s.blas, s.blas_ws, kBlasWorkspace));
+}
+
+DeviceInfo describe(int index, int count) {
+  DeviceInfo info;
+  info.index = index;
+  info.count = count;
+  cudaDeviceProp prop{};
+  ANYK_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+  info.name = prop.name;
+  info.cc_major = prop.major;
+  info.cc_minor = prop.minor;
+  ANYK_CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+  return info;
+}
+}  // namespace
+
+DeviceInfo init(int local_rank, bool gemm_bf16) {
+  ANYK_CHECK(local_rank >= 0, "CUDA init: local rank " << local_rank << " is negative");
+  const int count = device_count();
+  ANYK_CHECK(count > 0, "--device cuda: no CUDA device visible (CUDA_VISIBLE_DEVICES=" << visible_devices()
+                                                                                        << ") hint: run on a GPU node "
+                                                                                           "(srun --gpus-per-node=N) or "
+                                                                                           "use --device cpu");
+  const int index = local_rank % count;
+  State& s = st();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    ANYK_CHECK(s.device < 0 || s.device == index,
+               "CUDA init: this process already uses GPU " << s.device << ", asked for GPU " << index);
+    ANYK_CUDA_CHECK(cudaSetDevice(index));
+    if (s.device < 0) {
+      create_stream_and_blas(s);
+      s.device = index;
+    }
+    s.gemm_bf16 = gemm_bf16;
+  }
+  register_kernels(Device::CUDA, &kernel_table<float>(), &kernel_table<double>(),
+                   Ctx{0, static_cast<void*>(s.stream), gemm_bf16});
+  return describe(index, count);
+}
+
+void* mem_alloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  require_init("CUDA memory");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  const size_t r = round_size(bytes);
+  void* p = nullptr;
+  auto it = s.free_blocks.find(r);
+  if (it != s.free_blocks.end() && !it->second.empty()) {
+    p = it->second.back();
+    it->second.pop_back();
+    s.cached -= r;
+  } else {
+    p = raw_malloc(s, r);
+    s.high_water = std::max(s.high_water, s.in_use + s.cached + r);
+  }
+  s.live[p] = r;
+  s.in_use += r;
+  return p;
+}
+
+void mem_free(void* p, size_t bytes) {
+  if (!p) return;
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto it = s.live.find(p);
+  ANYK_CHECK(it != s.live.end() && it->second == round_size(bytes),
+             "CUDA mem_free of " << p << " (" << bytes << " bytes): not a live block of that size");
+  s.free_blocks[it->second].push_back(p);  // reused in stream order by a later mem_alloc
+  s.in_use -= it->second;
+  s.cached += it->second;
+  s.live.erase(it);
+}
+
+void mem_zero(void* p, size_t bytes) {
+  if (bytes == 0) return;
+  require_init("CUDA memory");
+  ANYK_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, st().stream));
+}
+
+void mem_to_host(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  require_init("CUDA memory");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  char* buf = static_cast<char*>(pinned(s, std::min(bytes, kPinnedMax)));
+  for (size_t off = 0; off < bytes; off += kPinnedMax) {
+    const size_t n = std::min(kPinnedMax, bytes - off);
+    ANYK_CUDA_CHECK(cudaMemcpyAsync(buf, static_cast<const char*>(src) + off, n, cudaMemcpyDeviceToHost, s.stream));
+    ANYK_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+    std::memcpy(static_cast<char*>(host_dst) + off, buf, n);
+  }
+}
+
+void mem_from_host(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  require_init("CUDA memory");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  char* buf = static_cast<char*>(pinned(s, std::min(bytes, kPinnedMax)));
+  for (size_t off = 0; off < bytes; off += kPinnedMax) {
+    const size_t n = std::min(kPinnedMax, bytes - off);
+    std::memcpy(buf, static_cast<const char*>(host_src) + off, n);
+    ANYK_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, buf, n, cudaMemcpyHostToDevice, s.stream));
+    ANYK_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // the staging buffer is reused next chunk
+  }
+}
+
+void mem_copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  require_init("CUDA memory");
+  ANYK_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st().stream));
+}
+
+void synchronize() {
+  if (st().stream) ANYK_CUDA_CHECK(cudaStreamSynchronize(st().stream));
+}
+
+size_t mem_high_water() {
+  std::lock_guard<std::mutex> lock(st().mu);
+  return st().high_water;
+}
+
+void* stream() { return static_cast<void*>(st().stream); }
+
+cublasHandle_t blas() {
+  require_init("cuBLAS");
+  return st().blas;
+}
+
+void* workspace(size_t bytes) {
+  require_init("CUDA workspace");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (s.ws_bytes < bytes) {
+    size_t grown = std::max(bytes, s.ws_bytes * 2);
+    grown = (grown + 255) / 256 * 256;
+    if (s.ws) {
+      ANYK_CUDA_CHECK(cudaStreamSynchronize(s.stream));  // queued kernels may still read it
+      ANYK_CUDA_CHECK(cudaFree(s.ws));
+      s.ws = nullptr;
+      s.ws_bytes = 0;
+    }
+    s.ws = raw_malloc(s, grown);
+    s.ws_bytes = grown;
+  }
+  return s.ws;
+}
+
+void check_launch(const char* kernel) {
+  cudaError_t err = cudaGetLastError();
+  ANYK_CHECK(err == cudaSuccess, "CUDA kernel " << kernel << " failed to launch: " << cudaGetErrorString(err));
+}
+
+}  // namespace anyk::cuda
