@@ -27,7 +27,7 @@ template <class T> void embedding_backward(const Ctx& ctx, T* dwte, const T* dou
 
 // ---- linear: row-major GEMMs (dense_index.cuh); bf16 operands under ctx.gemm_bf16 (T = float) ----
 template <class T> void linear_forward(const Ctx& ctx, T* out, const T* x, const T* w, int N, int I, int O) {
-  const RowGemm g{false, true, N, O, I, I, I, O};  // out (N,O) = x (N,I) w (O,I)^T
+  const RowGemm g = linear_gemms(N, I, O).fwd;
   if constexpr (std::is_same_v<T, float>) {
     if (ctx.gemm_bf16) {
       const float* src[3] = {x, w, nullptr};
@@ -41,8 +41,7 @@ template <class T> void linear_forward(const Ctx& ctx, T* out, const T* x, const
 template <class T>
 void linear_backward(const Ctx& ctx, T* dx, T* dw, const T* dout, const T* x, const T* w, int N, int I, int O) {
   if (!dx && !dw) return;
-  const RowGemm gx{false, false, N, I, O, O, I, I};  // dx (N,I) += dout (N,O) w (O,I)
-  const RowGemm gw{true, false, O, I, N, O, I, I};   // dw (O,I) += dout^T (dout stored (N,O)) x (N,I)
+  const RowGemm gx = linear_gemms(N, I, O).dx, gw = linear_gemms(N, I, O).dw;
   if constexpr (std::is_same_v<T, float>) {
     if (ctx.gemm_bf16) {
       const float* src[3] = {dout, dx ? w : nullptr, dw ? x : nullptr};

@@ -126,10 +126,11 @@ void attention_forward_impl(const Ctx& ctx, T* out, T* att, const T* qkv, int B,
   check_launch("attention pack_heads");
   const T scale = T(1) / std::sqrt(T(D));
   const long long sq = (long long)Tn * D, sa = (long long)Tn * Tn;
-  gemm_rm<G, T>(ctx, RowGemm{false, true, Tn, Tn, D, D, D, Tn}, scale, qh, sq, kh, sq, T(0), att, sa, BH);  // Q K^T
+  const AttentionGemms gm = attention_gemms(Tn, D);
+  gemm_rm<G, T>(ctx, gm.qk, scale, qh, sq, kh, sq, T(0), att, sa, BH);
   softmax_rows<T, G>(ctx, att, ag, tt / Tn, Tn, Tn, 0);
   const G* a = conv ? ag : reinterpret_cast<const G*>(att);
-  gemm_rm<G, T>(ctx, RowGemm{false, false, Tn, D, Tn, Tn, D, D}, T(1), a, sa, vh, sq, T(0), oh, sq, BH);  // A V
+  gemm_rm<G, T>(ctx, gm.av, T(1), a, sa, vh, sq, T(0), oh, sq, BH);
   unpack_heads_k<T><<<grid_for(hd), kThreads, 0, s>>>(out, oh, B, Tn, NH, D);
   check_launch("attention unpack_heads");
 }
@@ -164,15 +165,15 @@ void attention_backward_impl(const Ctx& ctx, T* dqkv, T* scratch, const T* dout,
   }
   const T scale = T(1) / std::sqrt(T(D));
   const long long sq = (long long)Tn * D, sa = (long long)Tn * Tn;
-  gemm_rm<G, T>(ctx, RowGemm{true, false, Tn, D, Tn, Tn, D, D}, T(1), a, sa, doh, sq, T(0), dvh, sq, BH);  // A^T dO
-  gemm_rm<G, T>(ctx, RowGemm{false, true, Tn, Tn, D, D, D, Tn}, T(1), doh, sq, vh, sq, T(0), scratch, sa,
-                BH);  // d(att) = dO V^T
+  const AttentionGemms gm = attention_gemms(Tn, D);
+  gemm_rm<G, T>(ctx, gm.dv, T(1), a, sa, doh, sq, T(0), dvh, sq, BH);
+  gemm_rm<G, T>(ctx, gm.da, T(1), doh, sq, vh, sq, T(0), scratch, sa, BH);
   causal_softmax_backward_k<T, G><<<row_blocks(tt / Tn), dim3(32, kRowsPerBlock), 0, s>>>(scratch, dsg, att, tt / Tn,
                                                                                          Tn, scale);
   check_launch("causal_softmax_backward");
   const G* ds = conv ? dsg : reinterpret_cast<const G*>(scratch);
-  gemm_rm<G, T>(ctx, RowGemm{false, false, Tn, D, Tn, Tn, D, D}, T(1), ds, sa, kh, sq, T(0), dqh, sq, BH);  // dS K
-  gemm_rm<G, T>(ctx, RowGemm{true, false, Tn, D, Tn, Tn, D, D}, T(1), ds, sa, qh, sq, T(0), dkh, sq, BH);  // dS^T Q
+  gemm_rm<G, T>(ctx, gm.dq, T(1), ds, sa, kh, sq, T(0), dqh, sq, BH);
+  gemm_rm<G, T>(ctx, gm.dk, T(1), ds, sa, qh, sq, T(0), dkh, sq, BH);
   unpack_add_qkv_k<T><<<grid_for(3 * hd), kThreads, 0, s>>>(dqkv, dqh, dkh, dvh, B, Tn, NH, D);
   check_launch("attention unpack_add_qkv");
 }
@@ -202,9 +203,10 @@ void attention_cached_forward(const Ctx& ctx, T* out, T* scores, const T* q, int
   const int D = C / NH;
   const T scale = T(1) / std::sqrt(T(D));
   const long long ss = (long long)n * len;
-  gemm_rm<T, T>(ctx, RowGemm{false, true, n, len, D, q_stride, C, len}, scale, q, D, kc, D, T(0), scores, ss, NH);
+  const CachedGemms gm = cached_gemms(n, len, D, q_stride, C);
+  gemm_rm<T, T>(ctx, gm.qk, scale, q, D, kc, D, T(0), scores, ss, NH);
   softmax_rows<T, T>(ctx, scores, nullptr, int64_t(NH) * n, n, len, len - n);
-  gemm_rm<T, T>(ctx, RowGemm{false, false, n, D, len, len, C, C}, T(1), scores, ss, vc, D, T(0), out, D, NH);
+  gemm_rm<T, T>(ctx, gm.av, T(1), scores, ss, vc, D, T(0), out, D, NH);
 }
 
 }  // namespace anyk::cuda::dense

@@ -23,6 +23,33 @@ ANYK_HD inline ColGemm to_col_major(const RowGemm& g) {
   return ColGemm{g.tb, g.ta, g.N, g.M, g.K, g.ldb, g.lda, g.ldc};
 }
 
+// linear: out (N,O) = x (N,I) w (O,I)^T ; dx (N,I) += dout (N,O) w ; dw (O,I) += dout^T x
+struct LinearGemms {
+  RowGemm fwd, dx, dw;
+};
+inline LinearGemms linear_gemms(int N, int I, int O) {
+  return LinearGemms{RowGemm{false, true, N, O, I, I, I, O}, RowGemm{false, false, N, I, O, O, I, I},
+                     RowGemm{true, false, O, I, N, O, I, I}};
+}
+// Attention over head-major (T,D) matrices Q, K, V, dO and (T,T) A, dS (ld D and T):
+// S = Q K^T, O = A V ; dV = A^T dO, dA = dO V^T, dQ = dS K, dK = dS^T Q.
+struct AttentionGemms {
+  RowGemm qk, av, dv, da, dq, dk;
+};
+inline AttentionGemms attention_gemms(int Tn, int D) {
+  return AttentionGemms{RowGemm{false, true, Tn, Tn, D, D, D, Tn},  RowGemm{false, false, Tn, D, Tn, Tn, D, D},
+                        RowGemm{true, false, Tn, D, Tn, Tn, D, D},  RowGemm{false, true, Tn, Tn, D, D, D, Tn},
+                        RowGemm{false, false, Tn, D, Tn, Tn, D, D}, RowGemm{true, false, Tn, D, Tn, Tn, D, D}};
+}
+// Cached attention, one head: scores (n,len) = Q (n,D; ld q_stride) K^T (K (len,D; ld C)), and
+// out (n,D; ld C) = A (n,len) V (len,D; ld C).
+struct CachedGemms {
+  RowGemm qk, av;
+};
+inline CachedGemms cached_gemms(int n, int len, int D, int q_stride, int C) {
+  return CachedGemms{RowGemm{false, true, n, len, D, q_stride, C, len}, RowGemm{false, false, n, D, len, len, C, C}};
+}
+
 // ---- attention layouts ----
 // Token-major: element (b, t, h, d) of a (B, T, row) buffer whose heads start at column col0
 // (q at 0, k at C, v at 2C inside qkv with row = 3C; out/dout with row = C, col0 = 0).
