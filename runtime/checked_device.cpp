@@ -164,7 +164,7 @@ void on_segv(int sig, siginfo_t* info, void* ctx) {
       v >>= 4;
     } while (v && h < 20);
     while (h > 0 && n < sizeof msg - 1) msg[n++] = hex[--h];
-    const char tail[] = ") outside a kernel or copy op hint: run it under gdb to see the access\n";
+    const char tail[] = " outside a kernel or copy op hint: run it under gdb to see the access\n";
     for (size_t i = 0; tail[i] && n < sizeof msg - 1; ++i) msg[n++] = tail[i];
     ssize_t w = ::write(2, msg, n);
     (void)w;
