@@ -3,7 +3,9 @@
 
 #include <charconv>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <unordered_map>
 
 #include "kernels/cuda_api.h"
 #include "runtime/checked_device.h"
@@ -13,15 +15,32 @@ namespace anyk {
 
 namespace {
 
-// The CUDA backend's memory (kernels/cuda_api.h) as the Allocator of Device::CUDA.
+// The CUDA backend's memory (kernels/cuda_api.h) as the Allocator of Device::CUDA. cudaMalloc
+// aligns to 256 bytes; a larger alignment (the arena's 4096-byte chunks) over-allocates and
+// remembers the block to free (only the arena asks for that, once per chunk).
 class CudaAllocator final : public Allocator {
  public:
-  void* alloc(size_t bytes, size_t) override { return cuda::mem_alloc(bytes); }  // cudaMalloc: 256-byte aligned
-  void free(void* p, size_t bytes) override { cuda::mem_free(p, bytes); }
+  void* alloc(size_t bytes, size_t align) override {
+    if (align <= 256) return cuda::mem_alloc(bytes);
+    void* raw = cuda::mem_alloc(bytes + align);
+    const uintptr_t a = (reinterpret_cast<uintptr_t>(raw) + align - 1) / align * align;
+    void* p = reinterpret_cast<void*>(a);
+    shifted_[p] = {raw, bytes + align};
+    return p;
+  }
+  void free(void* p, size_t bytes) override {
+    auto it = shifted_.find(p);
+    if (it == shifted_.end()) return cuda::mem_free(p, bytes);
+    cuda::mem_free(it->second.first, it->second.second);
+    shifted_.erase(it);
+  }
   void zero(void* p, size_t bytes) override { cuda::mem_zero(p, bytes); }
   void to_host(void* dst, const void* src, size_t bytes) override { cuda::mem_to_host(dst, src, bytes); }
   void from_host(void* dst, const void* src, size_t bytes) override { cuda::mem_from_host(dst, src, bytes); }
   void copy(void* dst, const void* src, size_t bytes) override { cuda::mem_copy(dst, src, bytes); }
+
+ private:
+  std::unordered_map<void*, std::pair<void*, size_t>> shifted_;  // returned -> (cudaMalloc'd, bytes)
 };
 
 std::string cuda_line(const cuda::DeviceInfo& i, bool bf16) {
