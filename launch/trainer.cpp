@@ -296,7 +296,7 @@ void Trainer::describe_run() {
     say(fmt("warning: --top-p %g <= 1/experts = %g: the top expert alone always reaches it, so every token "
             "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --top-p above %g",
             o_.top_p, 1.0 / E_, o_.k_min, o_.k_min, 1.0 / E_));
-  say("device: " + p_.device_line + (P_ > 1 ? " (rank 0)" : ""));
+  say("device: " + p_.device_line + (dev_ == Device::CUDA && P_ > 1 ? " (rank 0)" : ""));
   if (peak_ > 0)
     say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P_, o_.threads,
             core_flops_ * 1e-9, peak_ * 1e-9));
