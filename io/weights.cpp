@@ -41,8 +41,14 @@ void save_weights(const std::string& path, const LM& lm) {
       h5::write_attr(f, tmp, "version", int64_t(1));
       h5::write_model_attrs(f, tmp, lm.config());
       // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
-      for (int id = 0; id < ps.size(); ++id)
-        h5::write_f32(f, tmp, ps.info(id).name, ps.value(id).ptr<float>(), dims_of(ps.info(id).shape));
+      // Device parameters are written from a host copy (the CPU's are written in place).
+      std::vector<float> stage;
+      for (int id = 0; id < ps.size(); ++id) {
+        const Tensor v = ps.value(id);
+        const float* host = v.device == Device::CPU ? v.ptr<float>() : nullptr;
+        if (!host) stage = to_host_vector<float>(v), host = stage.data();
+        h5::write_f32(f, tmp, ps.info(id).name, host, dims_of(ps.info(id).shape));
+      }
     });
   });
 }
@@ -53,11 +59,19 @@ void load_weights(const std::string& path, LM& lm) {
              "weights file " << path << " not found hint: train a model into this run dir first");
   h5::Handle f = h5::open_file(path);
   check_weights_header(f.id, path);
+  std::vector<float> stage;  // device parameters are read through a host copy
   for (int id = 0; id < ps.size(); ++id) {
     const ParamInfo& info = ps.info(id);
     ANYK_CHECK(h5::link_exists(f.id, info.name),
                path << " has no dataset '" << info.name << "' hint: the run's config.ini does not match its model.h5");
-    h5::read_f32(f.id, path, info.name, ps.value(id).ptr<float>(), dims_of(info.shape));
+    const Tensor v = ps.value(id);
+    if (v.device == Device::CPU) {
+      h5::read_f32(f.id, path, info.name, v.ptr<float>(), dims_of(info.shape));
+      continue;
+    }
+    stage.resize(size_t(v.numel()));
+    h5::read_f32(f.id, path, info.name, stage.data(), dims_of(info.shape));
+    from_host(v, stage.data());
   }
 }
 

@@ -20,6 +20,7 @@
 #include "io/weights.h"
 #include "launch/options.h"
 #include "runtime/check.h"
+#include "runtime/devices.h"
 
 namespace anyk::launch {
 
@@ -36,6 +37,7 @@ struct EvalArgs {
   std::string csv_path, plot_path;
   int64_t eval_windows = 64;
   int batch = 0, threads = 0;
+  std::string device = "cpu", precision = "f32";
 };
 
 void add_eval_options(po::options_description& desc, EvalArgs& a) {
@@ -67,6 +69,7 @@ void add_eval_options(po::options_description& desc, EvalArgs& a) {
       "eval-windows", po::value(&a.eval_windows)->default_value(64), "validation windows (0 = all)")(
       "batch", po::value(&a.batch)->default_value(0), "windows per forward (0 = the run's --batch)")(
       "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)");
+  add_device_options(desc, a.device, a.precision);
 }
 
 void check_eval_args(const EvalArgs& a, const CommandOptions& cmd) {
@@ -82,6 +85,10 @@ void check_eval_args(const EvalArgs& a, const CommandOptions& cmd) {
   ANYK_CHECK(a.eval_windows >= 0, "--eval-windows " << a.eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(a.batch >= 0, "--batch " << a.batch << " must be >= 0");
   ANYK_CHECK(a.threads >= 0, "--threads " << a.threads << " must be >= 0");
+  ANYK_CHECK(!a.frontier || parse_device(a.device) == Device::CPU,
+             "--frontier measures the CPU's KV-cache decoding, which runs on the CPU only: --device "
+                 << a.device << " is not supported with it hint: drop --device");
+  (void)parse_device(a.device), (void)parse_bf16(a.precision);  // name the choices on anything else
 }
 
 // The model to evaluate and the options it was trained with.
@@ -187,7 +194,7 @@ void report_results(const std::vector<EvalResult>& rs, const std::string& source
 // Runs the chosen mode on the loaded model.
 int run_mode(const LM& lm, const data::Loader& val, const EvalSource& src, const std::string& source,
              const EvalArgs& a) {
-  Arena arena;
+  Arena arena(size_t(64) << 20, lm.params().device());
   const int eb = a.batch > 0 ? a.batch : src.o.batch;
   const int L = src.mc.layers;
   if (a.frontier) {
@@ -276,8 +283,11 @@ int eval_command(int argc, char** argv) {
   data::Loader val(val_tokens, src.mc.seq_len, uint64_t(src.o.seed));
 
   omp_set_num_threads(src.o.threads);
+  const Device dev = parse_device(a.device);
+  const std::string device_line = use_device(dev, parse_bf16(a.precision));
+  if (dev != Device::CPU) std::printf("device: %s\n", device_line.c_str());
   LocalDispatcher disp(src.mc.experts);
-  LM lm(src.mc, disp);
+  LM lm(src.mc, disp, dev);
   std::string source;
   if (!src.ckpt_dir.empty()) {
     source = src.ckpt_dir;

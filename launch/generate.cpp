@@ -22,6 +22,7 @@
 #include "io/weights.h"
 #include "model/generate.h"
 #include "runtime/check.h"
+#include "runtime/devices.h"
 
 namespace anyk::launch {
 
@@ -134,7 +135,7 @@ namespace {
 
 struct GenArgs {
   std::string run_dir, checkpoint, weights, prompt, prompt_file, prompts_file, k_text, layer_k, data_dir;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "f32";
   double budget = 0, top_p = 0, temperature = 0;
   int max_new = 200, top_k = 0, threads = 0, batch = 0;
   int64_t seed = 1, eval_windows = 16;
@@ -166,13 +167,17 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "temperature", po::value(&a.temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
       "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
       "seed", po::value(&a.seed)->default_value(1), "sampling seed: the same seed gives the same text")(
-      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)")(
-      "device", po::value(&a.device)->default_value("cpu"), "cpu (cuda once the CUDA backend exists)");
+      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)");
+  add_device_options(desc, a.device, a.precision);
 }
 
 void check_generate_args(const GenArgs& a, const po::variables_map& vm) {
-  ANYK_CHECK(a.device == "cpu" || a.device == "cuda", "--device " << a.device << " is not one of cpu, cuda");
-  ANYK_CHECK(a.device == "cpu", "--device cuda: the model's CUDA kernels do not exist yet hint: use --device cpu");
+  // The KV-cache decoder (model/generate) is host code: generation runs on the CPU only.
+  const Device dev = parse_device(a.device);
+  const bool bf16 = parse_bf16(a.precision);
+  ANYK_CHECK(dev == Device::CPU, "--device " << a.device << ": anyk generate runs on the CPU only (its KV-cache "
+                                             << "decoder is host code) hint: drop --device; train and eval take it");
+  use_device(dev, bf16);  // refuses --precision bf16 on the CPU
   ANYK_CHECK(int(a.has_prompt) + int(!a.prompt_file.empty()) + int(!a.prompts_file.empty()) <= 1,
              "give at most one of --prompt, --prompt-file, --prompts");
   ANYK_CHECK(a.max_new >= 1, "--max-new " << a.max_new << " must be >= 1");

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "runtime/check.h"
+#include "runtime/devices.h"
 
 namespace anyk::launch {
 
@@ -99,6 +100,17 @@ void CommandOptions::require(bool given, const std::string& name) const {
   ANYK_CHECK(given, "--" << name << " is required " << hint());
 }
 
+const char* const kDeviceHelp =
+    "where the model runs: cpu, cuda (one GPU per rank, chosen by the node-local rank) or checked (debugging: "
+    "the CPU kernels on memory the host cannot read)";
+const char* const kPrecisionHelp =
+    "f32, or bf16 with --device cuda (bf16 GEMMs, f32 accumulation; weights, moments and checkpoints stay f32)";
+
+void add_device_options(po::options_description& desc, std::string& device, std::string& precision) {
+  desc.add_options()("device", po::value(&device)->default_value(device), kDeviceHelp)(
+      "precision", po::value(&precision)->default_value(precision), kPrecisionHelp);
+}
+
 void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("data", &o.data, "directory holding train.bin and val.bin (from `anyk prepare`)");
   t.add("run-dir", &o.run_dir, "output directory: train.log, metrics.jsonl, config.ini, model.h5, sweep.json");
@@ -139,6 +151,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("eval-every", &o.eval_every, "validation eval every N steps (0 = only the final sweep)");
   t.add("eval-windows", &o.eval_windows, "validation windows per eval (0 = all)");
   t.add("threads", &o.threads, "OpenMP threads per rank (0 = this node's cores / its ranks)");
+  t.add("device", &o.device, kDeviceHelp);
+  t.add("precision", &o.precision, kPrecisionHelp);
   t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
                      "world = ep x edp (0 = all ranks)");
   t.add("a2a", &o.a2a, "expert all-to-all: flat (one exchange among the ep ranks) or hier (inside each "
@@ -193,6 +207,7 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.eval_every >= 0, "--eval-every " << o.eval_every << " must be >= 0");
   ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
   ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
+  (void)parse_device(o.device), (void)parse_bf16(o.precision);  // name the choices on anything else
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
   parse_a2a(o.a2a);  // names flat and hier on anything else
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");

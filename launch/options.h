@@ -34,6 +34,7 @@ struct TrainOptions {
   bool no_renormalize = false;
   int64_t log_every = 10, eval_every = 200, eval_windows = 64;
   int threads = 0;  // 0: the cores of this node divided among its ranks
+  std::string device = "cpu", precision = "f32";  // runtime/devices.h
   int ep = 0;       // expert-parallel ranks (0: all ranks)
   std::string a2a = "flat";  // expert all-to-all: flat or hier
   bool profile = false;
@@ -58,6 +59,12 @@ class OptionTable {
   po::options_description desc_;
   std::vector<std::pair<std::string, std::function<std::string()>>> writers_;
 };
+
+// --device and --precision of eval and generate (train binds the same in its table); checked by
+// parse_device and parse_bf16 (runtime/devices.h).
+extern const char* const kDeviceHelp;
+extern const char* const kPrecisionHelp;
+void add_device_options(po::options_description& desc, std::string& device, std::string& precision);
 
 // Binds every train option (except --config and --help) to the fields of o; defaults are the
 // values o holds when called.

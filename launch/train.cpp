@@ -16,6 +16,7 @@
 #include "launch/trainer.h"
 #include "parallel/comm.h"
 #include "runtime/check.h"
+#include "runtime/devices.h"
 
 namespace anyk::launch {
 
@@ -153,6 +154,8 @@ int train_command(int argc, char** argv) {
     read_data(p);
     check_run_dir(p.o);
     check_sources(p);
+    p.device = parse_device(p.o.device);  // then the GPU (or the checked pool) for this rank
+    p.device_line = use_device(p.device, parse_bf16(p.o.precision), &p.device_free);
   });
   if (!run) return 0;
   Trainer trainer(std::move(p), world);

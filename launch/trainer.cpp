@@ -39,6 +39,30 @@ void copy_params(const LM& from, LM& to) {
   }
 }
 
+// gather_full_params (parallel/gather) for parameters in device memory: staged through the host.
+void gather_full_staged(const ParamStore& local, ParamStore* full, const Comm& ep) {
+  const bool root = ep.rank() == 0;
+  for (int id = 0; id < local.size(); ++id) {
+    const ParamInfo& info = local.info(id);
+    const std::vector<float> src = to_host_vector<float>(local.value(id));
+    Tensor dst;
+    if (root) {
+      const int fid = full->find(info.name);
+      ANYK_CHECK(fid >= 0, "gather: '" << info.name << "' missing from the full model");
+      dst = full->value(fid);
+      const int64_t want = int64_t(src.size()) * (info.region == Region::Expert ? ep.size() : 1);
+      ANYK_CHECK(dst.numel() == want, "gather: '" << info.name << "' has " << dst.numel() << " values, expected " << want);
+    }
+    if (info.region == Region::Dense) {
+      if (root) from_host(dst, src.data());
+      continue;
+    }
+    std::vector<float> all(root ? size_t(dst.numel()) : 0);
+    ep.gather(src.data(), int64_t(src.size()), root ? all.data() : nullptr, 0);  // (E_local,...) x ep -> (E,...)
+    if (root) from_host(dst, all.data());
+  }
+}
+
 std::vector<ParamSpan> spans_of(const ParamStore& ps, Region r) {
   std::vector<ParamSpan> s;
   for (const ParamInfo& i : ps.infos())
@@ -68,6 +92,7 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
       P_(world.size()),
       rank_(world.rank()),
       root_(rank_ == 0),
+      dev_(p_.device),
       B_(o_.batch),
       T_(o_.seq_len),
       A_(o_.grad_accum),
@@ -76,7 +101,8 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
       ks_(p_.kcfg, L_, E_),
       full_disp_(E_),
       loader_(p_.train_tokens, T_, uint64_t(o_.seed)),
-      val_(p_.val_tokens, T_, uint64_t(o_.seed)) {
+      val_(p_.val_tokens, T_, uint64_t(o_.seed)),
+      arena_(size_t(64) << 20, dev_) {
   top_p_ = ks_.per_token();
   one_k_ = p_.kcfg.strategy == KStrategy::Fixed || p_.kcfg.strategy == KStrategy::EMoE;
   check_memory();
@@ -88,8 +114,10 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
   open_outputs();
   if (!moved_to_.empty()) say("anyk: --overwrite: the previous run in " + o_.run_dir + " was moved to " + moved_to_);
   lm_->params().zero_grad();
-  core_flops_ = world_.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
-  peak_ = core_flops_ * o_.threads * P_;
+  if (dev_ != Device::CUDA) {  // the CPU kernels (the checked device runs them too)
+    core_flops_ = world_.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
+    peak_ = core_flops_ * o_.threads * P_;
+  }
   describe_run();
   describe_resume_and_signals();
   tape_ = std::make_unique<Tape>(arena_);
@@ -105,7 +133,15 @@ void Trainer::check_memory() {
   MPI_Comm c = MPI_COMM_NULL;
   ANYK_MPI_CHECK(MPI_Comm_split_type(world_.raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &c));
   node_ = Comm(c, true);
-  node_need_ = node_.all_reduce_sum(mem_.total());
+  // On a GPU only the shards stay in host memory; the rest must fit the GPU's free memory.
+  const double on_device = dev_ == Device::CUDA ? mem_.total() - mem_.data : 0;
+  agree_or_throw(world_, [&] {
+    if (p_.device_free < 0 || on_device <= p_.device_free) return;
+    ANYK_FAIL("not enough GPU memory: rank " << rank_ << " needs about " << gib(on_device) << " on its GPU ("
+                                             << mem_.describe() << ") but " << gib(p_.device_free)
+                                             << " is free hint: " << mem_.largest_knob());
+  });
+  node_need_ = node_.all_reduce_sum(mem_.total() - on_device);
   mem_avail_ = available_memory(&mem_source_);
   agree_or_throw(world_, [&] {
     if (node_.rank() != 0 || mem_avail_ < 0 || node_need_ <= mem_avail_) return;
@@ -134,7 +170,7 @@ void Trainer::build_model() {
   // --a2a hier: nodes_ holds this node's ep ranks and the same local index on every node.
   disp_ = make_dispatcher(groups_, E_, parse_a2a(o_.a2a), &nodes_);
   try {
-    lm_ = std::make_unique<LM>(train_cfg, *disp_);
+    lm_ = std::make_unique<LM>(train_cfg, *disp_, dev_);
   } catch (const std::bad_alloc&) {
     ANYK_OOM("the parameters and gradients", mem_.params / 2);
   }
@@ -145,7 +181,7 @@ void Trainer::build_model() {
   // router differs), so a twin is needed in those cases.
   if (top_p_ || groups_.ep_size > 1) {
     try {
-      eval_twin_ = std::make_unique<LM>(p_.model, full_disp_);
+      eval_twin_ = std::make_unique<LM>(p_.model, full_disp_, dev_);
     } catch (const std::bad_alloc&) {
       ANYK_OOM("the single-process evaluation copy of the model", mem_.eval_copy * 2);
     }
@@ -162,7 +198,7 @@ void Trainer::load_init_weights() {
     const ParamInfo& info = lm.params().info(id);
     Tensor dst = lm.params().value(id), src = full.params().value(full.params().find(info.name));
     int64_t offset = info.region == Region::Expert ? int64_t(disp_->first_expert()) * (dst.numel() / dst.shape[0]) : 0;
-    std::memcpy(dst.data, src.ptr<float>() + offset, dst.bytes());
+    from_host(dst, src.ptr<float>() + offset);  // dst may be device memory
   }
 }
 
@@ -260,8 +296,10 @@ void Trainer::describe_run() {
     say(fmt("warning: --top-p %g <= 1/experts = %g: the top expert alone always reaches it, so every token "
             "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --top-p above %g",
             o_.top_p, 1.0 / E_, o_.k_min, o_.k_min, 1.0 / E_));
-  say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P_, o_.threads,
-          core_flops_ * 1e-9, peak_ * 1e-9));
+  say("device: " + p_.device_line + (dev_ == Device::CUDA && P_ > 1 ? " (rank 0)" : ""));
+  if (peak_ > 0)
+    say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P_, o_.threads,
+            core_flops_ * 1e-9, peak_ * 1e-9));
   if (!p_.resume_dir.empty())
     say(fmt("resumed from %s: step %lld, sample %lld, saved by %lld ranks with ep %lld (%.2f s)",
             p_.resume_dir.c_str(), (long long)step0_, (long long)pos0_, (long long)p_.resume.world_size,
@@ -420,13 +458,13 @@ void Trainer::step_stats(StepResult& r) const {
 void Trainer::log_step(int64_t done, const StepResult& r) {
   if (!(done == step0_ + 1 || done % o_.log_every == 0 || done == o_.steps)) return;
   const double tps = iv_.tokens / iv_.secs;
-  const double mfu = iv_.flops / iv_.secs / peak_;
+  const double mfu = peak_ > 0 ? iv_.flops / iv_.secs / peak_ : NAN;  // no CPU peak for a GPU (JSON null)
   const double arena_mb = double(arena_.high_water()) / (1 << 20);
   const double n = double(iv_.steps);
-  say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%% | K %.2f | "
+  say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %s | K %.2f | "
           "imb %.2f | arena %.1f MB",
           int(std::to_string(o_.steps).size()), (long long)done, (long long)o_.steps, r.ce, r.lr, r.gnorm, tps,
-          100 * mfu, r.mean_k, r.imbalance, arena_mb));
+          peak_ > 0 ? fmt("%.1f%%", 100 * mfu).c_str() : "n/a", r.mean_k, r.imbalance, arena_mb));
   if (o_.profile)
     say(fmt("  time/step: compute %.1f ms | dispatch %.1f ms | grad sync %.1f ms | optimizer %.1f ms",
             1e3 * iv_.compute / n, 1e3 * iv_.dispatch / n, 1e3 * iv_.sync / n, 1e3 * iv_.optim / n));
@@ -435,7 +473,8 @@ void Trainer::log_step(int64_t done, const StepResult& r) {
   metric({{"type", "train"}, {"step", done}, {"loss", r.ce}, {"lr", r.lr}, {"grad_norm", r.gnorm},
           {"tok_per_s", tps}, {"mfu", mfu}, {"mean_k", r.mean_k}, {"imbalance", r.imbalance},
           {"k_per_layer", k_per_layer}, {"arena_mb", arena_mb}, {"t_compute", iv_.compute / n},
-          {"t_dispatch", iv_.dispatch / n}, {"t_sync", iv_.sync / n}, {"t_optim", iv_.optim / n}});
+          {"t_dispatch", iv_.dispatch / n}, {"t_sync", iv_.sync / n}, {"t_optim", iv_.optim / n},
+          {"device", o_.device}, {"precision", o_.precision}});
   iv_ = Interval{};
 }
 
@@ -550,8 +589,13 @@ void Trainer::finish() {
 
 const LM& Trainer::eval_model() {
   if (!eval_twin_) return *lm_;
-  if (groups_.ep_size > 1)
-    gather_full_params(lm_->params(), groups_.ep.rank() == 0 ? &eval_twin_->params() : nullptr, groups_.ep);
+  if (groups_.ep_size > 1) {
+    ParamStore* full = groups_.ep.rank() == 0 ? &eval_twin_->params() : nullptr;
+    if (dev_ == Device::CPU)
+      gather_full_params(lm_->params(), full, groups_.ep);
+    else
+      gather_full_staged(lm_->params(), full, groups_.ep);
+  }
   else
     copy_params(*lm_, *eval_twin_);
   return *eval_twin_;

@@ -37,6 +37,9 @@ struct TrainSetup {
   std::shared_ptr<const std::vector<uint16_t>> train_tokens, val_tokens;
   std::string resume_dir;  // non-empty when resuming: the resolved checkpoint directory
   io::CheckpointMeta resume;  // its meta.h5 attributes
+  Device device = Device::CPU;  // --device, prepared by use_device (runtime/devices.h)
+  std::string device_line;      // use_device's description, for the start-up lines
+  double device_free = -1;      // the device's free memory in bytes (-1: host memory or unknown)
 };
 
 class Trainer {
@@ -91,6 +94,7 @@ class Trainer {
   const Comm& world_;
   const int P_, rank_;
   const bool root_;
+  const Device dev_;  // parameters, gradients, moments, activations and the eval twin live here
   const int B_, T_, A_, L_, E_;
   KSchedule ks_;
   bool top_p_ = false, one_k_ = false;

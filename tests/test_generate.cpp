@@ -376,7 +376,7 @@ TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   fails(w + "--prompts nope.txt", "--prompts nope.txt does not exist");
   fails(w + "--prompt " + std::string(33, 'a'), "is 33 bytes but the model's context is 32 tokens");
   fails(w + "--prompt hi --budget 2", "--budget needs --data");
-  fails(w + "--prompt hi --device cuda", "CUDA kernels do not exist yet");
+  fails(w + "--prompt hi --device cuda", "runs on the CPU only");
   fails("generate --weights missing.h5 --prompt hi", "missing.h5 not found");
   // A run dir whose config.ini describes another model than its model.h5.
   fs::create_directories(cli.dir / "run");
