@@ -4,22 +4,21 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <string>
+
 #include "kernels/cuda_api.h"
 #include "runtime/device.h"
 
-// Every NCCL call: on failure the call, NCCL's own message and a hint.
-#define ANYK_NCCL_CHECK(call)                                                                    \
-  do {                                                                                           \
-    ncclResult_t anyk_nr_ = (call);                                                              \
-    if (anyk_nr_ != ncclSuccess)                                                                 \
-      ANYK_FAIL(#call << " failed: " << ncclGetErrorString(anyk_nr_)                             \
-                      << " hint: rerun with NCCL_DEBUG=WARN (or INFO) for NCCL's reason; check "  \
-                         "one GPU per rank and NCCL_SOCKET_IFNAME / NCCL_IB_HCA on multi-node runs"); \
-  } while (0)
-
 namespace anyk {
-
 namespace {
+
+// Every NCCL call: on failure the call, NCCL's own message and a hint.
+void nccl_check(ncclResult_t r, const std::string& call) {
+  ANYK_CHECK(r == ncclSuccess, call << " failed: " << ncclGetErrorString(r)
+                                    << " hint: rerun with NCCL_DEBUG=WARN (or INFO) for NCCL's reason; check one "
+                                       "GPU per rank, and NCCL_SOCKET_IFNAME / NCCL_IB_HCA on multi-node runs");
+}
+#define ANYK_NCCL_CHECK(call) nccl_check((call), #call)
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
@@ -82,17 +81,23 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const Tensor& send_count
   const char* s = static_cast<const char*>(send.data);
   char* r = static_cast<char*>(recv.data);
   // Rank i's send count to j is j's receive count from i, so skipping empty blocks on both
-  // sides keeps every ncclSend matched by an ncclRecv.
+  // sides keeps every ncclSend matched by an ncclRecv. The group is always closed, also after a
+  // failed call, which is then reported.
   ANYK_NCCL_CHECK(ncclGroupStart());
+  ncclResult_t bad = ncclSuccess;
+  std::string bad_call;
   size_t so = 0, ro = 0;
-  for (int p = 0; p < size(); ++p) {
+  for (int p = 0; p < size() && bad == ncclSuccess; ++p) {
     const size_t sb = size_t(sc[p]) * row, rb = size_t(rc[p]) * row;
-    if (sb) ANYK_NCCL_CHECK(ncclSend(s + so, sb, ncclInt8, p, nccl_, as_stream(stream_)));
-    if (rb) ANYK_NCCL_CHECK(ncclRecv(r + ro, rb, ncclInt8, p, nccl_, as_stream(stream_)));
+    if (sb && (bad = ncclSend(s + so, sb, ncclInt8, p, nccl_, as_stream(stream_))) != ncclSuccess)
+      bad_call = "ncclSend to rank " + std::to_string(p);
+    if (rb && bad == ncclSuccess && (bad = ncclRecv(r + ro, rb, ncclInt8, p, nccl_, as_stream(stream_))) != ncclSuccess)
+      bad_call = "ncclRecv from rank " + std::to_string(p);
     so += sb;
     ro += rb;
   }
   ANYK_NCCL_CHECK(ncclGroupEnd());
+  nccl_check(bad, bad_call);
 }
 
 std::unique_ptr<Communicator> make_nccl_communicator(const Comm& group) {
