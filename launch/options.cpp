@@ -5,6 +5,7 @@
 
 #include "parallel/comm.h"
 #include "parallel/dispatcher.h"
+#include "parallel/groups.h"
 
 #include <omp.h>
 
@@ -157,6 +158,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
                      "world = ep x edp (0 = all ranks)");
   t.add("a2a", &o.a2a, "expert all-to-all: flat (one exchange among the ep ranks) or hier (inside each "
                        "node, then across nodes; docs/hier-a2a.md; ANYK_A2A_NODE_SIZE=n sets n ranks per node)");
+  t.add("comm", &o.comm, "how expert rows and gradients travel between ranks: mpi (device buffers staged "
+                         "through the host) or nccl (GPU to GPU; needs --device cuda); counts stay on MPI");
   t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
   t.add("save-every", &o.save_every,
         "save a checkpoint to run_dir/checkpoints/step_<n> every N steps (0 = only at the end)");
@@ -210,6 +213,7 @@ void validate_train_options(TrainOptions& o) {
   (void)parse_device(o.device), (void)parse_bf16(o.precision);  // name the choices on anything else
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
   parse_a2a(o.a2a);  // names flat and hier on anything else
+  parse_comm(o.comm);  // names mpi and nccl on anything else
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
   ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
   if (o.threads == 0) o.threads = default_threads();
@@ -239,6 +243,12 @@ void validate_train_options(TrainOptions& o) {
   }
   ANYK_CHECK(o.tau > 0 && std::isfinite(o.tau), "--tau " << o.tau << " must be > 0");
   ANYK_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p " << o.top_p << " must be in (0, 1]");
+}
+
+void check_comm_device(const TrainOptions& o, Device model_device) {
+  ANYK_CHECK(parse_comm(o.comm) == CommKind::Mpi || model_device == Device::CUDA,
+             "--comm nccl needs --device cuda (NCCL moves GPU buffers; this run's model is on "
+                 << device_name(model_device) << ") hint: add --device cuda, or use --comm mpi");
 }
 
 ModelConfig model_config(const TrainOptions& o) {

@@ -12,6 +12,7 @@
 #include "model/k_schedule.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "runtime/tensor.h"
 
 namespace anyk::launch {
 
@@ -37,6 +38,7 @@ struct TrainOptions {
   std::string device = "cpu", precision = "f32";  // runtime/devices.h
   int ep = 0;       // expert-parallel ranks (0: all ranks)
   std::string a2a = "flat";  // expert all-to-all: flat or hier
+  std::string comm = "mpi";  // data-path communicator: mpi or nccl (parallel/groups.h CommKind)
   bool profile = false;
   int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep = 3;            // complete checkpoints kept (older ones deleted)
@@ -78,6 +80,10 @@ void read_train_config_text(const std::string& text, const std::string& what, Tr
 // Range checks on every field, with the option's name in the message. Resolves vocab 0 -> 256
 // and threads 0 -> omp_get_max_threads().
 void validate_train_options(TrainOptions& o);
+
+// --comm nccl moves GPU buffers, so training needs the model on Device::CUDA. Train only: eval
+// and generate read a run's config.ini whatever device they run on.
+void check_comm_device(const TrainOptions& o, Device model_device);
 
 ModelConfig model_config(const TrainOptions& o);  // router.top_p stays 0 (forced K)
 KScheduleConfig k_schedule_config(const TrainOptions& o);

@@ -71,6 +71,7 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   // The default warm-up must not make a short run (--steps 10) an error; an explicit one may.
   if (cmd.vm()["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
   validate_train_options(o);
+  check_comm_device(o, parse_device(o.device));
   check_layout(world_size, o.ep, o.experts);
   p.model = model_config(o);
   p.model.validate();

@@ -165,8 +165,9 @@ void Trainer::build_model() {
     train_cfg.router.top_p = o_.top_p;
     train_cfg.router.k_min = o_.k_min;
   }
-  // world = ep x edp; experts split over the ep group, replicated over edp.
-  groups_ = make_groups(Comm::world(), o_.ep, E_);
+  // world = ep x edp; experts split over the ep group, replicated over edp. --comm nccl: the
+  // rows and gradients travel over NCCL communicators on these groups.
+  groups_ = make_groups(Comm::world(), o_.ep, E_, parse_comm(o_.comm));
   // --a2a hier: nodes_ holds this node's ep ranks and the same local index on every node.
   disp_ = make_dispatcher(groups_, E_, parse_a2a(o_.a2a), &nodes_);
   try {
@@ -288,8 +289,9 @@ void Trainer::describe_run() {
   say(fmt("data: %zu train / %zu val tokens from %s; B=%d T=%d A=%d x %d ranks (%d tokens/step), %lld steps",
           p_.train_tokens->size(), p_.val_tokens->size(), o_.data.c_str(), B_, T_, A_, P_, B_ * T_ * A_ * P_,
           (long long)o_.steps));
-  say(fmt("layout: %d ranks = ep %d x edp %d, %d experts per rank, %d threads per rank", P_, groups_.ep_size,
-          groups_.edp_size, disp_->num_local(), o_.threads));
+  say(fmt("layout: %d ranks = ep %d x edp %d, %d experts per rank, %d threads per rank%s", P_, groups_.ep_size,
+          groups_.edp_size, disp_->num_local(), o_.threads,
+          parse_comm(o_.comm) == CommKind::Nccl ? "; rows and gradients over NCCL, counts over MPI" : ""));
   say(fmt("K strategy %s: %s; seed %lld", o_.k_strategy.c_str(), describe_k_strategy().c_str(), (long long)o_.seed));
   // The top expert always holds at least 1/E of the mass, so p <= 1/E never adds a second expert.
   if (p_.kcfg.strategy == KStrategy::TopP && o_.top_p <= 1.0 / E_ && o_.k_min < o_.k_max)

@@ -8,8 +8,8 @@ void sync_gradients(ParamStore& ps, const ProcessGroups& g) {
     if (c.size() == 1 || ps.region_numel(r) == 0) return;
     c.all_reduce_sum(ps.region_gradient(r));  // the region's flat gradient on the store's device
   };
-  reduce(Region::Dense, g.world);
-  reduce(Region::Expert, g.edp);
+  reduce(Region::Dense, g.world_data());
+  reduce(Region::Expert, g.edp_data());
 }
 
 }  // namespace anyk

@@ -1,9 +1,11 @@
-// Building the communicators with MPI_Comm_split; see groups.h.
+// Building the communicators with MPI_Comm_split (and NCCL over them for --comm nccl); see groups.h.
 #include "parallel/groups.h"
 
 #include <cstdlib>
 #include <sstream>
 #include <string>
+
+#include "parallel/nccl_comm.h"
 
 namespace anyk {
 
@@ -19,7 +21,15 @@ void check_layout(int world_size, int ep, int experts) {
                     << ok.str());
 }
 
-ProcessGroups make_groups(Comm world, int ep, int experts) {
+CommKind parse_comm(const std::string& name) {
+  if (name == "mpi") return CommKind::Mpi;
+  if (name == "nccl") return CommKind::Nccl;
+  ANYK_FAIL("--comm '" << name << "' is not a communicator hint: use mpi (the default) or nccl (needs --device cuda)");
+}
+
+const char* comm_name(CommKind kind) { return kind == CommKind::Nccl ? "nccl" : "mpi"; }
+
+ProcessGroups make_groups(Comm world, int ep, int experts, CommKind comm) {
   int P = world.size();
   if (ep <= 0) ep = P;
   check_layout(P, ep, experts);
@@ -30,6 +40,11 @@ ProcessGroups make_groups(Comm world, int ep, int experts) {
   g.ep_size = ep;
   g.edp_size = P / ep;
   g.world = std::move(world);
+  if (comm == CommKind::Nccl) {  // one-rank groups move nothing: they keep the MPI group
+    if (g.world.size() > 1) g.world_nccl = make_nccl_communicator(g.world);
+    if (g.ep.size() > 1) g.ep_nccl = make_nccl_communicator(g.ep);
+    if (g.edp.size() > 1) g.edp_nccl = make_nccl_communicator(g.edp);
+  }
   return g;
 }
 
@@ -71,9 +86,14 @@ NodeGroups make_node_groups(const Comm& ep, int node_size) {
 
 std::unique_ptr<AllToAllDispatcher> make_dispatcher(const ProcessGroups& g, int experts, A2A mode,
                                                     NodeGroups* nodes) {
-  if (mode == A2A::Flat || g.ep.size() == 1) return std::make_unique<AllToAllDispatcher>(g.ep, experts);
+  if (mode == A2A::Flat || g.ep.size() == 1) return std::make_unique<AllToAllDispatcher>(g.ep_data(), experts);
   *nodes = make_node_groups(g.ep);
-  return std::make_unique<AllToAllDispatcher>(g.ep, nodes->node, nodes->cross, experts);
+  if (!g.ep_nccl) return std::make_unique<AllToAllDispatcher>(g.ep, nodes->node, nodes->cross, experts);
+  // NCCL over each level (a one-rank level keeps its MPI group: nothing travels there).
+  if (nodes->node.size() > 1) nodes->node_nccl = make_nccl_communicator(nodes->node);
+  if (nodes->cross.size() > 1) nodes->cross_nccl = make_nccl_communicator(nodes->cross);
+  return std::make_unique<AllToAllDispatcher>(*g.ep_nccl, data_path(nodes->node_nccl, nodes->node),
+                                              data_path(nodes->cross_nccl, nodes->cross), experts);
 }
 
 }  // namespace anyk

@@ -86,6 +86,16 @@ TEST_CASE("cli: train rejects bad input with one error line and writes nothing")
   SUBCASE("unknown K strategy") {
     expect_rejected(run(base + " --k-strategy sometimes", t.path), run_dir, {"sometimes"});
   }
+  SUBCASE("comm nccl without --device cuda") {
+    const Result r = run(base + " --comm nccl", t.path);
+    CHECK(r.rc == 2);
+    expect_rejected(r, run_dir, {"--comm nccl", "--device cuda", "--comm mpi"});
+  }
+  SUBCASE("unknown communicator") {
+    const Result r = run(base + " --comm foo", t.path);
+    CHECK(r.rc == 2);
+    expect_rejected(r, run_dir, {"foo", "mpi", "nccl"});
+  }
   SUBCASE("vocab smaller than the data's tokens") {
     expect_rejected(run(base + " --vocab 100", t.path), run_dir, {"100"});
   }
@@ -105,6 +115,7 @@ TEST_CASE("cli: a config file sets options and flags override it") {
   const std::string ini = slurp(run_dir / "config.ini");
   CHECK(ini.find("dim = 16\n") != std::string::npos);
   CHECK(ini.find("steps = 2\n") != std::string::npos);  // the flag won over the file's 999
+  CHECK(ini.find("comm = mpi\n") != std::string::npos);  // the default communicator
   CHECK(fs::exists(run_dir / "model.h5"));
 }
 

@@ -9,7 +9,10 @@
 #      the signal and requeues itself; the requeued job resumes from `latest`, is signalled again
 #      (scancel --signal=USR1 --batch, as a preemption would), and a resubmission finishes the run;
 #      the stitched loss sequence equals an uninterrupted reference run's exactly;
-#   4. tools/scaling_study.py on 1 and 2 ranks (strong + weak) writes a complete table and plot.
+#   4. tools/scaling_study.py on 1 and 2 ranks (strong + weak) writes a complete table and plot;
+#   5. slurm/train_gpu.sbatch, without a GPU: bash -n, one task per GPU, sbatch --test-only accepts
+#      its non-GPU #SBATCH lines and sbatch --help lists its GPU options, and with stand-ins for
+#      srun and anyk it launches `anyk train --device cuda --comm nccl` with the expected srun flags.
 # It stops every daemon it started, whatever happened. If Slurm cannot be installed or started it
 # says why and fails. Every wait has a timeout; the whole test takes about 3-4 minutes on 2 cores.
 #   bash tools/slurm_test.sh            # ANYK_BIN=build/anyk by default; KEEP_TMP=1 keeps the temp dir
@@ -219,7 +222,7 @@ wait_job_done() {  # wait_job_done JOB TIMEOUT -> prints the final JobState
 py() { /usr/bin/python3 - "$@"; }
 
 # ---- 1. srun -n 2 anyk train --ep 2 ----------------------------------------------------------
-say "[1/4] srun --mpi=$SRUN_MPI -n 2 anyk train --ep 2 (20 steps)"
+say "[1/5] srun --mpi=$SRUN_MPI -n 2 anyk train --ep 2 (20 steps)"
 if ! timeout 180 srun --mpi="$SRUN_MPI" -n 2 --cpu-bind=cores "$ANYK_BIN" train --data "$TMP/data" --run-dir "$TMP/srun" \
   --ep 2 $MODEL --steps 20 --log-every 5 --eval-every 0 --profile >"$TMP/jobs/srun.out" 2>&1; then
   tail -n 20 "$TMP/jobs/srun.out" >&2
@@ -264,15 +267,15 @@ run_sbatch_wait() {  # run_sbatch_wait NAME LAUNCHER: a 30-step train.sbatch job
   fi
   say "      ok: job $job ($launcher) COMPLETED: model.h5, sweep.json, metrics to step 30$([ "$HAS_CKPT" = 1 ] && echo ", checkpoints/latest = step_30 ($(find "$TMP/$name/checkpoints" -maxdepth 1 -name "step_*" | wc -l) kept)")"
 }
-say "[2/4] sbatch --wait slurm/train.sbatch (1 node x 2 tasks, 30 steps; srun, then the mpirun launcher)"
+say "[2/5] sbatch --wait slurm/train.sbatch (1 node x 2 tasks, 30 steps; srun, then the mpirun launcher)"
 run_sbatch_wait sbatch_srun srun
 run_sbatch_wait sbatch_mpirun mpirun
 
 # ---- 3. time-limit signal -> checkpoint -> requeue -> resume; exact loss continuation -------
 if [ "$HAS_CKPT" != 1 ]; then
-  fail "[3/4] anyk train has no --save-every/--resume: cannot test checkpoint on signal"
+  fail "[3/5] anyk train has no --save-every/--resume: cannot test checkpoint on signal"
 fi
-say "[3/4] preemption: --time=2 --signal=B:USR1@80, requeue, resume, compare with an uninterrupted run"
+say "[3/5] preemption: --time=2 --signal=B:USR1@80, requeue, resume, compare with an uninterrupted run"
 SIG_MODEL="$MODEL --warmup 5 --lr 1e-3 --min-lr 1e-3"  # constant LR after warm-up: --steps may differ per leg
 CUT=$TMP/cut
 CUT_OUT=$TMP/jobs/cut.out
@@ -363,7 +366,7 @@ print(f"slurm_test:       ok: steps 1..{n1} (first job), {n1 + 1}..{n2} (requeue
 EOF
 
 # ---- 4. scaling-study driver on 1 and 2 ranks -------------------------------------------------
-say "[4/4] tools/scaling_study.py --ranks 1,2 (strong + weak, serial jobs)"
+say "[4/5] tools/scaling_study.py --ranks 1,2 (strong + weak, serial jobs)"
 /usr/bin/python3 "$ROOT/tools/scaling_study.py" --ranks 1,2 --modes strong,weak --serial --ntasks-per-node 2 \
   --cpus-per-task 1 --steps 40 --log-every 5 --batch 4 --time 5 --wait-timeout 300 --out "$TMP/scaling" \
   --anyk-bin "$ANYK_BIN" --data "$TMP/data" \
@@ -395,4 +398,61 @@ print(f"slurm_test:       ok: 4 runs COMPLETED; efficiency at 2 ranks: strong {e
 EOF
 sed -n '/^| mode/,/^$/p' "$TMP/scaling/scaling.md"
 
-say "PASS: srun, sbatch (srun + mpirun), signal/requeue/resume and the scaling study, in $(elapsed)"
+# ---- 5. slurm/train_gpu.sbatch without a GPU: its syntax, its #SBATCH lines, the command it builds
+say "[5/5] slurm/train_gpu.sbatch: bash -n, #SBATCH lines, sbatch --test-only, the srun and anyk command lines"
+GPU_SCRIPT=$ROOT/slurm/train_gpu.sbatch
+bash -n "$GPU_SCRIPT" || fail "bash -n $GPU_SCRIPT: syntax error"
+SBATCH_HELP=$(sbatch --help 2>&1)
+sbatch_value() { sed -n "s/^#SBATCH --$1=//p" "$GPU_SCRIPT" | head -n 1; }
+n_lines=0
+while IFS= read -r line; do  # every line: #SBATCH --name or --name=value; GPU options named by sbatch --help
+  [[ "$line" =~ ^#SBATCH\ --([a-z-]+)(=[^[:space:]]+)?$ ]] || fail "$GPU_SCRIPT: malformed line '$line'"
+  name=${BASH_REMATCH[1]}
+  if [[ "$name" == gpu* ]]; then
+    grep -qE -- "--$name([=[ ]|$)" <<<"$SBATCH_HELP" || fail "$GPU_SCRIPT: '$line': sbatch --help has no --$name"
+  fi
+  n_lines=$((n_lines + 1))
+done < <(grep '^#SBATCH' "$GPU_SCRIPT")
+[ "$(sbatch_value gpus-per-node)" = "$(sbatch_value ntasks-per-node)" ] ||
+  fail "$GPU_SCRIPT: --gpus-per-node $(sbatch_value gpus-per-node) != --ntasks-per-node $(sbatch_value ntasks-per-node) (one task per GPU)"
+# This cluster has no GPUs: sbatch parses the other lines (an unknown option fails here) with the
+# sizes shrunk to fit one small node.
+grep -v '^#SBATCH --gpu' "$GPU_SCRIPT" >"$TMP/jobs/train_gpu_nogpu.sbatch"
+sbatch --test-only --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 --time=5 "$TMP/jobs/train_gpu_nogpu.sbatch" \
+  >"$TMP/jobs/train_gpu_test_only.out" 2>&1 || {
+  cat "$TMP/jobs/train_gpu_test_only.out" >&2
+  fail "sbatch --test-only rejects $GPU_SCRIPT's #SBATCH lines (GPU lines left out)"
+}
+# The commands it builds, with stand-ins for srun and anyk that record their arguments.
+mkdir -p "$TMP/fake/bin" "$TMP/fake/build"
+echo "ANYK_CUDA:BOOL=ON" >"$TMP/fake/build/CMakeCache.txt"
+printf '#!/bin/sh\necho "$*" >"%s/fake/anyk.args"\n' "$TMP" >"$TMP/fake/build/anyk"
+cat >"$TMP/fake/bin/srun" <<EOF
+#!/bin/bash
+echo "\$*" >"$TMP/fake/srun.args"
+while [ \$# -gt 0 ] && [ "\$1" != "$TMP/fake/build/anyk" ]; do shift; done
+exec "\$@"
+EOF
+chmod +x "$TMP/fake/build/anyk" "$TMP/fake/bin/srun"
+for bind in local task; do
+  rm -f "$TMP/fake/"*.args
+  (cd "$ROOT" && env -u SLURM_JOB_ID -u SLURM_NTASKS PATH="$TMP/fake/bin:$PATH" ANYK_BIN="$TMP/fake/build/anyk" \
+    DATA_DIR="$TMP/data" RUN_DIR="$TMP/fake/run_$bind" STEPS=3 ANYK_SRUN_MPI=pmix GPU_BIND=$bind \
+    bash "$GPU_SCRIPT") >"$TMP/jobs/train_gpu_$bind.out" 2>&1 || {
+    cat "$TMP/jobs/train_gpu_$bind.out" >&2
+    fail "train_gpu.sbatch (GPU_BIND=$bind, stand-in srun and anyk) failed"
+  }
+  grep -q -- "train .*--device cuda --comm nccl" "$TMP/fake/anyk.args" 2>/dev/null ||
+    fail "train_gpu.sbatch (GPU_BIND=$bind) did not run anyk train with --device cuda --comm nccl: $(cat "$TMP/fake/anyk.args" 2>/dev/null)"
+  want="--cpu-bind=cores"
+  [ "$bind" = task ] && want="--gpus-per-task=1 --gpu-bind=closest"
+  grep -q -- "$want" "$TMP/fake/srun.args" || fail "train_gpu.sbatch (GPU_BIND=$bind): srun lacks '$want': $(cat "$TMP/fake/srun.args")"
+done
+echo "ANYK_CUDA:BOOL=OFF" >"$TMP/fake/build/CMakeCache.txt"
+if (cd "$ROOT" && ANYK_BIN="$TMP/fake/build/anyk" bash "$GPU_SCRIPT") >"$TMP/jobs/train_gpu_cpu.out" 2>&1 ||
+  ! grep -q "built without CUDA" "$TMP/jobs/train_gpu_cpu.out"; then
+  fail "train_gpu.sbatch did not refuse a build without CUDA: $(cat "$TMP/jobs/train_gpu_cpu.out")"
+fi
+say "      ok: $n_lines #SBATCH lines (the GPU ones in sbatch --help), $(sbatch_value gpus-per-node) GPUs = tasks per node, accepted by --test-only; srun + anyk train --device cuda --comm nccl (GPU_BIND local and task); a CPU build refused"
+
+say "PASS: srun, sbatch (srun + mpirun), signal/requeue/resume, the scaling study and the GPU script's checks, in $(elapsed)"

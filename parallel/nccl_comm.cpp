@@ -1,0 +1,107 @@
+// NcclCommunicator, built when ANYK_CUDA=ON; see nccl_comm.h.
+#include "parallel/nccl_comm.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <string>
+
+#include "kernels/cuda_api.h"
+#include "runtime/device.h"
+
+namespace anyk {
+namespace {
+
+// Every NCCL call: on failure the call, NCCL's own message and a hint.
+void nccl_check(ncclResult_t r, const std::string& call) {
+  ANYK_CHECK(r == ncclSuccess, call << " failed: " << ncclGetErrorString(r)
+                                    << " hint: rerun with NCCL_DEBUG=WARN (or INFO) for NCCL's reason; check one "
+                                       "GPU per rank, and NCCL_SOCKET_IFNAME / NCCL_IB_HCA on multi-node runs");
+}
+#define ANYK_NCCL_CHECK(call) nccl_check((call), #call)
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Data tensors live on the GPU: NCCL reads device pointers.
+void check_cuda_tensor(const Tensor& t, const char* what) {
+  ANYK_CHECK(t.device == Device::CUDA, "--comm nccl: " << what << " is on " << device_name(t.device)
+                                                       << ", NCCL moves GPU buffers only hint: use "
+                                                          "--device cuda, or --comm mpi");
+}
+
+Comm dup_of(const Comm& group) {
+  MPI_Comm d = MPI_COMM_NULL;
+  ANYK_MPI_CHECK(MPI_Comm_dup(group.raw(), &d));
+  MPI_Comm_set_errhandler(d, MPI_ERRORS_RETURN);
+  return Comm(d, true);
+}
+
+}  // namespace
+
+NcclCommunicator::NcclCommunicator(const Comm& group) : mpi_(dup_of(group)), stream_(cuda::stream()) {
+  ANYK_CHECK(stream_ != nullptr, "--comm nccl needs the CUDA backend set up on every rank first (anyk::cuda::init) "
+                                 "hint: pass --device cuda");
+  ncclUniqueId id{};
+  if (mpi_.rank() == 0) ANYK_NCCL_CHECK(ncclGetUniqueId(&id));
+  ANYK_MPI_CHECK(MPI_Bcast(&id, int(sizeof id), MPI_BYTE, 0, mpi_.raw()));
+  ncclComm_t c = nullptr;
+  ANYK_NCCL_CHECK(ncclCommInitRank(&c, mpi_.size(), id, mpi_.rank()));
+  nccl_ = c;
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (nccl_) ncclCommDestroy(nccl_);  // no throw from a destructor; the stream's work is ordered before it
+}
+
+void NcclCommunicator::barrier() const {
+  cuda::synchronize();
+  mpi_.barrier();
+}
+
+void NcclCommunicator::all_reduce_sum(const Tensor& x) const {
+  ANYK_CHECK(x.dtype == DType::F32 || x.dtype == DType::F64,
+             "all_reduce_sum supports f32 and f64, got " << dtype_name(x.dtype));
+  check_cuda_tensor(x, "the all-reduce buffer");
+  if (size() == 1 || x.numel() == 0) return;
+  const ncclDataType_t t = x.dtype == DType::F32 ? ncclFloat32 : ncclFloat64;
+  ANYK_NCCL_CHECK(ncclAllReduce(x.data, x.data, size_t(x.numel()), t, ncclSum, nccl_, as_stream(stream_)));
+}
+
+void NcclCommunicator::all_gather(const Tensor& send, const Tensor& recv) const { mpi_.all_gather(send, recv); }
+
+void NcclCommunicator::all_to_all(const Tensor& send, const Tensor& recv) const { mpi_.all_to_all(send, recv); }
+
+void NcclCommunicator::all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
+                                    const Tensor& recv_counts) const {
+  const size_t row = size_t(check_all_to_all_v(send, send_counts, recv, recv_counts, size()));
+  if (send.numel() > 0) check_cuda_tensor(send, "the all-to-all send buffer");
+  if (recv.numel() > 0) check_cuda_tensor(recv, "the all-to-all receive buffer");
+  const int32_t* sc = send_counts.ptr<int32_t>();
+  const int32_t* rc = recv_counts.ptr<int32_t>();
+  const char* s = static_cast<const char*>(send.data);
+  char* r = static_cast<char*>(recv.data);
+  // Rank i's send count to j is j's receive count from i, so skipping empty blocks on both
+  // sides keeps every ncclSend matched by an ncclRecv. The group is always closed, also after a
+  // failed call, which is then reported.
+  ANYK_NCCL_CHECK(ncclGroupStart());
+  ncclResult_t bad = ncclSuccess;
+  std::string bad_call;
+  size_t so = 0, ro = 0;
+  for (int p = 0; p < size() && bad == ncclSuccess; ++p) {
+    const size_t sb = size_t(sc[p]) * row, rb = size_t(rc[p]) * row;
+    if (sb && (bad = ncclSend(s + so, sb, ncclInt8, p, nccl_, as_stream(stream_))) != ncclSuccess)
+      bad_call = "ncclSend to rank " + std::to_string(p);
+    if (rb && bad == ncclSuccess && (bad = ncclRecv(r + ro, rb, ncclInt8, p, nccl_, as_stream(stream_))) != ncclSuccess)
+      bad_call = "ncclRecv from rank " + std::to_string(p);
+    so += sb;
+    ro += rb;
+  }
+  ANYK_NCCL_CHECK(ncclGroupEnd());
+  nccl_check(bad, bad_call);
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(const Comm& group) {
+  return std::make_unique<NcclCommunicator>(group);
+}
+
+}  // namespace anyk
