@@ -141,7 +141,7 @@ TEST_CASE("gpu train: experts that receive zero rows (8 tokens, 16 experts, K=1)
   Fixture& f = fixture();
   const std::string m =
       "--layers 2 --dim 64 --heads 4 --experts 16 --expert-hidden 64 --seq-len 8 --batch 1 --k-strategy fixed --k 1 "
-      "--seed 5 --steps 10 --log-every 1 --eval-every 0 --eval-windows 4 --threads 2";
+      "--seed 5 --lr 3e-4 --steps 10 --log-every 1 --eval-every 0 --eval-windows 4 --threads 2";
   f.train(0, "zero_cpu", m + " --device cpu");
   f.train(0, "zero_cuda", m + " --device cuda");
   check_same_run(f, "zero_cpu", "zero_cuda", 1e-4);
