@@ -14,10 +14,9 @@
 # Usage: tools/gpu_check.sh OUT_DIR
 set -uo pipefail
 OUT=${1:?usage: tools/gpu_check.sh OUT_DIR}
-cd "$(dirname "$0")/.."
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/gpu_check.log
 : >"$LOG"
 : >"$OUT/checks.jsonl"
