@@ -78,6 +78,21 @@ PACK=\$(cd "\$(dirname "\${BASH_SOURCE[0]}")" && pwd)
 CUDA_HOME=\${CUDA_HOME:-/usr/local/cuda}
 export PATH="\$PACK/bin:\$CUDA_HOME/bin:\$PATH"
 export LD_LIBRARY_PATH="\$PACK/lib:\$CUDA_HOME/lib64:\${LD_LIBRARY_PATH:-}"
+# cuBLAS 13 and NCCL 2 are not packed (too large): take the toolkit's, else the ones a pip-installed
+# PyTorch brings (site-packages/nvidia/*/lib), else say which one is missing.
+for want in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+  [ -e "\$CUDA_HOME/lib64/\$want" ] && continue
+  found=""
+  for sp in \$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    found=\$(find "\$sp/nvidia" -maxdepth 4 -name "\$want" 2>/dev/null | head -1)
+    [ -n "\$found" ] && break
+  done
+  if [ -n "\$found" ]; then
+    export LD_LIBRARY_PATH="\$LD_LIBRARY_PATH:\$(dirname "\$found")"
+  else
+    echo "gpu_pack env: \$want not found in \$CUDA_HOME/lib64 nor in Python's nvidia packages" >&2
+  fi
+done
 export OPAL_PREFIX="\$PACK/usr"
 export OMPI_MCA_mca_base_component_path="\$PACK$OMPI_PLUGINS"
 export PMIX_MCA_mca_base_component_path="\$PACK${PMIX_DIR:+$PMIX_DIR/lib/pmix}"
