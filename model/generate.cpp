@@ -10,6 +10,7 @@
 
 #include "kernels/kernels.h"
 #include "model/moe_ops.h"
+#include "parallel/dispatch_plan.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 
@@ -27,26 +28,28 @@ int param_id(const ParamStore& ps, const std::string& name) {
 // (linear_rows_forward) instead of packing them for a GEMM; longer passes (prompts) use the GEMM.
 constexpr int kFewRows = 16;
 
-// The decoder runs on the host: the CPU kernel table and its context.
-template <class T> const Kernels<T>& host_kernels() { return kernels<T>(Device::CPU); }
-const Ctx& host_ctx() { return exec_ctx(Device::CPU); }
-
-template <class T> void matmul(T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M <= kFewRows) host_kernels<T>().linear_rows_forward(host_ctx(), out, x, w, M, I, O);
-  else host_kernels<T>().linear_forward(host_ctx(), out, x, w, M, I, O);
+template <class T>
+void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, int M, int I, int O) {
+  if (M <= kFewRows) kn.linear_rows_forward(ctx, out, x, w, M, I, O);
+  else kn.linear_forward(ctx, out, x, w, M, I, O);
 }
 
 // Per-expert matmul over contiguous row blocks (as grouped_linear_forward), each block by matmul.
-template <class T> void grouped(T* out, const T* x, const T* w, const int* offsets, int E, int I, int O) {
+// offsets (E+1) are host memory; out, x, w device memory.
+template <class T>
+void grouped(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, const int* offsets, int E,
+             int I, int O) {
   for (int e = 0; e < E; ++e) {
     const int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
-    if (rows > 0) matmul<T>(out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, rows, I, O);
+    if (rows > 0)
+      matmul<T>(kn, ctx, out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, rows, I, O);
   }
 }
 
 }  // namespace
 
-KVDecoder::KVDecoder(const LM& lm, int slots, int capacity) : lm_(&lm), slots_(slots), arena_(size_t(16) << 20) {
+KVDecoder::KVDecoder(const LM& lm, int slots, int capacity)
+    : lm_(&lm), dev_(lm.params().device()), slots_(slots), arena_(size_t(16) << 20, dev_), host_(size_t(1) << 20) {
   const ModelConfig& c = lm.config();
   cap_ = capacity > 0 ? capacity : c.seq_len;
   ANYK_CHECK(slots >= 1, "the decoder needs at least one sequence slot, got " << slots);
@@ -67,13 +70,13 @@ KVDecoder::KVDecoder(const LM& lm, int slots, int capacity) : lm_(&lm), slots_(s
   }
   len_.assign(size_t(slots), 0);
   const size_t es = dtype_size(ps.dtype());
-  kv_.resize(size_t(slots) * c.layers * 2 * cap_ * c.dim * es);
+  kv_.resize(dev_, size_t(slots) * c.layers * 2 * cap_ * c.dim * es);
   const int D = c.dim / c.heads;
-  rope_.resize(size_t(2) * cap_ * (D / 2) * es);
+  rope_.resize(dev_, size_t(2) * cap_ * (D / 2) * es);
   dispatch(ps.dtype(), [&](auto tag) {
     using T = decltype(tag);
     T* cs = static_cast<T*>(rope_.data());
-    host_kernels<T>().rope_tables(host_ctx(), cs, cs + int64_t(cap_) * (D / 2), cap_, D, c.rope_theta);
+    kernels<T>(dev_).rope_tables(exec_ctx(dev_), cs, cs + int64_t(cap_) * (D / 2), cap_, D, c.rope_theta);
   });
 }
 
@@ -115,53 +118,69 @@ void KVDecoder::forward(std::span<const Segment> segs, const InferenceK& k, std:
   dispatch(lm_->params().dtype(), [&](auto tag) { forward_t<decltype(tag)>(segs, k, logits, all_logits); });
 }
 
-// One forward's sizes, kernel table and scratch, all in the decoder's arena (rewound per call).
+// One forward's sizes, kernel table and scratch: device buffers from the decoder's device arena,
+// host ones (h_) from its host arena, both rewound per call.
 template <class T> struct KVDecoder::Pass {
   const Kernels<T>* kn;
   const Ctx* ctx;
+  Allocator* mem;  // the device's copy ops
   int C, NH, D, half, E, H, N, S;
   std::vector<int> r0;  // first row of each segment, and N
   T *x, *h, *rstd, *qkv, *qkr, *att, *a, *scores;
   T *rl, *probs, *lse, *wts, *rows, *h13, *sw, *y;  // MoE scratch for the largest K
-  int *tok, *ids, *kcount, *stok, *sslot, *counts, *next, *offsets;
-  const T* P(const ParamStore& ps, int id) const { return ps.value(id).template ptr<T>(); }
+  double* top_scratch;                              // (E) for top_p_count_forward
+  // idx (3N+S): token ids, the key and value rows of qkr viewed as (3N,C), each segment's last row
+  int *idx, *ids, *kcount, *stok, *sslot;
+  int *h_ids, *h_stok, *h_sslot, *h_counts, *h_next, *h_offsets;  // the expert sort, on the host
+  const T* P(const ParamStore& ps, int id) const { return ps.value(id).template dev_ptr<T>(); }
 };
 
 template <class T>
 KVDecoder::Pass<T> KVDecoder::make_pass(std::span<const Segment> segs, const InferenceK& kk) {
   const ModelConfig& c = lm_->config();
   Pass<T> p;
-  p.kn = &host_kernels<T>();
-  p.ctx = &host_ctx();
+  p.kn = &kernels<T>(dev_);
+  p.ctx = &exec_ctx(dev_);
+  p.mem = &allocator(dev_);
   p.C = c.dim, p.NH = c.heads, p.D = p.C / p.NH, p.half = p.D / 2, p.E = c.experts, p.H = c.expert_hidden;
   p.S = int(segs.size());
   p.r0.assign(size_t(p.S) + 1, 0);
   for (int s = 0; s < p.S; ++s) p.r0[s + 1] = p.r0[s] + segs[s].n;
-  const int N = p.N = p.r0[p.S], C = p.C, E = p.E, H = p.H;
+  const int N = p.N = p.r0[p.S], C = p.C, E = p.E, H = p.H, S = p.S;
   arena_.reset();
+  host_.reset();
   auto buf = [&](int64_t n) { return arena_.alloc_n<T>(size_t(n)); };
   auto ibuf = [&](int64_t n) { return arena_.alloc_n<int>(size_t(n)); };
-  p.tok = ibuf(N);
-  for (int s = 0; s < p.S; ++s) std::memcpy(p.tok + p.r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
+  auto hbuf = [&](int64_t n) { return host_.alloc_n<int>(size_t(n)); };
+  int* hidx = hbuf(3 * int64_t(N) + S);  // uploaded once below
+  for (int s = 0; s < S; ++s) std::memcpy(hidx + p.r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
+  for (int r = 0; r < N; ++r) hidx[N + r] = 3 * r + 1, hidx[2 * N + r] = 3 * r + 2;
+  for (int s = 0; s < S; ++s) hidx[3 * N + s] = p.r0[s + 1] - 1;
+  p.idx = ibuf(3 * int64_t(N) + S);
+  p.mem->from_host(p.idx, hidx, sizeof(int) * (3 * size_t(N) + size_t(S)));
   p.x = buf(int64_t(N) * C), p.h = buf(int64_t(N) * C), p.rstd = buf(N);
   p.qkv = buf(int64_t(N) * 3 * C), p.qkr = buf(int64_t(N) * 3 * C);
   p.att = buf(int64_t(N) * C), p.a = buf(int64_t(N) * C);
   int64_t score_n = 0;
-  for (int s = 0; s < p.S; ++s)
+  for (int s = 0; s < S; ++s)
     score_n = std::max<int64_t>(score_n, int64_t(p.NH) * segs[s].n * (len_[segs[s].slot] + segs[s].n));
   p.scores = buf(score_n);
   const int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
+  const int64_t NK = int64_t(N) * Kmax;
   p.rl = buf(int64_t(N) * E), p.probs = buf(int64_t(N) * E), p.lse = buf(N);
-  p.ids = ibuf(int64_t(N) * Kmax), p.wts = buf(int64_t(N) * Kmax), p.kcount = ibuf(N);
-  p.stok = ibuf(int64_t(N) * Kmax + 1), p.sslot = ibuf(int64_t(N) * Kmax + 1);
-  p.counts = ibuf(E), p.next = ibuf(E), p.offsets = ibuf(int64_t(E) + 1);
-  p.rows = buf(int64_t(N) * Kmax * C), p.h13 = buf(int64_t(N) * Kmax * 2 * H);
-  p.sw = buf(int64_t(N) * Kmax * H), p.y = buf(int64_t(N) * Kmax * C);
+  p.top_scratch = arena_.alloc_n<double>(size_t(E));
+  p.ids = ibuf(NK), p.wts = buf(NK), p.kcount = ibuf(N);
+  p.stok = ibuf(NK + 1), p.sslot = ibuf(NK + 1);
+  p.h_ids = hbuf(NK), p.h_stok = hbuf(NK + 1), p.h_sslot = hbuf(NK + 1);
+  p.h_counts = hbuf(E), p.h_next = hbuf(E), p.h_offsets = hbuf(int64_t(E) + 1);
+  p.rows = buf(NK * C), p.h13 = buf(NK * 2 * H);
+  p.sw = buf(NK * H), p.y = buf(NK * C);
   return p;
 }
 
 // Attention of layer l: norm, packed projection, RoPE at each segment's own positions, cache
-// append, attention over the cache, output projection, residual.
+// append (the key and value rows gathered into the cache), attention over the cache, output
+// projection, residual.
 template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<const Segment> segs) {
   const ModelConfig& c = lm_->config();
   const ParamStore& ps = lm_->params();
@@ -176,7 +195,7 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
     return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
   };
   kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln1), N, C, c.norm_eps);
-  matmul<T>(p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C);
+  matmul<T>(kn, ctx, p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C);
   for (int s = 0; s < p.S; ++s) {
     const int p0 = len_[segs[s].slot], n = segs[s].n;
     const int64_t o = int64_t(p.r0[s]) * 3 * C;
@@ -184,20 +203,18 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
                     3 * p.NH, p.D, 2 * p.NH);
     T* kc = cache(segs[s].slot, 0);
     T* vc = cache(segs[s].slot, 1);
-    for (int i = 0; i < n; ++i) {
-      const T* row = p.qkr + o + int64_t(i) * 3 * C;
-      std::memcpy(kc + int64_t(p0 + i) * C, row + C, sizeof(T) * size_t(C));
-      std::memcpy(vc + int64_t(p0 + i) * C, row + 2 * C, sizeof(T) * size_t(C));
-    }
+    kn.gather_rows_forward(ctx, kc + int64_t(p0) * C, p.qkr, p.idx + N + p.r0[s], n, C);
+    kn.gather_rows_forward(ctx, vc + int64_t(p0) * C, p.qkr, p.idx + 2 * N + p.r0[s], n, C);
     kn.attention_cached_forward(ctx, p.att + int64_t(p.r0[s]) * C, p.scores, p.qkr + o, 3 * C, kc, vc, n,
                                 p0 + n, C, p.NH);
   }
-  matmul<T>(p.a, p.att, p.P(ps, li.wo), N, C, C);
+  matmul<T>(kn, ctx, p.a, p.att, p.P(ps, li.wo), N, C, C);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
 }
 
 // MoE of layer l: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU
-// experts on their contiguous rows, weighted scatter back, residual.
+// experts on their contiguous rows, weighted scatter back, residual. The chosen ids come to the
+// host for the sort (as the training dispatcher plans on the host); its rows go back up.
 template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, int K, double top_p) {
   const ModelConfig& c = lm_->config();
   const ParamStore& ps = lm_->params();
@@ -206,52 +223,57 @@ template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, int K, double top_p)
   const Ctx& ctx = *p.ctx;
   const int C = p.C, N = p.N, E = p.E, H = p.H;
   kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln2), N, C, c.norm_eps);
-  matmul<T>(p.rl, p.h, p.P(ps, li.router), N, C, E);
+  matmul<T>(kn, ctx, p.rl, p.h, p.P(ps, li.router), N, C, E);
   const bool renorm = c.router.renormalize;
   kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, nullptr, N, E, K, renorm);
   if (top_p > 0) {
-    for (int n = 0; n < N; ++n) p.kcount[n] = top_p_count<T>(p.probs + int64_t(n) * E, E, top_p, 1, K);
+    kn.top_p_count_forward(ctx, p.kcount, p.top_scratch, p.probs, N, E, top_p, 1, K);
     kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, p.kcount, N, E, K, renorm);
   }
-  const int sent = sort_assignments(p.ids, N, K, E, p.stok, p.sslot, p.counts, p.next);
-  p.offsets[0] = 0;
-  for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  p.mem->to_host(p.h_ids, p.ids, sizeof(int) * size_t(N) * K);
+  const int sent = sort_assignments(p.h_ids, N, K, E, p.h_stok, p.h_sslot, p.h_counts, p.h_next);
+  p.h_offsets[0] = 0;
+  for (int e = 0; e < E; ++e) p.h_offsets[e + 1] = p.h_offsets[e] + p.h_counts[e];
+  if (sent > 0) {
+    p.mem->from_host(p.stok, p.h_stok, sizeof(int) * size_t(sent));
+    p.mem->from_host(p.sslot, p.h_sslot, sizeof(int) * size_t(sent));
+  }
   kn.gather_rows_forward(ctx, p.rows, p.h, p.stok, sent, C);
-  grouped<T>(p.h13, p.rows, p.P(ps, li.w13), p.offsets, E, C, 2 * H);
+  grouped<T>(kn, ctx, p.h13, p.rows, p.P(ps, li.w13), p.h_offsets, E, C, 2 * H);
   kn.swiglu_forward(ctx, p.sw, p.h13, sent, H);
-  grouped<T>(p.y, p.sw, p.P(ps, li.w2), p.offsets, E, H, C);
-  std::fill(p.a, p.a + int64_t(N) * C, T(0));
+  grouped<T>(kn, ctx, p.y, p.sw, p.P(ps, li.w2), p.h_offsets, E, H, C);
+  kn.fill(ctx, p.a, T(0), int64_t(N) * C);
   kn.scatter_add_rows_forward(ctx, p.a, p.y, p.wts, p.stok, p.sslot, sent, C);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
   assignments_ += sent;
   token_layers_ += N;
 }
 
-// Final norm and tied head on the rows that need logits.
+// Final norm and tied head on the rows that need logits; the logits come to the host once.
 template <class T> void KVDecoder::head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits) {
   const ModelConfig& c = lm_->config();
   const ParamStore& ps = lm_->params();
   const int C = p.C, N = p.N, V = c.vocab;
   const int R = all_logits ? N : p.S;
-  T* xs = p.h;
-  if (all_logits) {
-    std::memcpy(xs, p.x, sizeof(T) * size_t(N) * C);
-  } else {
-    for (int s = 0; s < p.S; ++s)
-      std::memcpy(xs + int64_t(s) * C, p.x + int64_t(p.r0[s + 1] - 1) * C, sizeof(T) * size_t(C));
+  const T* xs = p.x;
+  if (!all_logits) {  // each segment's last row
+    p.kn->gather_rows_forward(*p.ctx, p.h, p.x, p.idx + 3 * N, p.S, C);
+    xs = p.h;
   }
   T* xn = p.a;
   p.kn->rmsnorm_forward(*p.ctx, xn, p.rstd, xs, p.P(ps, lnf_), R, C, c.norm_eps);
   T* lg = arena_.alloc_n<T>(size_t(R) * V);
-  matmul<T>(lg, xn, p.P(ps, wte_), R, C, V);
-  logits.assign(lg, lg + int64_t(R) * V);
+  matmul<T>(*p.kn, *p.ctx, lg, xn, p.P(ps, wte_), R, C, V);
+  T* hl = static_cast<T*>(host_.alloc(sizeof(T) * size_t(R) * V));
+  p.mem->to_host(hl, lg, sizeof(T) * size_t(R) * V);
+  logits.assign(hl, hl + int64_t(R) * V);
 }
 
 template <class T>
 void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, std::vector<double>& logits,
                           bool all_logits) {
   Pass<T> p = make_pass<T>(segs, kk);
-  p.kn->embedding_forward(*p.ctx, p.x, p.tok, p.P(lm_->params(), wte_), p.N, p.C);
+  p.kn->embedding_forward(*p.ctx, p.x, p.idx, p.P(lm_->params(), wte_), p.N, p.C);
   for (int l = 0; l < lm_->config().layers; ++l) {
     attention_t<T>(p, l, segs);
     moe_t<T>(p, l, kk.k[l], kk.top_p);

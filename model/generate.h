@@ -1,9 +1,12 @@
 // Inference with a KV cache at any K: the decoder that extends each sequence's per-layer keys and
 // values token by token (a prompt in one batched pass, then one token per step), next-token
 // sampling, and the generation loop behind `anyk generate` and `anyk eval --frontier`.
-// Inference only: nothing is recorded for backward, parameters are read in place from the LM's
-// store, and the CPU kernels of the training ops do the arithmetic (the only new kernel is the
-// attention of new queries over cached keys, below).
+// Inference only: nothing is recorded for backward. The decoder runs on the LM's device: the
+// caches and scratch live there, parameters are read in place from the LM's store, and the kernel
+// table of that device does the arithmetic (the training ops' kernels; the only new ones are the
+// attention of new queries over cached keys and the few-row matmul). The host sees the device
+// through the copy ops only: token ids go up once per forward, each layer's routed ids come back
+// (the expert sort is planned on the host, as the training dispatcher does), logits come back once.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -13,7 +16,7 @@
 
 #include "model/lm.h"
 #include "runtime/arena.h"
-#include "runtime/buffer.h"
+#include "runtime/device.h"
 
 namespace anyk {
 
@@ -68,13 +71,15 @@ class KVDecoder {
   template <class T> void moe_t(Pass<T>& p, int l, int K, double top_p);
   template <class T> void head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits);
   const LM* lm_;
+  Device dev_;  // the LM's device: caches, scratch and every kernel call
   int slots_, cap_;
   int wte_, lnf_;
   std::vector<LayerIds> layers_;
   std::vector<int> len_;
-  AlignedBuffer kv_;    // (slots, L, 2, cap, C): keys then values of each layer
-  AlignedBuffer rope_;  // (2, cap, D/2): cos then sin of every position
-  Arena arena_;         // scratch of one forward, rewound at each call
+  DeviceBuffer kv_;    // (slots, L, 2, cap, C): keys then values of each layer
+  DeviceBuffer rope_;  // (2, cap, D/2): cos then sin of every position
+  Arena arena_;        // device scratch of one forward, rewound at each call
+  Arena host_;         // host side of one forward (ids, the expert sort, logits), rewound too
   int64_t assignments_ = 0, token_layers_ = 0;
 };
 
