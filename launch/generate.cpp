@@ -73,7 +73,7 @@ std::string human(double v) {
 }  // namespace
 
 InferenceModel load_inference_model(const std::string& run_dir, const std::string& checkpoint,
-                                    const std::string& weights) {
+                                    const std::string& weights, Device device) {
   ANYK_CHECK(checkpoint.empty() || weights.empty(), "give at most one of --checkpoint, --weights");
   ANYK_CHECK(!run_dir.empty() || !checkpoint.empty() || !weights.empty(),
              "--run-dir, --checkpoint or --weights is required hint: see anyk generate --help");
@@ -119,7 +119,7 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
   if (o.threads == 0) o.threads = omp_get_max_threads();
   mc.validate();
   m.dispatcher = std::make_unique<LocalDispatcher>(mc.experts);
-  m.lm = std::make_unique<LM>(mc, *m.dispatcher);
+  m.lm = std::make_unique<LM>(mc, *m.dispatcher, device);
   if (!ckpt_dir.empty()) {
     m.source = ckpt_dir;
     read_checkpoint_tensors(ckpt_dir, meta, dense_refs(m.lm->params(), nullptr, 0),
@@ -171,13 +171,9 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
   add_device_options(desc, a.device, a.precision);
 }
 
-void check_generate_args(const GenArgs& a, const po::variables_map& vm) {
-  // The KV-cache decoder (model/generate) is host code: generation runs on the CPU only.
-  const Device dev = parse_device(a.device);
-  const bool bf16 = parse_bf16(a.precision);
-  ANYK_CHECK(dev == Device::CPU, "--device " << a.device << ": anyk generate runs on the CPU only (its KV-cache "
-                                             << "decoder is host code) hint: drop --device; train and eval take it");
-  use_device(dev, bf16);  // refuses --precision bf16 on the CPU
+// Validates the options and prepares the device; returns use_device's line.
+std::string check_generate_args(const GenArgs& a, const po::variables_map& vm) {
+  const std::string device_line = use_device(parse_device(a.device), parse_bf16(a.precision));  // bf16: CUDA only
   ANYK_CHECK(int(a.has_prompt) + int(!a.prompt_file.empty()) + int(!a.prompts_file.empty()) <= 1,
              "give at most one of --prompt, --prompt-file, --prompts");
   ANYK_CHECK(a.max_new >= 1, "--max-new " << a.max_new << " must be >= 1");
@@ -195,7 +191,7 @@ void check_generate_args(const GenArgs& a, const po::variables_map& vm) {
              "--prompt-file " << a.prompt_file << " does not exist (or is not a file)");
   ANYK_CHECK(a.prompts_file.empty() || std::filesystem::is_regular_file(a.prompts_file),
              "--prompts " << a.prompts_file << " does not exist (or is not a file)");
-
+  return device_line;
 }
 
 // The prompts (--prompt, --prompt-file, --prompts or stdin) as texts and byte tokens.
@@ -251,7 +247,7 @@ std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions&
     ANYK_CHECK(a.budget >= 1 && a.budget <= E, "--budget " << a.budget << " is outside [1, experts=" << E << "]");
     auto val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(a.data_dir + "/val.bin", mc.vocab));
     data::Loader val(val_tokens, mc.seq_len, uint64_t(m.train.seed));
-    Arena arena;
+    Arena arena(size_t(64) << 20, m.lm->params().device());
     BudgetResult br = greedy_budget(*m.lm, val, a.budget, a.batch > 0 ? a.batch : m.train.batch, a.eval_windows, arena);
     go.k.k = br.greedy.k;
     k_desc = " (greedy schedule for budget " + std::to_string(a.budget).substr(0, 4) + ")";
@@ -330,8 +326,10 @@ int generate_command(int argc, char** argv) {
   add_generate_options(desc, a);
   if (!cmd.parse(argc, argv)) return 0;
   a.has_prompt = cmd.vm().count("prompt") > 0;
-  check_generate_args(a, cmd.vm());
-  InferenceModel m = load_inference_model(a.run_dir, a.checkpoint, a.weights);
+  const std::string device_line = check_generate_args(a, cmd.vm());
+  const Device dev = parse_device(a.device);
+  if (dev != Device::CPU) std::fprintf(stderr, "device: %s\n", device_line.c_str());  // stdout is the text
+  InferenceModel m = load_inference_model(a.run_dir, a.checkpoint, a.weights, dev);
   std::vector<std::string> texts;
   std::vector<std::vector<int>> prompts;
   read_prompts(a, m.lm->config(), texts, prompts);

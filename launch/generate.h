@@ -22,8 +22,9 @@ struct InferenceModel {
 // The same sources as `anyk eval`: exactly one of a run directory (config.ini + model.h5), a
 // checkpoint (DIR, a `latest` file, or `latest` with run_dir) or a weights/consolidated file.
 // A run dir whose config.ini and model.h5 describe different models is refused, naming both.
+// The model lives on `device` (prepared by use_device first).
 InferenceModel load_inference_model(const std::string& run_dir, const std::string& checkpoint,
-                                    const std::string& weights);
+                                    const std::string& weights, Device device = Device::CPU);
 
 // `anyk generate`: argv after the command name. Returns the exit code.
 int generate_command(int argc, char** argv);

@@ -2,7 +2,8 @@
 // pool the host cannot read, always strict from the CLI) must give the CPU run's metrics bit for
 // bit: losses, grad norms, eval and K-sweep losses, at 1 rank and at 2 ranks with ep 2 (the expert
 // gather and --init-weights through the copy ops), under the top_p strategy (the eval twin), across
-// save and resume on the other device, and in `anyk eval`. Bad --device / --precision values,
+// save and resume on the other device, in `anyk eval`, and in the KV-cache decoder (`anyk generate`,
+// `eval --frontier`). Bad --device / --precision values,
 // bf16 off CUDA and --device cuda in a build or on a machine without it give one-line errors, exit 2.
 #include <doctest/doctest.h>
 #include <stdlib.h>
@@ -131,6 +132,28 @@ TEST_CASE("train --device checked equals --device cpu bit for bit, at 1 rank and
     CHECK(r.text("an_cpu.json") == r.text("an_checked.json"));
     CHECK(r.text("an_cpu.json").size() > 100);
   }
+  {
+    INFO("anyk generate and eval --frontier (the KV-cache decoder) on the checked device equal the CPU");
+    std::string text[2];
+    Json front[2];
+    for (int i = 0; i < 2; ++i) {
+      const std::string d = i ? "checked" : "cpu";
+      auto g = r.run(0, "generate --run-dir cpu --prompt 'line 7: ' --max-new 48 --temperature 0.9 --top-k 40 "
+                        "--seed 5 --device " + d);
+      REQUIRE_MESSAGE(g.rc == 0, g.err);
+      CHECK((d == "cpu") == (g.err.find("device: checked") == std::string::npos));
+      text[i] = g.out;
+      auto f = r.run(0, "eval --run-dir cpu --data data --frontier --frontier-budgets 1,2.5 --gen-tokens 40 "
+                        "--eval-windows 4 --json fr_" + d + ".json --device " + d);
+      REQUIRE_MESSAGE(f.rc == 0, f.err);
+      front[i] = Json::parse(r.text("fr_" + d + ".json"));
+      for (Json& pt : front[i]["frontier"]) pt.erase("decode_tokens_per_s"), pt.erase("prompt_tokens_per_s");
+    }
+    CHECK(text[0].size() == std::string("line 7: ").size() + 48 + 1);  // 48 new tokens past the 32-token context
+    CHECK(text[0] == text[1]);
+    CHECK(front[0]["frontier"].size() == 5);  // K = 1..4 and the budget 2.5 schedule
+    CHECK(front[0] == front[1]);
+  }
 }
 
 TEST_CASE("bad --device and --precision values are one-line errors with exit 2") {
@@ -166,13 +189,14 @@ TEST_CASE("bad --device and --precision values are one-line errors with exit 2")
     CHECK(e.rc == 2);
     anyk::test::check_one_error_line(e.err, {bad[i].needles[0], bad[i].needles[1]});
   }
-  // The KV-cache decoder is host code: generate and eval --frontier refuse other devices.
-  auto g = r.run(0, "generate --weights w.h5 --prompt hi --device checked");
-  CHECK(g.rc == 2);
-  anyk::test::check_one_error_line(g.err, {"--device checked", "runs on the CPU only"});
-  auto f = r.run(0, "eval --weights w.h5 --data data --frontier --device checked");
-  CHECK(f.rc == 2);
-  anyk::test::check_one_error_line(f.err, {"--frontier", "--device checked"});
+  // generate checks the device before reading the model (w.h5 does not exist here).
+  for (size_t i = 0; i < bad.size(); ++i) {
+    CAPTURE(bad[i].args);
+    auto g = r.run(0, "generate --weights w.h5 --prompt hi " + bad[i].args);
+    CHECK(g.rc == 2);
+    if (bad[i].needles.size() == 1) anyk::test::check_one_error_line(g.err, {bad[i].needles[0]});
+    else anyk::test::check_one_error_line(g.err, {bad[i].needles[0], bad[i].needles[1]});
+  }
 }
 
 TEST_CASE("device names and the node-local rank from the environment") {

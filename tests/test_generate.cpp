@@ -376,7 +376,7 @@ TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   fails(w + "--prompts nope.txt", "--prompts nope.txt does not exist");
   fails(w + "--prompt " + std::string(33, 'a'), "is 33 bytes but the model's context is 32 tokens");
   fails(w + "--prompt hi --budget 2", "--budget needs --data");
-  fails(w + "--prompt hi --device cuda", "runs on the CPU only");
+  fails(w + "--prompt hi --precision bf16", "--precision bf16 needs --device cuda");
   fails("generate --weights missing.h5 --prompt hi", "missing.h5 not found");
   // A run dir whose config.ini describes another model than its model.h5.
   fs::create_directories(cli.dir / "run");
@@ -384,4 +384,30 @@ TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   std::ofstream(cli.dir / "run" / "config.ini")
       << "layers = 2\ndim = 64\nheads = 4\nexperts = 4\nexpert-hidden = 24\nseq-len = 32\n";
   fails("generate --run-dir run --prompt hi", "is a model with --dim 32 but run/config.ini says --dim 64");
+}
+
+TEST_CASE("anyk generate --device checked prints the CPU's text bit for bit") {
+  // The checked device runs the CPU kernels on memory the host cannot touch: equal output means
+  // the decoder reached its caches, scratch and parameters through the device seam only.
+  Cli cli;
+  Model m(byte_model(), 37);
+  io::save_weights((cli.dir / "w.h5").string(), m.lm);
+  std::ofstream(cli.dir / "many.txt") << "one\ntwo two\nthree\n";
+  const std::string w = "generate --weights w.h5 --threads 1 ";
+  const std::vector<std::string> cases = {
+      "--prompt 'Hello' --max-new 40 --k 1",                                    // greedy, window slides
+      "--prompt 'Hello' --max-new 24 --layer-k 3,1 --temperature 0.9 --top-k 30 --seed 2",
+      "--prompts many.txt --max-new 12 --top-p 0.6 --temperature 1 --seed 4",  // a batch, per-token K
+  };
+  for (const std::string& c : cases) {
+    CAPTURE(c);
+    REQUIRE(cli.sh(w + c) == 0);
+    const std::string cpu_out = cli.out(), cpu_err = cli.err();
+    REQUIRE(cli.sh(w + c + " --device checked") == 0);
+    CHECK(cli.err().rfind("device: checked", 0) == 0);
+    CHECK(cli.out() == cpu_out);
+    CHECK(cpu_out.size() > 12);
+    auto mean_k = [](const std::string& e) { return e.substr(e.find("mean K"), 12); };
+    CHECK(mean_k(cli.err()) == mean_k(cpu_err));
+  }
 }
