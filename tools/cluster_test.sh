@@ -200,7 +200,13 @@ preempt_case() {
     [ "$(date +%s)" -lt "$deadline" ] || { failc "preempt: job $job not done 120 s after the requeue ($st)"; return; }
     sleep 0.5
   done
+  # The signal lands after a step ("caught SIGUSR1 at step N": N is saved) or between the
+  # micro-batches of step N+1 ("caught SIGUSR1 during step N+1: abandoned it": N is saved).
   n1=$(sed -n 's/.*caught SIGUSR1 at step \([0-9]*\).*/\1/p' "$out" | head -n 1)
+  if [ -z "$n1" ]; then
+    n1=$(sed -n 's/.*caught SIGUSR1 during step \([0-9]*\): abandoned it; checkpoint.*/\1/p' "$out" | head -n 1)
+    [ -n "$n1" ] && n1=$((n1 - 1))
+  fi
   grep -q "resuming from $TMP/pre/checkpoints/latest (step $n1)" "$out" || { failc "preempt: the requeued job did not resume from step '$n1' ($out)"; return; }
   train preref 2 2 --grad-accum 2 --ep 2 --steps $steps --log-every 1 --save-every 0 || { failc "preempt: reference run failed"; return; }
   local msg
