@@ -148,8 +148,12 @@ kill_case() {
   rc=$(sed 's/rc=//' "$TMP/kill.rc")
   local dt
   dt=$(/usr/bin/python3 -c "print(f'{$t_end - $t_kill:.1f}')")
-  sleep 1
-  left=$(node_procs)
+  # Slurm's step daemons finish their clean-up after srun returns: allow them up to 15 s.
+  for _ in $(seq 1 75); do
+    left=$(node_procs)
+    [ -z "$left" ] && break
+    sleep 0.2
+  done
   latest=$(cat "$TMP/kill/checkpoints/latest")
   local why=""
   [ "$rc" != 0 ] || why+=" exit status 0;"
@@ -165,6 +169,22 @@ kill_case() {
   fi
 }
 kill_case
+
+# The next job needs every host idle again: after the kill, slurmctld may still be completing the
+# step, or may have drained the host whose task died. Wait (30 s at most) and resume drained hosts.
+nodes_idle() {
+  local deadline=$(($(date +%s) + 30)) states
+  while :; do
+    states=$(timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | sort -u)
+    if [ -n "$states" ] && ! grep -qv ' idle$' <<<"$states"; then return 0; fi
+    for n in $(awk '$2 ~ /drain|down/ {print $1}' <<<"$states"); do
+      timeout 10 scontrol update NodeName="$n" State=RESUME >/dev/null 2>&1
+    done
+    [ "$(date +%s)" -lt "$deadline" ] || { say "hosts not idle after 30 s: $(tr '\n' ' ' <<<"$states")"; return 1; }
+    sleep 0.5
+  done
+}
+nodes_idle || failc "hosts not idle before the preemption case"
 
 # 2. preemption of a 2-host sbatch job: scancel --signal=USR1 --batch, requeue, resume.
 job_field() { timeout 10 scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
