@@ -90,8 +90,8 @@ template <class T> struct Kernels {
                                    const int32_t* widx, int M, int C);
   void (*scatter_add_rows_backward)(const Ctx&, T* dy, T* dw, const T* dout, const T* y, const T* w,
                                     const int32_t* tok, const int32_t* widx, int M, int C);
-  // Rows offsets[e]..offsets[e+1] of x (M,I) use w[e] (O,I): out (M,O). offsets (E+1), read by
-  // the host on the CPU backend.
+  // Rows offsets[e]..offsets[e+1] of x (M,I) use w[e] (O,I): out (M,O). offsets (E+1) are HOST
+  // memory on every backend (the dispatch plan is built on the host; CUDA loops over experts).
   void (*grouped_linear_forward)(const Ctx&, T* out, const T* x, const T* w, const int32_t* offsets, int E,
                                  int I, int O);
   void (*grouped_linear_backward)(const Ctx&, T* dx, T* dw, const T* dout, const T* x, const T* w,
@@ -113,7 +113,8 @@ template <class T> struct Kernels {
   void (*router_backward)(const Ctx&, T* dlogits, const T* dweights, const T* dprobs, const T* dlse,
                           const T* probs, const int32_t* ids, int N, int E, int K, bool renorm);
   // kcount (N): per row of probs (N,E) the smallest k whose k largest sum to >= p, in
-  // [k_min, k_max]; NaN counts as zero mass. scratch: E doubles (host memory on the CPU backend).
+  // [k_min, k_max]; NaN counts as zero mass. scratch: E doubles the CPU kernel sorts in
+  // (memory it can address: host, or the checked pool); the CUDA kernel ignores it.
   void (*top_p_count_forward)(const Ctx&, int32_t* kcount, double* scratch, const T* probs, int N, int E,
                               double p, int k_min, int k_max);
   // EMoE: ids, weights (N,K) = K of each token's pool_ids (N,P) drawn without replacement (keyed by
