@@ -39,4 +39,12 @@ void synchronize();          // waits for the backend's stream
 size_t mem_high_water();     // the most bytes cudaMalloc'd at once by mem_alloc
 void* stream();              // the backend's cudaStream_t (for NCCL), nullptr before init
 
+// How grouped_linear issues the experts' GEMMs: "loop" (the default: one cuBLAS GEMM per non-empty
+// expert on the backend's stream), "streams" (the same GEMMs over 4 side streams) or "grouped"
+// (one grouped batched cuBLAS call per GEMM kind); kernels/cuda/expert_gemm_plan.cuh, docs/gpu.md.
+// init() applies ANYK_EXPERT_GEMM, when set, on its first call; set_expert_gemm changes the choice
+// at any time (calls already queued keep theirs). Any other name throws, naming it and the choices.
+void set_expert_gemm(const std::string& name);
+std::string expert_gemm();
+
 }  // namespace anyk::cuda

@@ -45,9 +45,10 @@ class CudaAllocator final : public Allocator {
 
 std::string cuda_line(const cuda::DeviceInfo& i, bool bf16) {
   char buf[512];
-  std::snprintf(buf, sizeof buf, "cuda:%d %s (%.1f GiB, %.1f free, sm_%d%d), %d of %d visible, %s", i.index,
-                i.name.c_str(), double(i.total_bytes) / (1 << 30), double(i.free_bytes) / (1 << 30), i.cc_major,
-                i.cc_minor, i.index + 1, i.count, bf16 ? "bf16 GEMMs (f32 accumulation)" : "f32");
+  std::snprintf(buf, sizeof buf, "cuda:%d %s (%.1f GiB, %.1f free, sm_%d%d), %d of %d visible, %s, expert GEMMs: %s",
+                i.index, i.name.c_str(), double(i.total_bytes) / (1 << 30), double(i.free_bytes) / (1 << 30),
+                i.cc_major, i.cc_minor, i.index + 1, i.count, bf16 ? "bf16 GEMMs (f32 accumulation)" : "f32",
+                cuda::expert_gemm().c_str());
   return buf;
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/expert_gemm_plan.cuh"
 #include "kernels/kernels.h"
 #include "runtime/check.h"
 
@@ -46,6 +47,20 @@ void check_launch(const char* kernel);
 template <class T>
 void scatter_add_rows_sorted(cudaStream_t s, T* dst, const T* src, const int32_t* dest, const T* w,
                              const int32_t* widx, int M, int C);
+
+// ---- grouped_linear's expert GEMM strategies (moe.cu; kernels/cuda/expert_gemm_plan.cuh) ----
+// The strategy now in force (cuda::set_expert_gemm, ANYK_EXPERT_GEMM).
+xgemm::Strategy expert_gemm_strategy();
+// The cuBLAS handle of side stream i < xgemm::kSideStreams, bound to that stream, with its own
+// workspace and the main handle's settings (TF32 off); streams and handles created on first use.
+cublasHandle_t side_blas(int i);
+// Side streams 0..min(n, kSideStreams)-1 wait for the work queued on `main` so far.
+void fork_side_streams(cudaStream_t main, int n);
+// `main` waits for the work queued so far on side streams 0..min(n, kSideStreams)-1.
+void join_side_streams(cudaStream_t main, int n);
+// Copies `bytes` of host memory to device memory dst on `stream` without waiting for the copy:
+// the bytes go through one of a few pinned slots, each reused only once its last copy is done.
+void upload_async(cudaStream_t stream, void* dst, const void* host, size_t bytes);
 
 // Each .cu file fills its part of the table (called by table.cu for T = float and double).
 template <class T> void fill_elementwise(Kernels<T>& k);  // elementwise.cu: fill..first_bad_id, adamw, bf16 conversions

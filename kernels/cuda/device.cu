@@ -1,7 +1,9 @@
 // The CUDA backend's device state: the GPU this process uses, its stream and cuBLAS handle, the
 // caching device allocator, pinned staging for host copies and the kernels' scratch workspace.
-// Everything here runs on one non-blocking stream, so a freed block is reused in stream order.
+// Everything here runs on one non-blocking stream, so a freed block is reused in stream order;
+// only grouped_linear's `streams` strategy forks work onto side streams and joins it back.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -35,6 +37,21 @@ struct State {
   size_t pinned_bytes = 0;
   void* ws = nullptr;
   size_t ws_bytes = 0;
+  // grouped_linear: the strategy, the side streams (created on first use) and the pinned slots of
+  // upload_async.
+  std::atomic<int> expert_gemm{int(xgemm::Strategy::Loop)};
+  bool expert_gemm_env_read = false;
+  bool side_ready = false;
+  cudaStream_t side[xgemm::kSideStreams] = {};
+  cublasHandle_t side_blas[xgemm::kSideStreams] = {};
+  void* side_ws[xgemm::kSideStreams] = {};
+  cudaEvent_t fork = nullptr, side_done[xgemm::kSideStreams] = {};
+  struct Slot {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t done = nullptr;
+  } slots[16];  // more than the grouped_linear calls one MoE layer queues between host syncs
+  int next_slot = 0;
 };
 
 State& st() {
@@ -124,17 +141,18 @@ void require_cuda(const char* what) {
 }
 
 namespace {
-// Creates the stream, the cuBLAS handle (TF32 off) and its workspace on the current device.
-void create_stream_and_blas(State& s) {
-  ANYK_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
-  ANYK_CUBLAS_CHECK(cublasCreate(&s.blas));
-  ANYK_CUBLAS_CHECK(cublasSetStream(s.blas, s.stream));
+// Creates a non-blocking stream and a cuBLAS handle bound to it (TF32 off) with its own workspace,
+// on the current device. Used for the backend's stream and for each side stream.
+void create_stream_and_blas(cudaStream_t* stream, cublasHandle_t* blas, void** ws) {
+  ANYK_CUDA_CHECK(cudaStreamCreateWithFlags(stream, cudaStreamNonBlocking));
+  ANYK_CUBLAS_CHECK(cublasCreate(blas));
+  ANYK_CUBLAS_CHECK(cublasSetStream(*blas, *stream));
   // CUBLAS_DEFAULT_MATH: f32 routines run in full f32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH or
   // CUBLAS_COMPUTE_32F_FAST_TF32, never set here); bf16 GemmEx with f32 compute still uses
   // tensor cores. Pedantic mode would also forbid those.
-  ANYK_CUBLAS_CHECK(cublasSetMathMode(s.blas, CUBLAS_DEFAULT_MATH));
-  ANYK_CUDA_CHECK(cudaMalloc(&s.blas_ws, kBlasWorkspace));
-  ANYK_CUBLAS_CHECK(cublasSetWorkspace(s.blas, s.blas_ws, kBlasWorkspace));
+  ANYK_CUBLAS_CHECK(cublasSetMathMode(*blas, CUBLAS_DEFAULT_MATH));
+  ANYK_CUDA_CHECK(cudaMalloc(ws, kBlasWorkspace));
+  ANYK_CUBLAS_CHECK(cublasSetWorkspace(*blas, *ws, kBlasWorkspace));
 }
 
 DeviceInfo describe(int index, int count) {
@@ -160,13 +178,17 @@ DeviceInfo init(int local_rank, bool gemm_bf16) {
                                                                                            "use --device cpu");
   const int index = local_rank % count;
   State& s = st();
+  if (!s.expert_gemm_env_read) {  // read once, before anything is created (a bad value throws here)
+    if (const char* v = std::getenv("ANYK_EXPERT_GEMM")) set_expert_gemm(v);
+    s.expert_gemm_env_read = true;
+  }
   {
     std::lock_guard<std::mutex> lock(s.mu);
     ANYK_CHECK(s.device < 0 || s.device == index,
                "CUDA init: this process already uses GPU " << s.device << ", asked for GPU " << index);
     ANYK_CUDA_CHECK(cudaSetDevice(index));
     if (s.device < 0) {
-      create_stream_and_blas(s);
+      create_stream_and_blas(&s.stream, &s.blas, &s.blas_ws);
       s.device = index;
     }
     s.gemm_bf16 = gemm_bf16;
@@ -288,6 +310,73 @@ void* workspace(size_t bytes) {
 void check_launch(const char* kernel) {
   cudaError_t err = cudaGetLastError();
   ANYK_CHECK(err == cudaSuccess, "CUDA kernel " << kernel << " failed to launch: " << cudaGetErrorString(err));
+}
+
+// ---- grouped_linear's expert GEMM strategies ----
+
+void set_expert_gemm(const std::string& name) { st().expert_gemm = int(xgemm::parse_strategy(name)); }
+std::string expert_gemm() { return xgemm::strategy_name(expert_gemm_strategy()); }
+xgemm::Strategy expert_gemm_strategy() { return xgemm::Strategy(st().expert_gemm.load()); }
+
+namespace {
+// The side streams, each with its own cuBLAS handle and workspace (concurrent GEMMs must not share
+// one handle's workspace), and the fork/join events; created once, on first use.
+State& side_state() {
+  require_init("CUDA side streams");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  if (!s.side_ready) {
+    for (int i = 0; i < xgemm::kSideStreams; ++i) {
+      create_stream_and_blas(&s.side[i], &s.side_blas[i], &s.side_ws[i]);
+      ANYK_CUDA_CHECK(cudaEventCreateWithFlags(&s.side_done[i], cudaEventDisableTiming));
+    }
+    ANYK_CUDA_CHECK(cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming));
+    s.side_ready = true;
+  }
+  return s;
+}
+int side_count(int n) { return n < xgemm::kSideStreams ? n : xgemm::kSideStreams; }
+}  // namespace
+
+cublasHandle_t side_blas(int i) { return side_state().side_blas[i]; }
+
+void fork_side_streams(cudaStream_t main, int n) {
+  State& s = side_state();
+  ANYK_CUDA_CHECK(cudaEventRecord(s.fork, main));  // a wait takes the event as recorded now
+  for (int i = 0; i < side_count(n); ++i) ANYK_CUDA_CHECK(cudaStreamWaitEvent(s.side[i], s.fork, 0));
+}
+
+void join_side_streams(cudaStream_t main, int n) {
+  State& s = side_state();
+  for (int i = 0; i < side_count(n); ++i) {
+    ANYK_CUDA_CHECK(cudaEventRecord(s.side_done[i], s.side[i]));
+    ANYK_CUDA_CHECK(cudaStreamWaitEvent(main, s.side_done[i], 0));
+  }
+}
+
+void upload_async(cudaStream_t stream, void* dst, const void* host, size_t bytes) {
+  if (bytes == 0) return;
+  require_init("CUDA upload");
+  State& s = st();
+  std::lock_guard<std::mutex> lock(s.mu);
+  State::Slot& slot = s.slots[s.next_slot];
+  s.next_slot = (s.next_slot + 1) % int(sizeof s.slots / sizeof s.slots[0]);
+  if (slot.done) {
+    ANYK_CUDA_CHECK(cudaEventSynchronize(slot.done));  // its previous copy has left the slot
+  } else {
+    ANYK_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+  }
+  if (slot.bytes < bytes) {
+    if (slot.host) ANYK_CUDA_CHECK(cudaFreeHost(slot.host));
+    slot.host = nullptr;
+    slot.bytes = 0;
+    const size_t grown = std::max(bytes, size_t(4096));
+    ANYK_CUDA_CHECK(cudaMallocHost(&slot.host, grown));
+    slot.bytes = grown;
+  }
+  std::memcpy(slot.host, host, bytes);
+  ANYK_CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, stream));
+  ANYK_CUDA_CHECK(cudaEventRecord(slot.done, stream));
 }
 
 }  // namespace anyk::cuda

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include <cub/device/device_radix_sort.cuh>
+#include <cstdio>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -139,9 +140,19 @@ void scatter_add_rows_backward(const Ctx& ctx, T* dy, T* dw, const T* dout, cons
   }
 }
 
-// ---- grouped linear: one cuBLAS GEMM per non-empty expert ----
-// Next step for many small experts: cublasGemmGroupedBatchedEx (one call for all experts), or
-// one GEMM per expert spread over streams, whichever measures faster.
+// ---- grouped linear: the experts' GEMMs over their variable row counts ----
+// kernels/cuda/expert_gemm_plan.cuh plans one GEMM per non-empty expert and kind (shapes, leading
+// dimensions, operand offsets, beta); issue() runs the plan with the strategy in force:
+//   loop     each GEMM in expert order on the backend's stream and handle;
+//   streams  each GEMM on side stream g.stream (round-robin) with that stream's own cuBLAS handle,
+//            forked from and joined back to the backend's stream with events. No race: every
+//            GEMM writes disjoint memory (its expert's out or dx rows, its dw block) and only
+//            reads operands that nothing writes until the join;
+//   grouped  one grouped batched cuBLAS call per kind, one group (of size 1) per GEMM, the device
+//            arrays of A/B/C pointers uploaded through pinned staging on the backend's stream.
+//            bf16 inputs with f32 output are not in cublasGemmGroupedBatchedEx's type table (as
+//            documented): the first bf16 call tries them, and if cuBLAS refuses, bf16 calls run
+//            as `loop` from then on (a one-line notice on stderr says so).
 
 __global__ void to_bf16_k(__nv_bfloat16* out, const float* x, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -168,23 +179,27 @@ Operand as_bf16(cudaStream_t s, char** cursor, const float* x, int64_t n) {
 
 size_t bf16_bytes(int64_t n) { return align256(2 * size_t(n > 0 ? n : 0)); }
 
-// Column-major C (m,n) = beta C + op(A) op(B): f32/f64 GEMMs, or bf16 inputs with f32 output and
-// f32 accumulation.
+cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+// One planned GEMM: column-major C = beta C + op(A) op(B) on handle h; f32/f64 GEMMs, or bf16
+// inputs with f32 output and f32 accumulation.
 template <class T>
-void gemm(cublasHandle_t h, bool bf16, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-          Operand A, int lda, Operand B, int ldb, T beta, T* C, int ldc) {
-  const T alpha = 1;
+void gemm(cublasHandle_t h, bool bf16, const xgemm::Gemm& g, Operand A, Operand B, T* C) {
+  const T alpha = 1, beta = T(g.beta);
+  const Operand a = A.at(g.a_off), b = B.at(g.b_off);
+  T* c = C + g.c_off;
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
-      ANYK_CUBLAS_CHECK(cublasGemmEx(h, ta, tb, m, n, k, &alpha, A.p, CUDA_R_16BF, lda, B.p, CUDA_R_16BF, ldb,
-                                     &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      ANYK_CUBLAS_CHECK(cublasGemmEx(h, op(g.ta), op(g.tb), g.m, g.n, g.k, &alpha, a.p, CUDA_R_16BF, g.lda, b.p,
+                                     CUDA_R_16BF, g.ldb, &beta, c, CUDA_R_32F, g.ldc, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT));
       return;
     }
-    ANYK_CUBLAS_CHECK(cublasSgemm(h, ta, tb, m, n, k, &alpha, static_cast<const float*>(A.p), lda,
-                                  static_cast<const float*>(B.p), ldb, &beta, C, ldc));
+    ANYK_CUBLAS_CHECK(cublasSgemm(h, op(g.ta), op(g.tb), g.m, g.n, g.k, &alpha, static_cast<const float*>(a.p), g.lda,
+                                  static_cast<const float*>(b.p), g.ldb, &beta, c, g.ldc));
   } else {
-    ANYK_CUBLAS_CHECK(cublasDgemm(h, ta, tb, m, n, k, &alpha, static_cast<const double*>(A.p), lda,
-                                  static_cast<const double*>(B.p), ldb, &beta, C, ldc));
+    ANYK_CUBLAS_CHECK(cublasDgemm(h, op(g.ta), op(g.tb), g.m, g.n, g.k, &alpha, static_cast<const double*>(a.p),
+                                  g.lda, static_cast<const double*>(b.p), g.ldb, &beta, c, g.ldc));
   }
 }
 
@@ -196,76 +211,193 @@ cublasHandle_t blas_on(const Ctx& ctx) {
   return h;
 }
 
-// Rows of expert e: offsets (host memory) must be non-decreasing from a non-negative start.
-int expert_rows(const int32_t* offsets, int e) {
-  const int rows = offsets[e + 1] - offsets[e];
-  ANYK_CHECK(offsets[e] >= 0 && rows >= 0, "grouped_linear: offsets[" << e << "] = " << offsets[e]
-                                                << ", offsets[" << e + 1 << "] = " << offsets[e + 1]
-                                                << " are not a non-decreasing split of the rows");
-  return rows;
+// One kind's planned GEMMs and their operands (A, B as T or bf16; C as T).
+template <class T> struct Batch {
+  const std::vector<xgemm::Gemm>* plan;
+  Operand A, B;
+  T* C;
+};
+
+// The host arrays of one grouped call (reused across calls).
+struct GroupedArgs {
+  std::vector<cublasOperation_t> ta, tb;
+  std::vector<int> m, n, k, lda, ldb, ldc, size;
+  void fill(const std::vector<xgemm::Gemm>& plan) {
+    for (auto* v : {&m, &n, &k, &lda, &ldb, &ldc, &size}) v->clear();
+    ta.clear();
+    tb.clear();
+    for (const xgemm::Gemm& g : plan) {
+      ta.push_back(op(g.ta));
+      tb.push_back(op(g.tb));
+      m.push_back(g.m), n.push_back(g.n), k.push_back(g.k);
+      lda.push_back(g.lda), ldb.push_back(g.ldb), ldc.push_back(g.ldc);
+      size.push_back(1);  // one GEMM per group: every expert has its own shape
+    }
+  }
+};
+
+// cublasGemmGroupedBatchedEx with bf16 A/B and f32 C: -1 not tried yet, 1 accepted, 0 refused.
+int g_grouped_bf16 = -1;
+
+// One grouped call: f32 or bf16 inputs with f32 output through cublasGemmGroupedBatchedEx
+// (CUBLAS_COMPUTE_32F: no TF32), f64 through cublasDgemmGroupedBatched. ptrs: device arrays
+// A[G], B[G], C[G] back to back. Returns false, having done nothing, when cuBLAS refuses the
+// bf16-in/f32-out combination on the first try (the caller then runs the plan as `loop`).
+template <class T>
+bool grouped_call(cublasHandle_t h, bool bf16, const std::vector<xgemm::Gemm>& plan, void* const* ptrs) {
+  static thread_local GroupedArgs a;
+  static thread_local std::vector<T> alpha, beta;
+  a.fill(plan);
+  const int G = int(plan.size());
+  alpha.assign(size_t(G), T(1));
+  beta.clear();
+  for (const xgemm::Gemm& g : plan) beta.push_back(T(g.beta));
+  if constexpr (std::is_same_v<T, float>) {
+    const cudaDataType_t ab = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        h, a.ta.data(), a.tb.data(), a.m.data(), a.n.data(), a.k.data(), alpha.data(), ptrs, ab, a.lda.data(),
+        ptrs + G, ab, a.ldb.data(), beta.data(), ptrs + 2 * G, CUDA_R_32F, a.ldc.data(), G, a.size.data(),
+        CUBLAS_COMPUTE_32F);
+    if (bf16 && g_grouped_bf16 < 0 && (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE)) {
+      g_grouped_bf16 = 0;
+      std::fprintf(stderr, "anyk: cublasGemmGroupedBatchedEx refused bf16 inputs with f32 output (%s): "
+                           "ANYK_EXPERT_GEMM=grouped runs bf16 expert GEMMs as loop\n", cublasGetStatusString(st));
+      return false;
+    }
+    ANYK_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasGemmGroupedBatchedEx (" << G << " groups" << (bf16 ? ", bf16" : "")
+                                                << ") failed: cuBLAS status " << int(st) << " ("
+                                                << cublasGetStatusString(st) << ")");
+    if (bf16) g_grouped_bf16 = 1;
+  } else {
+    ANYK_CUBLAS_CHECK(cublasDgemmGroupedBatched(
+        h, a.ta.data(), a.tb.data(), a.m.data(), a.n.data(), a.k.data(), alpha.data(),
+        reinterpret_cast<const double* const*>(ptrs), a.lda.data(), reinterpret_cast<const double* const*>(ptrs + G),
+        a.ldb.data(), beta.data(), reinterpret_cast<double* const*>(ptrs + 2 * G), a.ldc.data(), G, a.size.data()));
+  }
+  return true;
 }
 
-// Row-major out_e (rows,O) = x_e (rows,I) · w_e (O,I)^T is column-major out_e^T (O,rows) =
-// op_T(w_e as (I,O)) · (x_e^T as (I,rows)).
+// `grouped`: every batch's pointer arrays in one workspace() buffer, uploaded in one async copy,
+// then one grouped call per batch, all on the backend's stream. ws: the call's one workspace()
+// buffer, pointer arrays at its start (pointer_bytes), converted bf16 operands after them.
 template <class T>
-void grouped_linear_forward(const Ctx& ctx, T* out, const T* x, const T* w, const int32_t* offsets, int E,
-                            int I, int O) {
-  if (E <= 0 || O <= 0 || offsets[E] <= 0) return;
+void issue_grouped(const Ctx& ctx, bool bf16, char* ws, std::initializer_list<Batch<T>> batches) {
+  static thread_local std::vector<void*> host;
+  host.clear();
+  for (const Batch<T>& b : batches) {
+    for (const xgemm::Gemm& g : *b.plan) host.push_back(const_cast<void*>(b.A.at(g.a_off).p));
+    for (const xgemm::Gemm& g : *b.plan) host.push_back(const_cast<void*>(b.B.at(g.b_off).p));
+    for (const xgemm::Gemm& g : *b.plan) host.push_back(b.C + g.c_off);
+  }
+  if (host.empty()) return;
+  auto* dev = reinterpret_cast<void**>(ws);
+  upload_async(stream_of(ctx), dev, host.data(), host.size() * sizeof(void*));
+  cublasHandle_t h = blas_on(ctx);
+  for (const Batch<T>& b : batches) {
+    if (b.plan->empty()) continue;
+    if (!grouped_call<T>(h, bf16, *b.plan, dev))
+      for (const xgemm::Gemm& g : *b.plan) gemm<T>(h, bf16, g, b.A, b.B, b.C);
+    dev += 3 * b.plan->size();
+  }
+}
+
+// The strategy for this call: `grouped` with bf16 operands runs as `loop` once cuBLAS refused them.
+xgemm::Strategy strategy_for(bool bf16) {
+  const xgemm::Strategy s = expert_gemm_strategy();
+  return s == xgemm::Strategy::Grouped && bf16 && g_grouped_bf16 == 0 ? xgemm::Strategy::Loop : s;
+}
+
+// Workspace bytes in front of the bf16 operands: `grouped`'s device pointer arrays (3 per GEMM).
+size_t pointer_bytes(xgemm::Strategy s, size_t gemms) {
+  return s == xgemm::Strategy::Grouped ? align256(3 * gemms * sizeof(void*)) : 0;
+}
+
+// Runs the batches' planned GEMMs with strategy s (see the top of this section); ws: the call's
+// workspace() buffer, which starts with pointer_bytes(s, ...) for `grouped`.
+template <class T>
+void issue(const Ctx& ctx, bool bf16, xgemm::Strategy s, char* ws, std::initializer_list<Batch<T>> batches) {
+  if (s == xgemm::Strategy::Grouped) return issue_grouped<T>(ctx, bf16, ws, batches);
+  if (s == xgemm::Strategy::Loop) {
+    cublasHandle_t h = blas_on(ctx);
+    for (const Batch<T>& b : batches)
+      for (const xgemm::Gemm& g : *b.plan) gemm<T>(h, bf16, g, b.A, b.B, b.C);
+    return;
+  }
+  size_t most = 0;  // side streams in use: the longest plan's GEMMs, at most kSideStreams
+  for (const Batch<T>& b : batches) most = std::max(most, b.plan->size());
+  if (most == 0) return;
+  const cudaStream_t main = stream_of(ctx);
+  fork_side_streams(main, int(most));
+  for (const Batch<T>& b : batches)
+    for (const xgemm::Gemm& g : *b.plan) gemm<T>(side_blas(g.stream), bf16, g, b.A, b.B, b.C);
+  join_side_streams(main, int(most));
+}
+
+// The plans of the current call: forward, dx, dw (host memory reused across calls).
+std::vector<xgemm::Gemm>& plan_buf(xgemm::Kind kind) {
+  static thread_local std::vector<xgemm::Gemm> bufs[3];
+  return bufs[int(kind)];
+}
+
+// Row-major out (M,O) = x (M,I) w_e (O,I)^T on each expert's rows (expert_gemm_plan.cuh).
+template <class T>
+void grouped_linear_forward(const Ctx& ctx, T* out, const T* x, const T* w, const int32_t* offsets, int E, int I,
+                            int O) {
+  if (E <= 0) return;
+  std::vector<xgemm::Gemm>& fwd = plan_buf(xgemm::Kind::Forward);
+  xgemm::plan(fwd, offsets, E, I, O, xgemm::Kind::Forward);  // checks the offsets
+  if (O <= 0 || offsets[E] <= 0) return;
   const cudaStream_t s = stream_of(ctx);
   if (I <= 0) {  // empty inner dimension: the product is zero
     ANYK_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(T) * size_t(offsets[E]) * O, s));
     return;
   }
+  if (fwd.empty()) return;
   const bool bf16 = use_bf16<T>(ctx);
+  const xgemm::Strategy strat = strategy_for(bf16);
+  const int64_t nx = bf16 ? int64_t(offsets[E]) * I : 0, nw = bf16 ? int64_t(E) * O * I : 0;
+  const size_t pb = pointer_bytes(strat, fwd.size()), bytes = pb + bf16_bytes(nx) + bf16_bytes(nw);
+  char* ws = bytes ? static_cast<char*>(workspace(bytes)) : nullptr;  // one call: pointers, then bf16 x, w
   Operand xa{x, sizeof(T)}, wa{w, sizeof(T)};
   if constexpr (std::is_same_v<T, float>) {
-    if (bf16) {  // one workspace() call holds both converted operands
-      const int64_t nx = int64_t(offsets[E]) * I, nw = int64_t(E) * O * I;
-      char* cur = static_cast<char*>(workspace(bf16_bytes(nx) + bf16_bytes(nw)));
+    if (bf16) {
+      char* cur = ws + pb;
       xa = as_bf16(s, &cur, x, nx);
       wa = as_bf16(s, &cur, w, nw);
     }
   }
-  cublasHandle_t h = blas_on(ctx);
-  for (int e = 0; e < E; ++e) {
-    const int rows = expert_rows(offsets, e), r0 = offsets[e];
-    if (rows == 0) continue;  // an expert with no rows is skipped
-    gemm<T>(h, bf16, CUBLAS_OP_T, CUBLAS_OP_N, O, rows, I, wa.at(int64_t(e) * O * I), I,
-            xa.at(int64_t(r0) * I), I, T(0), out + int64_t(r0) * O, O);
-  }
+  issue<T>(ctx, bf16, strat, ws, {Batch<T>{&fwd, wa, xa, out}});
 }
 
-// dx_e (rows,I) += dY_e (rows,O) · w_e (O,I): column-major dx_e^T (I,rows) += (w_e as (I,O)) ·
-// (dY_e^T as (O,rows)). dw_e (O,I) += dY_e^T · x_e: column-major dw_e^T (I,O) += (x_e^T as
-// (I,rows)) · op_T(dY_e^T as (O,rows)).
+// dx_e (rows,I) += dY_e (rows,O) w_e (O,I); dw_e (O,I) += dY_e^T x_e (either may be null).
 template <class T>
 void grouped_linear_backward(const Ctx& ctx, T* dx, T* dw, const T* dout, const T* x, const T* w,
                              const int32_t* offsets, int E, int I, int O) {
-  if (E <= 0 || I <= 0 || O <= 0 || offsets[E] <= 0 || (!dx && !dw)) return;
+  if (E <= 0) return;
+  std::vector<xgemm::Gemm>&pdx = plan_buf(xgemm::Kind::Dx), &pdw = plan_buf(xgemm::Kind::Dw);
+  xgemm::plan(pdx, offsets, E, I, O, xgemm::Kind::Dx);  // checks the offsets
+  if (!dx) pdx.clear();
+  if (dw) xgemm::plan(pdw, offsets, E, I, O, xgemm::Kind::Dw);
+  else pdw.clear();
+  if (pdx.empty() && pdw.empty()) return;
   const cudaStream_t s = stream_of(ctx);
   const bool bf16 = use_bf16<T>(ctx);
+  const xgemm::Strategy strat = strategy_for(bf16);
+  const int64_t nd = bf16 ? int64_t(offsets[E]) * O : 0, nx = bf16 && dw ? int64_t(offsets[E]) * I : 0,
+                nw = bf16 && dx ? int64_t(E) * O * I : 0;
+  const size_t pb = pointer_bytes(strat, pdx.size() + pdw.size()),
+               bytes = pb + bf16_bytes(nd) + bf16_bytes(nx) + bf16_bytes(nw);
+  char* ws = bytes ? static_cast<char*>(workspace(bytes)) : nullptr;  // one call: pointers, then bf16 operands
   Operand da{dout, sizeof(T)}, xa{x, sizeof(T)}, wa{w, sizeof(T)};
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
-      const int64_t nd = int64_t(offsets[E]) * O, nx = dw ? int64_t(offsets[E]) * I : 0,
-                    nw = dx ? int64_t(E) * O * I : 0;
-      char* cur = static_cast<char*>(workspace(bf16_bytes(nd) + bf16_bytes(nx) + bf16_bytes(nw)));
+      char* cur = ws + pb;
       da = as_bf16(s, &cur, dout, nd);
       if (dw) xa = as_bf16(s, &cur, x, nx);
       if (dx) wa = as_bf16(s, &cur, w, nw);
     }
   }
-  cublasHandle_t h = blas_on(ctx);
-  for (int e = 0; e < E; ++e) {
-    const int rows = expert_rows(offsets, e), r0 = offsets[e];
-    if (rows == 0) continue;
-    if (dx)
-      gemm<T>(h, bf16, CUBLAS_OP_N, CUBLAS_OP_N, I, rows, O, wa.at(int64_t(e) * O * I), I,
-              da.at(int64_t(r0) * O), O, T(1), dx + int64_t(r0) * I, I);
-    if (dw)
-      gemm<T>(h, bf16, CUBLAS_OP_N, CUBLAS_OP_T, I, O, rows, xa.at(int64_t(r0) * I), I,
-              da.at(int64_t(r0) * O), O, T(1), dw + int64_t(e) * O * I, I);
-  }
+  issue<T>(ctx, bf16, strat, ws, {Batch<T>{&pdx, wa, da, dx}, Batch<T>{&pdw, xa, da, dw}});
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
 // Built when ANYK_CUDA=OFF: the CUDA entry points exist but say clearly that they are absent.
 #include "kernels/cuda_api.h"
 
+#include <atomic>
+
+#include "kernels/cuda/expert_gemm_plan.cuh"  // host-only: the strategy names
 #include "runtime/check.h"
 
 namespace anyk::cuda {
@@ -27,5 +30,12 @@ void mem_copy(void*, const void*, size_t) { require_cuda("CUDA memory"); }
 void synchronize() {}
 size_t mem_high_water() { return 0; }
 void* stream() { return nullptr; }
+
+namespace {
+std::atomic<int> g_expert_gemm{int(xgemm::Strategy::Loop)};
+}
+// Kept and checked like the CUDA build's (tests switch it); nothing here uses it.
+void set_expert_gemm(const std::string& name) { g_expert_gemm = int(xgemm::parse_strategy(name)); }
+std::string expert_gemm() { return xgemm::strategy_name(xgemm::Strategy(g_expert_gemm.load())); }
 
 }  // namespace anyk::cuda
