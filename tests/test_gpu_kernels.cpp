@@ -267,6 +267,15 @@ namespace {
 
 template <class H> using S = typename std::remove_reference_t<H>::Scalar;
 
+// Sets the expert GEMM strategy for one case body and restores the previous one after.
+struct ExpertGemm {
+  std::string before = cuda::expert_gemm();
+  explicit ExpertGemm(const char* s) { cuda::set_expert_gemm(s); }
+  ~ExpertGemm() { cuda::set_expert_gemm(before); }
+  ExpertGemm(const ExpertGemm&) = delete;
+  ExpertGemm& operator=(const ExpertGemm&) = delete;
+};
+
 void elementwise_cases(std::vector<Case>& v) {
   const size_t n = 100003;  // not a multiple of any block size
   v.emplace_back("fill", [n](auto& h) { KN(fill)(h.ctx, h.template out<S<decltype(h)>>(n), S<decltype(h)>(1.5), n); });
@@ -462,23 +471,31 @@ void moe_cases(std::vector<Case>& v) {
                                   w, tk, wi, M, C);
     KN(scatter_add_rows_backward)(h.ctx, h.acc(rnd<T>(size_t(M) * C, 74)), nullptr, dout, y, nullptr, tk, wi, M, C);
   });
-  for (bool bf16 : {false, true})
-    for (std::vector<int32_t> counts : {std::vector<int32_t>{13, 0, 40, 1, 29}, std::vector<int32_t>{0, 70, 0, 0, 3}}) {
-      v.emplace_back("grouped_linear", [counts](auto& h) {
-        using T = S<decltype(h)>;
-        const int E = int(counts.size()), I = 33, O = 65;
-        std::vector<int32_t> off{0};  // host memory: the op reads the dispatch plan's offsets on the host
-        for (int32_t c : counts) off.push_back(off.back() + c);
-        const int M = off.back();
-        const T* x = h.in(rnd<T>(size_t(M) * I, 75));
-        const T* w = h.in(rnd<T>(size_t(E) * O * I, 76, 0.2));
-        KN(grouped_linear_forward)(h.ctx, h.template out<T>(size_t(M) * O), x, w, off.data(), E, I, O);
-        const T* dout = h.in(rnd<T>(size_t(M) * O, 77));
-        KN(grouped_linear_backward)(h.ctx, h.acc(rnd<T>(size_t(M) * I, 78)), h.acc(rnd<T>(size_t(E) * O * I, 79)), dout,
-                                    x, w, off.data(), E, I, O);
-        KN(grouped_linear_backward)(h.ctx, h.acc(rnd<T>(size_t(M) * I, 80)), nullptr, dout, x, w, off.data(), E, I, O);
-      }, bf16);
-    }
+  // grouped_linear under each expert GEMM strategy (cuda::set_expert_gemm), zero-row experts
+  // included; the 9-expert split wraps around the 4 side streams of `streams`.
+  const std::vector<std::vector<int32_t>> splits = {
+      {13, 0, 40, 1, 29}, {0, 70, 0, 0, 3}, {5, 0, 17, 3, 0, 8, 1, 12, 4}};
+  for (const char* strategy : {"loop", "streams", "grouped"})
+    for (bool bf16 : {false, true})
+      for (const std::vector<int32_t>& counts : splits) {
+        v.emplace_back(std::string("grouped_linear ") + strategy, [counts, strategy](auto& h) {
+          using T = S<decltype(h)>;
+          const ExpertGemm use(strategy);
+          const int E = int(counts.size()), I = 33, O = 65;
+          std::vector<int32_t> off{0};  // host memory: the op reads the dispatch plan's offsets on the host
+          for (int32_t c : counts) off.push_back(off.back() + c);
+          const int M = off.back();
+          const T* x = h.in(rnd<T>(size_t(M) * I, 75));
+          const T* w = h.in(rnd<T>(size_t(E) * O * I, 76, 0.2));
+          KN(grouped_linear_forward)(h.ctx, h.template out<T>(size_t(M) * O), x, w, off.data(), E, I, O);
+          const T* dout = h.in(rnd<T>(size_t(M) * O, 77));
+          KN(grouped_linear_backward)(h.ctx, h.acc(rnd<T>(size_t(M) * I, 78)), h.acc(rnd<T>(size_t(E) * O * I, 79)), dout,
+                                      x, w, off.data(), E, I, O);
+          KN(grouped_linear_backward)(h.ctx, h.acc(rnd<T>(size_t(M) * I, 80)), nullptr, dout, x, w, off.data(), E, I, O);
+          KN(grouped_linear_backward)(h.ctx, nullptr, h.acc(rnd<T>(size_t(E) * O * I, 81)), dout, x, w, off.data(), E, I,
+                                      O);
+        }, bf16);
+      }
 }
 
 void router_cases(std::vector<Case>& v) {
