@@ -7,20 +7,28 @@
 # metrics.jsonl) and the memory high-water mark (nvidia-smi, sampled every 200 ms).
 # MFU uses anyk's own FLOP count (launch/trainer.cpp): per token 6 * active_params(mean K)
 # + 12 L T C, active_params(k) = V C + L (4 C^2 + E C + 3 k H C) (model/config.cpp).
+# The fixed-K=2 configuration also runs once per expert GEMM strategy (ANYK_EXPERT_GEMM, docs/gpu.md):
+# `loop` is the fixed K=2 run itself (both main runs use loop), `streams` and `grouped` run
+# XGEMM_WARMUP + XGEMM_STEPS steps each; "expert_gemm" holds each one's tokens/s (null if it failed),
+# "expert_gemm_grouped_bf16" whether grouped's bf16 GEMMs ran grouped or fell back to loop.
 # Usage: bench/gpu_bench.sh OUT.json   (env: ANYK_BIN, GEMM_PEAK, STEPS=20, WARMUP=3,
-# BATCHES="8 4" tried in turn until one fits, PEAK_TFLOPS=989, RUN_TIMEOUT=150).
+# XGEMM_STEPS=8, XGEMM_WARMUP=2, BATCHES="8 4" tried in turn until one fits, PEAK_TFLOPS=989,
+# RUN_TIMEOUT=150).
 # Exits 77 with {"status": "skip"} when no GPU is visible.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_bench.sh OUT.json}
 ANYK_BIN=${ANYK_BIN:-build-cuda/anyk}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
+XGEMM_STEPS=${XGEMM_STEPS:-8}
+XGEMM_WARMUP=${XGEMM_WARMUP:-2}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 RUN_TIMEOUT=${RUN_TIMEOUT:-150}
 WORK=$(mktemp -d /tmp/gpu_bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 # The model (L C NH E H T) and the device flags may be overridden to check this script on a CPU
-# (BENCH_DEVICE_FLAGS="--device cpu", a small BENCH_SHAPE, BENCH_NO_GPU=1); the defaults are the benchmark.
+# (BENCH_DEVICE_FLAGS="--device cpu", a small BENCH_SHAPE, BENCH_NO_GPU=1; ANYK_EXPERT_GEMM is then
+# ignored: only cuda::init reads it); the defaults are the benchmark.
 read -r L C NH E H T <<<"${BENCH_SHAPE:-8 2048 16 8 5632 1024}"
 MODEL="--layers $L --dim $C --heads $NH --experts $E --expert-hidden $H --seq-len $T"
 DEVICE_FLAGS=${BENCH_DEVICE_FLAGS:---device cuda --precision bf16}
@@ -53,11 +61,12 @@ with open('$WORK/text.txt', 'w') as f:
 
 # One configuration: trains in the background, stops it (SIGKILL, no final save) once the last
 # timed step is logged, samples GPU memory meanwhile. Prints the run dir; rc 1 on failure.
+# XGEMM (default loop) is the run's expert GEMM strategy.
 run_config() {  # name batch extra...
   local name=$1 batch=$2
   shift 2
   local dir=$WORK/$name total=$((WARMUP + STEPS))
-  "$ANYK_BIN" train --data "$WORK/data" --run-dir "$dir" $MODEL --batch "$batch" --steps $((total + 5)) \
+  ANYK_EXPERT_GEMM=${XGEMM:-loop} "$ANYK_BIN" train --data "$WORK/data" --run-dir "$dir" $MODEL --batch "$batch" --steps $((total + 5)) \
     $DEVICE_FLAGS --profile --log-every 1 --eval-every 0 --eval-windows 1 --save-every 100000 \
     --warmup 2 --seed 1 "$@" >"$WORK/$name.log" 2>&1 &
   local pid=$! t0=$SECONDS mem=0
@@ -115,16 +124,29 @@ if [ -n "$batch" ]; then
   results+=("$(summarise layer_k1_4 "$batch")")
   if run_config fixed_k2 "$batch" --k-strategy fixed --k 2; then
     results+=("$(summarise fixed_k2 "$batch")")
+    echo "${results[-1]}" >"$WORK/xgemm_loop.json"
   else
     status=fail
     echo "fixed K=2 failed:"; tail -5 "$WORK/fixed_k2.log"
   fi
+  for s in streams grouped; do  # bash keeps these prefix assignments for the function call only
+    if XGEMM=$s STEPS=$XGEMM_STEPS WARMUP=$XGEMM_WARMUP run_config "xgemm_$s" "$batch" --k-strategy fixed --k 2; then
+      WARMUP=$XGEMM_WARMUP summarise "xgemm_$s" "$batch" >"$WORK/xgemm_$s.json"
+      if [ $s = grouped ]; then  # bf16 grouped GEMMs fall back to loop when cuBLAS refuses them
+        grep -q "runs bf16 expert GEMMs as loop" "$WORK/xgemm_$s.log" && echo loop >"$WORK/grouped_bf16" ||
+          echo grouped >"$WORK/grouped_bf16"
+      fi
+    else
+      status=fail
+      echo "fixed K=2 with ANYK_EXPERT_GEMM=$s failed:"; tail -5 "$WORK/xgemm_$s.log"
+    fi
+  done
 else
   status=fail
 fi
-python3 - "$OUT" "$status" "$GEMM_JSON" "$PEAK_TFLOPS" "$MODEL $DEVICE_FLAGS" "${results[@]}" <<'EOF'
-import json, sys
-out, status, gemm, peak, model, *runs = sys.argv[1:]
+python3 - "$OUT" "$status" "$GEMM_JSON" "$PEAK_TFLOPS" "$MODEL $DEVICE_FLAGS" "$WORK" "${results[@]}" <<'EOF'
+import json, os, sys
+out, status, gemm, peak, model, work, *runs = sys.argv[1:]
 try:
     gemm = json.loads(gemm)
 except Exception:
@@ -132,6 +154,12 @@ except Exception:
 runs = [json.loads(r) for r in runs]
 res = {"status": status, "model": model, "peak_tflops": float(peak),
        "gemm": gemm, "runs": runs}
+# fixed K=2 per expert GEMM strategy: tokens/s (null: the run failed or did not start), and each run's summary
+xg = {s: json.load(open(f"{work}/xgemm_{s}.json")) if os.path.exists(f"{work}/xgemm_{s}.json") else None
+      for s in ("loop", "streams", "grouped")}
+res["expert_gemm"] = {s: r["tokens_per_s"] if r else None for s, r in xg.items()}
+res["expert_gemm_runs"] = {s: r for s, r in xg.items() if r}
+res["expert_gemm_grouped_bf16"] = open(f"{work}/grouped_bf16").read().strip() if os.path.exists(f"{work}/grouped_bf16") else None
 if len(runs) == 2 and runs[1]["model_tflops"] > 0:  # random layer-wise K against fixed K, per FLOP (E[K] = 2.5 vs 2)
     res["layer_k_mfu_over_fixed"] = float(f'{runs[0]["model_tflops"] / runs[1]["model_tflops"]:.4g}')
 json.dump(res, open(out, "w"), indent=1)

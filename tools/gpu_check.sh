@@ -6,7 +6,8 @@
 #   kernels    test_gpu_kernels: every kernel table entry, CUDA against CPU
 #   parity50   test_gpu_train, the 50-step f32 (and bf16) CUDA-vs-CPU run
 #   train      test_gpu_train, the rest: 2 ranks on one GPU, NCCL, zero-row experts, checkpoints
-#   bench      bench/gpu_bench.sh: bf16 MoE tokens/s and MFU, layer K in [1,4] vs fixed K=2
+#   bench      bench/gpu_bench.sh: bf16 MoE tokens/s and MFU, layer K in [1,4] vs fixed K=2, and
+#              fixed K=2 per expert GEMM strategy (loop, streams, grouped)
 #   memcheck   test_gpu_kernels under compute-sanitizer, if installed and time is left
 # and writes OUT_DIR/summary.json (per check: name, status pass/fail/skip, seconds, figures) and
 # OUT_DIR/gpu_check.log. Without a visible GPU every check is reported "skip: no CUDA device
@@ -104,7 +105,7 @@ else
   check kernels 90 "$BIN/test_gpu_kernels"
   check parity50 120 "$BIN/test_gpu_train" "--test-case=*50 steps*"
   check train 180 "$BIN/test_gpu_train" "--test-case-exclude=*50 steps*"
-  check bench 200 bash bench/gpu_bench.sh "$OUT/bench.json"
+  check bench 300 bash bench/gpu_bench.sh "$OUT/bench.json"  # 4 training runs (2 short); capped by the budget
   if [ "$GPU" = 1 ] && command -v compute-sanitizer >/dev/null; then
     check memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/test_gpu_kernels"
   elif [ "$GPU" = 0 ]; then
