@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/expert_gemm_plan.cuh"
+#include "kernels/cuda_api.h"
 #include "test_util.h"
 
 using namespace anyk;
@@ -161,4 +162,14 @@ TEST_CASE("xgemm strategy names") {
                        doctest::Contains("ANYK_EXPERT_GEMM=batched is not an expert GEMM strategy hint: choose "
                                          "loop, streams or grouped"),
                        Error);
+}
+
+TEST_CASE("cuda::set_expert_gemm keeps a valid choice and refuses another by name") {
+  const std::string before = cuda::expert_gemm();
+  CHECK(before == "loop");  // the default (ANYK_EXPERT_GEMM is only read by cuda::init)
+  cuda::set_expert_gemm("grouped");
+  CHECK(cuda::expert_gemm() == "grouped");
+  CHECK_THROWS_WITH_AS(cuda::set_expert_gemm("Loop"), doctest::Contains("ANYK_EXPERT_GEMM=Loop is not"), Error);
+  CHECK(cuda::expert_gemm() == "grouped");  // a refused name changes nothing
+  cuda::set_expert_gemm(before);
 }
