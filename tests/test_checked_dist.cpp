@@ -310,8 +310,9 @@ TEST_CASE("checkpoint save and resume on the checked device: the CPU's files and
     for (const char* g : groups)
       sets.push_back({"experts_0.h5", "experts/" + std::to_string(r.expert) + "/" + g + r.t.name});
   CHECK(sets.size() > 30);
-  for (const auto& [file, name] : sets) {
-    CAPTURE(name);
+  for (const auto& set : sets) {
+    const std::string &file = set.first, &name = set.second;  // not a structured binding: CAPTURE
+    CAPTURE(name);                                             // is a lambda (clang 14 refuses)
     std::vector<float> vals[2];
     uint32_t crcs[2];
     for (int i = 0; i < 2; ++i) {

@@ -234,7 +234,9 @@ TEST_CASE("convert: sharded -> consolidated -> ep=4 -> consolidated is bit-ident
 
   auto a = all_datasets(f.dir / "c1.h5"), b = all_datasets(f.dir / "c2.h5");
   REQUIRE(a.size() == 3 * 16);  // 16 parameters (4 expert tensors of (E, ...)) x value, adam_m, adam_v
-  for (const auto& [name, v] : a) {
+  for (const auto& entry : a) {
+    const std::string& name = entry.first;  // CAPTURE is a lambda: no structured binding
+    const auto& v = entry.second;
     CAPTURE(name);
     REQUIRE(b.count(name) == 1);
     CHECK(v == b.at(name));
@@ -279,7 +281,9 @@ TEST_CASE("convert: safetensors parses back to the consolidated data; eval reads
   CHECK(h.at("__metadata__").at("experts") == "4");
   const size_t data0 = 8 + n;
   int64_t expect_begin = 0, tensors = 0;
-  for (const auto& [name, t] : h.items()) {  // in file order
+  for (const auto& item : h.items()) {  // in file order
+    const std::string name = item.key();  // CAPTURE is a lambda: no structured binding
+    const auto& t = item.value();
     if (name == "__metadata__") continue;
     CAPTURE(name);
     CHECK(t.at("dtype") == "F32");

@@ -204,7 +204,8 @@ TEST_CASE("the cuBLAS emulator follows cuBLAS's column-major convention (hand-wo
 
 TEST_CASE("linear: the forward, dx and dw GEMM descriptors replay linear_forward / linear_backward") {
   const int shapes[][3] = {{5, 7, 3}, {1, 1, 1}, {4, 16, 8}, {3, 5, 9}, {8, 2, 1}};
-  for (auto [N, I, O] : shapes) {
+  for (const auto& sh : shapes) {
+    const int N = sh[0], I = sh[1], O = sh[2];  // not a structured binding: CAPTURE is a lambda
     CAPTURE(N);
     CAPTURE(I);
     CAPTURE(O);
@@ -225,7 +226,8 @@ TEST_CASE("linear: the forward, dx and dw GEMM descriptors replay linear_forward
 
 TEST_CASE("attention: head packing and the batched GEMMs replay attention_forward / attention_backward") {
   const int shapes[][4] = {{2, 5, 3, 4}, {1, 1, 1, 1}, {1, 7, 2, 3}, {3, 4, 2, 5}, {2, 9, 1, 8}, {1, 6, 4, 2}};
-  for (auto [B, Tn, NH, D] : shapes) {  // B*NH > 1, odd T and odd D among them
+  for (const auto& sh : shapes) {  // B*NH > 1, odd T and odd D among them
+    const int B = sh[0], Tn = sh[1], NH = sh[2], D = sh[3];  // not a structured binding: CAPTURE is a lambda
     CAPTURE(B);
     CAPTURE(Tn);
     CAPTURE(NH);
@@ -246,7 +248,8 @@ TEST_CASE("attention: head packing and the batched GEMMs replay attention_forwar
 
 TEST_CASE("cached attention: a strided q and the per-head strided batch replay attention_cached_forward") {
   const int shapes[][4] = {{3, 7, 2, 4}, {5, 5, 2, 3}, {1, 6, 3, 5}, {4, 4, 1, 2}, {1, 1, 2, 3}, {2, 9, 4, 1}};
-  for (auto [n, len, NH, D] : shapes) {  // n == len (prefill) and n == 1 (decode) among them
+  for (const auto& sh : shapes) {  // n == len (prefill) and n == 1 (decode) among them
+    const int n = sh[0], len = sh[1], NH = sh[2], D = sh[3];  // not a structured binding: CAPTURE is a lambda
     for (int packed = 0; packed < 2; ++packed) {  // q inside packed qkv rows (stride 3C), or (n, C)
       CAPTURE(n);
       CAPTURE(len);
@@ -267,7 +270,8 @@ TEST_CASE("cached attention: a strided q and the per-head strided batch replay a
 
 TEST_CASE("RoPE: rope_value over every element replays rope_forward / rope_backward, partial rotation") {
   const int shapes[][5] = {{2, 4, 3, 6, 2}, {1, 5, 2, 7, 2}, {2, 3, 3, 4, 0}, {1, 4, 3, 8, 3}, {3, 1, 2, 5, 1}};
-  for (auto [B, Tn, NHx, D, nrot] : shapes) {  // odd D: its last element is left untouched by both
+  for (const auto& sh : shapes) {  // odd D: its last element is left untouched by both
+    const int B = sh[0], Tn = sh[1], NHx = sh[2], D = sh[3], nrot = sh[4];  // not a structured binding: CAPTURE is a lambda
     CAPTURE(B);
     CAPTURE(Tn);
     CAPTURE(NHx);

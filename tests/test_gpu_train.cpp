@@ -153,7 +153,8 @@ TEST_CASE("gpu train: experts that receive zero rows (8 tokens, 16 experts, K=1)
 TEST_CASE("gpu train: a checkpoint saved on one device resumes on the other") {
   Fixture& f = fixture();
   const std::string m = kModel + " --steps 10 --save-every 5";
-  for (const auto& [from, to] : {std::pair<std::string, std::string>{"cuda", "cpu"}, {"cpu", "cuda"}}) {
+  for (const auto& dir : {std::pair<std::string, std::string>{"cuda", "cpu"}, {"cpu", "cuda"}}) {
+    const std::string &from = dir.first, &to = dir.second;  // CAPTURE is a lambda: no structured binding
     CAPTURE(from);
     const std::string src = "ck_" + from, dst = "ck_" + from + "_to_" + to;
     f.train(0, src, m + " --device " + from);
