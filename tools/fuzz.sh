@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # libFuzzer harnesses (tests/fuzz/, docs/fuzzing.md) with ASan + UBSan, built with clang in their
-# own directory build-fuzz/ (-DANYK_FUZZ=ON; only the harnesses and what they link are built).
+# own directory build-fuzz/ (-DANYK_FUZZ=ON; only the harnesses and what they link are built), or,
+# with FUZZ_BUILD_DIR=DIR, in a directory already configured with -DANYK_FUZZ=ON (CI reuses
+# tools/sanitize.sh's build-asan/, which is configured so).
 #
 #   tools/fuzz.sh smoke            replay the committed corpus through every harness, then fuzz
 #                                  each one for FUZZ_SECONDS (default 15) seconds (what CI runs)
@@ -8,13 +10,13 @@
 #                                  process each, and append to build-fuzz/fuzz-long-summary.txt;
 #                                  FUZZ_MAX_SECONDS=S stops each one after S seconds instead
 #
-# Fresh inputs go to build-fuzz/corpus/<name>/ (the committed corpus is only read); a crash,
+# Fresh inputs go to <build dir>/corpus/<name>/ (the committed corpus is only read); a crash,
 # leak, sanitizer report, timeout or over-limit allocation leaves its input in
-# build-fuzz/artifacts/<name>/ and makes the script exit non-zero.
+# <build dir>/artifacts/<name>/ and makes the script exit non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bdir=$root/build-fuzz
+bdir=$(realpath -m "${FUZZ_BUILD_DIR:-$root/build-fuzz}")
 harnesses=(fuzz_shard fuzz_ini fuzz_checkpoint fuzz_prepare)
 
 mode=${1:-}
@@ -31,19 +33,22 @@ case "$mode" in
     ;;
 esac
 
-# clang, libFuzzer/sanitizer runtimes and clang's OpenMP, only when missing (CI: root, fresh Debian).
-if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a \
-    >/dev/null 2>&1 || ! ls /usr/lib/llvm-*/lib/libomp.so >/dev/null 2>&1; then
-  sudo=""
-  if [ "$(id -u)" != 0 ]; then sudo=sudo; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clang libclang-rt-dev libomp-dev >/dev/null
-fi
+bash tools/clang_deps.sh
 bash tools/deps.sh
 
 jobs=${JOBS:-$(nproc)}
-CC=clang CXX=clang++ cmake -S . -B "$bdir" -DANYK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" >/dev/null
+if [ -n "${FUZZ_BUILD_DIR:-}" ]; then
+  # A build directory configured elsewhere with -DANYK_FUZZ=ON (CI: tools/sanitize.sh's build-asan,
+  # clang with ASan + UBSan), so the libraries are not compiled a second time.
+  if ! grep -q '^ANYK_FUZZ:BOOL=ON' "$bdir/CMakeCache.txt" 2>/dev/null; then
+    echo "tools/fuzz.sh: FUZZ_BUILD_DIR=$bdir is not a build directory configured with -DANYK_FUZZ=ON" \
+      "(run tools/sanitize.sh first, or unset FUZZ_BUILD_DIR to use build-fuzz/)" >&2
+    exit 2
+  fi
+else
+  CC=clang CXX=clang++ cmake -S . -B "$bdir" -DANYK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" >/dev/null
+fi
 cmake --build "$bdir" -j "$jobs" --target "${harnesses[@]}"
 
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
