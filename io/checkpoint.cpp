@@ -296,19 +296,12 @@ CheckpointMeta read_checkpoint_meta(const std::string& dir) {
                                                               << "saved with ep " << m.ep_size << ", so experts_0.h5"
                                                               << " .. experts_" << m.ep_size - 1 << ".h5 are needed)");
   }
-  // Every parameter is stored in these files as float32, so a model config (from attributes)
-  // that needs more bytes than they hold is corrupt; refused here, before eval or convert build
-  // a model of that size. Counted in double (ModelConfig::num_params's terms) so no size overflows.
-  double files = double(file_bytes(path));
+  // Bound the model size by the files' bytes, before eval or convert build a model of that size.
+  int64_t files = file_bytes(path);
   for (int64_t r = 0; r < m.ep_size; ++r)
-    files += double(file_bytes((fs::path(dir) / ("experts_" + std::to_string(r) + ".h5")).string()));
-  const double C = m.model.dim, H = m.model.expert_hidden, E = m.model.experts;
-  const double floats = double(m.model.vocab) * C + C + double(m.model.layers) * (2 * C + 4 * C * C + E * C + 3 * E * H * C);
-  ANYK_CHECK(4 * floats <= files, path << ": the model attributes (vocab " << m.model.vocab << ", dim " << m.model.dim
-                                       << ", layers " << m.model.layers << ", experts " << m.model.experts
-                                       << ", expert_hidden " << m.model.expert_hidden << ") need " << 4 * floats
-                                       << " bytes of parameters, but the checkpoint's files hold " << files
-                                       << " hint: the file is corrupt; use an older checkpoint");
+    files += file_bytes((fs::path(dir) / ("experts_" + std::to_string(r) + ".h5")).string());
+  h5::check_params_fit(m.model, files, path, "the checkpoint's files hold",
+                       "the file is corrupt; use an older checkpoint");
   return m;
 }
 

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iomanip>
 
 #include "io/fsio.h"
 
@@ -355,6 +356,17 @@ void check_same_shape(const ModelConfig& saved, const ModelConfig& have, const s
     ANYK_CHECK(v.first == v.second, "config mismatch: " << file << " was saved with --" << name << " " << v.first
                                                         << " but " << have_what << " has --" << name << " "
                                                         << v.second << " hint: resume with the saved model shape");
+}
+
+void check_params_fit(const ModelConfig& c, int64_t stored_bytes, const std::string& file, const std::string& stored_in,
+                      const std::string& hint) {
+  const double C = c.dim, H = c.expert_hidden, E = c.experts;
+  const double floats = double(c.vocab) * C + C + double(c.layers) * (2 * C + 4 * C * C + E * C + 3 * E * H * C);
+  ANYK_CHECK(4 * floats <= double(stored_bytes),
+             file << ": the model attributes (vocab " << c.vocab << ", dim " << c.dim << ", layers " << c.layers
+                  << ", experts " << c.experts << ", expert_hidden " << c.expert_hidden << ") need "
+                  << std::fixed << std::setprecision(0) << 4 * floats << " bytes of parameters, but "
+                  << stored_in << " " << stored_bytes << " bytes hint: " << hint);
 }
 
 void fsync_path(const std::string& path) {

@@ -103,6 +103,12 @@ ModelConfig read_model_attrs(hid_t loc, const std::string& file);
 // and both values. `have_what` says where `have` comes from ("this run", "--config").
 void check_same_shape(const ModelConfig& saved, const ModelConfig& have, const std::string& file,
                       const std::string& have_what);
+// Every parameter is stored as float32, so a config (read from attributes) whose parameters need
+// more than `stored_bytes` is corrupt: refused before anyone builds a model of that size, naming
+// `file`, the fields, `stored_in` ("the file holds", "the checkpoint's files hold") and `hint`.
+// Counted in double, in ModelConfig::num_params's terms, so no size overflows.
+void check_params_fit(const ModelConfig& c, int64_t stored_bytes, const std::string& file, const std::string& stored_in,
+                      const std::string& hint);
 
 // fsync a file or a directory so a following rename is durable.
 void fsync_path(const std::string& path);

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 bdir=$(realpath -m "${FUZZ_BUILD_DIR:-$root/build-fuzz}")
-harnesses=(fuzz_shard fuzz_ini fuzz_checkpoint fuzz_prepare)
+harnesses=(fuzz_shard fuzz_ini fuzz_checkpoint fuzz_prepare fuzz_weights)
 
 mode=${1:-}
 case "$mode" in
@@ -67,6 +67,7 @@ opts_for() {
       local seed=$root/tests/fuzz/corpus/fuzz_checkpoint/seed
       echo "-max_len=$(($(stat -c %s "$seed") + 1024))"
       ;;
+    fuzz_weights) echo "-max_len=$(($(stat -c %s "$root/tests/fuzz/corpus/fuzz_weights/seed") + 1024))" ;;
   esac
 }
 # Limits shared by every run: 10 s per input is a hang, 512 MiB in one malloc is an allocation

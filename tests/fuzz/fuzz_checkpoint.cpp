@@ -9,13 +9,12 @@
 // correct refusal; any other exception, a crash, a leak, an allocation over libFuzzer's
 // -malloc_limit_mb or a sanitizer report is a finding.
 //
-// The custom mutator keeps the two-file layout and mutates one file, mostly in place (a window of
-// up to 16 bytes, half of the time inside an object header), so the file's internal addresses
-// stay valid. With ANYK_FUZZ_FIX_H5_CHECKSUMS=1 it then recomputes HDF5's metadata checksums
-// and fractal-heap block checksums (h5_fix.h), so mutations reach attributes (the model config),
-// dataspaces and datatypes instead of stopping at
-// HDF5's checksum test; that mode finds crashes inside libhdf5 itself (docs/fuzzing.md) and is off
-// by default.
+// The custom mutator keeps the two-file layout and mutates one file with mutate_h5 (h5_mutate.h),
+// mostly in place (a window of up to 16 bytes, half of the time inside an object header), so the
+// file's internal addresses stay valid. With ANYK_FUZZ_FIX_H5_CHECKSUMS=1 it then recomputes
+// HDF5's metadata checksums and fractal-heap block checksums (h5_fix.h), so mutations reach
+// attributes (the model config), dataspaces and datatypes instead of stopping at HDF5's checksum
+// test; that mode finds crashes inside libhdf5 itself (docs/fuzzing.md) and is off by default.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -25,7 +24,7 @@
 #include <vector>
 
 #include "fuzz_util.h"
-#include "h5_fix.h"
+#include "h5_mutate.h"
 #include "io/checkpoint.h"
 #include "io/h5.h"
 #include "launch/options.h"
@@ -37,8 +36,6 @@
 using namespace anyk;
 using namespace anyk::launch;
 using namespace anyk::io;
-
-extern "C" size_t LLVMFuzzerMutate(uint8_t* data, size_t size, size_t max_size);
 
 // A corrupt size field makes libhdf5 (C, malloc) ask for absurd amounts, e.g. 0xe90000000040
 // bytes in H5C_protect; glibc's malloc returns NULL and HDF5 fails the call cleanly, which anyk
@@ -113,49 +110,8 @@ extern "C" size_t LLVMFuzzerCustomMutator(uint8_t* data, size_t size, size_t max
   std::vector<uint8_t> parts[2] = {std::vector<uint8_t>(data + 4, data + 4 + meta_len),
                                    std::vector<uint8_t>(data + 4 + meta_len, data + size)};
   std::vector<uint8_t>& p = parts[rng() % 2];
-  static const bool fix = [] {
-    const char* e = std::getenv("ANYK_FUZZ_FIX_H5_CHECKSUMS");
-    return e && *e == '1';
-  }();
-  std::vector<fuzz::FhdbBlock> heap_blocks;  // learnt while the checksums still hold
-  if (fix) fuzz::find_fhdb_blocks(p.data(), p.size(), heap_blocks);
-  const unsigned mode = rng() % 16;
-  if (p.empty() || mode == 0) {
-    // Whole-file mutation: may insert or erase bytes (and so shift HDF5's addresses).
-    const size_t other = size - 4 - p.size();
-    const size_t cap = max_size > other + 4 ? max_size - other - 4 : 0;
-    const size_t old = p.size();
-    if (cap < old || cap == 0) return size;
-    p.resize(cap);
-    p.resize(LLVMFuzzerMutate(p.data(), old, cap));
-  } else {
-    // In place: a window of 1..16 bytes, inside an object header ("OHDR": attributes, shapes,
-    // types, links) or a fractal-heap block ("FHDB": densely stored attributes and links) half of
-    // the time, anywhere in the file otherwise.
-    size_t lo = 0, hi = p.size();
-    if (mode < 9) {
-      std::vector<size_t> headers;
-      for (size_t i = 0; i + 4 <= p.size(); ++i)
-        if (std::memcmp(p.data() + i, "OHDR", 4) == 0 || std::memcmp(p.data() + i, "FHDB", 4) == 0)
-          headers.push_back(i);
-      if (!headers.empty()) {
-        lo = headers[rng() % headers.size()];
-        hi = std::min(p.size(), lo + 512);
-      }
-    }
-    const size_t w = std::min<size_t>(1 + rng() % 16, hi - lo);
-    const size_t at = lo + rng() % (hi - lo - w + 1);
-    uint8_t buf[16];
-    std::memcpy(buf, p.data() + at, w);
-    const size_t got = LLVMFuzzerMutate(buf, w, w);
-    std::memcpy(p.data() + at, buf, got);
-  }
-  // Off by default: with re-checksummed metadata libhdf5 1.10.8 itself crashes within a few
-  // hundred inputs (docs/fuzzing.md), so the default campaign is corruption HDF5 can detect.
-  if (fix && rng() % 16 != 0) {  // now and then leave them broken
-    fuzz::fix_h5_checksums(p.data(), p.size());
-    fuzz::fix_fhdb_blocks(p.data(), p.size(), heap_blocks);
-  }
+  const size_t other = size - 4 - p.size();
+  if (!fuzz::mutate_h5(p, max_size > other + 4 ? max_size - other - 4 : 0, rng)) return size;
   const size_t out = 4 + parts[0].size() + parts[1].size();
   if (out > max_size) return size;  // does not fit: keep the input (data is unchanged so far)
   const uint32_t n = uint32_t(parts[0].size());

@@ -1,9 +1,12 @@
 // Writes the seed of the checkpoint harness: a real sharded checkpoint of a tiny model (L=1 C=8
 // NH=2 E=2 H=8 T=8 V=16, with AdamW moments, ep 1) made by anyk's own writers (write_meta_file,
 // write_experts_file, as save_checkpoint calls them), loaded back once as a check, and packed as
-// fuzz_checkpoint's input: u32 LE size of meta.h5, meta.h5, experts_0.h5.
-// usage: make_checkpoint_seed OUT_FILE
+// fuzz_checkpoint's input: u32 LE size of meta.h5, meta.h5, experts_0.h5. With WEIGHTS_FILE it
+// also writes the same model with save_weights (fuzz_weights' seed) and reads it back.
+// usage: make_checkpoint_seed OUT_FILE [WEIGHTS_FILE]
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "io/checkpoint.h"
+#include "io/weights.h"
 #include "launch/options.h"
 #include "model/lm.h"
 #include "optim/adamw.h"
@@ -22,8 +26,8 @@ using namespace anyk::io;
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: make_checkpoint_seed OUT_FILE\n");
+  if (argc != 2 && argc != 3) {
+    std::fprintf(stderr, "usage: make_checkpoint_seed OUT_FILE [WEIGHTS_FILE]\n");
     return 2;
   }
   TrainOptions o;
@@ -80,5 +84,17 @@ int main(int argc, char** argv) {
   out.write(e.data(), std::streamsize(e.size()));
   fs::remove_all(dir);
   std::printf("%s: meta.h5 %zu bytes, experts_0.h5 %zu bytes\n", argv[1], m.size(), e.size());
-  return out ? 0 : 1;
+  if (!out) return 1;
+  if (argc == 3) {
+    save_weights(argv[2], lm);
+    LM lm3(weights_config(argv[2]), disp);
+    load_weights(argv[2], lm3);
+    for (Region r : {Region::Dense, Region::Expert})
+      if (std::memcmp(lm3.params().region_data(r), ps.region_data(r), size_t(ps.region_numel(r)) * 4) != 0) {
+        std::fprintf(stderr, "%s: read back differs from the model written\n", argv[2]);
+        return 1;
+      }
+    std::printf("%s: %ju bytes\n", argv[2], std::uintmax_t(fs::file_size(argv[2])));
+  }
+  return 0;
 }
