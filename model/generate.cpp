@@ -337,7 +337,11 @@ std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vect
                          << window_keep(W) << " tokens)");
   }
   using clock = std::chrono::steady_clock;
-  KVDecoder dec(lm, B, W);
+  // The caches hold W positions only when this call can reach W: otherwise the longest prompt
+  // plus max_new is enough (a model file's seq_len alone never sizes the allocation).
+  int64_t need = 0;
+  for (const auto& p : prompts) need = std::max<int64_t>(need, int64_t(p.size()) + o.max_new);
+  KVDecoder dec(lm, B, int(std::min<int64_t>(W, need)));
   std::vector<std::vector<int>> hist(static_cast<size_t>(B));
   std::vector<std::vector<int>> out(static_cast<size_t>(B));
   GenerateStats st;

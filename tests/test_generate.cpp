@@ -255,6 +255,21 @@ TEST_CASE("streaming callback, batching and seeds: a prompt's text depends only 
     for (int t : s) CHECK((t >= 0 && t < 64));
 }
 
+TEST_CASE("a model file's seq_len does not size the caches: seq_len 2^30 generates the seq_len-64 text") {
+  // seq_len sizes no parameter, so the two models have the same weights. Before the caches were
+  // sized from the request, seq_len 2^30 asked for 3 layers x 2 x 2^30 x 32 floats of KV cache
+  // (768 GiB) and failed.
+  Model a(small(DType::F32, 64, 64), 31), b(small(DType::F32, 64, 1 << 30), 31);
+  const std::vector<std::vector<int>> prompts = {tokens(6, 64, 4), tokens(3, 64, 5)};
+  GenerateOptions o;
+  o.k = InferenceK{{2, 1, 3}, 0};
+  o.max_new = 12;
+  o.sample = SampleOptions{0.8, 0, 3};
+  const auto ta = generate(a.lm, prompts, o);
+  CHECK(ta[0].size() == 12);
+  CHECK(generate(b.lm, prompts, o) == ta);
+}
+
 TEST_CASE("sample_token: greedy, top-k and the softmax it draws from") {
   const std::vector<double> lg = {0.5, 2.0, -1.0, 2.0, 1.0};
   CHECK(sample_token(lg.data(), 5, SampleOptions{0, 0, 0}, 0.7) == 1);  // ties: lower id
