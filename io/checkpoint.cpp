@@ -136,12 +136,6 @@ void check_same_device(const ParamStore& ps, const AdamW* opt) {
                                           << device_name(opt->device()) << " hint: build both on one device");
 }
 
-int64_t file_bytes(const std::string& path) {
-  std::error_code ec;
-  auto n = fs::file_size(path, ec);
-  return ec ? 0 : int64_t(n);
-}
-
 }  // namespace
 
 std::string checkpoints_dir(const std::string& run_dir) { return (fs::path(run_dir) / "checkpoints").string(); }

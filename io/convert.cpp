@@ -124,9 +124,7 @@ std::unique_ptr<Full> read_consolidated(const std::string& path) {
   CheckpointMeta meta;
   meta.model = h5::read_model_attrs(f.id, path);
   meta.model.validate();
-  std::error_code ec;
-  const auto bytes = fs::file_size(path, ec);
-  h5::check_params_fit(meta.model, ec ? 0 : int64_t(bytes), path, "the file holds",
+  h5::check_params_fit(meta.model, file_bytes(path), path, "the file holds",
                        "the file is corrupt; convert it again from its checkpoint");
   const bool consolidated = h5::attr_exists(f.id, "kind") && h5::read_attr_string(f.id, path, "kind") == "consolidated";
   if (consolidated) {

@@ -143,4 +143,10 @@ void fsync_dir_of(const std::string& path) {
   }
 }
 
+int64_t file_bytes(const std::string& path) {
+  std::error_code ec;
+  const auto n = std::filesystem::file_size(path, ec);
+  return ec ? 0 : int64_t(n);
+}
+
 }  // namespace anyk::io

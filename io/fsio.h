@@ -3,6 +3,7 @@
 // removes its own temporary file, so a full disk never leaves half-written files behind.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -49,6 +50,9 @@ class FileWriter {
 
 // fsync of the directory holding path (after a rename into it); errors ignored.
 void fsync_dir_of(const std::string& path);
+
+// A regular file's size in bytes, 0 when it cannot be read (the callers then refuse the file).
+int64_t file_bytes(const std::string& path);
 
 // Removes a file or directory tree, ignoring errors (cleanup after a failure).
 void remove_quietly(const std::string& path);

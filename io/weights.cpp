@@ -79,9 +79,7 @@ ModelConfig weights_config(const std::string& path) {
   h5::Handle f = h5::open_file(path);
   check_weights_header(f.id, path);
   ModelConfig c = h5::read_model_attrs(f.id, path);
-  std::error_code ec;
-  const auto bytes = std::filesystem::file_size(path, ec);
-  h5::check_params_fit(c, ec ? 0 : int64_t(bytes), path, "the file holds",
+  h5::check_params_fit(c, file_bytes(path), path, "the file holds",
                        "the file is corrupt; download or convert it again");
   return c;
 }
