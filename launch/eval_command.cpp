@@ -16,7 +16,6 @@
 #include "eval/frontier.h"
 #include "io/checkpoint.h"
 #include "io/fsio.h"
-#include "io/h5.h"
 #include "io/weights.h"
 #include "launch/options.h"
 #include "runtime/check.h"
@@ -107,11 +106,8 @@ EvalSource read_source(const EvalArgs& a) {
     s.mc = s.meta.model;
   } else if (!a.weights.empty()) {
     s.mc = io::weights_config(a.weights);
-    io::h5::Handle f = io::h5::open_file(a.weights);
-    if (io::h5::attr_exists(f.id, "config_ini"))
-      read_train_config_text(io::h5::read_attr_string(f.id, a.weights, "config_ini"),
-                             a.weights + " attribute config_ini", s.o);
-    else if (!a.run_dir.empty() && std::filesystem::is_regular_file(a.run_dir + "/config.ini"))
+    if (!read_weights_config_ini(a.weights, s.o) && !a.run_dir.empty() &&
+        std::filesystem::is_regular_file(a.run_dir + "/config.ini"))
       read_train_config(a.run_dir + "/config.ini", s.o);
   } else {
     const std::string cfg_path = a.run_dir + "/config.ini";

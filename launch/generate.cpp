@@ -18,7 +18,6 @@
 #include "data/shard.h"
 #include "eval/analysis.h"
 #include "io/checkpoint.h"
-#include "io/h5.h"
 #include "io/weights.h"
 #include "model/generate.h"
 #include "runtime/check.h"
@@ -90,9 +89,7 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
   } else if (!weights.empty()) {
     ANYK_CHECK(std::filesystem::is_regular_file(weights), "weights file " << weights << " not found");
     mc = weights_config(weights);
-    h5::Handle f = h5::open_file(weights);
-    if (h5::attr_exists(f.id, "config_ini"))
-      read_train_config_text(h5::read_attr_string(f.id, weights, "config_ini"), weights + " attribute config_ini", o);
+    read_weights_config_ini(weights, o);
   } else {
     const std::string cfg_path = run_dir + "/config.ini";
     ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),

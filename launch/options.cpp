@@ -3,6 +3,7 @@
 
 #include <iostream>
 
+#include "io/h5.h"
 #include "parallel/comm.h"
 #include "parallel/dispatcher.h"
 #include "parallel/groups.h"
@@ -172,6 +173,13 @@ void read_train_config(const std::string& path, TrainOptions& o) {
   std::ostringstream text;
   text << in.rdbuf();
   read_train_config_text(text.str(), "config file " + path, o);
+}
+
+bool read_weights_config_ini(const std::string& weights, TrainOptions& o) {
+  io::h5::Handle f = io::h5::open_file(weights);
+  if (!io::h5::attr_exists(f.id, "config_ini")) return false;
+  read_train_config_text(io::h5::read_attr_string(f.id, weights, "config_ini"), weights + " attribute config_ini", o);
+  return true;
 }
 
 void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o) {

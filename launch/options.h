@@ -76,6 +76,9 @@ void bind_train_options(OptionTable& table, TrainOptions& o);
 void read_train_config(const std::string& path, TrainOptions& o);
 // The same from INI text (e.g. a checkpoint's config_ini attribute); `what` names its source.
 void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o);
+// A weights (or consolidated) file's config_ini attribute into o, when the file has one (eval
+// and generate --weights); returns whether it had one.
+bool read_weights_config_ini(const std::string& weights, TrainOptions& o);
 
 // Range checks on every field, with the option's name in the message. Resolves vocab 0 -> 256
 // and threads 0 -> omp_get_max_threads().
