@@ -93,13 +93,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     static const bool verbose = std::getenv("ANYK_FUZZ_VERBOSE") != nullptr;  // why an input is refused
     if (verbose) std::fprintf(stderr, "fuzz_checkpoint: refused: %s\n", e.what());
   }
-  // Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
-  // error paths too.
-  const ssize_t open_objects = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
-  if (open_objects != 0) {
-    std::fprintf(stderr, "fuzz_checkpoint: %zd HDF5 objects left open after the loader returned\n", open_objects);
-    std::abort();
-  }
+  fuzz::check_no_h5_objects_open("fuzz_checkpoint");
   return 0;
 }
 

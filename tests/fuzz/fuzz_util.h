@@ -1,8 +1,9 @@
-// Shared by the libFuzzer harnesses: a private temporary directory per process (removed at exit)
-// and whole-file writes. A harness failing to write its own temp files is an environment problem,
+// Shared by the libFuzzer harnesses: a private temporary directory per process (removed at exit),
+// whole-file writes, and the checks on what a refusal left behind. A harness failing to write its own temp files is an environment problem,
 // not a finding, so these abort with a message instead of throwing.
 #pragma once
 #include <fcntl.h>
+#include <hdf5.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -75,6 +76,16 @@ inline void write_file(const std::string& path, const void* data, size_t size) {
     size -= size_t(w);
   }
   ::close(fd);
+}
+
+// Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
+// error paths too: aborts (a finding) when any is still open after the loader returned.
+inline void check_no_h5_objects_open(const char* harness) {
+  const ssize_t open_objects = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
+  if (open_objects != 0) {
+    std::fprintf(stderr, "%s: %zd HDF5 objects left open after the loader returned\n", harness, open_objects);
+    std::abort();
+  }
 }
 
 }  // namespace anyk::fuzz

@@ -43,13 +43,8 @@ namespace {
 // `anyk generate --weights FILE` (launch/generate.cpp) up to the first generated token.
 void load_as_generate(const std::string& path) {
   ModelConfig mc = weights_config(path);
-  {
-    h5::Handle f = h5::open_file(path);
-    if (h5::attr_exists(f.id, "config_ini")) {
-      TrainOptions o;
-      read_train_config_text(h5::read_attr_string(f.id, path, "config_ini"), path + " attribute config_ini", o);
-    }
-  }
+  TrainOptions o;
+  read_weights_config_ini(path, o);
   mc.validate();
   LocalDispatcher disp(mc.experts);
   LM lm(mc, disp);
@@ -76,13 +71,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   refused_ok([&] { convert_checkpoint(path, "safetensors", 0, out, true); });
   std::error_code ec;
   std::filesystem::remove(out, ec);
-  // Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
-  // error paths too.
-  const ssize_t open_objects = H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL);
-  if (open_objects != 0) {
-    std::fprintf(stderr, "fuzz_weights: %zd HDF5 objects left open after the loader returned\n", open_objects);
-    std::abort();
-  }
+  fuzz::check_no_h5_objects_open("fuzz_weights");
   return 0;
 }
 
