@@ -47,13 +47,18 @@ MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, b
   m.params = 16.0 * (dense + expert_local);  // value, gradient, AdamW m and v (f32)
   // Activations per layer and token: the dense path (norms, q/k/v before and after RoPE,
   // attention output, projection, residuals) about 14 C, the router 3 E, the routed rows
-  // K (3 C + 3 H) (gathered input, w1/w3 output, SwiGLU, output); attention scores and
-  // probabilities 2 NH T per token. Backward allocates about as much again; the expert-parallel
-  // dispatcher adds send and receive copies of the routed rows, forward and backward.
-  const double BT = B * T;
-  const double per_layer = 2 * (BT * (14 * C + 3 * E + K * (3 * C + 3 * H)) + 2 * B * NH * T * T) +
-                           (eps > 1 ? 4 * BT * K * C : 0);
-  m.activations = 1.25 * 4.0 * (L * per_layer + 3 * BT * V);
+  // K (3 C + 3 H) (gathered input, w1/w3 output, SwiGLU, output). Each is stored in f32, or in
+  // bf16 under --precision bf16, and has an f32 gradient. The attention probabilities (B,NH,T,T)
+  // stay f32 in every layer; backward needs one more such workspace at a time. The
+  // expert-parallel dispatcher adds send and receive copies of the routed rows and their
+  // gradients. bf16 storage also needs a scratch for one op's widened inputs and outputs.
+  const bool bf16 = o.precision == "bf16";
+  const double vb = bf16 ? 2.0 : 4.0;  // bytes of one stored activation value
+  const double BT = B * T, att = 4.0 * B * NH * T * T;
+  const double per_layer = BT * (14 * C + 3 * E + K * (3 * C + 3 * H)) * (vb + 4) + att +
+                           (eps > 1 ? 2 * BT * K * C * (vb + 4) : 0);
+  const double scratch = bf16 ? 8.0 * BT * std::max({V, 6 * C, K * (2 * H + C)}) : 0;
+  m.activations = 1.25 * (L * per_layer + att + scratch + BT * V * (vb + 8));
   if (rank0 && (eps > 1 || o.k_strategy == "top_p")) m.eval_copy = 4.0 * (dense + expert_full);
   m.data = 2.0 * double(tokens);
   return m;

@@ -108,6 +108,11 @@ const char* const kDeviceHelp =
 const char* const kPrecisionHelp =
     "f32, or bf16 with --device cuda (bf16 GEMMs, f32 accumulation; weights, moments and checkpoints stay f32)";
 
+const char* const kTrainPrecisionHelp =
+    "f32, or bf16: activations stored in bf16 (half their memory; every op computes in f32 from them) and, with "
+    "--device cuda, bf16 GEMM inputs with f32 accumulation; weights, gradients, moments, the router's logits, "
+    "norm statistics, attention probabilities and checkpoints stay f32";
+
 void add_device_options(po::options_description& desc, std::string& device, std::string& precision) {
   desc.add_options()("device", po::value(&device)->default_value(device), kDeviceHelp)(
       "precision", po::value(&precision)->default_value(precision), kPrecisionHelp);
@@ -154,7 +159,7 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("eval-windows", &o.eval_windows, "validation windows per eval (0 = all)");
   t.add("threads", &o.threads, "OpenMP threads per rank (0 = this node's cores / its ranks)");
   t.add("device", &o.device, kDeviceHelp);
-  t.add("precision", &o.precision, kPrecisionHelp);
+  t.add("precision", &o.precision, kTrainPrecisionHelp);
   t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
                      "world = ep x edp (0 = all ranks)");
   t.add("a2a", &o.a2a, "expert all-to-all: flat (one exchange among the ep ranks) or hier (inside each "

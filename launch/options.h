@@ -65,7 +65,8 @@ class OptionTable {
 // --device and --precision of eval and generate (train binds the same in its table); checked by
 // parse_device and parse_bf16 (runtime/devices.h).
 extern const char* const kDeviceHelp;
-extern const char* const kPrecisionHelp;
+extern const char* const kPrecisionHelp;       // eval, generate
+extern const char* const kTrainPrecisionHelp;  // train: bf16 activation storage on every device
 void add_device_options(po::options_description& desc, std::string& device, std::string& precision);
 
 // Binds every train option (except --config and --help) to the fields of o; defaults are the

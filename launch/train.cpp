@@ -156,7 +156,13 @@ int train_command(int argc, char** argv) {
     check_run_dir(p.o);
     check_sources(p);
     p.device = parse_device(p.o.device);  // then the GPU (or the checked pool) for this rank
-    p.device_line = use_device(p.device, parse_bf16(p.o.precision), &p.device_free);
+    // bf16 on the CUDA device also rounds the GEMMs' inputs; on the others it is bf16 activation
+    // storage only (their GEMMs stay f32), which the Trainer sets on its tape.
+    const bool bf16 = parse_bf16(p.o.precision);
+    p.device_line = use_device(p.device, bf16 && p.device == Device::CUDA, &p.device_free);
+    if (bf16) p.device_line += p.device == Device::CUDA ? "; activations stored in bf16"
+                                                        : "; --precision bf16: activations stored in bf16, GEMMs f32 "
+                                                          "on this device";
   });
   if (!run) return 0;
   Trainer trainer(std::move(p), world);

@@ -15,6 +15,7 @@
 #include "parallel/gather.h"
 #include "parallel/grad_sync.h"
 #include "runtime/check.h"
+#include "runtime/devices.h"
 
 namespace anyk::launch {
 
@@ -121,6 +122,7 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
   describe_run();
   describe_resume_and_signals();
   tape_ = std::make_unique<Tape>(arena_);
+  if (parse_bf16(o_.precision)) tape_->set_activation_storage(DType::BF16);
   in_.resize(size_t(B_) * T_);
   tgt_.resize(size_t(B_) * T_);
   red_.resize(1 + L_ + size_t(L_) * E_);
@@ -461,7 +463,8 @@ void Trainer::log_step(int64_t done, const StepResult& r) {
   if (!(done == step0_ + 1 || done % o_.log_every == 0 || done == o_.steps)) return;
   const double tps = iv_.tokens / iv_.secs;
   const double mfu = peak_ > 0 ? iv_.flops / iv_.secs / peak_ : NAN;  // no CPU peak for a GPU (JSON null)
-  const double arena_mb = double(arena_.high_water()) / (1 << 20);
+  // The step arena and (bf16 storage) the per-op scratch for widened activations.
+  const double arena_mb = double(arena_.high_water() + tape_->scratch_high_water()) / (1 << 20);
   const double n = double(iv_.steps);
   say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %s | K %.2f | "
           "imb %.2f | arena %.1f MB",

@@ -28,6 +28,7 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
 }
 
 RouterOut Router::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt) const {
+  Tape::F32Scope f32(tape);                    // logits and expert choice in f32 under bf16 storage
   Var logits = linear(tape, x, ps_->var(w_));  // (N,C) -> (N,E)
   return router(tape, logits, K, opt);
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/ops/kernel_call.h"
+#include "runtime/ops/staging.h"
 
 namespace anyk {
 
@@ -51,6 +52,8 @@ Gating router_gating(Tape& tape, const Var& logits, int K, const RouterOptions& 
   ANYK_CHECK(!emoe || opt.pool <= E, "router: EMoE pool " << opt.pool << " exceeds E = " << E);
   ANYK_CHECK(!emoe || opt.pool <= 64, "router: EMoE pool " << opt.pool << " is larger than 64");
   if (top_p) check_top_p(E, opt.top_p, k_min, K);
+  ANYK_CHECK(!logits.stored_bf16(), "router: the logits are stored in bf16; experts are chosen in f32 "
+                                    "(compute the router's linear under Tape::F32Scope)");
   Arena& arena = tape.arena();
   const DType dt = logits.dtype();
   const bool g = logits.requires_grad();
@@ -211,19 +214,26 @@ Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets) {
   ANYK_CHECK(x.shape()[-1] == I && offsets[0] == 0 && offsets[E] == M,
              "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()
                                   << " and offsets [0.." << offsets[E] << "]");
-  Var out = tape.make({M, O}, x.dtype(), any_grad({&x, &w}));
-  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_act({M, O}, x.dtype(), any_grad({&x, &w}));
+  Staging st(tape);
+  Tensor xv = st.in(x.val), o = st.out(out.val);
+  with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.grouped_linear_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+    k.grouped_linear_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
   });
-  if (out.requires_grad())
+  st.commit();
+  if (out.requires_grad()) {
+    Tape* tp = &tape;
     tape.record("grouped_linear", [=] {
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor xb = bs.in(x.val);
+      with_kernels(xb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.grouped_linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
-                                  x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+                                  xb.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
       });
     });
+  }
   return out;
 }
 

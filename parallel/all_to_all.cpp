@@ -21,7 +21,7 @@ Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const T
     R += recv_counts.ptr<int32_t>()[i];
   }
   ANYK_CHECK(S * C == x.val.numel(), "all_to_all_rows: " << S << " rows to send but x is " << x.shape().str());
-  Var out = tape.make({R, C}, x.dtype(), x.requires_grad());
+  Var out = tape.make_like(x, {R, C}, x.requires_grad());  // bf16 rows travel as bf16 (half the bytes)
   comm.all_to_all_v(x.val.view({S, C}), send_counts, out.val, recv_counts);
   if (out.requires_grad()) {
     const Communicator* cp = &comm;
@@ -30,7 +30,7 @@ Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const T
       // Gradients travel back along the same routes: counts swapped.
       Tensor back = arena->tensor({S, C}, x.dtype());
       cp->all_to_all_v(out.grad, recv_counts, back, send_counts);
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      with_kernels(x.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.accumulate(ctx, x.grad.dev_ptr<T>(), back.dev_ptr<T>(), S * C);
       });

@@ -28,6 +28,18 @@ class Arena {
   Tensor tensor(Shape s, DType dt, bool zero = false);
 
   void reset();                                  // rewind; keeps every chunk
+  // A position to rewind to: everything allocated after mark() is given back by release(m),
+  // stack fashion (the tape's scratch for bf16 activation storage uses it per op).
+  struct Mark {
+    size_t cur, offset, used;
+  };
+  Mark mark() const { return {cur_, offset_, used_}; }
+  void release(const Mark& m) {
+    cur_ = m.cur;
+    offset_ = m.offset;
+    used_ = m.used;
+  }
+  size_t chunk_bytes() const { return chunk_bytes_; }
   size_t used() const { return used_; }          // bytes handed out since reset (with padding)
   size_t high_water() const { return high_water_; }
   size_t capacity() const;                       // bytes held in all chunks

@@ -37,6 +37,17 @@ void Tape::check_op_name(std::string_view op) {
                     "(tests/test_gradcheck.cpp)");
 }
 
+void Tape::set_activation_storage(DType d) {
+  ANYK_CHECK(d == DType::F32 || d == DType::BF16,
+             "activation storage is f32 or bf16, got " << dtype_name(d));
+  act_bf16_ = d == DType::BF16;
+}
+
+Arena& Tape::scratch() {
+  if (!scratch_) scratch_ = std::make_unique<Arena>(size_t(16) << 20, arena_->device());
+  return *scratch_;
+}
+
 void Tape::backward(const Var& loss) {
   ANYK_CHECK(loss.val.numel() == 1,
              "backward() needs a scalar loss, got shape " << loss.val.shape.str());

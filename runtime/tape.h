@@ -17,11 +17,14 @@
 namespace anyk {
 
 struct Var {
-  Tensor val;
-  Tensor grad;  // undefined (data == nullptr) when no gradient is needed
+  Tensor val;   // f32 or f64; or bf16 when the tape stores activations in bf16 (then the compute
+                // dtype is f32: ops widen the value to f32 to compute, and the gradient is f32)
+  Tensor grad;  // undefined (data == nullptr) when no gradient is needed; always the compute dtype
   bool requires_grad() const { return grad.data != nullptr; }
   const Shape& shape() const { return val.shape; }
-  DType dtype() const { return val.dtype; }
+  // The compute dtype (what kernels, gradients and new tensors of an op use).
+  DType dtype() const { return val.dtype == DType::BF16 ? DType::F32 : val.dtype; }
+  bool stored_bf16() const { return val.dtype == DType::BF16; }
 };
 
 // Op names. Every op records itself on the tape under a name, and Tape::record refuses a name
@@ -55,13 +58,42 @@ class Tape {
   bool grad_enabled() const { return grad_enabled_; }
   void set_grad_enabled(bool on) { grad_enabled_ = on; }
 
-  // A fresh activation: value uninitialised, gradient zeroed when `needs_grad` and grad is on.
-  Var make(Shape s, DType dt, bool needs_grad) {
-    Var v;
-    v.val = arena_->tensor(s, dt, false);
-    if (needs_grad && grad_enabled_) v.grad = arena_->tensor(s, dt, true);
-    return v;
+  // A fresh tensor of compute dtype dt: value uninitialised, gradient zeroed when `needs_grad`
+  // and grad is on. The value is stored in dt (losses, router probabilities, anything kept f32).
+  Var make(Shape s, DType dt, bool needs_grad) { return make_stored(s, dt, dt, needs_grad); }
+  // An activation: like make(), but with bf16 activation storage on (set_activation_storage) an
+  // f32 value is stored in bf16 (half the memory; the gradient stays f32). Ops write it through
+  // Staging (runtime/ops/staging.h), which rounds f32 results to bf16 (nearest even).
+  Var make_act(Shape s, DType dt, bool needs_grad) {
+    return make_stored(s, dt, act_bf16_ && dt == DType::F32 ? DType::BF16 : dt, needs_grad);
   }
+  // An output stored like `like` (element-wise ops and row movement keep their input's storage,
+  // so the residual stream stays bf16 and an f32 loss stays f32).
+  Var make_like(const Var& like, Shape s, bool needs_grad) {
+    return make_stored(s, like.dtype(), like.val.dtype, needs_grad);
+  }
+
+  // bf16 activation storage (--precision bf16): off by default. Ops then keep activations in
+  // bf16 and widen them to f32 in a scratch arena (freed after each op) to compute.
+  void set_activation_storage(DType d);
+  bool activations_bf16() const { return act_bf16_; }
+  // The scratch arena for widened copies (created on first use, on the arena's device).
+  Arena& scratch();
+  // Bytes the scratch arena has needed at most (0 without bf16 storage).
+  size_t scratch_high_water() const { return scratch_ ? scratch_->high_water() : 0; }
+  // Keeps activations in their compute dtype while it lives (the router's logits: expert
+  // choice is decided in f32).
+  class F32Scope {
+   public:
+    explicit F32Scope(Tape& t) : t_(t), was_(t.act_bf16_) { t.act_bf16_ = false; }
+    ~F32Scope() { t_.act_bf16_ = was_; }
+    F32Scope(const F32Scope&) = delete;
+    F32Scope& operator=(const F32Scope&) = delete;
+
+   private:
+    Tape& t_;
+    bool was_;
+  };
 
   template <class F> void record(std::string_view op, F&& fn) {
     using Fn = std::decay_t<F>;
@@ -89,6 +121,12 @@ class Tape {
 
  private:
   static void check_op_name(std::string_view op);
+  Var make_stored(Shape s, DType dt, DType stored, bool needs_grad) {
+    Var v;
+    v.val = arena_->tensor(s, stored, false);
+    if (needs_grad && grad_enabled_) v.grad = arena_->tensor(s, dt, true);
+    return v;
+  }
   struct Node {
     std::string_view op;
     void (*run)(void*);
@@ -97,6 +135,8 @@ class Tape {
   Arena* arena_;
   std::unique_ptr<Arena> host_;  // closures when arena_ is not host memory
   bool grad_enabled_ = true;
+  bool act_bf16_ = false;
+  std::unique_ptr<Arena> scratch_;  // widened bf16 activations, per op (bf16 storage only)
   std::vector<Node> nodes_;
 };
 

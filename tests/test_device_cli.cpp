@@ -156,6 +156,44 @@ TEST_CASE("train --device checked equals --device cpu bit for bit, at 1 rank and
   }
 }
 
+TEST_CASE("train --precision bf16 off CUDA: activations stored in bf16, the checked device equal, close to f32") {
+  Runner r;
+  const std::string args = "--steps 8 --k-strategy layer --save-every 4";
+  r.train(0, "f32", args);
+  r.train(0, "bf16", args + " --precision bf16");
+  r.train(0, "bf16_chk", args + " --precision bf16 --device checked");
+  CHECK(r.text("bf16/train.log").find("activations stored in bf16, GEMMs f32 on this device") != std::string::npos);
+  CHECK(r.text("bf16/config.ini").find("precision = bf16") != std::string::npos);
+  // The same kernels on the guarded pool: bit for bit.
+  check_same(r.records("bf16"), r.records("bf16_chk"));
+  // Against f32: the same K draws, losses within bf16's rounding, less activation memory.
+  const auto a = anyk::test::read_jsonl(r.dir / "f32/metrics.jsonl", "train");
+  const auto b = anyk::test::read_jsonl(r.dir / "bf16/metrics.jsonl", "train");
+  REQUIRE(a.size() == 8);
+  REQUIRE(b.size() == 8);
+  int differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    CAPTURE(i);
+    CHECK(a[i]["k_per_layer"] == b[i]["k_per_layer"]);
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    CHECK(std::abs(la - lb) <= 2e-2 * std::abs(la));
+    differ += la != lb;
+    CHECK(b[i]["arena_mb"].get<double>() < a[i]["arena_mb"].get<double>());
+  }
+  CHECK(differ > 0);  // bf16 storage did change the arithmetic
+  {
+    INFO("resume of a bf16 run continues it exactly (checkpoints are f32 whatever the storage)");
+    r.train(0, "bf16_res", "--steps 8 --k-strategy layer --precision bf16 --resume bf16/checkpoints/step_4");
+    check_same(r.records("bf16", 4), r.records("bf16_res"));
+  }
+  {
+    INFO("2 ranks with ep 2: bf16 rows cross the all-to-all; checked equals cpu");
+    r.train(2, "bf16_np2", "--steps 4 --k-strategy layer --ep 2 --precision bf16");
+    r.train(2, "bf16_np2_chk", "--steps 4 --k-strategy layer --ep 2 --precision bf16 --device checked");
+    check_same(r.records("bf16_np2"), r.records("bf16_np2_chk"));
+  }
+}
+
 TEST_CASE("bad --device and --precision values are one-line errors with exit 2") {
   Runner r;
   const std::string train = "train --data data --run-dir bad " + kModel + " --steps 2 ";
@@ -167,6 +205,9 @@ TEST_CASE("bad --device and --precision values are one-line errors with exit 2")
   std::vector<Bad> bad = {
       {"--device gpu", {"--device gpu", "cpu, cuda or checked"}},
       {"--precision fp8", {"--precision fp8", "f32 or bf16"}},
+  };
+  // train takes bf16 on every device (bf16 activation storage; below); generate only with CUDA.
+  const std::vector<Bad> bf16_off_cuda = {
       {"--precision bf16", {"--precision bf16 needs --device cuda"}},
       {"--device checked --precision bf16", {"--precision bf16 needs --device cuda"}},
   };
@@ -190,6 +231,7 @@ TEST_CASE("bad --device and --precision values are one-line errors with exit 2")
     anyk::test::check_one_error_line(e.err, {bad[i].needles[0], bad[i].needles[1]});
   }
   // generate checks the device before reading the model (w.h5 does not exist here).
+  bad.insert(bad.end(), bf16_off_cuda.begin(), bf16_off_cuda.end());
   for (size_t i = 0; i < bad.size(); ++i) {
     CAPTURE(bad[i].args);
     auto g = r.run(0, "generate --weights w.h5 --prompt hi " + bad[i].args);

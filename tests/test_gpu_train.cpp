@@ -118,6 +118,9 @@ TEST_CASE("gpu train: 50 steps f32, --device cuda against --device cpu") {
   // bf16 GEMMs and activations: a looser bound, the K draws do not depend on the losses.
   f.train(0, "bf16", kModel + " --steps 50 --device cuda --precision bf16");
   check_same_run(f, "cpu50", "bf16", 2e-2);
+  // Against the CPU with bf16 activation storage too (its GEMMs stay f32): the same storage.
+  f.train(0, "cpu50_bf16", kModel + " --steps 50 --device cpu --precision bf16");
+  check_same_run(f, "cpu50_bf16", "bf16", 2e-2);
 }
 
 TEST_CASE("gpu train: 2 ranks sharing one GPU with --comm mpi equal 1 rank") {

@@ -467,6 +467,11 @@ TEST_CASE("5: the activation estimate bounds the arena's measured high-water mar
       {"--layers 1 --dim 32 --heads 2 --experts 4 --expert-hidden 32 --seq-len 32 --batch 4", 0, 1},
       {"--layers 2 --dim 64 --heads 4 --experts 8 --expert-hidden 128 --seq-len 64 --batch 4 --k-max 8", 0, 1},
       {"--layers 2 --dim 64 --heads 2 --experts 4 --expert-hidden 64 --seq-len 128 --batch 2 --ep 2", 2, 2},
+      // bf16 activation storage: values at 2 bytes, and the scratch for one op's widened copies
+      {"--layers 2 --dim 64 --heads 4 --experts 8 --expert-hidden 128 --seq-len 64 --batch 4 --k-max 8 "
+       "--precision bf16", 0, 1},
+      {"--layers 2 --dim 64 --heads 2 --experts 4 --expert-hidden 64 --seq-len 128 --batch 2 --ep 2 "
+       "--precision bf16", 2, 2},
   };
   for (const Case& c : cases) {
     CAPTURE(c.args);

@@ -4,7 +4,8 @@
 # present (GPU_PACK, default gpu_pack/; without it, an existing build-cuda/ is used). Runs, each
 # with a timeout and all within BUDGET_S (default 480 s = 8 minutes):
 #   kernels    test_gpu_kernels: every kernel table entry, CUDA against CPU
-#   parity50   test_gpu_train, the 50-step f32 (and bf16) CUDA-vs-CPU run
+#   bf16       test_gpu_bf16_storage: bf16 activation storage per op, against the GPU's f32 path and the CPU
+#   parity50   test_gpu_train, the 50-step f32 (and bf16, against CPU f32 and CPU bf16 storage) run
 #   train      test_gpu_train, the rest: 2 ranks on one GPU, NCCL, zero-row experts, checkpoints
 #   bench      bench/gpu_bench.sh: bf16 MoE tokens/s and MFU, layer K in [1,4] vs fixed K=2, and
 #              fixed K=2 per expert GEMM strategy (loop, streams, grouped)
@@ -94,7 +95,7 @@ check() {  # name timeout command...
   record "$name" "$status" "$dt" "$fig"
 }
 
-NAMES="kernels parity50 train bench memcheck"
+NAMES="kernels bf16 parity50 train bench memcheck"
 if [ "$GPU" = 0 ] && [ -z "$BIN" ]; then
   for n in $NAMES; do record "$n" "skip: no CUDA device visible" 0; done
 else
@@ -103,7 +104,8 @@ else
     ldd "$ANYK_BIN" | grep "not found" | tee -a "$LOG"
   fi
   check kernels 90 "$BIN/test_gpu_kernels"
-  check parity50 120 "$BIN/test_gpu_train" "--test-case=*50 steps*"
+  check bf16 60 "$BIN/test_gpu_bf16_storage"
+  check parity50 150 "$BIN/test_gpu_train" "--test-case=*50 steps*"
   check train 180 "$BIN/test_gpu_train" "--test-case-exclude=*50 steps*"
   check bench 300 bash bench/gpu_bench.sh "$OUT/bench.json"  # 4 training runs (2 short); capped by the budget
   if [ "$GPU" = 1 ] && command -v compute-sanitizer >/dev/null; then

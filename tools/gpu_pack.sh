@@ -25,7 +25,7 @@ if [ ! -x "$BUILD/anyk" ]; then
     exit 1
   fi
 fi
-cmake --build "$BUILD" -j "$(nproc)" --target anyk test_gpu_kernels test_gpu_train >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target anyk test_gpu_kernels test_gpu_train test_gpu_bf16_storage >/dev/null
 cmake --build "$BUILD" --target gemm_peak >/dev/null 2>&1 || true  # only in CUDA builds
 
 rm -rf "$DIR"

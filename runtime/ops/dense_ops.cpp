@@ -4,6 +4,7 @@
 #include "runtime/device.h"
 #include "runtime/ops/kernel_call.h"
 #include "runtime/ops/ops.h"
+#include "runtime/ops/staging.h"
 
 namespace anyk {
 
@@ -51,11 +52,14 @@ Var embedding(Tape& tape, const Tensor& ids, const Var& wte) {
   ANYK_CHECK(ids.device == wte.val.device, "embedding: ids on " << device_name(ids.device) << ", table on "
                                                                 << device_name(wte.val.device));
   check_ids(ids, V, "token id");
-  Var out = tape.make({N, C}, wte.dtype(), wte.requires_grad());
+  Var out = tape.make_act({N, C}, wte.dtype(), wte.requires_grad());
+  Staging st(tape);
+  Tensor o = st.out(out.val);
   with_kernels(wte.val, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.embedding_forward(ctx, out.val.dev_ptr<T>(), ids.dev_ptr<int32_t>(), wte.val.dev_ptr<T>(), N, C);
+    k.embedding_forward(ctx, o.dev_ptr<T>(), ids.dev_ptr<int32_t>(), wte.val.dev_ptr<T>(), N, C);
   });
+  st.commit();
   if (out.requires_grad())
     tape.record("embedding", [=] {
       with_kernels(wte.val, [&](auto& k, auto& ctx, auto tag) {
@@ -72,19 +76,26 @@ Var linear(Tape& tape, const Var& x, const Var& w) {
   ANYK_CHECK(w.val.dim(1) == I, "linear: x " << x.shape().str() << " does not match w "
                                              << w.val.shape.str());
   int N = int(x.val.numel() / I);
-  Var out = tape.make(with_last(x.shape(), O), x.dtype(), any_grad({&x, &w}));
-  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_act(with_last(x.shape(), O), x.dtype(), any_grad({&x, &w}));
+  Staging st(tape);
+  Tensor xv = st.in(x.val), o = st.out(out.val);
+  with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.linear_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
+    k.linear_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
   });
-  if (out.requires_grad())
+  st.commit();
+  if (out.requires_grad()) {
+    Tape* tp = &tape;
     tape.record("linear", [=] {
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor xb = bs.in(x.val);
+      with_kernels(xb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
-                          x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
+                          xb.dev_ptr<T>(), w.val.dev_ptr<T>(), N, I, O);
       });
     });
+  }
   return out;
 }
 
@@ -92,15 +103,18 @@ Var add(Tape& tape, const Var& a, const Var& b) {
   same_dtype(a, b, "add");
   ANYK_CHECK(a.val.numel() == b.val.numel(),
              "add: shapes " << a.shape().str() << " and " << b.shape().str() << " differ");
-  Var out = tape.make(a.shape(), a.dtype(), any_grad({&a, &b}));
+  Var out = tape.make_like(a.stored_bf16() ? a : b, a.shape(), any_grad({&a, &b}));
   int64_t n = a.val.numel();
-  with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
+  Staging st(tape);
+  Tensor av = st.in(a.val), bv = st.in(b.val), o = st.out(out.val);
+  with_kernels(av, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.add_forward(ctx, out.val.dev_ptr<T>(), a.val.dev_ptr<T>(), b.val.dev_ptr<T>(), n);
+    k.add_forward(ctx, o.dev_ptr<T>(), av.dev_ptr<T>(), bv.dev_ptr<T>(), n);
   });
+  st.commit();
   if (out.requires_grad())
     tape.record("add", [=] {
-      with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
+      with_kernels(out.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.add_backward(ctx, dev_or_null<T>(a.grad), dev_or_null<T>(b.grad), out.grad.dev_ptr<T>(), n);
       });
@@ -109,15 +123,18 @@ Var add(Tape& tape, const Var& a, const Var& b) {
 }
 
 Var scale(Tape& tape, const Var& a, double s) {
-  Var out = tape.make(a.shape(), a.dtype(), a.requires_grad());
+  Var out = tape.make_like(a, a.shape(), a.requires_grad());
   int64_t n = a.val.numel();
-  with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
+  Staging st(tape);
+  Tensor av = st.in(a.val), o = st.out(out.val);
+  with_kernels(av, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.scale_forward(ctx, out.val.dev_ptr<T>(), a.val.dev_ptr<T>(), T(s), n);
+    k.scale_forward(ctx, o.dev_ptr<T>(), av.dev_ptr<T>(), T(s), n);
   });
+  st.commit();
   if (out.requires_grad())
     tape.record("scale", [=] {
-      with_kernels(a.val, [&](auto& k, auto& ctx, auto tag) {
+      with_kernels(a.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.scale_backward(ctx, a.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), T(s), n);
       });
@@ -129,21 +146,27 @@ Var rmsnorm(Tape& tape, const Var& x, const Var& w, double eps) {
   same_dtype(x, w, "rmsnorm");
   int C = int(x.shape()[-1]), N = int(x.val.numel() / C);
   ANYK_CHECK(w.val.numel() == C, "rmsnorm: weight " << w.shape().str() << " vs x " << x.shape().str());
-  Var out = tape.make(x.shape(), x.dtype(), any_grad({&x, &w}));
-  Tensor rstd = tape.arena().tensor({N}, x.dtype());
-  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_act(x.shape(), x.dtype(), any_grad({&x, &w}));
+  Tensor rstd = tape.arena().tensor({N}, x.dtype());  // norm statistics stay in the compute dtype
+  Staging st(tape);
+  Tensor xv = st.in(x.val), o = st.out(out.val);
+  with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.rmsnorm_forward(ctx, out.val.dev_ptr<T>(), rstd.dev_ptr<T>(), x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), N,
-                      C, eps);
+    k.rmsnorm_forward(ctx, o.dev_ptr<T>(), rstd.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), N, C, eps);
   });
-  if (out.requires_grad())
+  st.commit();
+  if (out.requires_grad()) {
+    Tape* tp = &tape;
     tape.record("rmsnorm", [=] {
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor xb = bs.in(x.val);
+      with_kernels(xb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.rmsnorm_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
-                           x.val.dev_ptr<T>(), w.val.dev_ptr<T>(), rstd.dev_ptr<T>(), N, C);
+                           xb.dev_ptr<T>(), w.val.dev_ptr<T>(), rstd.dev_ptr<T>(), N, C);
       });
     });
+  }
   return out;
 }
 
@@ -152,19 +175,22 @@ Var rope(Tape& tape, const Var& x, int nrot, double theta) {
   int B = int(x.shape()[0]), T_ = int(x.shape()[1]), NHx = int(x.shape()[2]), D = int(x.shape()[3]);
   ANYK_CHECK(D % 2 == 0 && nrot <= NHx, "rope: head dim " << D << " must be even, nrot " << nrot
                                                           << " <= heads " << NHx);
-  Var out = tape.make(x.shape(), x.dtype(), x.requires_grad());
+  Var out = tape.make_act(x.shape(), x.dtype(), x.requires_grad());
   // The angle tables are computed once per call (T x D/2), not per element.
   Tensor cs = tape.arena().tensor({2, T_, D / 2}, x.dtype());
   const int64_t half = int64_t(T_) * (D / 2);
-  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+  Staging st(tape);
+  Tensor xv = st.in(x.val), o = st.out(out.val);
+  with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
     T* c = cs.dev_ptr<T>();
     k.rope_tables(ctx, c, c + half, T_, D, theta);
-    k.rope_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), c, c + half, B, T_, NHx, D, nrot);
+    k.rope_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), c, c + half, B, T_, NHx, D, nrot);
   });
+  st.commit();
   if (out.requires_grad())
     tape.record("rope", [=] {
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      with_kernels(x.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         const T* c = cs.dev_ptr<T>();
         k.rope_backward(ctx, x.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), c, c + half, B, T_, NHx, D, nrot);
@@ -178,20 +204,26 @@ Var attention(Tape& tape, const Var& qkv, int NH) {
              "attention expects qkv (B,T,3C), got " << qkv.shape().str());
   int B = int(qkv.shape()[0]), T_ = int(qkv.shape()[1]), C = int(qkv.shape()[2] / 3);
   ANYK_CHECK(C % NH == 0, "attention: dim " << C << " is not divisible by heads " << NH);
-  Var out = tape.make({B, T_, C}, qkv.dtype(), qkv.requires_grad());
+  Var out = tape.make_act({B, T_, C}, qkv.dtype(), qkv.requires_grad());
+  // The saved probabilities stay in the compute dtype (f32 softmax, also for its backward).
   Tensor att = tape.arena().tensor({B, NH, T_, T_}, qkv.dtype());
-  with_kernels(qkv.val, [&](auto& k, auto& ctx, auto tag) {
+  Staging st(tape);
+  Tensor qv = st.in(qkv.val), o = st.out(out.val);
+  with_kernels(qv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.attention_forward(ctx, out.val.dev_ptr<T>(), att.dev_ptr<T>(), qkv.val.dev_ptr<T>(), B, T_, C, NH);
+    k.attention_forward(ctx, o.dev_ptr<T>(), att.dev_ptr<T>(), qv.dev_ptr<T>(), B, T_, C, NH);
   });
+  st.commit();
   if (out.requires_grad()) {
-    Arena* arena = &tape.arena();
+    Tape* tp = &tape;
     tape.record("attention", [=] {
-      Tensor scratch = arena->tensor({B, NH, T_, T_}, qkv.dtype());
-      with_kernels(qkv.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor scratch = bs.temp({B, NH, T_, T_}, qkv.dtype());  // given back after this layer
+      Tensor qb = bs.in(qkv.val);
+      with_kernels(qb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.attention_backward(ctx, qkv.grad.dev_ptr<T>(), scratch.dev_ptr<T>(), out.grad.dev_ptr<T>(),
-                             qkv.val.dev_ptr<T>(), att.dev_ptr<T>(), B, T_, C, NH);
+                             qb.dev_ptr<T>(), att.dev_ptr<T>(), B, T_, C, NH);
       });
     });
   }
@@ -202,18 +234,25 @@ Var swiglu(Tape& tape, const Var& h) {
   int H2 = int(h.shape()[-1]);
   ANYK_CHECK(H2 % 2 == 0, "swiglu expects an even last dim, got " << h.shape().str());
   int H = H2 / 2, M = int(h.val.numel() / H2);
-  Var out = tape.make(with_last(h.shape(), H), h.dtype(), h.requires_grad());
-  with_kernels(h.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_act(with_last(h.shape(), H), h.dtype(), h.requires_grad());
+  Staging st(tape);
+  Tensor hv = st.in(h.val), o = st.out(out.val);
+  with_kernels(hv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.swiglu_forward(ctx, out.val.dev_ptr<T>(), h.val.dev_ptr<T>(), M, H);
+    k.swiglu_forward(ctx, o.dev_ptr<T>(), hv.dev_ptr<T>(), M, H);
   });
-  if (out.requires_grad())
+  st.commit();
+  if (out.requires_grad()) {
+    Tape* tp = &tape;
     tape.record("swiglu", [=] {
-      with_kernels(h.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor hb = bs.in(h.val);
+      with_kernels(hb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        k.swiglu_backward(ctx, h.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), h.val.dev_ptr<T>(), M, H);
+        k.swiglu_backward(ctx, h.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), hb.dev_ptr<T>(), M, H);
       });
     });
+  }
   return out;
 }
 
@@ -231,19 +270,24 @@ Var cross_entropy(Tape& tape, const Var& logits, const Tensor& targets, double n
   if (norm <= 0) norm = N;
   Var out = tape.make({1}, logits.dtype(), logits.requires_grad());
   Tensor losses = tape.arena().tensor({N}, logits.dtype());
-  with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
+  Staging st(tape);
+  Tensor lv = st.in(logits.val);
+  with_kernels(lv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.cross_entropy_forward(ctx, losses.dev_ptr<T>(), logits.val.dev_ptr<T>(), targets.dev_ptr<int32_t>(), N, V);
+    k.cross_entropy_forward(ctx, losses.dev_ptr<T>(), lv.dev_ptr<T>(), targets.dev_ptr<int32_t>(), N, V);
     k.sum_div(ctx, out.val.dev_ptr<T>(), losses.dev_ptr<T>(), N, norm);
   });
   if (out.requires_grad()) {
     Arena* arena = &tape.arena();
+    Tape* tp = &tape;
     tape.record("cross_entropy", [=] {
       Tensor dl = arena->tensor({N}, logits.dtype());
-      with_kernels(logits.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor lb = bs.in(logits.val);
+      with_kernels(lb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.fill_div(ctx, dl.dev_ptr<T>(), out.grad.dev_ptr<T>(), norm, N);
-        k.cross_entropy_backward(ctx, logits.grad.dev_ptr<T>(), dl.dev_ptr<T>(), logits.val.dev_ptr<T>(),
+        k.cross_entropy_backward(ctx, logits.grad.dev_ptr<T>(), dl.dev_ptr<T>(), lb.dev_ptr<T>(),
                                  targets.dev_ptr<int32_t>(), N, V);
       });
     });

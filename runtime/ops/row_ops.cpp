@@ -2,19 +2,23 @@
 // each other (the dispatchers in parallel/ permute tokens with them).
 #include "runtime/ops/kernel_call.h"
 #include "runtime/ops/ops.h"
+#include "runtime/ops/staging.h"
 
 namespace anyk {
 
 Var gather_rows(Tape& tape, const Var& x, const int* rows, int M) {
   int C = int(x.shape()[-1]);
-  Var out = tape.make({M, C}, x.dtype(), x.requires_grad());
-  with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_like(x, {M, C}, x.requires_grad());
+  Staging st(tape);
+  Tensor xv = st.in(x.val), o = st.out(out.val);  // bf16 rows: widened and rounded back, exactly
+  with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.gather_rows_forward(ctx, out.val.dev_ptr<T>(), x.val.dev_ptr<T>(), rows, M, C);
+    k.gather_rows_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), rows, M, C);
   });
+  st.commit();
   if (out.requires_grad())
     tape.record("gather_rows", [=] {
-      with_kernels(x.val, [&](auto& k, auto& ctx, auto tag) {
+      with_kernels(x.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.gather_rows_backward(ctx, x.grad.dev_ptr<T>(), out.grad.dev_ptr<T>(), rows, M, C);
       });
@@ -26,21 +30,27 @@ Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const int* tok, con
   int C = int(y.shape()[-1]), M = int(y.val.numel() / C);
   Var wv = w ? *w : Var{};
   bool needs = y.requires_grad() || (w && w->requires_grad());
-  Var out = tape.make({N, C}, y.dtype(), needs);
-  with_kernels(y.val, [&](auto& k, auto& ctx, auto tag) {
+  Var out = tape.make_like(y, {N, C}, needs);
+  Staging st(tape);
+  Tensor yv = st.in(y.val), wt = st.in(wv.val), o = st.out(out.val);  // the sums are made in f32
+  with_kernels(yv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.fill(ctx, out.val.dev_ptr<T>(), T(0), int64_t(N) * C);
-    k.scatter_add_rows_forward(ctx, out.val.dev_ptr<T>(), y.val.dev_ptr<T>(), dev_or_null<T>(wv.val), tok, widx,
-                               M, C);
+    k.fill(ctx, o.dev_ptr<T>(), T(0), int64_t(N) * C);
+    k.scatter_add_rows_forward(ctx, o.dev_ptr<T>(), yv.dev_ptr<T>(), dev_or_null<T>(wt), tok, widx, M, C);
   });
-  if (out.requires_grad())
+  st.commit();
+  if (out.requires_grad()) {
+    Tape* tp = &tape;
     tape.record("scatter_add_rows", [=] {
-      with_kernels(y.val, [&](auto& k, auto& ctx, auto tag) {
+      Staging bs(*tp);
+      Tensor yb = bs.in(y.val), wb = bs.in(wv.val);
+      with_kernels(yb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.scatter_add_rows_backward(ctx, dev_or_null<T>(y.grad), dev_or_null<T>(wv.grad), out.grad.dev_ptr<T>(),
-                                    y.val.dev_ptr<T>(), dev_or_null<T>(wv.val), tok, widx, M, C);
+                                    yb.dev_ptr<T>(), dev_or_null<T>(wb), tok, widx, M, C);
       });
     });
+  }
   return out;
 }
 
