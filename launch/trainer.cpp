@@ -463,7 +463,7 @@ void Trainer::log_step(int64_t done, const StepResult& r) {
   if (!(done == step0_ + 1 || done % o_.log_every == 0 || done == o_.steps)) return;
   const double tps = iv_.tokens / iv_.secs;
   const double mfu = peak_ > 0 ? iv_.flops / iv_.secs / peak_ : NAN;  // no CPU peak for a GPU (JSON null)
-  // The step arena and (bf16 storage) the per-op scratch for widened activations.
+  // The step arena and the tape's per-op scratch (widened bf16 copies, backward workspaces).
   const double arena_mb = double(arena_.high_water() + tape_->scratch_high_water()) / (1 << 20);
   const double n = double(iv_.steps);
   say(fmt("step %*lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %s | K %.2f | "

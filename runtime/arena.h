@@ -39,7 +39,6 @@ class Arena {
     offset_ = m.offset;
     used_ = m.used;
   }
-  size_t chunk_bytes() const { return chunk_bytes_; }
   size_t used() const { return used_; }          // bytes handed out since reset (with padding)
   size_t high_water() const { return high_water_; }
   size_t capacity() const;                       // bytes held in all chunks

@@ -77,9 +77,11 @@ class Tape {
   // bf16 and widen them to f32 in a scratch arena (freed after each op) to compute.
   void set_activation_storage(DType d);
   bool activations_bf16() const { return act_bf16_; }
-  // The scratch arena for widened copies (created on first use, on the arena's device).
+  // The scratch arena for one op's temporaries, given back when the op is done (Staging in
+  // runtime/ops/staging.h): widened bf16 copies, and backward workspaces such as the
+  // attention's. Created on first use, on the arena's device.
   Arena& scratch();
-  // Bytes the scratch arena has needed at most (0 without bf16 storage).
+  // Bytes the scratch arena has needed at most (0 before its first use).
   size_t scratch_high_water() const { return scratch_ ? scratch_->high_water() : 0; }
   // Keeps activations in their compute dtype while it lives (the router's logits: expert
   // choice is decided in f32).
@@ -136,7 +138,7 @@ class Tape {
   std::unique_ptr<Arena> host_;  // closures when arena_ is not host memory
   bool grad_enabled_ = true;
   bool act_bf16_ = false;
-  std::unique_ptr<Arena> scratch_;  // widened bf16 activations, per op (bf16 storage only)
+  std::unique_ptr<Arena> scratch_;  // per-op temporaries (scratch())
   std::vector<Node> nodes_;
 };
 
