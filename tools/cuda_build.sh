@@ -2,7 +2,8 @@
 # Configures and builds anyk with the CUDA kernels (-DANYK_CUDA=ON, Release) in its own directory,
 # compile and link only: no GPU is needed. Usage: tools/cuda_build.sh [BUILD_DIR] [cmake args...]
 # (default build-cuda). Uses ccache for C, C++ and CUDA when it is installed; JOBS sets the
-# parallelism (default nproc). Prints the configure and build times.
+# parallelism (default nproc); CUDA_BUILD_TARGETS (space-separated) builds only those targets
+# (default: everything). Prints the configure and build times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=build-cuda
@@ -24,6 +25,11 @@ t0=$(date +%s)
 cmake -S . -B "$dir" -DANYK_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc" \
   "${launch[@]}" "$@" >/dev/null
 t1=$(date +%s)
-cmake --build "$dir" -j "${JOBS:-$(nproc)}"
+read -r -a targets <<<"${CUDA_BUILD_TARGETS:-}"
+if ((${#targets[@]})); then
+  cmake --build "$dir" -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
+else
+  cmake --build "$dir" -j "${JOBS:-$(nproc)}"
+fi
 t2=$(date +%s)
 echo "cuda_build: $dir configured in $((t1 - t0)) s, built in $((t2 - t1)) s"
