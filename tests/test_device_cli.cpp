@@ -3,8 +3,10 @@
 // bit: losses, grad norms, eval and K-sweep losses, at 1 rank and at 2 ranks with ep 2 (the expert
 // gather and --init-weights through the copy ops), under the top_p strategy (the eval twin), across
 // save and resume on the other device, in `anyk eval`, and in the KV-cache decoder (`anyk generate`,
-// `eval --frontier`). Bad --device / --precision values,
-// bf16 off CUDA and --device cuda in a build or on a machine without it give one-line errors, exit 2.
+// `eval --frontier`). `train --precision bf16` off CUDA (bf16 activation storage): checked equals
+// cpu, close to f32, less memory, exact resume. Bad --device / --precision values, bf16 off CUDA
+// for eval and generate, and --device cuda in a build or on a machine without it give one-line
+// errors, exit 2.
 #include <doctest/doctest.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -206,7 +208,8 @@ TEST_CASE("bad --device and --precision values are one-line errors with exit 2")
       {"--device gpu", {"--device gpu", "cpu, cuda or checked"}},
       {"--precision fp8", {"--precision fp8", "f32 or bf16"}},
   };
-  // train takes bf16 on every device (bf16 activation storage; below); generate only with CUDA.
+  // train takes bf16 on every device (bf16 activation storage; the test case above); generate only
+  // with CUDA.
   const std::vector<Bad> bf16_off_cuda = {
       {"--precision bf16", {"--precision bf16 needs --device cuda"}},
       {"--device checked --precision bf16", {"--precision bf16 needs --device cuda"}},

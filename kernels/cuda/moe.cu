@@ -151,8 +151,8 @@ void scatter_add_rows_backward(const Ctx& ctx, T* dy, T* dw, const T* dout, cons
 //   grouped  one grouped batched cuBLAS call per kind, one group (of size 1) per GEMM, the device
 //            arrays of A/B/C pointers uploaded through pinned staging on the backend's stream.
 //            bf16 inputs with f32 output may not be in cublasGemmGroupedBatchedEx's type table (our
-//            reading of the docs, unverified): the first bf16 call tries them, and if cuBLAS refuses, bf16 calls run
-//            as `loop` from then on (a one-line notice on stderr says so).
+//            reading of the docs, unverified): the first bf16 call tries them, and if cuBLAS
+//            refuses, bf16 calls run as `loop` from then on (a one-line notice on stderr says so).
 
 __global__ void to_bf16_k(__nv_bfloat16* out, const float* x, int64_t n) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;

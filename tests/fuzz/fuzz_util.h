@@ -1,6 +1,7 @@
 // Shared by the libFuzzer harnesses: a private temporary directory per process (removed at exit),
-// whole-file writes, and the checks on what a refusal left behind. A harness failing to write its own temp files is an environment problem,
-// not a finding, so these abort with a message instead of throwing.
+// whole-file writes, and the checks on what a refusal left behind. A harness failing to write its
+// own temp files is an environment problem, not a finding, so these abort with a message instead
+// of throwing.
 #pragma once
 #include <fcntl.h>
 #include <hdf5.h>
