@@ -5,9 +5,14 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 #include "kernels/cpu/table.h"  // the checked tables forward to the CPU kernels
 
@@ -20,7 +25,18 @@ size_t page_size() {
   return p;
 }
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+std::atomic<int> g_pointer_mode{int(PointerCheck::Fail)};
+std::atomic<int64_t> g_misplaced{0}, g_syncs{0};
 }  // namespace
+
+void set_pointer_check(PointerCheck mode) { g_pointer_mode = int(mode); }
+PointerCheck pointer_check() { return PointerCheck(g_pointer_mode.load()); }
+int64_t misplaced_pointers() { return g_misplaced.load(); }
+int64_t host_syncs() { return g_syncs.load(); }
+void reset_checked_counters() {
+  g_misplaced = 0;
+  g_syncs = 0;
+}
 
 CheckedPool::CheckedPool() {
   size_t gib = 64;
@@ -83,6 +99,7 @@ void CheckedPool::zero(void* p, size_t bytes) {
 
 void CheckedPool::to_host(void* dst, const void* src, size_t bytes) {
   ANYK_CHECK(owns(src), "checked to_host from a pointer outside the pool");
+  ++g_syncs;
   Open o(*this);
   std::memcpy(dst, src, bytes);
 }
@@ -108,9 +125,49 @@ namespace {
 
 template <class T> Kernels<T> g_cpu;  // the CPU table the checked one forwards to
 
-// Every entry opens the pool, then calls the CPU kernel.
-#define ANYK_CHECKED(f) \
-  k.f = [](const Ctx& c, auto... a) { CheckedPool::Open o(checked_pool()); return g_cpu<T>.f(c, a...); }
+template <class A> const char* pointee() {
+  using P = std::remove_cv_t<std::remove_pointer_t<A>>;
+  if constexpr (std::is_same_v<P, float>) return "float*";
+  else if constexpr (std::is_same_v<P, double>) return "double*";
+  else if constexpr (std::is_same_v<P, int32_t>) return "int32_t*";
+  else if constexpr (std::is_same_v<P, uint16_t>) return "uint16_t* (bf16)";
+  else return "pointer";
+}
+
+// One pointer argument: `pos` counts the kernel's arguments after the Ctx from 1; `host_pos` is
+// the one documented host argument (0: none).
+template <class A> void check_pointer(const char* kernel, int pos, int host_pos, const A& a) {
+  if constexpr (std::is_pointer_v<A>) {
+    if (a == nullptr || pointer_check() == PointerCheck::Off) return;
+    const bool in_pool = checked_pool().owns(a);
+    const bool host = pos == host_pos;
+    if (in_pool != host) return;
+    ++g_misplaced;
+    if (pointer_check() != PointerCheck::Fail) return;
+    std::ostringstream m;
+    m << "checked device: kernel " << kernel << " argument " << pos << " (" << pointee<A>() << ") is "
+      << (host ? "checked-device memory where the kernel table documents HOST memory"
+               : "host memory, not memory of the checked device")
+      << " hint: a GPU kernel would " << (host ? "fault reading it on the host" : "read an illegal address")
+      << "; move the data with the copy ops (runtime/device.h)";
+    throw Error(m.str());
+  }
+}
+template <class... A> void check_pointers(const char* kernel, int host_pos, const A&... a) {
+  int pos = 0;
+  (check_pointer(kernel, ++pos, host_pos, a), ...);
+}
+
+// Every entry checks where its pointers live, opens the pool, then calls the CPU kernel; an entry
+// that returns a value is a host synchronisation and is counted as one.
+#define ANYK_CHECKED_H(f, host_pos)                                                 \
+  k.f = [](const Ctx& c, auto... a) {                                               \
+    check_pointers(#f, host_pos, a...);                                             \
+    if constexpr (!std::is_void_v<decltype(g_cpu<T>.f(c, a...))>) ++g_syncs;        \
+    CheckedPool::Open o(checked_pool());                                            \
+    return g_cpu<T>.f(c, a...);                                                     \
+  }
+#define ANYK_CHECKED(f) ANYK_CHECKED_H(f, 0)
 template <class T> Kernels<T> make() {
   // A kernel added to kernels.h must be wrapped here too (else it would run with the pool closed).
   static_assert(sizeof(Kernels<T>) == 54 * sizeof(void*), "wrap the new kernel in runtime/checked_device.cpp");
@@ -129,7 +186,7 @@ template <class T> Kernels<T> make() {
   ANYK_CHECKED(cross_entropy_forward); ANYK_CHECKED(cross_entropy_backward);
   ANYK_CHECKED(gather_rows_forward); ANYK_CHECKED(gather_rows_backward);
   ANYK_CHECKED(scatter_add_rows_forward); ANYK_CHECKED(scatter_add_rows_backward);
-  ANYK_CHECKED(grouped_linear_forward); ANYK_CHECKED(grouped_linear_backward);
+  ANYK_CHECKED_H(grouped_linear_forward, 4); ANYK_CHECKED_H(grouped_linear_backward, 6);  // offsets: host
   ANYK_CHECKED(adamw_update);
   ANYK_CHECKED(router_forward); ANYK_CHECKED(router_backward);
   ANYK_CHECKED(top_p_count_forward); ANYK_CHECKED(emoe_sample_forward); ANYK_CHECKED(expert_counts);
@@ -147,6 +204,7 @@ template <class T> Kernels<T> make() {
   return k;
 }
 #undef ANYK_CHECKED
+#undef ANYK_CHECKED_H
 
 struct sigaction g_prev_segv;
 
@@ -178,9 +236,27 @@ void on_segv(int sig, siginfo_t* info, void* ctx) {
 
 }  // namespace
 
+namespace {
+// ANYK_CHECKED_POINTERS=fail (default) | count | off. With count, the totals are printed at exit.
+void pointer_mode_from_env() {
+  const char* e = std::getenv("ANYK_CHECKED_POINTERS");
+  if (!e || !*e) return;
+  const std::string v = e;
+  ANYK_CHECK(v == "fail" || v == "count" || v == "off",
+             "ANYK_CHECKED_POINTERS='" << v << "' is not a pointer-check mode: use fail, count or off");
+  set_pointer_check(v == "fail" ? PointerCheck::Fail : v == "count" ? PointerCheck::Count : PointerCheck::Off);
+  if (v == "count")
+    std::atexit([] {
+      std::fprintf(stderr, "checked device: %lld misplaced pointer arguments, %lld host syncs\n",
+                   (long long)misplaced_pointers(), (long long)host_syncs());
+    });
+}
+}  // namespace
+
 void register_checked_device() {
   static std::once_flag once;
   std::call_once(once, [] {
+    pointer_mode_from_env();
     static const Kernels<float> f32 = make<float>();
     static const Kernels<double> f64 = make<double>();
     register_kernels(Device::Checked, &f32, &f64);

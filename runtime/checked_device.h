@@ -63,6 +63,22 @@ class CheckedPool final : public Allocator {
 
 CheckedPool& checked_pool();
 
+// Residency check of every pointer a checked kernel receives (both directions of the seam):
+// a pointer argument must lie in the checked pool (device memory), except the arguments the
+// kernel table documents as HOST memory (kernels/kernels.h: grouped_linear's offsets), which must
+// lie outside it. Null pointers ("not needed") pass. Fail (the default) throws one line naming the
+// kernel and the argument; Count only counts (to measure a code path); Off checks nothing.
+enum class PointerCheck { Off, Count, Fail };
+void set_pointer_check(PointerCheck mode);
+PointerCheck pointer_check();
+// Pointers that broke the rule since the last reset (Count and Fail modes).
+int64_t misplaced_pointers();
+// Blocking device -> host transfers since the last reset: to_host copies of the pool (read_element,
+// to_host_vector, staging) plus kernels that return a value to the host (first_bad_id). On a
+// GPU each is a stream synchronisation.
+int64_t host_syncs();
+void reset_checked_counters();
+
 // Registers the checked device's kernel tables (every CPU kernel, wrapped to open the pool) and
 // its allocator; once per process.
 void register_checked_device();
