@@ -1,6 +1,7 @@
 // The MoE transformer LM; see lm.h.
 #include "model/lm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -55,7 +56,60 @@ void LM::init(uint64_t seed) {
   }
 }
 
+std::pair<Tensor, Tensor> LM::upload_tokens(Tape& tape, const int* inputs, const int* targets, int64_t n) const {
+  const Device dev = ps_.device();
+  auto host = [&](const int* p) {
+    Tensor t;
+    t.data = const_cast<int*>(p);
+    t.shape = Shape{n};
+    t.dtype = DType::I32;
+    return t;
+  };
+  if (dev == Device::CPU) return {host(inputs), targets ? host(targets) : Tensor{}};
+  const int64_t parts = targets ? 2 : 1;
+  Tensor block = tape.arena().tensor({parts * n}, DType::I32);
+  std::vector<int32_t> packed(size_t(parts * n));
+  std::copy(inputs, inputs + n, packed.begin());
+  if (targets) std::copy(targets, targets + n, packed.begin() + n);
+  from_host(block, packed.data());
+  Tensor in = block, tg = block;
+  in.shape = Shape{n};
+  tg.shape = Shape{n};
+  tg.data = block.dev_ptr<int32_t>() + n;
+  return {in, targets ? tg : Tensor{}};
+}
+
 Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
+                std::span<const int> k, ForwardStats* stats, double loss_norm,
+                std::span<const int> pool, uint64_t sample_key) const {
+  auto [in, tg] = upload_tokens(tape, inputs, targets, int64_t(B) * T);
+  return forward(tape, in, tg, B, T, k, stats, loss_norm, pool, sample_key);
+}
+
+namespace {
+// Every layer's router losses in one device -> host copy (packed on the device first).
+void read_layer_losses(Tape& tape, std::vector<MoEStats>& layers) {
+  const int L = int(layers.size());
+  if (L == 0 || !layers[0].lb_t.defined()) return;
+  Tensor all = tape.arena().tensor({3 * L}, DType::F64);
+  for (int l = 0; l < L; ++l) {
+    const Tensor* src[] = {&layers[l].lb_t, &layers[l].z_t, &layers[l].kl_t};
+    for (int j = 0; j < 3; ++j) {
+      Tensor dst = *src[j];
+      dst.data = all.dev_ptr<double>() + 3 * l + j;
+      copy(dst, *src[j]);  // device to device, no host sync
+    }
+  }
+  std::vector<double> h = to_host_vector<double>(all);
+  for (int l = 0; l < L; ++l) {
+    layers[l].lb = h[3 * l];
+    layers[l].z = h[3 * l + 1];
+    layers[l].kl = h[3 * l + 2];
+  }
+}
+}  // namespace
+
+Var LM::forward(Tape& tape, const Tensor& inputs, const Tensor& targets, int B, int T,
                 std::span<const int> k, ForwardStats* stats, double loss_norm,
                 std::span<const int> pool, uint64_t sample_key) const {
   const int C = cfg_.dim, NH = cfg_.heads, D = C / NH, N = B * T;
@@ -71,7 +125,9 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
     for (auto& ls : stats->layers) ls.capture = stats->capture_router;
   }
 
-  Var x = embedding(tape, inputs, N, ps_.var(wte_));  // (N,C)
+  ANYK_CHECK(inputs.numel() == N && (!targets.defined() || targets.numel() == N),
+             "forward: " << inputs.numel() << " inputs for B*T = " << N << " tokens");
+  Var x = embedding(tape, inputs, ps_.var(wte_));  // (N,C)
   Var aux_total;
   for (int l = 0; l < cfg_.layers; ++l) {
     const Block& b = blocks_[l];
@@ -94,7 +150,8 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
   }
   x = rmsnorm(tape, x, ps_.var(lnf_), cfg_.norm_eps);
   Var logits = linear(tape, x, ps_.var(wte_));  // tied head: (N,C) -> (N,V)
-  if (!targets) return logits;
+  if (stats) read_layer_losses(tape, stats->layers);
+  if (!targets.defined()) return logits;
   Var ce = cross_entropy(tape, logits, targets, loss_norm);
   // Under accumulation / data parallelism each call's aux loss is weighted by its token share,
   // so the summed gradients equal those of one call over the whole global batch.

@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "model/config.h"
@@ -37,9 +38,17 @@ class LM {
   // parallelism); 0 means this call's B*T. Returns the scalar total loss (CE + aux).
   // pool (optional, L values): EMoE pool sizes (0 or <= K: plain top-K), with sample_key
   // keying each token's draw (mixed with the layer index).
+  // inputs, targets are I32 (B*T) tensors on the model's device (targets may be undefined).
+  Var forward(Tape& tape, const Tensor& inputs, const Tensor& targets, int B, int T,
+              std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0,
+              std::span<const int> pool = {}, uint64_t sample_key = 0) const;
+  // The same from host token ids: uploaded with upload_tokens first.
   Var forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
               std::span<const int> k, ForwardStats* stats = nullptr, double loss_norm = 0,
               std::span<const int> pool = {}, uint64_t sample_key = 0) const;
+  // Host inputs and targets (n each; targets may be null) as I32 tensors on the model's device,
+  // in the tape's arena: one host -> device copy for both (views of the host memory on the CPU).
+  std::pair<Tensor, Tensor> upload_tokens(Tape& tape, const int* inputs, const int* targets, int64_t n) const;
 
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return ps_; }

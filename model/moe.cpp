@@ -19,11 +19,9 @@ RouterOut router(Tape& tape, const Var& logits, int K, const RouterOptions& opt)
   r.probs = g.probs.val;
   r.aux = router_aux(tape, lb, z, kl, opt, logits.dtype());
   r.counts = g.counts;
-  r.lb = read_element<double>(lb.val);  // through the copy ops: the losses may be on a device
-  r.z = read_element<double>(z.val);
-  r.kl = read_element<double>(kl.val);
-  r.assignments = 0;
-  for (int32_t c : to_host_vector<int32_t>(g.counts)) r.assignments += c;
+  r.lb = lb.val;
+  r.z = z.val;
+  r.kl = kl.val;
   return r;
 }
 
@@ -38,7 +36,7 @@ Experts::Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, 
       w13_(ps.add(prefix + ".experts.w13", {E_local, 2 * H, C}, Region::Expert, true)),
       w2_(ps.add(prefix + ".experts.w2", {E_local, C, H}, Region::Expert, true)) {}
 
-Var Experts::forward(Tape& tape, const Var& rows, const int* offsets) const {
+Var Experts::forward(Tape& tape, const Var& rows, const Tensor& offsets) const {
   Var h = grouped_linear(tape, rows, ps_->var(w13_), offsets);  // (R,C) -> (R,2H)
   Var a = swiglu(tape, h);                                      // (R,2H) -> (R,H)
   return grouped_linear(tape, a, ps_->var(w2_), offsets);       // (R,H) -> (R,C)
@@ -50,26 +48,27 @@ MoELayer::MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Disp
 Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt, Var* aux,
                       MoEStats* st) const {
   RouterOut r = router_.forward(tape, x, K, opt);
-  // The dispatcher plans on the host: ids off the CPU are staged through the copy ops.
-  std::vector<int32_t> host_ids;
+  // The dispatcher plans on the host: ids off the CPU come to the host, the layer's one sync.
   Tensor ids = r.ids;
   if (ids.device != Device::CPU) {
-    host_ids = to_host_vector<int32_t>(r.ids);
-    ids = Tensor{host_ids.data(), r.ids.shape, DType::I32};
+    ids = tape.host_arena().tensor(r.ids.shape, DType::I32);
+    to_host(ids.ptr<int32_t>(), r.ids);
   }
   DispatchPlan plan;
-  Var rows = d_->permute(tape, x, ids, plan);                        // (N,C) -> (R,C) by local expert
-  Var y = experts_.forward(tape, rows, plan.offsets.ptr<int32_t>());  // (R,C) -> (R,C)
+  Var rows = d_->permute(tape, x, ids, plan);           // (N,C) -> (R,C) by local expert
+  Var y = experts_.forward(tape, rows, plan.offsets);   // (R,C) -> (R,C)
   Var out = d_->unpermute(tape, y, r.weights, plan);     // (R,C) -> (N,C), weighted
   if (aux) *aux = r.aux;
   if (st) {
-    st->lb = r.lb;
-    st->z = r.z;
-    st->kl = r.kl;
-    st->assignments = r.assignments;
-    st->counts = to_host_vector<int32_t>(r.counts);
+    st->lb_t = r.lb;
+    st->z_t = r.z;
+    st->kl_t = r.kl;
+    st->assignments = plan.sent;  // the routed slots, counted on the host by the plan
+    const int32_t* c = plan.expert_counts.ptr<int32_t>();
+    st->counts.assign(c, c + plan.expert_counts.numel());
     if (st->capture) {
-      st->ids = to_host_vector<int32_t>(r.ids);
+      const int32_t* h = ids.ptr<int32_t>();
+      st->ids.assign(h, h + ids.numel());
       dispatch(r.probs.dtype, [&](auto tag) {
         using T = decltype(tag);
         std::vector<T> p = to_host_vector<T>(r.probs);  // through the copy ops: probs may be on a device

@@ -18,8 +18,8 @@ struct RouterOut {
   Tensor probs;       // (N,E) softmax over all experts
   Var aux;            // (1) lb_coef*lb + z_coef*z + kl_coef*(-KL)
   Tensor counts;      // I32 (E) assignments per expert
-  int64_t assignments;  // sum of counts  } read back to the host,
-  double lb, z, kl;     // the unweighted loss values  } for logging
+  Tensor lb, z, kl;   // F64 (1) each, the unweighted loss values, on the router's device (for
+                      // logging: nothing here is read back to the host)
 };
 // Routing as the MoE layer runs it: logits (N,E) -> router_gating, then the load-balance, z and
 // KL losses (moe_ops.h) combined into aux in the logits' dtype.
@@ -40,8 +40,8 @@ class Router {
 class Experts {
  public:
   Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, int H);
-  // rows (R,C) grouped by local expert (offsets (E_local+1)) -> (R,C)
-  Var forward(Tape& tape, const Var& rows, const int* offsets) const;
+  // rows (R,C) grouped by local expert (offsets I32 (E_local+1), host memory) -> (R,C)
+  Var forward(Tape& tape, const Var& rows, const Tensor& offsets) const;
   int w13_id() const { return w13_; }
   int w2_id() const { return w2_; }
 
@@ -55,11 +55,17 @@ struct MoEStats {
   bool capture = false;      // in: also copy the router's probabilities and choices (analysis)
   std::vector<float> probs;  // (N,E) when captured
   std::vector<int> ids;      // (N,K) when captured, -1 in unused slots
-  double lb = 0, z = 0, kl = 0;
+  double lb = 0, z = 0, kl = 0;  // read back by LM::forward in one copy for all layers
+  Tensor lb_t, z_t, kl_t;        // F64 (1) on the device, until then
   int64_t assignments = 0;   // routed (token, expert) pairs on this rank
   std::vector<int> counts;   // (E) assignments per global expert on this rank's tokens
 };
 
+// Host synchronisations of MoELayer::forward (blocking device -> host copies): ONE, the routed
+// ids (N,K), which the dispatch plan is built from (the counts exchange on several ranks uses the
+// counts made from them on the host). With MoEStats::capture also the ids and probabilities again.
+// Everything else it reports stays on the device until LM::forward reads all layers at once.
+// tests/test_checked_device.cpp pins this count.
 class MoELayer {
  public:
   MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Dispatcher& d);

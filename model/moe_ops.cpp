@@ -207,9 +207,16 @@ Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const Rou
   return out;
 }
 
-Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets) {
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets_t) {
   ANYK_CHECK(w.shape().ndim == 3, "grouped_linear expects w (E,O,I), got " << w.shape().str());
   int E = int(w.shape()[0]), O = int(w.shape()[1]), I = int(w.shape()[2]);
+  ANYK_CHECK(offsets_t.dtype == DType::I32 && offsets_t.numel() == E + 1,
+             "grouped_linear: offsets must be I32 (" << E + 1 << "), got " << dtype_name(offsets_t.dtype) << " "
+                                                     << offsets_t.shape.str());
+  ANYK_CHECK(offsets_t.device == Device::CPU,
+             "grouped_linear: offsets are on " << device_name(offsets_t.device)
+                                               << " but the kernel table takes them in host memory (kernels/kernels.h)");
+  const int32_t* offsets = offsets_t.ptr<int32_t>();
   int M = int(x.val.numel() / I);
   ANYK_CHECK(x.shape()[-1] == I && offsets[0] == 0 && offsets[E] == M,
              "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()

@@ -59,6 +59,6 @@ Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const Rou
 template <class T> int top_p_count(const T* probs, int E, double p, int k_min, int k_max);
 
 // Per-expert matmul: x (M,I), w (E,O,I), rows offsets[e]..offsets[e+1] use w[e] -> (M,O)
-Var grouped_linear(Tape& tape, const Var& x, const Var& w, const int* offsets);
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets);
 
 }  // namespace anyk

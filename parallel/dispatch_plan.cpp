@@ -2,7 +2,10 @@
 #include "parallel/dispatch_plan.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
+
+#include "runtime/device.h"
 
 namespace anyk {
 
@@ -65,6 +68,7 @@ Tensor plan_local(Arena& a, const Tensor& ids, int E, int P, DispatchPlan& plan)
   slot.shape = {sent};
   plan.send_tok = tok;
   plan.send_slot = slot;
+  plan.expert_counts = counts;
   if (P == 1) {  // every expert is local: send order is expert order
     plan.rows = sent;
     plan.counts = counts;
@@ -188,6 +192,31 @@ void plan_hier(Arena& a, const Tensor& mid, int G, int M, DispatchPlan& plan) {
     cr[n] = 0;
     for (int g = 0; g < G; ++g) cr[n] += rc[n * G + g];
   }
+}
+
+void upload_plan(Arena& dev_arena, DispatchPlan& plan) {
+  if (dev_arena.device() == Device::CPU) return;
+  HierPlan& h = plan.hier;
+  Tensor* idx[] = {&plan.send_tok, &plan.send_slot, &plan.regroup, &plan.inverse,
+                   &h.pack1,       &h.unpack1,      &h.pack2,      &h.unpack2};
+  int64_t total = 0;
+  for (Tensor* t : idx)
+    if (t->defined()) {
+      ANYK_CHECK(t->device == Device::CPU, "upload_plan: the plan is already on " << device_name(t->device));
+      total += t->numel();
+    }
+  std::vector<int32_t> packed(size_t(total) + 1);  // + 1: an empty index still gets a valid address
+  Tensor block = dev_arena.tensor({total + 1}, DType::I32);
+  int64_t at = 0;
+  for (Tensor* t : idx) {
+    if (!t->defined()) continue;
+    const int64_t n = t->numel();
+    if (n) std::memcpy(packed.data() + at, t->ptr<int32_t>(), size_t(n) * sizeof(int32_t));
+    t->data = block.dev_ptr<int32_t>() + at;
+    t->device = block.device;
+    at += n;
+  }
+  from_host(block, packed.data());
 }
 
 }  // namespace anyk

@@ -1,6 +1,12 @@
 // The dispatch plan of one MoE layer and the one plan builder every dispatcher uses (one rank,
 // flat all-to-all, hierarchical all-to-all). A plan is typed: every index and count is an I32
 // tensor in the step arena, so it lives exactly as long as the tape that reads it.
+// Residency: the plan is built on the host (from the routed ids, which come to the host once per
+// layer, and the counts exchange, which MPI does on the host). Then upload_plan moves the row
+// indices the kernels read (send_tok, send_slot, regroup, inverse, the hier pack/unpack maps) to
+// the rows' device in ONE packed copy. The counts and offsets stay host memory: the communicator
+// sizes its messages from them and grouped_linear's offsets are a documented host argument
+// (kernels/kernels.h).
 // Legend: N tokens, K slots per token, E experts, El = E_local experts per rank, P ranks of the
 // expert-parallel group; for --a2a hier, P = M nodes x G ranks per node.
 #pragma once
@@ -35,7 +41,12 @@ struct DispatchPlan {
   Tensor regroup;      // I32 (rows) expert-major row j -> its source-major (received) position
   Tensor inverse;      // I32 (rows) source-major position -> expert-major row (inverse of regroup)
   HierPlan hier;       // only for --a2a hier
+  Tensor expert_counts;  // I32 (E) host: assignments per global expert on this rank's tokens
 };
+
+// Step 4: the row indices (see the top of this file) as views into one block of `dev_arena`,
+// filled by one host -> device copy. Nothing moves when the arena is host memory (the CPU).
+void upload_plan(Arena& dev_arena, DispatchPlan& plan);
 
 // An I32 (n) host tensor in the arena (valid memory even when n = 0).
 Tensor arena_i32(Arena& a, int64_t n);

@@ -12,7 +12,7 @@ namespace {
 double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-const int* idx(const Tensor& t) { return t.ptr<int32_t>(); }
+const int* idx(const Tensor& t) { return t.ptr<int32_t>(); }  // host counts only
 }  // namespace
 
 A2A parse_a2a(const std::string& name) {
@@ -76,9 +76,9 @@ Tensor AllToAllDispatcher::exchange_counts(Arena& a, const Tensor& expert_counts
 Var AllToAllDispatcher::send_rows(Tape& tape, const Var& send, const DispatchPlan& plan) {
   if (!node_) return all_to_all_rows(tape, send, plan.send_counts, plan.recv_counts, *ep_);
   const HierPlan& h = plan.hier;
-  Var p1 = gather_rows(tape, send, idx(h.pack1), plan.sent);               // by local index, node
+  Var p1 = gather_rows(tape, send, h.pack1);               // by local index, node
   Var got1 = all_to_all_rows(tape, p1, h.node_send, h.node_recv, *node_);   // phase 1: in the node
-  Var p2 = gather_rows(tape, got1, idx(h.pack2), int(h.pack2.numel()));    // by node, then source
+  Var p2 = gather_rows(tape, got1, h.pack2);    // by node, then source
   return all_to_all_rows(tape, p2, h.cross_send, h.cross_recv, *cross_);    // phase 2: across nodes
 }
 
@@ -87,9 +87,9 @@ Var AllToAllDispatcher::return_rows(Tape& tape, const Var& back, const DispatchP
   if (!node_) return all_to_all_rows(tape, back, plan.recv_counts, plan.send_counts, *ep_);
   const HierPlan& h = plan.hier;
   Var r2 = all_to_all_rows(tape, back, h.cross_recv, h.cross_send, *cross_);  // phase 2 reversed
-  Var u2 = gather_rows(tape, r2, idx(h.unpack2), int(h.unpack2.numel()));     // phase-1 order
+  Var u2 = gather_rows(tape, r2, h.unpack2);     // phase-1 order
   Var r1 = all_to_all_rows(tape, u2, h.node_recv, h.node_send, *node_);       // phase 1 reversed
-  return gather_rows(tape, r1, idx(h.unpack1), plan.sent);                    // send order
+  return gather_rows(tape, r1, h.unpack1);                    // send order
 }
 
 Var AllToAllDispatcher::permute(Tape& tape, const Var& x, const Tensor& ids, DispatchPlan& plan) {
@@ -98,30 +98,34 @@ Var AllToAllDispatcher::permute(Tape& tape, const Var& x, const Tensor& ids, Dis
   Tensor counts = plan_local(a, ids, E_, P, plan);
   ANYK_CHECK(x.shape().ndim == 2 && x.shape()[0] == plan.N,
              "dispatcher: x " << x.shape().str() << " does not match ids " << ids.shape.str());
-  if (P == 1) return gather_rows(tape, x, idx(plan.send_tok), plan.sent);  // (N,C) -> (rows,C)
+  if (P == 1) {
+    upload_plan(tape.arena(), plan);
+    return gather_rows(tape, x, plan.send_tok);  // (N,C) -> (rows,C)
+  }
   double t0 = now_s();
   Tensor mid;
   Tensor recv = exchange_counts(a, counts, &mid);
   exchange_s_ += now_s() - t0;
   plan_receive(a, counts, recv, P, plan);
   if (node_) plan_hier(a, mid, node_->size(), cross_->size(), plan);
-  Var send = gather_rows(tape, x, idx(plan.send_tok), plan.sent);  // (N,C) -> (sent,C) by expert
+  upload_plan(tape.arena(), plan);
+  Var send = gather_rows(tape, x, plan.send_tok);  // (N,C) -> (sent,C) by expert
   t0 = now_s();
   Var got = send_rows(tape, send, plan);                           // -> (rows,C) source-major
   exchange_s_ += now_s() - t0;
-  return gather_rows(tape, got, idx(plan.regroup), plan.rows);     // source-major -> expert-major
+  return gather_rows(tape, got, plan.regroup);     // source-major -> expert-major
 }
 
 Var AllToAllDispatcher::unpermute(Tape& tape, const Var& y, const Var& weights, const DispatchPlan& plan) {
   Var ret = y;
   if (ep_->size() > 1) {
-    Var back = gather_rows(tape, y, idx(plan.inverse), plan.rows);  // expert-major -> source-major
+    Var back = gather_rows(tape, y, plan.inverse);  // expert-major -> source-major
     double t0 = now_s();
     ret = return_rows(tape, back, plan);                            // -> (sent,C) in send order
     exchange_s_ += now_s() - t0;
   }
   // (sent,C) -> (N,C): out[tok] += w[slot] * row
-  return scatter_add_rows(tape, ret, &weights, idx(plan.send_tok), idx(plan.send_slot), plan.N);
+  return scatter_add_rows(tape, ret, &weights, plan.send_tok, plan.send_slot, plan.N);
 }
 
 namespace {

@@ -23,6 +23,7 @@
 #include "runtime/ops/ops.h"
 #include "runtime/tape.h"
 #include "runtime/rng.h"
+#include "test_util.h"
 
 namespace anyk::test::bf16s {
 
@@ -123,11 +124,11 @@ inline std::vector<Case> cases() {
   t.push_back({"cross_entropy", "bf16 logits, f32 loss", {{{4, 5}, true, 2.0}}, false,
                [](Tape& tp, V& in) { return V{cross_entropy(tp, in[0], kTargets)}; }});
   t.push_back({"gather_rows", "repeated rows", {{{4, 10}, true}}, true,
-               [](Tape& tp, V& in) { return V{gather_rows(tp, in[0], kRows, 7)}; }});
+               [](Tape& tp, V& in) { return V{gather_rows(tp, in[0], ids_on(tp, kRows, 7, in[0].val.device))}; }});
   t.push_back({"scatter_add_rows", "weighted by f32 gates", {{{5, 10}, true}, {{5}, false}}, true,
-               [](Tape& tp, V& in) { return V{scatter_add_rows(tp, in[0], &in[1], kTok, kWidx, 3)}; }});
+               [](Tape& tp, V& in) { return V{scatter_add_rows(tp, in[0], &in[1], ids_on(tp, kTok, 5, in[0].val.device), ids_on(tp, kWidx, 5, in[0].val.device), 3)}; }});
   t.push_back({"grouped_linear", "3 experts, one empty", {{{7, 16}, true}, {{3, 10, 16}, false, 0.3}}, true,
-               [](Tape& tp, V& in) { return V{grouped_linear(tp, in[0], in[1], kOffsets)}; }});
+               [](Tape& tp, V& in) { return V{grouped_linear(tp, in[0], in[1], host_i32(kOffsets, 4))}; }});
   t.push_back({"all_to_all_rows", "one rank: bf16 rows pass through", {{{4, 10}, true}}, true,
                [](Tape& tp, V& in) {
                  static Comm self = Comm::self();

@@ -6,15 +6,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <vector>
 
 #include "checked_device.h"
+#include "kernels/kernels.h"
 #include "model/lm.h"
 #include "optim/adamw.h"
 #include "parallel/dispatcher.h"
 #include "runtime/ops/ops.h"
+#include "runtime/rng.h"
 #include "test_util.h"
 
 using namespace anyk;
@@ -266,4 +269,138 @@ TEST_CASE("checked device: a full LM training step and an eval forward match the
     CHECK(same_bits(cpu.eval_logits, chk.eval_logits));
     CHECK(same_bits(cpu.probs, chk.probs));
   }
+}
+
+namespace {
+struct PointerMode {
+  PointerCheck old = pointer_check();
+  explicit PointerMode(PointerCheck m) { set_pointer_check(m); }
+  ~PointerMode() { set_pointer_check(old); }
+};
+}  // namespace
+
+TEST_CASE("checked device: a host pointer planted in a kernel call is caught, naming kernel and argument") {
+  register_checked_device();
+  const Kernels<float>& k = kernels<float>(Device::Checked);
+  const Ctx& ctx = exec_ctx(Device::Checked);
+  Arena arena(1 << 16, Device::Checked);
+  Tensor x = arena.tensor({4, 3}, DType::F32), out = arena.tensor({2, 3}, DType::F32), dev_rows = arena.tensor({2}, DType::I32);
+  const float xv[12] = {0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32};
+  const int32_t host_rows[2] = {3, 1};
+  from_host(x, xv);
+  from_host(dev_rows, host_rows);
+  reset_checked_counters();
+  // Device -> host direction: the planted host index array (what the dispatcher passed before).
+  CHECK_THROWS_WITH_AS(k.gather_rows_forward(ctx, out.dev_ptr<float>(), x.dev_ptr<float>(), host_rows, 2, 3),
+                       doctest::Contains("kernel gather_rows_forward argument 3 (int32_t*) is host memory"), Error);
+  CHECK(misplaced_pointers() == 1);
+  // The same rows from the pool pass, and give the gathered rows.
+  k.gather_rows_forward(ctx, out.dev_ptr<float>(), x.dev_ptr<float>(), dev_rows.dev_ptr<int32_t>(), 2, 3);
+  CHECK(to_host_vector<float>(out) == std::vector<float>{30, 31, 32, 10, 11, 12});
+  CHECK(misplaced_pointers() == 1);
+  {
+    // Without the check the CPU kernel under the checked table reads host memory and stays
+    // green: exactly the mistake a GPU would turn into an illegal address.
+    PointerMode off(PointerCheck::Off);
+    zero(out);
+    k.gather_rows_forward(ctx, out.dev_ptr<float>(), x.dev_ptr<float>(), host_rows, 2, 3);
+    CHECK(to_host_vector<float>(out) == std::vector<float>{30, 31, 32, 10, 11, 12});
+    CHECK(misplaced_pointers() == 1);  // and nobody counted it
+  }
+  {
+    PointerMode count(PointerCheck::Count);  // count mode counts and lets the call run
+    k.gather_rows_forward(ctx, out.dev_ptr<float>(), x.dev_ptr<float>(), host_rows, 2, 3);
+    CHECK(misplaced_pointers() == 2);
+  }
+  // Host -> device direction: grouped_linear's offsets are documented HOST memory; pool memory
+  // there is refused (a GPU backend reads them on the host), and host offsets pass.
+  Tensor w = arena.tensor({1, 3, 3}, DType::F32, true), y = arena.tensor({4, 3}, DType::F32);
+  Tensor dev_off = arena.tensor({2}, DType::I32);
+  const int32_t host_off[2] = {0, 4};
+  from_host(dev_off, host_off);
+  CHECK_THROWS_WITH_AS(k.grouped_linear_forward(ctx, y.dev_ptr<float>(), x.dev_ptr<float>(), w.dev_ptr<float>(),
+                                                dev_off.dev_ptr<int32_t>(), 1, 3, 3),
+                       doctest::Contains("argument 4 (int32_t*) is checked-device memory where the kernel table "
+                                         "documents HOST memory"),
+                       Error);
+  CHECK_NOTHROW(k.grouped_linear_forward(ctx, y.dev_ptr<float>(), x.dev_ptr<float>(), w.dev_ptr<float>(), host_off,
+                                         1, 3, 3));
+  // A host output pointer is caught as well (any argument, not only indices).
+  std::vector<float> host_out(6);
+  CHECK_THROWS_WITH_AS(k.gather_rows_forward(ctx, host_out.data(), x.dev_ptr<float>(), dev_rows.dev_ptr<int32_t>(), 2, 3),
+                       doctest::Contains("argument 1 (float*) is host memory"), Error);
+}
+
+TEST_CASE("checked device: the row ops refuse index tensors on another device, naming the argument") {
+  register_checked_device();
+  Arena arena(1 << 16, Device::Checked);
+  Tape tape(arena);
+  Var x = leaf_on(tape, {4, 3}, randf(12, 2));
+  const int rows[2] = {3, 1};
+  Tensor host_rows{const_cast<int*>(rows), Shape{2}, DType::I32, Device::CPU};
+  CHECK_THROWS_WITH_AS(gather_rows(tape, x, host_rows), doctest::Contains("gather_rows: rows is on cpu"), Error);
+  CHECK_NOTHROW(gather_rows(tape, x, ids_on(tape, rows, 2, Device::Checked)));
+}
+
+TEST_CASE("checked device: a training step passes no host pointer and makes one host sync per MoE layer") {
+  register_checked_device();
+  // Count mode: the step runs to the end and reports every misplaced pointer (Fail, the default,
+  // would stop at the first). Before issue 21 this step passed host index arrays to the kernels.
+  PointerMode count(PointerCheck::Count);
+  auto syncs = [](int layers) {
+    ModelConfig c = small_lm();
+    c.layers = layers;
+    const int B = 2, T = 6;
+    std::vector<int> in(B * T), tg(B * T);
+    for (int i = 0; i < B * T; ++i) in[i] = (i * 7 + 3) % 17, tg[i] = (i * 5 + 1) % 17;
+    LocalDispatcher disp(4);
+    LM lm(c, disp, Device::Checked);
+    lm.init(11);
+    Arena arena(1 << 20, Device::Checked);
+    Tape tape(arena);
+    ForwardStats st;
+    std::vector<int> ks(size_t(layers), 2);
+    reset_checked_counters();
+    Var loss = lm.forward(tape, in.data(), tg.data(), B, T, ks, &st);
+    tape.backward(loss);
+    const int64_t n = host_syncs();
+    CHECK(misplaced_pointers() == 0);
+    CHECK(st.layers.back().assignments == int64_t(B) * T * 2);  // the stats still arrive
+    CHECK(st.layers.back().lb > 0);
+    return n;
+  };
+  const int64_t s2 = syncs(2), s4 = syncs(4), s5 = syncs(5);
+  MESSAGE("host syncs of a training forward+backward: " << s2 << " at L=2, " << s4 << " at L=4");
+  CHECK((s4 - s2) == 2 * 1);  // one per MoE layer: the routed ids the dispatch plan is built from
+  CHECK((s5 - s4) == 1);
+  // And the rest is per step, not per layer: token-id checks of the embedding and the loss, the
+  // router losses of all layers in one copy, the logged CE and aux.
+  CHECK(s2 - 2 == 5);
+}
+
+TEST_CASE("parallel init gives the bits of the naive serial loop, on the CPU and on the checked device") {
+  register_checked_device();
+  ModelConfig c = small_lm();
+  c.vocab = 300;
+  c.dim = 256;  // wte (300,256): above the init's parallel threshold, split over the threads
+  c.heads = 4;
+  LocalDispatcher disp(4);
+  LM cpu(c, disp, Device::CPU), chk(c, disp, Device::Checked);
+  cpu.init(29);
+  chk.init(29);
+  const double out_std = c.init_std / std::sqrt(2.0 * c.layers);
+  int64_t compared = 0;
+  for (int id = 0; id < cpu.params().size(); ++id) {
+    const std::string& n = cpu.params().info(id).name;
+    CAPTURE(n);
+    const bool norm = n == "lnf" || n.ends_with(".ln1") || n.ends_with(".ln2");
+    const double sd = n.ends_with(".attn.wo") || n.ends_with(".experts.w2") ? out_std : c.init_std;
+    std::vector<float> want(size_t(cpu.params().value(id).numel()));
+    for (size_t i = 0; i < want.size(); ++i)  // one thread, one element at a time
+      want[i] = norm ? 1.0f : float(sd * normal_from(hash_key(29, hash_name(n), uint64_t(i))));
+    CHECK(same_bits(want, host<float>(cpu.params().value(id))));
+    CHECK(same_bits(want, host<float>(chk.params().value(id))));
+    compared += int64_t(want.size());
+  }
+  CHECK(compared > 100000);
 }

@@ -111,17 +111,17 @@ std::vector<OpCase> table() {
                  return std::vector<Var>{router_aux(tp, in[0], in[1], in[2], o, in[0].dtype())};
                }});
   t.push_back({"gather_rows", "repeated rows", {{4, 3}}, 1.0, [](Tape& tp, std::vector<Var>& in) {
-                 return std::vector<Var>{gather_rows(tp, in[0], kRows, 7)};
+                 return std::vector<Var>{gather_rows(tp, in[0], ids_on(tp, kRows, 7, in[0].val.device))};
                }});
   t.push_back({"scatter_add_rows", "weighted", {{5, 3}, {5}}, 1.0, [](Tape& tp, std::vector<Var>& in) {
-                 return std::vector<Var>{scatter_add_rows(tp, in[0], &in[1], kTok, kWidx, 3)};
+                 return std::vector<Var>{scatter_add_rows(tp, in[0], &in[1], ids_on(tp, kTok, 5, in[0].val.device), ids_on(tp, kWidx, 5, in[0].val.device), 3)};
                }});
   t.push_back({"scatter_add_rows", "unweighted", {{5, 3}}, 1.0, [](Tape& tp, std::vector<Var>& in) {
-                 return std::vector<Var>{scatter_add_rows(tp, in[0], nullptr, kTok, kWidx, 3)};
+                 return std::vector<Var>{scatter_add_rows(tp, in[0], nullptr, ids_on(tp, kTok, 5, in[0].val.device), ids_on(tp, kWidx, 5, in[0].val.device), 3)};
                }});
   t.push_back({"grouped_linear", "3 experts, one empty", {{7, 4}, {3, 5, 4}}, 1.0,
                [](Tape& tp, std::vector<Var>& in) {
-                 return std::vector<Var>{grouped_linear(tp, in[0], in[1], kOffsets)};
+                 return std::vector<Var>{grouped_linear(tp, in[0], in[1], host_i32(kOffsets, 4))};
                }});
   t.push_back({"all_to_all_rows", "one rank (MPI_COMM_SELF)", {{4, 3}}, 1.0,
                [](Tape& tp, std::vector<Var>& in) {

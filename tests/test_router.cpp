@@ -72,14 +72,13 @@ TEST_CASE("router matches a naive loop for K = 1, 2, E (f32 and f64, renormalise
         double tol = dt == DType::F64 ? 1e-12 : 1e-6;
         for (int i = 0; i < N * K; ++i) CHECK(r.ids.ptr<int>()[i] == ref.ids[i]);
         CHECK(rel_err(read(r.weights.val), ref.w) < tol);
-        CHECK(r.lb == doctest::Approx(ref.lb).epsilon(tol));
-        CHECK(r.z == doctest::Approx(ref.z).epsilon(tol));
+        CHECK(read(r.lb)[0] == doctest::Approx(ref.lb).epsilon(tol));
+        CHECK(read(r.z)[0] == doctest::Approx(ref.z).epsilon(tol));
         CHECK(read(r.aux.val)[0] == doctest::Approx(0.01 * ref.lb + 0.001 * ref.z).epsilon(tol * 10));
-        CHECK(r.assignments == int64_t(N) * K);
         int total = 0;
         for (int e = 0; e < E; ++e) total += r.counts.ptr<int>()[e];
         CHECK(total == N * K);
-        if (K == E) CHECK(r.lb == doctest::Approx(1.0).epsilon(tol));  // f_e = 1/E for all e
+        if (K == E) CHECK(read(r.lb)[0] == doctest::Approx(1.0).epsilon(tol));  // f_e = 1/E for all e
       }
     }
   }

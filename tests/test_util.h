@@ -28,6 +28,15 @@ inline void fill(const Tensor& t, const std::vector<double>& v) {
   });
 }
 
+// A view of host I32 data as a CPU tensor (n).
+inline Tensor host_i32(const int* p, int64_t n) {
+  Tensor t;
+  t.data = const_cast<int*>(p);
+  t.shape = Shape{n};
+  t.dtype = DType::I32;
+  return t;
+}
+
 inline std::vector<double> read(const Tensor& t) {
   std::vector<double> v(t.numel());
   dispatch(t.dtype, [&](auto tag) {

@@ -8,6 +8,19 @@
 
 namespace anyk {
 
+Tensor ids_on(Tape& tape, const int* ids, int64_t n, Device dev) {
+  Tensor t;
+  t.shape = Shape{n};
+  t.dtype = DType::I32;
+  t.data = const_cast<int*>(ids);
+  if (dev == Device::CPU) return t;
+  Tensor d = tape.arena().tensor({n}, DType::I32);
+  ANYK_CHECK(d.device == dev, "ids for device " << device_name(dev) << " but the arena is on "
+                                                << device_name(d.device));
+  from_host(d, ids);
+  return d;
+}
+
 namespace {
 Shape with_last(const Shape& s, int64_t last) {
   Shape o = s;
@@ -19,19 +32,6 @@ void same_dtype(const Var& a, const Var& b, const char* op) {
                                         << dtype_name(b.dtype()));
   ANYK_CHECK(a.val.device == b.val.device, op << ": device mismatch " << device_name(a.val.device) << " vs "
                                               << device_name(b.val.device));
-}
-// Host ids as an I32 tensor on `dev`: a view when dev is the CPU, else a copy in the arena.
-Tensor ids_on(Tape& tape, const int* ids, int N, Device dev) {
-  Tensor t;
-  t.shape = Shape{N};
-  t.dtype = DType::I32;
-  t.data = const_cast<int*>(ids);
-  if (dev == Device::CPU) return t;
-  Tensor d = tape.arena().tensor({N}, DType::I32);
-  ANYK_CHECK(d.device == dev, "ids for device " << device_name(dev) << " but the arena is on "
-                                                << device_name(d.device));
-  from_host(d, ids);
-  return d;
 }
 // Every id in [0, V), else an error naming the first bad one (a host sync).
 void check_ids(const Tensor& ids, int V, const char* what) {

@@ -31,10 +31,16 @@ Var cross_entropy(Tape& tape, const Var& logits, const Tensor& targets, double n
 // The same from host targets (copied to the logits' device when it is not the CPU)
 Var cross_entropy(Tape& tape, const Var& logits, const int* targets, double norm = 0);
 
-// out (M,C) = x[rows[m]]; backward scatter-adds. (The permutation's gather half.)
-Var gather_rows(Tape& tape, const Var& x, const int* rows, int M);
-// out (N,C) = sum over m with tok[m] = n of w[widx[m]] * y[m]; w may be null (weight 1).
-// (The permutation's scatter half; its dual is gather_rows.)
-Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const int* tok, const int* widx, int N);
+// Index tensors live where the kernels read them: every I32 index argument below must be on the
+// device of the rows it indexes, else the op fails naming the op and the argument.
+// Host ids (n) as an I32 tensor on `dev`: a view of the host memory when dev is the CPU, else a
+// copy in the tape's arena (one host -> device copy).
+Tensor ids_on(Tape& tape, const int* ids, int64_t n, Device dev);
+
+// out (M,C) = x[rows[m]], rows I32 (M); backward scatter-adds. (The permutation's gather half.)
+Var gather_rows(Tape& tape, const Var& x, const Tensor& rows);
+// out (N,C) = sum over m with tok[m] = n of w[widx[m]] * y[m]; tok, widx I32 (M); w may be null
+// (weight 1). (The permutation's scatter half; its dual is gather_rows.)
+Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const Tensor& tok, const Tensor& widx, int N);
 
 }  // namespace anyk

@@ -6,8 +6,21 @@
 
 namespace anyk {
 
-Var gather_rows(Tape& tape, const Var& x, const int* rows, int M) {
-  int C = int(x.shape()[-1]);
+namespace {
+// An index argument of a row op: I32, one dim of n, on the device of the rows it indexes.
+void check_index(const char* op, const char* arg, const Tensor& t, int64_t n, Device dev) {
+  ANYK_CHECK(t.dtype == DType::I32 && t.shape.ndim == 1 && t.numel() == n,
+             op << ": " << arg << " must be I32 (" << n << "), got " << dtype_name(t.dtype) << " "
+                << t.shape.str());
+  ANYK_CHECK(t.device == dev, op << ": " << arg << " is on " << device_name(t.device) << " but the rows are on "
+                                 << device_name(dev) << " hint: move it with ids_on() or the copy ops");
+}
+}  // namespace
+
+Var gather_rows(Tape& tape, const Var& x, const Tensor& rows_t) {
+  int C = int(x.shape()[-1]), M = int(rows_t.numel());
+  check_index("gather_rows", "rows", rows_t, M, x.val.device);
+  const int32_t* rows = rows_t.dev_ptr<int32_t>();
   Var out = tape.make_like(x, {M, C}, x.requires_grad());
   Staging st(tape);
   Tensor xv = st.in(x.val), o = st.out(out.val);  // bf16 rows: widened and rounded back, exactly
@@ -26,8 +39,13 @@ Var gather_rows(Tape& tape, const Var& x, const int* rows, int M) {
   return out;
 }
 
-Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const int* tok, const int* widx, int N) {
+Var scatter_add_rows(Tape& tape, const Var& y, const Var* w, const Tensor& tok_t, const Tensor& widx_t, int N) {
   int C = int(y.shape()[-1]), M = int(y.val.numel() / C);
+  check_index("scatter_add_rows", "tok", tok_t, M, y.val.device);
+  check_index("scatter_add_rows", "widx", widx_t, M, y.val.device);
+  if (w) ANYK_CHECK(w->val.device == y.val.device, "scatter_add_rows: weights on " << device_name(w->val.device)
+                                                       << ", rows on " << device_name(y.val.device));
+  const int32_t *tok = tok_t.dev_ptr<int32_t>(), *widx = widx_t.dev_ptr<int32_t>();
   Var wv = w ? *w : Var{};
   bool needs = y.requires_grad() || (w && w->requires_grad());
   Var out = tape.make_like(y, {N, C}, needs);
