@@ -32,8 +32,13 @@ LM::LM(const ModelConfig& cfg, Dispatcher& dispatcher, Device device)
   ps_.finalize();
 }
 
+// Each value is a pure function of (seed, name, global index), so the draws are split over the
+// host's threads in chunks and each chunk is copied to the parameter's device as it is made: the
+// same bits for any thread count and device. (On the host, not in a device kernel: a GPU's log and
+// cos are not guaranteed to round like glibc's, and the bits must not depend on the device.)
 void LM::init(uint64_t seed) {
   const double out_std = cfg_.init_std / std::sqrt(2.0 * cfg_.layers);
+  constexpr int64_t kChunk = int64_t(1) << 22;  // elements per host staging chunk (16 MiB in f32)
   for (int id = 0; id < ps_.size(); ++id) {
     const ParamInfo& info = ps_.info(id);
     const std::string& n = info.name;
@@ -48,10 +53,17 @@ void LM::init(uint64_t seed) {
     Tensor t = ps_.value(id);
     dispatch(t.dtype, [&](auto tag) {
       using T = decltype(tag);
-      std::vector<T> p(size_t(t.numel()));  // built on the host, then copied to the device
-      for (int64_t i = 0; i < t.numel(); ++i)
-        p[i] = norm ? T(1) : T(std * normal_from(hash_key(seed, stream, uint64_t(base + i))));
-      from_host(t, p.data());
+      std::vector<T> p(size_t(std::min(t.numel(), kChunk)));
+      for (int64_t c0 = 0; c0 < t.numel(); c0 += kChunk) {
+        const int64_t len = std::min(kChunk, t.numel() - c0);
+#pragma omp parallel for schedule(static) if (len >= 65536)
+        for (int64_t i = 0; i < len; ++i)
+          p[size_t(i)] = norm ? T(1) : T(std * normal_from(hash_key(seed, stream, uint64_t(base + c0 + i))));
+        Tensor part = t;
+        part.data = t.dev_ptr<T>() + c0;
+        part.shape = Shape{len};
+        from_host(part, p.data());
+      }
     });
   }
 }
