@@ -4,7 +4,7 @@
 
 #include <utility>
 
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/rng.h"
 
 namespace anyk::data {

@@ -11,7 +11,7 @@
 
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::data {
 

@@ -10,7 +10,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::data {
 

@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "io/json.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::eval {
 

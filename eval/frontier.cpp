@@ -8,7 +8,7 @@
 #include "eval/analysis.h"
 #include "io/json.h"
 #include "model/generate.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::eval {
 

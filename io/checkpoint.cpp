@@ -13,7 +13,7 @@
 #include <sstream>
 
 #include "io/fsio.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/device.h"
 
 namespace anyk::io {

@@ -25,7 +25,7 @@
 #include "io/h5.h"
 #include "io/json.h"
 #include "model/lm.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::io {
 

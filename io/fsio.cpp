@@ -9,7 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::io {
 

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "model/config.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 #define H5_CHECK(expr, what)                                                                       \
   [&]() {                                                                                          \

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "io/h5.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::io {
 

@@ -12,9 +12,9 @@
 #pragma once
 #include <cstdint>
 
-namespace anyk {
+#include "core/types.h"
 
-enum class Device : uint8_t;  // runtime/tensor.h
+namespace anyk {
 
 // How a kernel runs: threads (0: the backend's default), an opaque stream (CUDA: cudaStream_t),
 // and whether the GEMMs may round their inputs to bf16 (accumulating in f32; CUDA --precision

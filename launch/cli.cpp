@@ -21,7 +21,7 @@
 #include "launch/generate.h"
 #include "launch/options.h"
 #include "launch/train.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk {
 

@@ -9,7 +9,7 @@
 
 #include "io/convert.h"
 #include "launch/options.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::launch {
 

@@ -18,7 +18,7 @@
 #include "io/fsio.h"
 #include "io/weights.h"
 #include "launch/options.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/devices.h"
 
 namespace anyk::launch {

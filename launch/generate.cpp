@@ -20,7 +20,7 @@
 #include "io/checkpoint.h"
 #include "io/weights.h"
 #include "model/generate.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/devices.h"
 
 namespace anyk::launch {

@@ -14,7 +14,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/devices.h"
 
 namespace anyk::launch {

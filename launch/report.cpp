@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::launch {
 

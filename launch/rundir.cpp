@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "io/fsio.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::launch {
 

@@ -15,7 +15,7 @@
 #include "launch/signals.h"
 #include "launch/trainer.h"
 #include "parallel/comm.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/devices.h"
 
 namespace anyk::launch {

@@ -14,7 +14,7 @@
 #include "launch/signals.h"
 #include "parallel/gather.h"
 #include "parallel/grad_sync.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/devices.h"
 
 namespace anyk::launch {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <limits>
 
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/rng.h"
 
 namespace anyk {

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "kernels/kernels.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk {
 

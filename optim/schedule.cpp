@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk {
 

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 #define ANYK_MPI_CHECK(call)                                                                  \
   do {                                                                                        \

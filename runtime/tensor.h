@@ -7,55 +7,13 @@
 #include <initializer_list>
 #include <string>
 
-#include "runtime/check.h"
+#include "core/check.h"
+#include "core/types.h"
 
 namespace anyk {
 
 // F32/F64: compute (f64 for the gradient checks). I32: ids, counts, offsets. BF16: storage only
 // (mixed precision later); converted through kernels.
-enum class DType : uint8_t { F32, F64, I32, BF16 };
-// CPU: host memory. CUDA: a GPU. Checked: the CPU kernels over memory the host must not read
-// directly (tests prove the device seam with it).
-enum class Device : uint8_t { CPU, CUDA, Checked };
-
-inline size_t dtype_size(DType d) {
-  switch (d) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::I32: return 4;
-    case DType::BF16: return 2;
-  }
-  return 0;
-}
-inline const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::F32: return "f32";
-    case DType::F64: return "f64";
-    case DType::I32: return "i32";
-    case DType::BF16: return "bf16";
-  }
-  return "?";
-}
-inline const char* device_name(Device d) {
-  switch (d) {
-    case Device::CPU: return "cpu";
-    case Device::CUDA: return "cuda";
-    case Device::Checked: return "checked";
-  }
-  return "?";
-}
-
-// bf16 storage: the upper 16 bits of an f32 (convert through the to_bf16 / from_bf16 kernels).
-struct bf16 {
-  uint16_t bits;
-};
-
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<double>() { return DType::F64; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
-template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
-
 struct Shape {
   std::array<int64_t, 4> d{0, 0, 0, 0};
   int ndim = 0;

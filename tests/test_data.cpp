@@ -15,7 +15,7 @@
 #include "data/prepare.h"
 #include "data/shard.h"
 #include "data/tokenizer.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "test_util.h"
 
 using namespace anyk;

@@ -11,7 +11,7 @@
 
 #include "model/k_schedule.h"
 #include "model/moe_ops.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/ops/ops.h"
 #include "runtime/rng.h"
 

@@ -8,7 +8,7 @@
 
 #include "optim/adamw.h"
 #include "optim/schedule.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "runtime/rng.h"
 
 using namespace anyk;

@@ -14,7 +14,7 @@
 #include "io/weights.h"
 #include "model/lm.h"
 #include "parallel/dispatcher.h"
-#include "runtime/check.h"
+#include "core/check.h"
 #include "test_util.h"
 
 using namespace anyk;

@@ -7,7 +7,7 @@
 
 #include "kernels/cuda/expert_gemm_plan.cuh"
 #include "kernels/kernels.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 #define ANYK_CUDA_CHECK(call)                                                                         \
   do {                                                                                                \

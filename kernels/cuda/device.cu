@@ -12,7 +12,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda_api.h"
-#include "runtime/tensor.h"
+#include "core/types.h"
 
 namespace anyk::cuda {
 

@@ -4,7 +4,7 @@
 #include <atomic>
 
 #include "kernels/cuda/expert_gemm_plan.cuh"  // host-only: the strategy names
-#include "runtime/check.h"
+#include "core/check.h"
 
 namespace anyk::cuda {
 

@@ -31,7 +31,7 @@
 #include "model/lm.h"
 #include "optim/adamw.h"
 #include "parallel/dispatcher.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 using namespace anyk;
 using namespace anyk::launch;

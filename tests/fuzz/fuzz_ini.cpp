@@ -16,7 +16,7 @@
 #include "fuzz_util.h"
 #include "launch/train.h"
 #include "parallel/comm.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 using namespace anyk;
 

@@ -14,7 +14,7 @@
 #include "data/shard.h"
 #include "data/tokenizer.h"
 #include "fuzz_util.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 using namespace anyk;
 namespace fs = std::filesystem;

@@ -10,7 +10,7 @@
 
 #include "data/shard.h"
 #include "fuzz_util.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 using namespace anyk;
 

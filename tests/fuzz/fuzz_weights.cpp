@@ -29,7 +29,7 @@
 #include "launch/options.h"
 #include "model/lm.h"
 #include "parallel/dispatcher.h"
-#include "runtime/check.h"
+#include "core/check.h"
 
 using namespace anyk;
 using namespace anyk::launch;
