@@ -42,8 +42,9 @@ AllToAllDispatcher::AllToAllDispatcher(const Communicator& ep, const Communicato
   cross_ = &cross;
 }
 
-// The ONE host synchronisation of a layer: every rank learns how many rows it will receive for
-// each local expert from each source, which sizes the receive buffers before any row moves.
+// The counts exchange: every rank learns how many rows it will receive for each local expert
+// from each source, which sizes the receive buffers before any row moves. Host counts in, host
+// counts out (no device copy: the counts come from the host ids the plan is built from).
 // expert_counts (E) -> recv (P*El): rows source s sends to local expert e at s*El + e. Hier
 // routes the counts as it routes the rows (phase 1 in the node, phase 2 across nodes) and keeps
 // phase 1's counts in *mid (G*M*El) for plan_hier.

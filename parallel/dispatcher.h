@@ -19,6 +19,8 @@ class Dispatcher {
   virtual int num_local() const = 0;      // E_local
   virtual int first_expert() const = 0;   // global id of local expert 0
   // x (N,C), ids I32 (N,K) host, -1 for unused slots -> rows (plan.rows, C) by local expert.
+  // The plan is built on the host; its row indices move to x's device in one packed copy
+  // (upload_plan, parallel/dispatch_plan.h) before any kernel reads them.
   virtual Var permute(Tape& tape, const Var& x, const Tensor& ids, DispatchPlan& plan) = 0;
   // y (plan.rows, C) in the order permute produced, weights (N,K) -> out (N,C).
   virtual Var unpermute(Tape& tape, const Var& y, const Var& weights, const DispatchPlan& plan) = 0;
@@ -30,9 +32,14 @@ A2A parse_a2a(const std::string& name);  // "flat" | "hier"; the error lists bot
 const char* a2a_name(A2A mode);
 
 // Experts split evenly over the P ranks of the ep group (rank r holds [r*El, (r+1)*El)).
-// permute: sort the N*K assignments by expert (= by destination) -> exchange_counts, the one
-// host synchronisation, sizes the receive buffers (in the step arena: they resize every step
-// with K) -> gather the rows in send order -> exchange them -> regroup by local expert.
+// permute: sort the N*K assignments by expert (= by destination) -> exchange_counts sizes the
+// receive buffers (in the step arena: they resize every step with K) -> upload the plan's row
+// indices -> gather the rows in send order -> exchange them -> regroup by local expert.
+// Host synchronisations: the ids reach the host once per layer (MoELayer::forward, the one
+// device -> host copy of a layer, pinned by tests/test_checked_device.cpp); the counts exchange
+// works on the host counts made from them, so it waits on the other ranks, never on the device.
+// With --comm mpi off the CPU the rows are staged through the host as well (parallel/comm.cpp),
+// one copy per exchange; --comm nccl moves them on the device.
 // unpermute: the reverse exchange, then the weighted scatter-add on the source rank.
 // Flat: one all-to-all over the ep group (P-1 peers per rank). Hier (Tutel's 2D all-to-all,
 // docs/hier-a2a.md): phase 1 inside the node, phase 2 among the ranks with the same local index
