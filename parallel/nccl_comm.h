@@ -17,8 +17,16 @@ namespace anyk {
 // Collective over group: group rank 0 creates the NCCL unique id, MPI_Bcast sends it to the
 // group, every rank joins with ncclCommInitRank. Needs the CUDA backend initialised on this
 // rank (anyk::cuda::init: its GPU current, its stream created); one GPU per rank (NCCL refuses
-// two ranks of a communicator on one GPU). Throws naming the NCCL call and ncclGetErrorString.
+// two ranks of a communicator on one GPU). Loads NCCL first (nccl_version). Throws naming the
+// NCCL call and ncclGetErrorString.
 std::unique_ptr<Communicator> make_nccl_communicator(const Comm& group);
+
+// NCCL is not linked into anyk: the first use opens libnccl.so.2 (dlopen, once per process) and
+// resolves the functions the communicator calls, so runs without --comm nccl never need it.
+// Returns NCCL's version code (ncclGetVersion: 22703 for 2.27.3). Throws one line naming
+// libnccl.so.2, the loader's reason and the fix when it cannot be loaded or lacks a function;
+// without ANYK_CUDA, the rebuild hint.
+int nccl_version();
 
 class NcclCommunicator final : public Communicator {
  public:

@@ -8,4 +8,9 @@ std::unique_ptr<Communicator> make_nccl_communicator(const Comm&) {
             "/usr/local/cuda), or use --comm mpi");
 }
 
+int nccl_version() {
+  ANYK_FAIL("--comm nccl: anyk was built without CUDA/NCCL hint: cmake -DANYK_CUDA=ON (NCCL from "
+            "/usr/local/cuda), or use --comm mpi");
+}
+
 }  // namespace anyk

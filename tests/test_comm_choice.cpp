@@ -83,3 +83,19 @@ TEST_CASE("comm: the NCCL factory says what is missing") {
     CHECK(has(e, "--device cuda"));
   }
 }
+
+TEST_CASE("comm: NCCL is loaded on first use, or the error names the library and the fix") {
+  int version = 0;
+  const std::string e = error_of([&] { version = nccl_version(); });
+  if (!cuda::built_with_cuda()) {
+    CHECK(has(e, "anyk was built without CUDA/NCCL"));
+  } else if (e.empty()) {  // libnccl.so.2 found: a NCCL 2 version code (no GPU needed to ask)
+    CHECK(version >= 20700);
+    CHECK(nccl_version() == version);  // loaded once
+  } else {  // not installed here: one line naming it and the fix
+    CHECK(has(e, "cannot load libnccl.so.2"));
+    CHECK(has(e, "LD_LIBRARY_PATH"));
+    CHECK(has(e, "--comm mpi"));
+    CHECK(e.find('\n') == std::string::npos);
+  }
+}
