@@ -2,7 +2,9 @@
 // (no GPU, no CUDA headers): the descriptors every strategy issues (loop, streams, grouped) are
 // executed in double by a naive column-major GEMM with cuBLAS' argument rules, and the result is
 // compared with the direct definition out_e = x_e w_e^T, dx_e += dY_e w_e, dw_e += dY_e^T x_e.
-// Zero-row experts, E = 1, all rows in one expert, the streams' round-robin and bad offsets.
+// Zero-row experts, E = 1, all rows in one expert, the streams' round-robin and bad offsets; the
+// padded-row layout of the bf16 operand copies (same results, padding never read, every operand
+// pointer and leading dimension 16-byte aligned).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -84,18 +86,32 @@ double max_abs_diff(const V& a, const V& b) {
   return m;
 }
 
+// rows x cols, row-major and dense, copied with row stride ld; the padding is NaN, so a GEMM that
+// read it would poison its result.
+V with_stride(const V& a, int64_t rows, int cols, int ld) {
+  V r(size_t(rows) * size_t(ld), std::nan(""));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int c = 0; c < cols; ++c) r[size_t(i * ld + c)] = a[size_t(i * cols + c)];
+  return r;
+}
+
 // Plans and executes the three kinds; out starts as a sentinel (the forward assigns), dx and dw
-// from random values (the backward adds). Returns the plans for further checks.
-std::vector<std::vector<Gemm>> check_problem(const Problem& p) {
+// from random values (the backward adds). With `padded`, A and B are read from copies in
+// bf16_layout, as moe.cu's bf16 path does (here in double: only the element strides matter).
+// Returns the plans for further checks.
+std::vector<std::vector<Gemm>> check_problem(const Problem& p, bool padded = false) {
   const V dx0 = randn(size_t(p.M) * p.I, 7), dw0 = randn(size_t(p.E) * p.O * p.I, 8);
   V out(size_t(p.M) * p.O, 77.0), dx = dx0, dw = dw0;
+  const Layout ld = padded ? bf16_layout(p.I, p.O) : natural_layout(p.I, p.O);
+  const V x = with_stride(p.x, p.M, p.I, ld.x), dout = with_stride(p.dout, p.M, p.O, ld.d),
+          w = with_stride(p.w, int64_t(p.E) * p.O, p.I, ld.w);
   std::vector<std::vector<Gemm>> plans(3);
-  plan(plans[0], p.off.data(), p.E, p.I, p.O, Kind::Forward);
-  plan(plans[1], p.off.data(), p.E, p.I, p.O, Kind::Dx);
-  plan(plans[2], p.off.data(), p.E, p.I, p.O, Kind::Dw);
-  for (const Gemm& g : plans[0]) run_gemm(g, p.w, p.x, out);
-  for (const Gemm& g : plans[1]) run_gemm(g, p.w, p.dout, dx);
-  for (const Gemm& g : plans[2]) run_gemm(g, p.x, p.dout, dw);
+  plan(plans[0], p.off.data(), p.E, p.I, p.O, Kind::Forward, ld);
+  plan(plans[1], p.off.data(), p.E, p.I, p.O, Kind::Dx, ld);
+  plan(plans[2], p.off.data(), p.E, p.I, p.O, Kind::Dw, ld);
+  for (const Gemm& g : plans[0]) run_gemm(g, w, x, out);
+  for (const Gemm& g : plans[1]) run_gemm(g, w, dout, dx);
+  for (const Gemm& g : plans[2]) run_gemm(g, x, dout, dw);
   V ro(out.size(), 0.0), rdx = dx0, rdw = dw0;
   reference(p, ro, rdx, rdw);
   CHECK(max_abs_diff(out, ro) <= 1e-12);
@@ -128,6 +144,77 @@ TEST_CASE("xgemm plan: executed descriptors equal the definition, zero-row exper
       for (int j = 0; j < g.n; ++j)
         for (int i = 0; i < g.m; ++i) CHECK(written.insert(g.c_off + i + int64_t(j) * g.ldc).second);
   }
+}
+
+// Awkward splits (zero-row experts, odd row counts) and odd I, O for the alignment checks.
+const std::vector<std::vector<int32_t>> kAwkward = {{13, 0, 40, 1, 29}, {1, 1, 1, 1, 1, 1, 1}, {0, 3, 0, 5, 7, 0, 9},
+                                                    {2, 0, 0, 1}, {37}, {0, 0, 0, 11, 0}};
+const std::vector<std::pair<int, int>> kShapes = {{33, 5}, {7, 13}, {1, 1}, {8, 3}, {5, 8}, {63, 65}, {2048, 5632}};
+
+// Byte offset of an operand at element offset off in a buffer of elem-byte elements.
+int64_t bytes_at(int64_t off, int elem) { return off * elem; }
+
+TEST_CASE("xgemm plan: the padded bf16 layout computes the same, never reading the padding") {
+  for (const auto& counts : kAwkward)
+    for (auto [I, O] : {std::pair{33, 5}, std::pair{7, 13}, std::pair{1, 1}, std::pair{9, 8}}) {
+      CAPTURE(I);
+      CAPTURE(O);
+      const Problem p = make(counts, I, O, 31);
+      check_problem(p, true);
+      check_problem(p, false);
+    }
+}
+
+TEST_CASE("xgemm plan: every bf16 operand pointer and leading dimension is 16-byte aligned") {
+  for (const auto& counts : kAwkward)
+    for (auto [I, O] : kShapes) {
+      CAPTURE(counts.size());
+      CAPTURE(I);
+      CAPTURE(O);
+      std::vector<int32_t> off{0};
+      for (int32_t c : counts) off.push_back(off.back() + c);
+      const Layout ld = bf16_layout(I, O);
+      CHECK(ld.x >= I);
+      CHECK(ld.d >= O);
+      CHECK(ld.w >= I);
+      CHECK(ld.x - I < 8);  // at most 7 elements of padding per row
+      CHECK(ld.d - O < 8);
+      for (Kind kind : {Kind::Forward, Kind::Dx, Kind::Dw}) {
+        std::vector<Gemm> pl;
+        plan(pl, off.data(), int(counts.size()), I, O, kind, ld);
+        for (const Gemm& g : pl) {
+          CAPTURE(g.expert);
+          CAPTURE(int(kind));
+          // A and B are the bf16 copies (2-byte elements) at a 256-byte aligned workspace base.
+          CHECK(bytes_at(g.a_off, 2) % kOperandAlign == 0);
+          CHECK(bytes_at(g.b_off, 2) % kOperandAlign == 0);
+          CHECK(g.lda * 2 % kOperandAlign == 0);
+          CHECK(g.ldb * 2 % kOperandAlign == 0);
+        }
+      }
+    }
+}
+
+TEST_CASE("xgemm plan: the dense layout misaligns bf16 operands (why the copies are padded)") {
+  // Split {13, 0, 40, 1, 29}, I = 33: with dense rows the dw GEMM of expert 2 reads A = x_2 at
+  // element 13 * 33, byte 858 of the bf16 copy: not 16-byte aligned (issue 21, item 6).
+  const std::vector<int32_t> off{0, 13, 13, 53, 54, 83};
+  std::vector<Gemm> pl;
+  plan(pl, off.data(), 5, 33, 5, Kind::Dw);
+  REQUIRE(pl.size() == 4);
+  CHECK(pl[1].expert == 2);
+  CHECK(bytes_at(pl[1].a_off, 2) == 858);
+  CHECK(bytes_at(pl[1].a_off, 2) % kOperandAlign != 0);
+  plan(pl, off.data(), 5, 33, 5, Kind::Dw, bf16_layout(33, 5));
+  CHECK(bytes_at(pl[1].a_off, 2) == 13 * 40 * 2);  // rows padded to 40 elements: byte 1040
+  CHECK(bytes_at(pl[1].a_off, 2) % kOperandAlign == 0);
+}
+
+TEST_CASE("xgemm plan: row strides below the row length are refused") {
+  std::vector<Gemm> g;
+  const std::vector<int32_t> off{0, 3, 5};
+  CHECK_THROWS_WITH_AS(plan(g, off.data(), 2, 8, 4, Kind::Forward, Layout{7, 4, 8}),
+                       doctest::Contains("row strides x 7, dout 4, w 8 below I = 8, O = 4"), Error);
 }
 
 TEST_CASE("xgemm plan: E = 1, all rows in one expert, empty and degenerate sizes") {

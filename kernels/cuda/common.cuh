@@ -28,6 +28,12 @@ namespace anyk::cuda {
 inline cudaStream_t stream_of(const Ctx& c) { return static_cast<cudaStream_t>(c.stream); }
 // The cuBLAS handle of the current device, bound to the backend's stream (created by init()).
 cublasHandle_t blas();
+// blas() bound to ctx's stream, for the GEMMs of a kernel call (blas_stream.cu). cublasSetStream
+// resets the handle's workspace to cuBLAS' default pool (cuBLAS documentation, cublasSetStream),
+// so it is called only when ctx's stream differs from the handle's (never, while every Ctx
+// carries the backend's stream, which init() bound together with its workspace), and is then
+// followed by cublasSetWorkspace with a workspace kept for that stream.
+cublasHandle_t blas_on(const Ctx& ctx);
 // Scratch device memory owned by the backend, grown on demand and reused (kernels that need a
 // workspace, e.g. a sort, take it from here; valid until the next call on the same stream).
 void* workspace(size_t bytes);

@@ -100,15 +100,7 @@ inline Bf16Operands bf16_operands(cudaStream_t s, const float* const src[3], con
 }
 
 // ---- cuBLAS ----
-// The shared handle bound to ctx's stream (device.cu binds it already; this only re-binds when a
-// caller passes another stream).
-inline cublasHandle_t blas_on(const Ctx& ctx) {
-  cublasHandle_t h = blas();
-  cudaStream_t cur = nullptr;
-  ANYK_CUBLAS_CHECK(cublasGetStream(h, &cur));
-  if (cur != stream_of(ctx)) ANYK_CUBLAS_CHECK(cublasSetStream(h, stream_of(ctx)));
-  return h;
-}
+// The shared handle bound to ctx's stream: blas_on (common.cuh).
 inline cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 // Column-major (strided-batched when batch > 1) C = alpha op(X1) op(X2) + beta C; one overload per

@@ -1,9 +1,11 @@
 // Host planning of the experts' GEMMs of grouped_linear on CUDA (kernels/cuda/moe.cu): from the
 // row offsets, which experts get a GEMM, its column-major cuBLAS shape and leading dimensions,
-// where its operands start, beta, and the side stream it runs on under the `streams` strategy.
-// All three strategies (loop, streams, grouped) issue exactly these descriptors. Plain C++ (no
-// CUDA headers): tests/test_cuda_xgemm_plan.cpp executes them with a naive GEMM on the host and
-// compares with the definition.
+// where its operands start, beta, and the side stream it runs on under the `streams` strategy;
+// and the row strides of the operands' bf16 copies (--precision bf16), padded so that every
+// operand pointer cuBLAS receives is 16-byte aligned. All three strategies (loop, streams,
+// grouped) issue exactly these descriptors. Plain C++ (no CUDA headers):
+// tests/test_cuda_xgemm_plan.cpp executes them with a naive GEMM on the host, compares with the
+// definition and checks the bf16 operands' alignment.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -55,8 +57,28 @@ inline void check_offsets(const int32_t* offsets, int E) {
                                                                "split of the rows");
 }
 
+// Row strides (elements) of the GEMMs' A/B operands: x (M,I), dout (M,O) and w (E,O,I), whose
+// rows have I, O and I elements. The caller's f32/f64 buffers are dense (natural_layout). The bf16
+// copies that moe.cu makes for --precision bf16 pad every row to a multiple of kOperandAlign bytes
+// (bf16_layout): then every row, so every expert's block (x_e, dY_e from row offsets[e]; w_e from
+// row e*O) and every leading dimension, is 16-byte aligned whatever the split, I and O. Without it
+// an expert's block starts at 2 * offsets[e] * I bytes (the dw GEMM's A of split {13, 0, 40, ...},
+// I = 33, at byte 858), and a misaligned operand is a sticky CUDA error. The outputs (out, dx,
+// dw) are always the caller's dense buffers. The padding elements are never read.
+struct Layout {
+  int x, d, w;  // row strides of x, dout and w, >= I, O and I
+};
+constexpr int kOperandAlign = 16;  // bytes
+inline int padded_row(int cols, int elem_bytes) {
+  const int q = kOperandAlign / elem_bytes;
+  return (cols + q - 1) / q * q;
+}
+inline Layout natural_layout(int I, int O) { return {I, O, I}; }
+inline Layout bf16_layout(int I, int O) { return {padded_row(I, 2), padded_row(O, 2), padded_row(I, 2)}; }
+
 // Row-major buffers: x, dx (M,I); out, dout (M,O); w, dw (E,O,I); expert e owns rows
-// offsets[e]..offsets[e+1]. A row-major matrix is the column-major view of its transpose:
+// offsets[e]..offsets[e+1]; A and B are read with the row strides of `ld`, C (out, dx, dw) is
+// dense. A row-major matrix is the column-major view of its transpose:
 //   Forward  out_e (rows,O) = x_e w_e^T:   out_e^T (O,rows) = op_T(w_e as (I,O)) x_e^T (I,rows)
 //            A = w, B = x, C = out, beta 0
 //   Dx       dx_e (rows,I) += dY_e w_e:    dx_e^T (I,rows) += (w_e as (I,O)) dY_e^T (O,rows)
@@ -66,28 +88,35 @@ inline void check_offsets(const int32_t* offsets, int E) {
 // Experts with no rows get no GEMM; none at all when E, I or O is not positive (the caller
 // zeroes out when I == 0). Every GEMM writes disjoint memory (its own out/dx rows or dw block).
 // Fills `out` (cleared first, its capacity reused across calls).
-inline void plan(std::vector<Gemm>& out, const int32_t* offsets, int E, int I, int O, Kind kind) {
+inline void plan(std::vector<Gemm>& out, const int32_t* offsets, int E, int I, int O, Kind kind, Layout ld) {
   out.clear();
   if (E <= 0) return;
   check_offsets(offsets, E);
   if (I <= 0 || O <= 0) return;
+  ANYK_CHECK(ld.x >= I && ld.d >= O && ld.w >= I, "grouped_linear: row strides x " << ld.x << ", dout " << ld.d
+                                                      << ", w " << ld.w << " below I = " << I << ", O = " << O);
   for (int e = 0; e < E; ++e) {
     const int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
     const int s = int(out.size()) % kSideStreams;
-    const int64_t wo = int64_t(e) * O * I;
+    const int64_t wa = int64_t(e) * O * ld.w;  // w_e as an operand
+    const int64_t xa = int64_t(r0) * ld.x, da = int64_t(r0) * ld.d;
     switch (kind) {
       case Kind::Forward:
-        out.push_back({e, true, false, O, rows, I, I, I, O, wo, int64_t(r0) * I, int64_t(r0) * O, 0, s});
+        out.push_back({e, true, false, O, rows, I, ld.w, ld.x, O, wa, xa, int64_t(r0) * O, 0, s});
         break;
       case Kind::Dx:
-        out.push_back({e, false, false, I, rows, O, I, O, I, wo, int64_t(r0) * O, int64_t(r0) * I, 1, s});
+        out.push_back({e, false, false, I, rows, O, ld.w, ld.d, I, wa, da, int64_t(r0) * I, 1, s});
         break;
       case Kind::Dw:
-        out.push_back({e, false, true, I, O, rows, I, O, I, int64_t(r0) * I, int64_t(r0) * O, wo, 1, s});
+        out.push_back({e, false, true, I, O, rows, ld.x, ld.d, I, xa, da, int64_t(e) * O * I, 1, s});
         break;
     }
   }
+}
+// The caller's dense operands (f32, f64).
+inline void plan(std::vector<Gemm>& out, const int32_t* offsets, int E, int I, int O, Kind kind) {
+  plan(out, offsets, E, I, O, kind, natural_layout(I, O));
 }
 
 }  // namespace anyk::cuda::xgemm

@@ -152,11 +152,18 @@ void scatter_add_rows_backward(const Ctx& ctx, T* dy, T* dw, const T* dout, cons
 //            arrays of A/B/C pointers uploaded through pinned staging on the backend's stream.
 //            bf16 inputs with f32 output may not be in cublasGemmGroupedBatchedEx's type table (our
 //            reading of the docs, unverified): the first bf16 call tries them, and if cuBLAS
-//            refuses, bf16 calls run as `loop` from then on (a one-line notice on stderr says so).
+//            refuses, that call's remaining batches and every later bf16 call run as `loop` (a
+//            one-line notice on stderr says so).
+// With --precision bf16, A and B are bf16 copies in the workspace whose rows are padded
+// (xgemm::bf16_layout) so that every expert's operand pointer is 16-byte aligned.
 
-__global__ void to_bf16_k(__nv_bfloat16* out, const float* x, int64_t n) {
+// out (rows, ld) = bf16(x (rows, cols)), row-major; the ld - cols padding elements of each row are
+// not written (no GEMM reads them). n = rows * cols.
+__global__ void to_bf16_rows_k(__nv_bfloat16* out, const float* x, int64_t n, int cols, int ld) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = __float2bfloat16_rn(x[i]);
+  if (i >= n) return;
+  const int64_t r = i / cols, c = i % cols;
+  out[r * ld + c] = __float2bfloat16_rn(x[i]);
 }
 
 // A GEMM operand: T elements, or their bf16 copy in the workspace.
@@ -166,18 +173,21 @@ struct Operand {
   Operand at(int64_t off) const { return {static_cast<const char*>(p) + off * int64_t(elem), elem}; }
 };
 
-// Converts n floats of x into the bf16 buffer at *cursor (advanced, 256-byte aligned).
-Operand as_bf16(cudaStream_t s, char** cursor, const float* x, int64_t n) {
+// Bytes of a bf16 copy of `rows` rows with row stride ld (elements), 256-byte aligned.
+size_t bf16_bytes(int64_t rows, int ld) { return align256(2 * size_t(rows > 0 ? rows : 0) * size_t(ld > 0 ? ld : 0)); }
+
+// Converts x (rows, cols) floats into the bf16 buffer at *cursor with row stride ld (from
+// xgemm::bf16_layout), advancing *cursor by bf16_bytes(rows, ld) (256-byte aligned).
+Operand as_bf16(cudaStream_t s, char** cursor, const float* x, int64_t rows, int cols, int ld) {
   auto* out = reinterpret_cast<__nv_bfloat16*>(*cursor);
-  *cursor += align256(sizeof(__nv_bfloat16) * size_t(n));
+  *cursor += bf16_bytes(rows, ld);
+  const int64_t n = rows * cols;
   if (n > 0) {
-    to_bf16_k<<<blocks_for(n), kThreads, 0, s>>>(out, x, n);
+    to_bf16_rows_k<<<blocks_for(n), kThreads, 0, s>>>(out, x, n, cols, ld);
     check_launch("grouped_linear/to_bf16");
   }
   return {out, sizeof(__nv_bfloat16)};
 }
-
-size_t bf16_bytes(int64_t n) { return align256(2 * size_t(n > 0 ? n : 0)); }
 
 cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
@@ -204,12 +214,6 @@ void gemm(cublasHandle_t h, bool bf16, const xgemm::Gemm& g, Operand A, Operand 
 }
 
 template <class T> bool use_bf16(const Ctx& ctx) { return std::is_same_v<T, float> && ctx.gemm_bf16; }
-
-cublasHandle_t blas_on(const Ctx& ctx) {
-  cublasHandle_t h = blas();
-  ANYK_CUBLAS_CHECK(cublasSetStream(h, stream_of(ctx)));
-  return h;
-}
 
 // One kind's planned GEMMs and their operands (A, B as T or bf16; C as T).
 template <class T> struct Batch {
@@ -242,7 +246,8 @@ int g_grouped_bf16 = -1;
 // One grouped call: f32 or bf16 inputs with f32 output through cublasGemmGroupedBatchedEx
 // (CUBLAS_COMPUTE_32F: no TF32), f64 through cublasDgemmGroupedBatched. ptrs: device arrays
 // A[G], B[G], C[G] back to back. Returns false, having done nothing, when cuBLAS refuses the
-// bf16-in/f32-out combination on the first try (the caller then runs the plan as `loop`).
+// bf16-in/f32-out combination on the first try (the caller then runs the plan as `loop`). Never
+// called for bf16 once refused (g_grouped_bf16 == 0): the caller checks first.
 template <class T>
 bool grouped_call(cublasHandle_t h, bool bf16, const std::vector<xgemm::Gemm>& plan, void* const* ptrs) {
   static thread_local GroupedArgs a;
@@ -295,7 +300,10 @@ void issue_grouped(const Ctx& ctx, bool bf16, char* ws, std::initializer_list<Ba
   cublasHandle_t h = blas_on(ctx);
   for (const Batch<T>& b : batches) {
     if (b.plan->empty()) continue;
-    if (!grouped_call<T>(h, bf16, *b.plan, dev))
+    // Once cuBLAS has refused bf16 (in this call's first batch, or earlier), every remaining bf16
+    // batch runs as `loop`: a second grouped call would fail the status check.
+    const bool refused = bf16 && g_grouped_bf16 == 0;
+    if (refused || !grouped_call<T>(h, bf16, *b.plan, dev))
       for (const xgemm::Gemm& g : *b.plan) gemm<T>(h, bf16, g, b.A, b.B, b.C);
     dev += 3 * b.plan->size();
   }
@@ -344,8 +352,11 @@ template <class T>
 void grouped_linear_forward(const Ctx& ctx, T* out, const T* x, const T* w, const int32_t* offsets, int E, int I,
                             int O) {
   if (E <= 0) return;
+  const bool bf16 = use_bf16<T>(ctx);
+  // bf16: A and B are padded-row copies (16-byte aligned operands); f32/f64: the caller's buffers.
+  const xgemm::Layout ld = bf16 ? xgemm::bf16_layout(I, O) : xgemm::natural_layout(I, O);
   std::vector<xgemm::Gemm>& fwd = plan_buf(xgemm::Kind::Forward);
-  xgemm::plan(fwd, offsets, E, I, O, xgemm::Kind::Forward);  // checks the offsets
+  xgemm::plan(fwd, offsets, E, I, O, xgemm::Kind::Forward, ld);  // checks the offsets
   if (O <= 0 || offsets[E] <= 0) return;
   const cudaStream_t s = stream_of(ctx);
   if (I <= 0) {  // empty inner dimension: the product is zero
@@ -353,17 +364,16 @@ void grouped_linear_forward(const Ctx& ctx, T* out, const T* x, const T* w, cons
     return;
   }
   if (fwd.empty()) return;
-  const bool bf16 = use_bf16<T>(ctx);
   const xgemm::Strategy strat = strategy_for(bf16);
-  const int64_t nx = bf16 ? int64_t(offsets[E]) * I : 0, nw = bf16 ? int64_t(E) * O * I : 0;
-  const size_t pb = pointer_bytes(strat, fwd.size()), bytes = pb + bf16_bytes(nx) + bf16_bytes(nw);
+  const int64_t rx = bf16 ? int64_t(offsets[E]) : 0, rw = bf16 ? int64_t(E) * O : 0;  // rows of the copies
+  const size_t pb = pointer_bytes(strat, fwd.size()), bytes = pb + bf16_bytes(rx, ld.x) + bf16_bytes(rw, ld.w);
   char* ws = bytes ? static_cast<char*>(workspace(bytes)) : nullptr;  // one call: pointers, then bf16 x, w
   Operand xa{x, sizeof(T)}, wa{w, sizeof(T)};
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
       char* cur = ws + pb;
-      xa = as_bf16(s, &cur, x, nx);
-      wa = as_bf16(s, &cur, w, nw);
+      xa = as_bf16(s, &cur, x, rx, I, ld.x);
+      wa = as_bf16(s, &cur, w, rw, I, ld.w);
     }
   }
   issue<T>(ctx, bf16, strat, ws, {Batch<T>{&fwd, wa, xa, out}});
@@ -374,27 +384,29 @@ template <class T>
 void grouped_linear_backward(const Ctx& ctx, T* dx, T* dw, const T* dout, const T* x, const T* w,
                              const int32_t* offsets, int E, int I, int O) {
   if (E <= 0) return;
+  const bool bf16 = use_bf16<T>(ctx);
+  // bf16: A and B are padded-row copies (16-byte aligned operands); f32/f64: the caller's buffers.
+  const xgemm::Layout ld = bf16 ? xgemm::bf16_layout(I, O) : xgemm::natural_layout(I, O);
   std::vector<xgemm::Gemm>&pdx = plan_buf(xgemm::Kind::Dx), &pdw = plan_buf(xgemm::Kind::Dw);
-  xgemm::plan(pdx, offsets, E, I, O, xgemm::Kind::Dx);  // checks the offsets
+  xgemm::plan(pdx, offsets, E, I, O, xgemm::Kind::Dx, ld);  // checks the offsets
   if (!dx) pdx.clear();
-  if (dw) xgemm::plan(pdw, offsets, E, I, O, xgemm::Kind::Dw);
+  if (dw) xgemm::plan(pdw, offsets, E, I, O, xgemm::Kind::Dw, ld);
   else pdw.clear();
   if (pdx.empty() && pdw.empty()) return;
   const cudaStream_t s = stream_of(ctx);
-  const bool bf16 = use_bf16<T>(ctx);
   const xgemm::Strategy strat = strategy_for(bf16);
-  const int64_t nd = bf16 ? int64_t(offsets[E]) * O : 0, nx = bf16 && dw ? int64_t(offsets[E]) * I : 0,
-                nw = bf16 && dx ? int64_t(E) * O * I : 0;
+  // Rows of the bf16 copies: dout (M,O) always, x (M,I) for dw, w (E*O,I) for dx.
+  const int64_t M = offsets[E], rd = bf16 ? M : 0, rx = bf16 && dw ? M : 0, rw = bf16 && dx ? int64_t(E) * O : 0;
   const size_t pb = pointer_bytes(strat, pdx.size() + pdw.size()),
-               bytes = pb + bf16_bytes(nd) + bf16_bytes(nx) + bf16_bytes(nw);
+               bytes = pb + bf16_bytes(rd, ld.d) + bf16_bytes(rx, ld.x) + bf16_bytes(rw, ld.w);
   char* ws = bytes ? static_cast<char*>(workspace(bytes)) : nullptr;  // one call: pointers, then bf16 operands
   Operand da{dout, sizeof(T)}, xa{x, sizeof(T)}, wa{w, sizeof(T)};
   if constexpr (std::is_same_v<T, float>) {
     if (bf16) {
       char* cur = ws + pb;
-      da = as_bf16(s, &cur, dout, nd);
-      if (dw) xa = as_bf16(s, &cur, x, nx);
-      if (dx) wa = as_bf16(s, &cur, w, nw);
+      da = as_bf16(s, &cur, dout, rd, O, ld.d);
+      if (dw) xa = as_bf16(s, &cur, x, rx, I, ld.x);
+      if (dx) wa = as_bf16(s, &cur, w, rw, I, ld.w);
     }
   }
   issue<T>(ctx, bf16, strat, ws, {Batch<T>{&pdx, wa, da, dx}, Batch<T>{&pdw, xa, da, dw}});
