@@ -5,48 +5,25 @@
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cuda/router_row.cuh"  // host/device row code, plain C++ without nvcc
 
 namespace anyk::cpu {
 
+// Each router row is router_forward_row of kernels/cuda/router_row.cuh, the code the CUDA kernel
+// runs one thread per row: one definition of the softmax, the top-K and the weights.
 template <class T>
 void router_forward(T* probs, T* lse, int* ids, T* weights, const T* logits, const int* kcount,
                     int N, int E, int K, bool renorm) {
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; ++n) {
-    const T* z = logits + static_cast<int64_t>(n) * E;
-    T* p = probs + static_cast<int64_t>(n) * E;
-    int* id = ids + static_cast<int64_t>(n) * K;
-    T* w = weights + static_cast<int64_t>(n) * K;
-    T mx = z[0];
-    for (int e = 1; e < E; ++e) mx = z[e] > mx ? z[e] : mx;
-    T s = 0;
-    for (int e = 0; e < E; ++e) {
-      p[e] = std::exp(z[e] - mx);
-      s += p[e];
-    }
-    for (int e = 0; e < E; ++e) p[e] /= s;
-    lse[n] = mx + std::log(s);
-    int kt = kcount ? kcount[n] : K;
-    // Repeated arg-max: K is small. Strict '>' scanning ascending ids keeps the lower id on ties.
-    T chosen = 0;
-    for (int j = 0; j < K; ++j) {
-      if (j >= kt) {
-        id[j] = -1;
-        continue;
-      }
-      int best = -1;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int i = 0; i < j; ++i) taken |= (id[i] == e);
-        if (!taken && (best < 0 || p[e] > p[best])) best = e;
-      }
-      id[j] = best;
-      chosen += p[best];
-    }
-    for (int j = 0; j < K; ++j) w[j] = id[j] < 0 ? T(0) : (renorm ? p[id[j]] / chosen : p[id[j]]);
-  }
+  for (int n = 0; n < N; ++n)
+    cuda::row::router_forward_row(probs + static_cast<int64_t>(n) * E, lse + n, ids + static_cast<int64_t>(n) * K,
+                                  weights + static_cast<int64_t>(n) * K, logits + static_cast<int64_t>(n) * E,
+                                  kcount ? kcount[n] : K, E, K, renorm);
 }
 
+// Not router_backward_row: the same statements, but GCC contracts their multiply-adds into FMAs
+// differently once inlined here (-march=native), which moved float gradients by an ulp (measured);
+// this loop keeps the CPU's bits. tests/test_cuda_router_row.cpp compares the two.
 template <class T>
 void router_backward(T* dlogits, const T* dweights, const T* dprobs, const T* dlse, const T* probs,
                      const int* ids, int N, int E, int K, bool renorm) {

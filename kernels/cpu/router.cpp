@@ -1,10 +1,12 @@
 // CPU router kernels beyond gating; see router_kernels.h. Every loop keeps the summation order
-// of the single router op these came from, so results are bit-identical to it.
+// of the single router op these came from, so results are bit-identical to it. The EMoE draws
+// run the CUDA kernel's row code (kernels/cuda/router_row.cuh); the top-p count keeps its sort
+// (the row code walks the order without scratch, same counts: tests/test_cuda_router_row.cpp).
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/counter_rng.h"
 #include "kernels/cpu/router_kernels.h"
+#include "kernels/cuda/router_row.cuh"  // host/device row code, plain C++ without nvcc
 
 namespace anyk::cpu {
 
@@ -32,27 +34,14 @@ void top_p_count_forward(int* kcount, double* scratch, const T* probs, int N, in
   }
 }
 
+// Each row is emoe_sample_row (kernels/cuda/router_row.cuh), the code the CUDA kernel runs.
 template <class T>
 void emoe_sample_forward(int* ids, T* weights, const T* probs, const int* pool_ids, int N, int E,
                          int K, int P, uint64_t key, bool renorm) {
-  for (int n = 0; n < N; ++n) {
-    int slot[64];
-    for (int j = 0; j < P; ++j) slot[j] = j;
-    for (int j = 0; j < K; ++j) {
-      int pick = j + int(uniform_int(hash_key(key, uint64_t(n), uint64_t(j)), uint64_t(P - j)));
-      std::swap(slot[j], slot[pick]);
-    }
-    std::sort(slot, slot + K);  // probability order (the pool is sorted best first)
-    const int* pn = pool_ids + static_cast<int64_t>(n) * P;
-    const T* q = probs + static_cast<int64_t>(n) * E;
-    double S = 0;
-    for (int j = 0; j < K; ++j) S += q[pn[slot[j]]];
-    for (int j = 0; j < K; ++j) {
-      int e = pn[slot[j]];
-      ids[static_cast<int64_t>(n) * K + j] = e;
-      weights[static_cast<int64_t>(n) * K + j] = T(renorm ? q[e] / S : q[e]);
-    }
-  }
+  for (int n = 0; n < N; ++n)
+    cuda::row::emoe_sample_row(ids + static_cast<int64_t>(n) * K, weights + static_cast<int64_t>(n) * K,
+                               probs + static_cast<int64_t>(n) * E, pool_ids + static_cast<int64_t>(n) * P, n, K, P,
+                               key, renorm);
 }
 
 void expert_counts(int* counts, const int* ids, int64_t n, int E) {

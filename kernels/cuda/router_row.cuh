@@ -1,8 +1,13 @@
-// Per-token-row router logic for the CUDA backend (one thread per row in router.cu), written as
-// plain __host__ __device__ functions that follow the CPU loops of kernels/cpu/moe.cpp and
-// kernels/cpu/router.cpp statement by statement (same operations, same order), so that a host
-// test (tests/test_cuda_router_row.cpp) can compare them with the CPU kernels without a GPU.
-// Includes nothing CUDA-specific: g++ compiles it too (ANYK_HD is empty there).
+// Per-token-row router logic: plain __host__ __device__ functions that the CUDA kernels run one
+// thread per row (router.cu). The CPU kernels call two of them for each row, so these have one
+// definition: router_forward_row (softmax, top-K, weights; kernels/cpu/moe.cpp router_forward)
+// and emoe_sample_row (kernels/cpu/router.cpp emoe_sample_forward); neither has a multiply-add,
+// so the CPU's bits do not depend on where GCC inlines them. The CPU keeps its own loops for the
+// other two: router_backward (its multiply-adds contract into FMAs differently when inlined
+// elsewhere, an ulp in float) and top_p_count (a partial sort with scratch; the row version walks
+// the order without scratch). tests/test_cuda_router_row.cpp compares all four with the CPU.
+// Includes nothing CUDA-specific: ANYK_HD (kernels/counter_rng.h) is __host__ __device__ under
+// nvcc and empty otherwise, so g++ compiles this as plain C++.
 #pragma once
 #include <cmath>
 #include <cstdint>
