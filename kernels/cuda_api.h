@@ -9,7 +9,7 @@
 namespace anyk::cuda {
 
 bool built_with_cuda();
-int device_count();  // 0 when built without CUDA or when no GPU is visible
+int device_count();  // 0 without a CUDA build, a GPU or a driver; throws when a driver is there but fails
 // Throws a clear error naming `what` when the CUDA backend cannot serve it (no CUDA build, no GPU).
 void require_cuda(const char* what);
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -126,13 +127,31 @@ void* pinned(State& s, size_t bytes) {
 
 bool built_with_cuda() { return true; }
 
+namespace {
+std::string cuda_version(int v) {  // 13000 -> "13.0"
+  return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+}  // namespace
+
+// 0 only when there is no GPU to use: the driver sees none (cudaErrorNoDevice), or no NVIDIA driver
+// is installed. The runtime reports a missing driver and a driver too old for it alike
+// (cudaErrorInsufficientDriver); the driver's version tells them apart (0: none loaded). Any other
+// failure (an old driver, a stub libcuda, a driver that cannot start) throws with CUDA's message:
+// a GPU that is there but unusable must never read as "no CUDA device visible".
 int device_count() {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();  // no driver or no device: report none
-    return 0;
-  }
-  return n;
+  const cudaError_t err = cudaGetDeviceCount(&n);
+  if (err == cudaSuccess) return n;
+  (void)cudaGetLastError();
+  int driver = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+  if (err == cudaErrorNoDevice || (err == cudaErrorInsufficientDriver && driver == 0)) return 0;
+  ANYK_FAIL("CUDA cannot use this machine's GPUs: cudaGetDeviceCount failed with "
+            << cudaGetErrorName(err) << ": " << cudaGetErrorString(err) << " (NVIDIA driver supports CUDA "
+            << cuda_version(driver) << ", anyk was built with CUDA runtime " << cuda_version(CUDART_VERSION)
+            << ") hint: "
+            << (err == cudaErrorInsufficientDriver ? "install an NVIDIA driver that supports this CUDA version"
+                                                   : "check nvidia-smi and CUDA_VISIBLE_DEVICES"));
 }
 
 void require_cuda(const char* what) {
