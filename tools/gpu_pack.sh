@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build-machine half of the GPU check (docs/gpu.md): packs what tools/gpu_check.sh needs on a GPU
 # machine that has only the CUDA toolkit, CMake and Python into DIR (default gpu_pack/):
-#   DIR/bin   anyk, the gpu-label test executables, gemm_peak, OpenMPI's mpirun (orterun) and orted
+#   DIR/bin   anyk, the gpu-label test executables, gemm_peak, and links to mpirun and orted
 #   DIR/lib   the anyk shared libraries and every non-system library they need (from ldd), stripped
-#   DIR/usr   OpenMPI's and PMIx's plugin folders and help files, at their Debian paths under /usr
-#             (OPAL_PREFIX=DIR/usr relocates them)
+#   DIR/usr   OpenMPI's mpirun (orterun) and orted in usr/bin, its and PMIx's plugin folders and help
+#             files at their Debian paths under /usr (OPAL_PREFIX=DIR/usr relocates them: a
+#             singleton MPI_Init, an anyk started without mpirun, starts $OPAL_PREFIX/bin/orted)
+#   DIR/tools/gpu_check.sh, DIR/bench/gpu_bench.sh, DIR/bench/gemm_peak.cu  the check itself
+#             (DIR/tools/gpu_check.sh OUT_DIR runs from the pack alone, no repository needed)
 #   DIR/env.sh  the environment (sourced by gpu_check.sh)
 # Not packed: glibc (the GPU machine needs glibc >= this machine's), the NVIDIA driver (libcuda),
 # cuBLAS/cuBLASLt/NCCL (hundreds of MiB; the GPU machine's CUDA toolkit must provide the same
@@ -19,7 +22,7 @@ LIMIT_MIB=${PACK_LIMIT_MIB:-64}
 
 if [ ! -x "$BUILD/anyk" ]; then
   if [ -x tools/cuda_build.sh ]; then
-    bash tools/cuda_build.sh
+    bash tools/cuda_build.sh "$BUILD"
   else
     echo "gpu_pack: $BUILD/anyk does not exist and tools/cuda_build.sh is missing. hint: build with -DANYK_CUDA=ON into $BUILD" >&2
     exit 1
@@ -29,7 +32,7 @@ cmake --build "$BUILD" -j "$(nproc)" --target anyk test_gpu_kernels test_gpu_tra
 cmake --build "$BUILD" --target gemm_peak >/dev/null 2>&1 || true  # only in CUDA builds
 
 rm -rf "$DIR"
-mkdir -p "$DIR/bin" "$DIR/lib"
+mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/usr/bin" "$DIR/tools" "$DIR/bench"
 MULTI=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 OMPI_LIBDIR=/usr/lib/$MULTI/openmpi/lib
 OMPI_PLUGINS=$(ls -d "$OMPI_LIBDIR"/openmpi* 2>/dev/null | head -1)
@@ -38,8 +41,18 @@ PMIX_DIR=$(ls -d /usr/lib/"$MULTI"/pmix* 2>/dev/null | head -1)
 # Executables and plugin folders.
 cp "$BUILD/anyk" "$BUILD"/tests/test_gpu_* "$DIR/bin/"
 [ -x "$BUILD/gemm_peak" ] && cp "$BUILD/gemm_peak" "$DIR/bin/"
-cp "$(readlink -f "$(command -v mpirun)")" "$DIR/bin/mpirun"
-command -v orted >/dev/null && cp "$(readlink -f "$(command -v orted)")" "$DIR/bin/orted"
+# OpenMPI's executables where OPAL_PREFIX=DIR/usr makes it look for them, linked from bin/ (PATH).
+cp "$(readlink -f "$(command -v mpirun)")" "$DIR/usr/bin/mpirun"
+if ! command -v orted >/dev/null; then
+  echo "gpu_pack: OpenMPI's orted is not on PATH; an anyk started without mpirun needs it. hint: apt-get install openmpi-bin" >&2
+  exit 1
+fi
+cp "$(readlink -f "$(command -v orted)")" "$DIR/usr/bin/orted"
+ln -s ../usr/bin/mpirun "$DIR/bin/mpirun"
+ln -s ../usr/bin/orted "$DIR/bin/orted"
+# The check's scripts, at the same paths relative to the pack as to the repository root.
+cp tools/gpu_check.sh "$DIR/tools/"
+cp bench/gpu_bench.sh bench/gemm_peak.cu "$DIR/bench/"
 mirror() {  # copies a system path to DIR at the same path
   [ -e "$1" ] || return 0
   mkdir -p "$DIR$(dirname "$1")"
@@ -84,21 +97,24 @@ for want in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
   [ -e "\$CUDA_HOME/lib64/\$want" ] && continue
   found=""
   for sp in \$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
-    found=\$(find "\$sp/nvidia" -maxdepth 4 -name "\$want" 2>/dev/null | head -1)
+    found=\$(find "\$sp/nvidia" -maxdepth 4 -name "\$want" 2>/dev/null | head -1) || true
     [ -n "\$found" ] && break
   done
   if [ -n "\$found" ]; then
     export LD_LIBRARY_PATH="\$LD_LIBRARY_PATH:\$(dirname "\$found")"
   else
-    echo "gpu_pack env: \$want not found in \$CUDA_HOME/lib64 nor in Python's nvidia packages" >&2
+    note=""; [ "\$want" = libnccl.so.2 ] && note=" (only --comm nccl needs it)"
+    echo "gpu_pack env: \$want not found in \$CUDA_HOME/lib64 nor in Python's nvidia packages\$note" >&2
   fi
 done
 export OPAL_PREFIX="\$PACK/usr"
 export OMPI_MCA_mca_base_component_path="\$PACK$OMPI_PLUGINS"
 export PMIX_MCA_mca_base_component_path="\$PACK${PMIX_DIR:+$PMIX_DIR/lib/pmix}"
 export PMIX_INSTALL_PREFIX="\$PACK${PMIX_DIR}"
-export OMPI_MCA_orte_launch_agent="\$PACK/bin/orted"
+export OMPI_MCA_orte_launch_agent="\$PACK/usr/bin/orted"
 export OMPI_MCA_btl=self,vader OMPI_MCA_pml=ob1 OMPI_MCA_mtl=^ofi,psm2 OMPI_MCA_osc=^ucx
+# Shared memory without CMA (process_vm_readv), which containers usually forbid.
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_plm_rsh_agent=false
 export ANYK_BIN="\$PACK/bin/anyk" ANYK_MPIEXEC="\$PACK/bin/mpirun"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
