@@ -1,4 +1,4 @@
-// SIGUSR1 / SIGTERM / SIGINT -> a flag the trainer polls between steps. The handler is async-signal-safe:
+// SIGUSR1 / SIGTERM / SIGINT / SIGHUP -> a flag the trainer polls between steps. The handler is async-signal-safe:
 // it only stores the signal number in a lock-free std::atomic<int> (also a valid
 // volatile sig_atomic_t replacement: is_always_lock_free is checked at compile time).
 #include "launch/signals.h"
@@ -29,7 +29,10 @@ void install_stop_handlers() {
   sigaddset(&sa.sa_mask, SIGUSR1);
   sigaddset(&sa.sa_mask, SIGTERM);
   sigaddset(&sa.sa_mask, SIGINT);
-  for (int sig : {SIGUSR1, SIGTERM, SIGINT}) {
+  sigaddset(&sa.sa_mask, SIGHUP);
+  // SIGHUP (the terminal or the ssh session closed) is a stop like SIGTERM: its default action
+  // would end a single-process run at once, losing every step since the last save.
+  for (int sig : {SIGUSR1, SIGTERM, SIGINT, SIGHUP}) {
     // A second Ctrl-C is the way out of a save the user does not want to wait for: SIGINT's
     // handler runs once, then the default action (terminate) is back.
     sa.sa_flags = SA_RESTART | (sig == SIGINT ? SA_RESETHAND : 0);
@@ -47,6 +50,7 @@ const char* stop_signal_name(int sig) {
     case SIGUSR1: return "SIGUSR1";
     case SIGTERM: return "SIGTERM";
     case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
     case 0: return "none";
     default: return "signal";
   }

@@ -1,6 +1,7 @@
 // Stop requests from the batch system: SIGUSR1 (Slurm's `--signal=USR1@N` warning before a time
 // limit or preemption), SIGTERM (scancel, preemption, `mpirun` forwarding Ctrl-C/TERM) and
-// SIGINT (Ctrl-C on a single process; a second Ctrl-C terminates at once).
+// SIGINT (Ctrl-C on a single process; a second Ctrl-C terminates at once) and SIGHUP (the
+// terminal or ssh session of a single process closed; handled exactly like SIGTERM).
 //
 // How the trainer uses it: call install_stop_handlers() once, as early as possible (a SIGUSR1 that
 // arrives before it is installed kills the process: that is SIGUSR1's default action) and after
@@ -16,14 +17,14 @@
 
 namespace anyk::launch {
 
-// Installs the SIGUSR1, SIGTERM and SIGINT handlers (sigaction, SA_RESTART, both signals masked while
+// Installs the SIGUSR1, SIGTERM, SIGINT and SIGHUP handlers (sigaction, SA_RESTART, all four masked while
 // the handler runs). Idempotent; a signal already recorded is kept.
 void install_stop_handlers();
 
-// The number of the last stop signal received (SIGUSR1, SIGTERM or SIGINT), or 0 if none.
+// The number of the last stop signal received (SIGUSR1, SIGTERM, SIGINT or SIGHUP), or 0 if none.
 int stop_signal();
 
-// "SIGUSR1", "SIGTERM", "SIGINT", "none" (0) or "signal", for the log line.
+// "SIGUSR1", "SIGTERM", "SIGINT", "SIGHUP", "none" (0) or "signal", for the log line.
 const char* stop_signal_name(int sig);
 
 // Clears the recorded signal (for tests).

@@ -310,6 +310,32 @@ TEST_CASE("3: Ctrl-C to a single process checkpoints; --grad-accum steps are aba
   fs::remove_all(f / "ctrlc");
 }
 
+TEST_CASE("3: SIGHUP (terminal or ssh closed) to a single process checkpoints and exits 0, like SIGTERM") {
+  Fixture& f = fx();
+  fs::remove_all(f / "hup");
+  // --save-every 0 (the default): without the handler, SIGHUP's default action ends the process
+  // at once and no checkpoint exists.
+  Process p(anyk_argv("train --data data --run-dir hup " + kSlowModel + " --batch 4 --steps 200"), {.cwd = f.dir});
+  REQUIRE_MESSAGE(wait_for_text(f / "hup/train.log", "step   1/", 180), p.err());
+  p.signal(SIGHUP);
+  REQUIRE(p.wait_for(120));
+  CHECK(p.result().signal == 0);
+  CHECK(p.result().rc == 0);
+  const std::string log = slurp(f / "hup/train.log");
+  INFO(log << p.err());
+  CHECK(std::regex_search(log, std::regex("anyk: caught SIGHUP at step [0-9]+: checkpoint written to")));
+  const int step = latest_complete_step(f / "hup", 1);
+  CHECK(step >= 1);
+  CHECK(step < 200);
+  CHECK(tmp_entries(f / "hup").empty());
+  std::string err;
+  CHECK(f.run(0, "train --data data --run-dir hup " + kSlowModel + " --batch 4 --resume latest --steps " +
+                     std::to_string(step + 1),
+              &err) == 0);
+  CHECK(losses(f / "hup").count(step + 1) == 1);
+  fs::remove_all(f / "hup");
+}
+
 TEST_CASE("3: with mpirun's default 1 s kill delay, latest always names a complete checkpoint") {
   Fixture& f = fx();
   fs::remove_all(f / "sig_fast");
