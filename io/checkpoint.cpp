@@ -159,10 +159,31 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
     ANYK_CHECK(fs::is_directory(spec), "checkpoint directory " << spec << " not found");
     return spec;
   }
-  std::ifstream in(latest);
+  std::ifstream in(latest, std::ios::binary);
   std::string name;
   std::getline(in, name);
-  ANYK_CHECK(!name.empty() && name.find('/') == std::string::npos,
+  // A file cut short or zero-filled by a crash or power loss holds NUL or other control bytes:
+  // say so (the path would otherwise be cut at the first NUL) and name a step directory to use.
+  const bool binary = std::any_of(name.begin(), name.end(), [](char c) { return (unsigned char)c < 0x20 || c == 0x7f; });
+  if (binary || name.empty()) {
+    int64_t best = -1;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(latest.parent_path(), ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("step_", 0) != 0 || n.size() == 5 || n.find_first_not_of("0123456789", 5) != std::string::npos) continue;
+      if (!fs::is_regular_file(e.path() / "meta.h5")) continue;
+      best = std::max<int64_t>(best, std::stoll(n.substr(5)));
+    }
+    const std::string fix = best >= 0 ? "pass --resume " + (latest.parent_path() / step_dir_name(best)).string() +
+                                            " (the newest step directory), or write step_" + std::to_string(best) +
+                                            " into it"
+                                      : "write the name of a step directory (e.g. step_100) into it";
+    ANYK_FAIL(latest.string() << (name.empty() ? " is empty" : " holds binary data (NUL or control bytes)")
+                              << ", not a checkpoint name: it was damaged, e.g. by a crash or power loss while "
+                                 "it was written hint: "
+                              << fix);
+  }
+  ANYK_CHECK(name.find('/') == std::string::npos,
              latest.string() << " does not name a checkpoint directory hint: it should hold e.g. step_100");
   const fs::path dir = latest.parent_path() / name;
   ANYK_CHECK(fs::is_directory(dir), latest.string() << " names " << dir.string() << ", which does not exist");

@@ -687,6 +687,15 @@ TEST_CASE("a corrupted `latest` and a diverged loss are one-line errors") {
   { std::ofstream(f / "l8/checkpoints/latest", std::ios::trunc) << "step_99\n"; }
   CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 2);
   check_one_error_line(err, {"step_99", "does not exist"});
+  // Zero-filled or NUL-led (a power loss while it was written), or empty: the whole path, what is
+  // wrong, and the newest complete step directory to resume from instead.
+  for (const std::string& bad : {std::string(16, '\0'), std::string("\0step_2\n", 8), std::string()}) {
+    { std::ofstream(f / "l8/checkpoints/latest", std::ios::trunc | std::ios::binary) << bad; }
+    CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 2);
+    CHECK(err.find('\0') == std::string::npos);
+    check_one_error_line(err, {"l8/checkpoints/latest ", bad.empty() ? "is empty" : "holds binary data",
+                               "damaged", "hint: pass --resume l8/checkpoints/step_2"});
+  }
   fs::remove_all(f / "l8");
   CHECK(f.run(0, "train --data data --run-dir d8 " + kTiny + " --steps 20 --lr 1e30 --grad-clip 1e30", &err) == 2);
   check_one_error_line(err, {"training diverged at step", "lower --lr"});
