@@ -64,6 +64,18 @@ std::string read_holder(int fd) {
 
 }  // namespace
 
+std::string run_dir_holder(const std::string& dir) {
+  const std::string path = (fs::path(dir) / ".lock").string();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string holder;
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) holder = read_holder(fd);
+  }
+  ::close(fd);  // drops the probe's shared lock, if it got one
+  return holder;
+}
+
 RunDirLock::RunDirLock(const std::string& dir) {
   const std::string path = (fs::path(dir) / ".lock").string();
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

@@ -15,6 +15,10 @@ std::vector<std::string> run_files(const std::string& dir);
 // Renames dir to dir.overwritten-<UTC time>[-N] (a fresh name) and returns the new path.
 std::string move_run_aside(const std::string& dir);
 
+// "pid N on host H" of the process that holds dir/.lock now, or "" when none does (no lock file,
+// or its lock is free). Probes with a shared lock taken and dropped at once, without waiting.
+std::string run_dir_holder(const std::string& dir);
+
 // An exclusive flock on dir/.lock, taken without waiting. The file holds "pid N host H" of the
 // holder. Fails at once with "run dir DIR is in use by pid N on host H" when another process
 // (on this host, or on another one where the file system supports flock) holds it.

@@ -86,9 +86,7 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
 // The shards, read whole, each at least one window long.
 void read_data(TrainSetup& p) {
   const TrainOptions& o = p.o;
-  ANYK_CHECK(fs::is_directory(o.data),
-             "--data " << o.data << " is not a directory hint: create it with anyk prepare --input FILE --out "
-                       << o.data);
+  check_data_dir(o.data);
   p.train_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/train.bin", o.vocab));
   p.val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/val.bin", o.vocab));
   ANYK_CHECK(int64_t(p.train_tokens->size()) >= int64_t(o.seq_len) + 1,
@@ -109,6 +107,11 @@ void check_run_dir(const TrainOptions& o) {
   if (!o.resume.empty() || o.overwrite) return;
   const std::vector<std::string> found = run_files(o.run_dir);
   if (found.empty()) return;
+  // A live run: name it (the lock file records its pid and host) rather than suggest --resume.
+  const std::string holder = run_dir_holder(o.run_dir);
+  ANYK_CHECK(holder.empty(), "run dir " << o.run_dir << " is in use by " << holder
+                                        << " hint: that run is still going: wait for it to finish, stop it, "
+                                           "or choose another --run-dir");
   std::string list;
   for (const auto& f : found) list += (list.empty() ? "" : ", ") + f;
   ANYK_FAIL("--run-dir " << o.run_dir << " already holds a run (" << list << ") hint: pass --resume latest "

@@ -222,6 +222,27 @@ TEST_CASE("2: a locked run dir makes a second train fail at once, naming the hol
   fs::remove_all(f / "r2");
 }
 
+TEST_CASE("2: the plain command rerun against a live run names the pid and host holding it") {
+  Fixture& f = fx();
+  fs::remove_all(f / "live");
+  const std::string cmd = "train --data data --run-dir live " + kSlowModel + " --batch 4 --steps 500";
+  Process p(anyk_argv(cmd), {.cwd = f.dir});
+  REQUIRE_MESSAGE(wait_for_text(f / "live/train.log", "step", 180), p.err());
+  char host[256] = {0};
+  ::gethostname(host, sizeof host - 1);
+  std::string err;
+  CHECK(f.run(0, cmd, &err, "", 60) == 2);
+  check_one_error_line(err, {"run dir live is in use by pid " + std::to_string(p.pid()) + " on host " + host});
+  CHECK(err.find("--resume latest") == std::string::npos);  // not the advice for a finished run
+  CHECK_FALSE(p.done());
+  p.kill_group(SIGKILL);
+  REQUIRE(p.wait_for(30));
+  // The lock died with the process: the same command now says the dir holds a (stopped) run.
+  CHECK(f.run(0, cmd, &err, "", 60) == 2);
+  check_one_error_line(err, {"live already holds a run", "--resume latest"});
+  fs::remove_all(f / "live");
+}
+
 TEST_CASE("2: two trains started together on one run dir: one runs, the other fails cleanly") {
   Fixture& f = fx();
   const std::string common = "train --data data --run-dir r2b " + kTiny + " --steps 30 --save-every 1";
