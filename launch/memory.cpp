@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -66,6 +67,8 @@ MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, b
 
 namespace {
 
+namespace fs = std::filesystem;
+
 double read_number_file(const std::string& path) {
   std::ifstream in(path);
   std::string s;
@@ -77,7 +80,60 @@ double read_number_file(const std::string& path) {
   }
 }
 
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// limit - usage of one cgroup directory, or -1 when it sets no limit (no file, "max", or v1's
+// "unlimited" of about 2^63).
+double headroom_of(const fs::path& dir, bool v2) {
+  const double max = read_number_file((dir / (v2 ? "memory.max" : "memory.limit_in_bytes")).string());
+  if (max <= 0 || max >= 1e18) return -1;
+  const double cur = std::max(0.0, read_number_file((dir / (v2 ? "memory.current" : "memory.usage_in_bytes")).string()));
+  return std::max(0.0, max - cur);
+}
+
 }  // namespace
+
+double cgroup_headroom(const std::string& proc_cgroup, const std::string& root, std::string* where) {
+  double best = -1;
+  std::istringstream lines(proc_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // "hierarchy-ID:controller-list:path"; the path may itself hold ':'.
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string ctl = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    if (path.ends_with(" (deleted)")) path.resize(path.size() - 10);
+    const bool v2 = line.compare(0, a, "0") == 0 && ctl.empty();
+    bool memory = false;
+    for (size_t p = 0; !v2 && p <= ctl.size();) {
+      const size_t e = std::min(ctl.find(',', p), ctl.size());
+      memory = memory || ctl.compare(p, e - p, "memory") == 0;
+      p = e + 1;
+    }
+    if (!v2 && !memory) continue;
+    const fs::path base = v2 ? fs::path(root) : fs::path(root) / "memory";
+    // The process's own cgroup, then each ancestor up to the hierarchy's root: every level's limit
+    // applies. A level missing under root (a container that sees only its own subtree) is skipped.
+    fs::path rel = fs::path(path).relative_path();
+    while (true) {
+      const fs::path dir = rel.empty() ? base : base / rel;
+      const double h = headroom_of(dir, v2);
+      if (h >= 0 && (best < 0 || h < best)) {
+        best = h;
+        if (where) *where = (dir / (v2 ? "memory.max" : "memory.limit_in_bytes")).string();
+      }
+      if (rel.empty()) break;
+      rel = rel.parent_path();
+    }
+  }
+  return best;
+}
 
 double available_memory(std::string* source) {
   if (const char* lim = std::getenv("ANYK_MEMORY_LIMIT")) {
@@ -99,22 +155,12 @@ double available_memory(std::string* source) {
     }
   }
   if (source) *source = "MemAvailable";
-  // cgroup v2, then v1.
-  double cg = -1;
-  const double max2 = read_number_file("/sys/fs/cgroup/memory.max");
-  if (max2 > 0) {
-    const double cur = std::max(0.0, read_number_file("/sys/fs/cgroup/memory.current"));
-    cg = max2 - cur;
-  } else {
-    const double max1 = read_number_file("/sys/fs/cgroup/memory/memory.limit_in_bytes");
-    if (max1 > 0 && max1 < 1e18) {
-      const double cur = std::max(0.0, read_number_file("/sys/fs/cgroup/memory/memory.usage_in_bytes"));
-      cg = max1 - cur;
-    }
-  }
+  // This process's own cgroup and its ancestors (a job-level limit in a nested cgroup).
+  std::string where;
+  const double cg = cgroup_headroom(read_text("/proc/self/cgroup"), "/sys/fs/cgroup", &where);
   if (cg >= 0 && (avail < 0 || cg < avail)) {
     avail = cg;
-    if (source) *source = "the cgroup memory limit";
+    if (source) *source = "the cgroup memory limit (" + where + ")";
   }
   return avail;
 }

@@ -26,10 +26,18 @@ struct MemoryEstimate {
 // upper bound calibrated against the arena's measured high-water mark (tests/test_reliability).
 MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, bool rank0, int64_t tokens);
 
-// Bytes this process may still allocate: MemAvailable from /proc/meminfo, lowered to the cgroup
-// (v2 memory.max - memory.current, or v1 limit - usage) when that is smaller; ANYK_MEMORY_LIMIT
+// Bytes this process may still allocate: MemAvailable from /proc/meminfo, lowered to what this
+// process's cgroups allow (cgroup_headroom below) when that is smaller; ANYK_MEMORY_LIMIT
 // (bytes) overrides both for tests. `source` says which applied. Negative when unknown.
 double available_memory(std::string* source);
+
+// The memory this process's cgroups still allow (limit - usage), the tightest over its own cgroup
+// and every ancestor (a Slurm or systemd job's limit sits on a parent of the step's cgroup), for
+// cgroup v2 (the "0::PATH" line; ROOT/PATH/memory.max, memory.current) and v1 (a line whose
+// controllers include memory; ROOT/memory/PATH/memory.limit_in_bytes, memory.usage_in_bytes).
+// proc_cgroup is the text of /proc/self/cgroup, root the cgroup mount (/sys/fs/cgroup); levels
+// missing under root are skipped. -1 when no level sets a limit. `where` names the limit file.
+double cgroup_headroom(const std::string& proc_cgroup, const std::string& root, std::string* where);
 
 std::string gib(double bytes);  // "1.23 GiB", or "12.3 MiB" below 1 GiB
 

@@ -504,6 +504,49 @@ TEST_CASE("5: runs too big for memory are refused up front, naming the estimate 
   CHECK_FALSE(fs::exists(f / "m5"));
 }
 
+TEST_CASE("5: the memory check reads this process's own cgroup and its ancestors (v2 and v1)") {
+  anyk::test::TempDir t("cgroup");
+  const auto put = [&](const std::string& rel, const std::string& text) {
+    fs::create_directories((t.path / rel).parent_path());
+    std::ofstream(t.path / rel) << text;
+  };
+  const double GiB = 1024.0 * 1024 * 1024;
+  std::string where;
+  SUBCASE("v2: a job limit on a parent of the step's cgroup; the root has none") {
+    put("sys/slurm/job_7/memory.max", "4294967296\n");  // the job: 4 GiB, 1 GiB in use
+    put("sys/slurm/job_7/memory.current", "1073741824\n");
+    put("sys/slurm/job_7/step_0/memory.max", "max\n");  // the step itself: no limit
+    put("sys/slurm/job_7/step_0/memory.current", "1000\n");
+    put("sys/memory.max", "max\n");
+    const std::string self = "0::/slurm/job_7/step_0\n";
+    CHECK(launch::cgroup_headroom(self, t.file("sys"), &where) == doctest::Approx(3 * GiB));
+    CHECK(where == t.file("sys") + "/slurm/job_7/memory.max");
+    // A tighter limit on the step wins over the job's.
+    put("sys/slurm/job_7/step_0/memory.max", "2147484648\n");
+    CHECK(launch::cgroup_headroom(self, t.file("sys"), &where) == doctest::Approx(2 * GiB));
+    CHECK(where == t.file("sys") + "/slurm/job_7/step_0/memory.max");
+    // Not this process's cgroup: no limit applies.
+    CHECK(launch::cgroup_headroom("0::/user.slice\n", t.file("sys"), &where) == -1);
+  }
+  SUBCASE("v1: the memory controller's line, among others; levels missing under the root are skipped") {
+    put("sys/memory/memory.limit_in_bytes", "9223372036854771712\n");  // v1's "unlimited"
+    put("sys/memory/slurm/uid_0/job_9/memory.limit_in_bytes", "8589934592\n");
+    put("sys/memory/slurm/uid_0/job_9/memory.usage_in_bytes", "2147483648\n");
+    put("sys/cpu/slurm/uid_0/job_9/cpu.shares", "1024\n");
+    const std::string self =
+        "12:cpu,cpuacct:/slurm/uid_0/job_9/step_batch\n4:memory:/slurm/uid_0/job_9/step_batch\n1:name=systemd:/\n";
+    CHECK(launch::cgroup_headroom(self, t.file("sys"), &where) == doctest::Approx(6 * GiB));
+    CHECK(where == t.file("sys") + "/memory/slurm/uid_0/job_9/memory.limit_in_bytes");
+    CHECK(launch::cgroup_headroom("4:memory:/\n", t.file("sys"), &where) == -1);  // only the unlimited root
+  }
+  SUBCASE("v1 controller lists: memory together with others") {
+    put("sys/memory/a/memory.limit_in_bytes", "1073741824\n");
+    put("sys/memory/a/memory.usage_in_bytes", "0\n");
+    CHECK(launch::cgroup_headroom("3:cpuset,memory:/a\n", t.file("sys"), &where) == doctest::Approx(1 * GiB));
+    CHECK(launch::cgroup_headroom("3:cpuset,memoryx:/a\n", t.file("sys"), &where) == -1);
+  }
+}
+
 TEST_CASE("5: the activation estimate bounds the arena's measured high-water mark within 2x") {
   Fixture& f = fx();
   struct Case {
