@@ -18,21 +18,29 @@ namespace fs = std::filesystem;
 namespace {
 
 // --out against --to, before anything is read: a file for consolidated/safetensors, a directory
-// for ep=M, not existing unless --overwrite, in an existing directory.
-void check_out(const std::string& out, const std::string& to, int ep, bool overwrite) {
-  const fs::path o(out);
+// for ep=M, not existing unless --overwrite, in an existing directory. For ep=M, trailing '/'s
+// are dropped (NEWDIR/ is NEWDIR: the conversion writes NEWDIR.tmp beside it and renames it) and
+// an existing empty directory counts as not existing (it is replaced). Returns the path to write.
+std::string check_out(std::string out, const std::string& to, int ep, bool overwrite) {
   const bool file_out = ep == 0;
+  if (!file_out)
+    while (out.size() > 1 && out.back() == '/') out.pop_back();
+  const fs::path o(out);
+  std::error_code ec;
+  const bool empty_dir = !file_out && fs::is_directory(o) && fs::is_empty(o, ec) && !ec;
   ANYK_CHECK(!(file_out && fs::is_directory(o)),
              "--out " << out << " is a directory, but --to " << to << " writes one file hint: name a file, e.g. "
                       << (o / (to == "safetensors" ? "model.safetensors" : "model.h5")).string());
   ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
              "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
                                                                   "directory that does not exist yet");
-  ANYK_CHECK(!fs::exists(o) || overwrite, "--out " << out << " exists hint: choose another path, or pass "
-                                                             "--overwrite to replace it");
+  ANYK_CHECK(!fs::exists(o) || empty_dir || overwrite,
+             "--out " << out << " exists" << (file_out ? "" : " and is not empty")
+                      << " hint: choose another path, or pass --overwrite to replace it");
   const fs::path parent = o.parent_path().empty() ? fs::path(".") : o.parent_path();
   ANYK_CHECK(fs::is_directory(parent), "--out " << out << ": directory " << parent.string()
                                                 << " does not exist hint: create it first");
+  return out;
 }
 
 }  // namespace
@@ -65,7 +73,7 @@ int convert_command(int argc, char** argv) {
     ANYK_CHECK(to == "consolidated" || to == "safetensors",
                "--to '" << to << "' is not one of consolidated, ep=M, safetensors " << cmd.hint());
   }
-  check_out(out, to, ep, overwrite);
+  out = check_out(out, to, ep, overwrite);
   const auto t0 = std::chrono::steady_clock::now();
   const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer);
   std::printf("convert: %s (step %lld, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),

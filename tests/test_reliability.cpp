@@ -637,9 +637,37 @@ TEST_CASE("7: convert never overwrites silently and leaves no .tmp on refusal") 
   fs::create_directories(f / "c7out_dir");
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7out_dir", &err) == 2);
   check_one_error_line(err, {"--out c7out_dir is a directory"});
+  { std::ofstream(f / "c7out_dir/keep.txt") << "precious"; }
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7out_dir", &err) == 2);
-  check_one_error_line(err, {"--out c7out_dir exists", "--overwrite"});
+  check_one_error_line(err, {"--out c7out_dir exists and is not empty", "--overwrite"});
   CHECK_FALSE(fs::exists(f / "c7out_dir.tmp"));
+  CHECK(slurp(f / "c7out_dir/keep.txt") == "precious");
+  // ep=M into NEWDIR/ (trailing slash) in its three states: absent, empty, holding files. Each
+  // ends with a complete checkpoint directory (no circle of hints, no "Invalid argument").
+  const auto complete_ep2 = [&](const fs::path& d) {
+    CHECK(fs::is_regular_file(d / "meta.h5"));
+    CHECK(fs::is_regular_file(d / "experts_0.h5"));
+    CHECK(fs::is_regular_file(d / "experts_1.h5"));
+    for (const std::string& t : {d.string() + ".tmp", d.string() + ".old.tmp", (d / ".tmp").string(),
+                                 (d / ".old.tmp").string()})
+      CHECK_MESSAGE(!fs::exists(t), t);
+  };
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/", &err) == 0);
+  INFO(err);
+  complete_ep2(f / "c7new");
+  fs::create_directories(f / "c7empty");
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7empty/", &err) == 0);
+  complete_ep2(f / "c7empty");
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/", &err) == 2);
+  check_one_error_line(err, {"--out c7new exists and is not empty", "--overwrite"});
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/ --overwrite", &err) == 0);
+  CHECK(err.find("Invalid argument") == std::string::npos);
+  complete_ep2(f / "c7new");
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7out_dir/ --overwrite", &err) == 0);
+  complete_ep2(f / "c7out_dir");
+  CHECK_FALSE(fs::exists(f / "c7out_dir/keep.txt"));  // asked for: --overwrite replaces it
+  fs::remove_all(f / "c7new");
+  fs::remove_all(f / "c7empty");
   { std::ofstream(f / "c7.h5") << "precious"; }
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7.h5", &err) == 2);
   check_one_error_line(err, {"--out c7.h5 exists", "--overwrite"});
