@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,10 @@ class Progress {
 struct Full {
   CheckpointMeta meta;
   bool has_optimizer = false;
+  // The step and seed for safetensors metadata: meta's for a checkpoint; a model.h5's `step` and
+  // `seed` attributes (meta keeps step 0 for it: no loader position goes with them); none for an
+  // older model.h5 without them.
+  std::optional<int64_t> step, seed;
   LocalDispatcher disp;
   LM lm;
   AdamW opt;
@@ -99,6 +104,7 @@ struct Full {
 std::unique_ptr<Full> read_sharded(const std::string& dir) {
   CheckpointMeta meta = read_checkpoint_meta(dir);
   auto full = std::make_unique<Full>(meta);
+  full->step = meta.step, full->seed = meta.seed;
   // A sharded checkpoint written with --no-optimizer has no adam groups in meta.h5.
   {
     const std::string path = (fs::path(dir) / "meta.h5").string();
@@ -111,7 +117,8 @@ std::unique_ptr<Full> read_sharded(const std::string& dir) {
   return full;
 }
 
-// A consolidated file from `anyk convert`, or a plain model.h5 (weights only, step 0).
+// A consolidated file from `anyk convert`, or a plain model.h5 (weights only; its step and seed
+// when the trainer recorded them).
 std::unique_ptr<Full> read_consolidated(const std::string& path) {
   h5::Handle f = h5::open_file(path);
   const std::string format = h5::read_attr_string(f.id, path, "format");
@@ -131,6 +138,12 @@ std::unique_ptr<Full> read_consolidated(const std::string& path) {
     read_run_state_attrs(f.id, path, meta);
   }
   auto full = std::make_unique<Full>(meta);
+  if (consolidated) {
+    full->step = meta.step, full->seed = meta.seed;
+  } else if (h5::attr_exists(f.id, "step") && h5::attr_exists(f.id, "seed")) {  // a model.h5 from anyk train
+    full->step = h5::read_attr_int(f.id, path, "step");
+    full->seed = h5::read_attr_int(f.id, path, "seed");
+  }
   full->has_optimizer = consolidated && h5::read_attr_int(f.id, path, "has_optimizer") != 0;
   std::vector<TensorRef> refs = full->full_refs(full->has_optimizer);
   Progress bar("read");
@@ -250,8 +263,9 @@ std::string safetensors_header(const Full& full, const std::vector<TensorRef>& r
   meta["rope_theta"] = shortest(c.rope_theta);
   meta["norm_eps"] = shortest(c.norm_eps);
   meta["router_renormalize"] = c.router.renormalize ? "1" : "0";
-  meta["step"] = std::to_string(full.meta.step);
-  meta["seed"] = std::to_string(full.meta.seed);
+  // Left out, not written as 0, when the source does not record them (an older model.h5).
+  if (full.step) meta["step"] = std::to_string(*full.step);
+  if (full.seed) meta["seed"] = std::to_string(*full.seed);
   Json header = {{"__metadata__", meta}};
   int64_t offset = 0;
   for (const TensorRef& t : refs) {
@@ -309,7 +323,7 @@ ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::stri
     write_safetensors(*full, out);
   else
     write_sharded(*full, out, ep, sum.moments);
-  sum.step = full->meta.step;
+  sum.step = full->step.value_or(-1);
   sum.experts = full->meta.model.experts;
   sum.ep_size = full->meta.ep_size;
   return sum;

@@ -9,6 +9,7 @@
 #include <bit>
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 #include <filesystem>
 #include <iomanip>
 
@@ -112,13 +113,37 @@ Handle create_file(const std::string& path) {
   return Handle(H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.id), what), H5Fclose);
 }
 
+// HDF5 could not open path: say what the file is instead, from its first bytes. An HDF5
+// signature means a damaged file (cut short: not completely written); a safetensors or other
+// file is the wrong format, not a damaged one.
+[[noreturn]] static void fail_not_hdf5(const std::string& path) {
+  unsigned char head[16] = {0};
+  size_t n = 0;
+  if (std::FILE* in = std::fopen(path.c_str(), "rb")) {
+    n = std::fread(head, 1, sizeof head, in);
+    std::fclose(in);
+  }
+  static const unsigned char kSig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  if (n >= 8 && std::memcmp(head, kSig, 8) == 0)
+    ANYK_FAIL("cannot open " << path
+                             << ": an HDF5 file that is truncated or corrupt hint: it was not completely written; "
+                                "use an older checkpoint, or convert or copy it again");
+  uint64_t len = 0;
+  for (int i = 0; i < 8; ++i) len |= uint64_t(head[i]) << (8 * i);
+  if (n >= 9 && head[8] == '{' && len > 1 && len < (uint64_t(1) << 32))
+    ANYK_FAIL(path << " is a safetensors file, but anyk reads its weights from HDF5 (an anyk model.h5 or a "
+                      "consolidated .h5) hint: pass the model.h5 or checkpoint it was converted from; safetensors "
+                      "is an export format (anyk convert --to safetensors)");
+  ANYK_FAIL(path << (n == 0 ? " is empty" : " is not an HDF5 file")
+                 << ", so not an anyk weights or checkpoint file hint: pass an anyk model.h5, a consolidated .h5 "
+                    "from anyk convert, or a checkpoint step directory");
+}
+
 Handle open_file(const std::string& path) {
   quiet();
   ANYK_CHECK(std::filesystem::is_regular_file(path), path << " not found");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  ANYK_CHECK(f >= 0, "cannot open " << path
-                                    << ": the file is truncated, corrupt or not HDF5 hint: it was not "
-                                       "completely written; use an older checkpoint");
+  if (f < 0) fail_not_hdf5(path);
   return Handle(f, H5Fclose);
 }
 

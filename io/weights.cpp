@@ -32,7 +32,7 @@ void check_weights_header(hid_t f, const std::string& path) {
 
 }  // namespace
 
-void save_weights(const std::string& path, const LM& lm) {
+void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> step, std::optional<int64_t> seed) {
   const ParamStore& ps = lm.params();
   ANYK_CHECK(ps.dtype() == DType::F32, "save_weights: only float32 models are supported");
   write_file_atomic(path, [&](const std::string& tmp) {
@@ -40,6 +40,8 @@ void save_weights(const std::string& path, const LM& lm) {
       h5::write_attr(f, tmp, "format", "anyk-weights");
       h5::write_attr(f, tmp, "version", int64_t(1));
       h5::write_model_attrs(f, tmp, lm.config());
+      if (step) h5::write_attr(f, tmp, "step", *step);
+      if (seed) h5::write_attr(f, tmp, "seed", *seed);
       // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
       // Device parameters are written from a host copy (the CPU's are written in place).
       std::vector<float> stage;

@@ -4,6 +4,8 @@
 // fields. A consolidated checkpoint (anyk convert --to consolidated) is this file plus optimizer
 // groups and checkpoint attributes, so everything that reads weights reads it too.
 #pragma once
+#include <cstdint>
+#include <optional>
 #include <string>
 
 #include "model/lm.h"
@@ -11,8 +13,10 @@
 namespace anyk::io {
 
 // Writes path + ".tmp", fsyncs it, then renames it to path. Every HDF5 failure throws naming
-// file and dataset.
-void save_weights(const std::string& path, const LM& lm);
+// file and dataset. step and seed, when given (the trainer's model.h5), are stored as root
+// attributes `step` and `seed`, so a conversion can carry them (older files have neither).
+void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> step = {},
+                  std::optional<int64_t> seed = {});
 // Reads every parameter of lm from path; a missing dataset, a shape that differs from the
 // model's config or a checksum mismatch throws naming file and dataset.
 void load_weights(const std::string& path, LM& lm);

@@ -76,8 +76,9 @@ int convert_command(int argc, char** argv) {
   out = check_out(out, to, ep, overwrite);
   const auto t0 = std::chrono::steady_clock::now();
   const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer);
-  std::printf("convert: %s (step %lld, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
-              (long long)s.step, (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
+  const std::string step = s.step >= 0 ? std::to_string(s.step) : "unknown";  // a model.h5 of an older anyk
+  std::printf("convert: %s (step %s, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
+              step.c_str(), (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
               s.moments || to == "safetensors" ? "" : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;

@@ -269,8 +269,7 @@ int eval_command(int argc, char** argv) {
   const EvalSource src = read_source(a);
   settings_of(a, src.mc.layers, src.mc.experts);  // the K lists are checked before any file is read
 
-  ANYK_CHECK(std::filesystem::is_directory(a.data_dir),
-             "data directory " << a.data_dir << " does not exist hint: run anyk prepare first");
+  check_data_dir(a.data_dir);
   auto val_tokens =
       std::make_shared<const std::vector<uint16_t>>(data::read_shard(a.data_dir + "/val.bin", src.mc.vocab));
   data::Loader val(val_tokens, src.mc.seq_len, uint64_t(src.o.seed));

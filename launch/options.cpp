@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -320,6 +321,23 @@ std::vector<int> parse_int_list(const std::string& text, const std::string& opti
     i = j + 1;
   }
   return out;
+}
+
+void check_data_dir(const std::string& dir, const std::string& option) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir, ec);
+  if (fs::is_directory(st)) return;
+  if (fs::exists(st)) {
+    const fs::path p(dir), parent = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+    const bool shard = p.extension() == ".bin";
+    ANYK_FAIL(option << " " << dir << " is a file, but a data directory is expected (the train.bin and val.bin that "
+                                      "anyk prepare writes) hint: "
+                     << (shard ? "pass its directory, " + option + " " + parent.string()
+                               : "anyk prepare --input " + dir + " --out DIR, then " + option + " DIR"));
+  }
+  ANYK_FAIL(option << " " << dir << " does not exist hint: create it with anyk prepare --input TEXT_FILE --out "
+                   << dir);
 }
 
 }  // namespace anyk::launch

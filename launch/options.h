@@ -18,6 +18,10 @@ namespace anyk::launch {
 
 namespace po = boost::program_options;
 
+// Validation windows per evaluation when --eval-windows is not given: one default for train,
+// eval and generate, so `generate --budget B` and `eval --budget B` choose the same schedule.
+inline constexpr int64_t kDefaultEvalWindows = 64;
+
 struct TrainOptions {
   std::string data, run_dir, config;
   int64_t steps = 1000, seed = 1;
@@ -33,7 +37,7 @@ struct TrainOptions {
   double tau = 2.0, top_p = 0.5;  // top_p: the paper's 0.1 was for 96 experts; <= 1/E means K = k_min
   double lb_coef = 0.01, z_coef = 0.001, router_kl_weight = 0.0;
   bool no_renormalize = false;
-  int64_t log_every = 10, eval_every = 200, eval_windows = 64;
+  int64_t log_every = 10, eval_every = 200, eval_windows = kDefaultEvalWindows;
   int threads = 0;  // 0: the cores of this node divided among its ranks
   std::string device = "cpu", precision = "f32";  // runtime/devices.h
   int ep = 0;       // expert-parallel ranks (0: all ranks)
@@ -129,6 +133,10 @@ class CommandOptions {
   bool help_ = false;
   po::variables_map vm_;
 };
+
+// --data DIR (`option` names it in the message): refused in one line unless it is a directory,
+// saying whether it is missing or a file (a directory from `anyk prepare` is expected).
+void check_data_dir(const std::string& dir, const std::string& option = "--data");
 
 // "1,2,4" -> {1,2,4}; throws anyk::Error naming the option on anything else.
 std::vector<int> parse_int_list(const std::string& text, const std::string& option);

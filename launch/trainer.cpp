@@ -567,7 +567,7 @@ void Trainer::finish() {
   agree_or_throw(world_, [&] {
     if (!root_) return;
     raise_io_error();
-    io::save_weights(o_.run_dir + "/model.h5", em);
+    io::save_weights(o_.run_dir + "/model.h5", em, o_.steps, o_.seed);
     say("saved " + o_.run_dir + "/model.h5");
     std::vector<eval::EvalResult> rs;  // every uniform K on the same val windows
     for (int k = 1; k <= E_; ++k) {

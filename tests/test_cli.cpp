@@ -172,3 +172,60 @@ TEST_CASE("cli: eval rejects a per-layer K list of the wrong length") {
   CHECK(e3.err.find("model.h5") != std::string::npos);
   CHECK(e3.err.find("layers.1.") != std::string::npos);
 }
+
+TEST_CASE("cli: --data FILE and --weights of the wrong format say what is wrong; model.h5 carries its step and seed") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  // --data naming a file: "is a file", not "does not exist"; a shard's hint names its directory.
+  const fs::path text = t.path / "fox.txt";
+  Result d1 = run("train --data " + text.string() + " --run-dir " + run_dir.string() + kTiny, t.path);
+  expect_rejected(d1, run_dir, {"--data " + text.string() + " is a file", "a data directory is expected",
+                                "anyk prepare --input " + text.string()});
+  CHECK(d1.err.find("does not exist") == std::string::npos);
+  Result d2 = run("train --data " + (data / "train.bin").string() + " --run-dir " + run_dir.string() + kTiny, t.path);
+  expect_rejected(d2, run_dir, {"is a file", "hint: pass its directory, --data " + data.string()});
+  Result d3 = run("train --data " + (t.path / "nodata").string() + " --run-dir " + run_dir.string() + kTiny, t.path);
+  expect_rejected(d3, run_dir, {"--data " + (t.path / "nodata").string() + " does not exist", "anyk prepare"});
+
+  Result r = run("train --data " + data.string() + " --run-dir " + run_dir.string() + kTinyNoSteps +
+                     " --steps 3 --seed 7 --eval-windows 2",
+                 t.path);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  Result e1 = run("eval --data " + text.string() + " --run-dir " + run_dir.string() + " --k 1", t.path);
+  CHECK(e1.rc != 0);
+  anyk::test::check_one_error_line(e1.err, {"--data " + text.string() + " is a file"});
+
+  // model.h5 -> safetensors: the metadata holds the run's real step (3) and seed (7), not 0.
+  const fs::path st = t.path / "m.safetensors";
+  Result c = run("convert --checkpoint " + (run_dir / "model.h5").string() + " --to safetensors --out " + st.string(),
+                 t.path);
+  REQUIRE_MESSAGE(c.rc == 0, c.err);
+  CHECK(c.out.find("(step 3,") != std::string::npos);
+  const std::string bytes = slurp(st);
+  REQUIRE(bytes.size() > 8);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(uint8_t(bytes[size_t(i)])) << (8 * i);
+  const auto meta = anyk::test::parse_json(bytes.substr(8, size_t(n)), "the safetensors header").at("__metadata__");
+  CHECK(meta.at("step").get<std::string>() == "3");
+  CHECK(meta.at("seed").get<std::string>() == "7");
+
+  // eval --weights of a safetensors file: the wrong format, not "was not completely written".
+  Result w1 = run("eval --weights " + st.string() + " --data " + data.string() + " --k 1", t.path);
+  CHECK(w1.rc != 0);
+  anyk::test::check_one_error_line(w1.err, {st.string() + " is a safetensors file", "HDF5", "hint:"});
+  CHECK(w1.err.find("completely written") == std::string::npos);
+  // Any other non-HDF5 file: not an anyk weights file.
+  const fs::path junk = t.path / "junk.h5";
+  std::ofstream(junk) << "these are not weights";
+  Result w2 = run("eval --weights " + junk.string() + " --data " + data.string() + " --k 1", t.path);
+  CHECK(w2.rc != 0);
+  anyk::test::check_one_error_line(w2.err, {junk.string() + " is not an HDF5 file", "not an anyk weights"});
+  // An HDF5 file cut short is still "not completely written".
+  const std::string h5 = slurp(run_dir / "model.h5");
+  const fs::path cut = t.path / "cut.h5";
+  std::ofstream(cut, std::ios::binary) << h5.substr(0, 64);
+  Result w3 = run("eval --weights " + cut.string() + " --data " + data.string() + " --k 1", t.path);
+  CHECK(w3.rc != 0);
+  anyk::test::check_one_error_line(w3.err, {cut.string(), "truncated or corrupt", "not completely written"});
+}
