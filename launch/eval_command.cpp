@@ -34,7 +34,7 @@ struct EvalArgs {
   int gen_tokens = 64;
   double budget = 0;
   std::string csv_path, plot_path;
-  int64_t eval_windows = 64;
+  int64_t eval_windows = kDefaultEvalWindows;
   int batch = 0, threads = 0;
   std::string device = "cpu", precision = "f32";
 };
@@ -65,7 +65,7 @@ void add_eval_options(po::options_description& desc, EvalArgs& a) {
       "csv", po::value(&a.csv_path), "also write the results as CSV (name,k,val_loss,bits_per_byte)")(
       "plot", po::value(&a.plot_path), "with --sweep: a PNG plot of bits per byte against K "
                                        "(tools/plot_sweep.py, needs python3-matplotlib)")(
-      "eval-windows", po::value(&a.eval_windows)->default_value(64), "validation windows (0 = all)")(
+      "eval-windows", po::value(&a.eval_windows)->default_value(kDefaultEvalWindows), "validation windows (0 = all)")(
       "batch", po::value(&a.batch)->default_value(0), "windows per forward (0 = the run's --batch)")(
       "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)");
   add_device_options(desc, a.device, a.precision);

@@ -135,7 +135,7 @@ struct GenArgs {
   std::string device = "cpu", precision = "f32";
   double budget = 0, top_p = 0, temperature = 0;
   int max_new = 200, top_k = 0, threads = 0, batch = 0;
-  int64_t seed = 1, eval_windows = 16;
+  int64_t seed = 1, eval_windows = kDefaultEvalWindows;
   bool has_prompt = false;
 };
 
@@ -159,7 +159,8 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "top-p", po::value(&a.top_p),
       "per-token K: the smallest k whose top-k router probability mass reaches P (in (0, 1])")(
       "data", po::value(&a.data_dir), "data directory holding val.bin (for --budget)")(
-      "eval-windows", po::value(&a.eval_windows)->default_value(16), "validation windows for --budget")(
+      "eval-windows", po::value(&a.eval_windows)->default_value(kDefaultEvalWindows),
+      "validation windows for --budget (0 = all; the same default as anyk eval)")(
       "batch", po::value(&a.batch)->default_value(0), "windows per forward for --budget (0 = the run's --batch)")(
       "temperature", po::value(&a.temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
       "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
@@ -184,6 +185,8 @@ std::string check_generate_args(const GenArgs& a, const po::variables_map& vm) {
                          "hint: see anyk generate --help");
   ANYK_CHECK(a.budget == 0 || !a.data_dir.empty(),
              "--budget needs --data DIR: the schedule is chosen on its validation windows");
+  ANYK_CHECK(a.eval_windows >= 0, "--eval-windows " << a.eval_windows << " must be >= 0 (0 = all)");
+  if (a.budget != 0) check_data_dir(a.data_dir);
   ANYK_CHECK(a.prompt_file.empty() || std::filesystem::is_regular_file(a.prompt_file),
              "--prompt-file " << a.prompt_file << " does not exist (or is not a file)");
   ANYK_CHECK(a.prompts_file.empty() || std::filesystem::is_regular_file(a.prompts_file),

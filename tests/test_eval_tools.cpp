@@ -5,7 +5,9 @@
 // --sweep --csv writes one line per K with the same numbers as --json.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -133,6 +135,33 @@ TEST_CASE("eval tools: --budget, --analyze, --sweep --csv") {
   CHECK(r.sh(ev + "--budget 9") == 2);
   CHECK(anyk::test::error_of(r.last.err).find("--budget 9") != std::string::npos);
   CHECK(r.sh(ev + "--k 2 --plot p.png") == 2);
+
+  // `generate --budget B` and `eval --budget B` choose the same per-layer schedule with their
+  // default --eval-windows (one default for both), as the README says.
+  REQUIRE(r.sh("eval --run-dir run --data data --budget 2.5 --json b25.json") == 0);
+  const auto eval_k = anyk::test::read_json(r.dir / "b25.json").at("results")[0].at("k").get<std::vector<int>>();
+  REQUIRE(r.sh("generate --run-dir run --data data --budget 2.5 --prompt sample --max-new 2") == 0);
+  const std::string gen = r.last.err;
+  const size_t at = gen.find("generate: K=");
+  REQUIRE_MESSAGE(at != std::string::npos, gen);
+  const std::string gen_k = gen.substr(at + 12, gen.find(' ', at + 12) - at - 12);
+  std::string eval_text;
+  for (size_t i = 0; i < eval_k.size(); ++i) {
+    if (i) eval_text += ',';
+    eval_text += std::to_string(eval_k[i]);
+  }
+  if (std::adjacent_find(eval_k.begin(), eval_k.end(), std::not_equal_to<>()) == eval_k.end())
+    eval_text = std::to_string(eval_k[0]);  // a uniform schedule prints as K=k
+  CHECK_MESSAGE(gen_k == eval_text, "generate chose K=" << gen_k << ", eval K=" << eval_text);
+  CHECK(gen.find("(greedy schedule for budget 2.50)") != std::string::npos);
+  // This small model picks one schedule over 8 to 64 windows, so check the defaults themselves too.
+  const auto default_windows = [&](const std::string& cmd) {
+    REQUIRE(r.sh(cmd + " --help") == 0);
+    const size_t p = r.last.out.find("--eval-windows arg (=");
+    REQUIRE_MESSAGE(p != std::string::npos, r.last.out);
+    return std::stoi(r.last.out.substr(p + 21));
+  };
+  CHECK(default_windows("generate") == default_windows("eval"));
 }
 
 TEST_CASE("eval tools: router_sharpness against hand-derived values") {
