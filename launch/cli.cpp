@@ -21,6 +21,7 @@
 #include "launch/generate.h"
 #include "launch/options.h"
 #include "launch/train.h"
+#include "launch/version.h"
 #include "core/check.h"
 
 namespace anyk {
@@ -33,6 +34,7 @@ constexpr const char* kUsage =
     "anyk: train once, serve any K - elastic Mixture-of-Experts language models\n"
     "\n"
     "usage: anyk <command> [options]      (anyk <command> --help for every option)\n"
+    "       anyk --version                 version, git commit, compiler, CPU baseline, CUDA\n"
     "\n"
     "commands:\n"
     "  prepare  --input PATH... --out DIR [--val-fraction 0.05]\n"
@@ -116,6 +118,10 @@ int run_cli(int argc, char** argv) {
   try {
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {
       std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (cmd == "--version" || cmd == "version") {
+      std::fputs(launch::version_text().c_str(), stdout);
       return 0;
     }
     // Each command parses argv from its own name on (argv[0] is skipped by Program_options).
