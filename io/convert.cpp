@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -300,13 +301,28 @@ void write_safetensors(Full& full, const std::string& out) {
   });
 }
 
+void write_gguf(Full& full, const std::string& out, const GGUFExport& opt) {
+  std::map<std::string, const float*> by_name;
+  for (const TensorRef& t : full.full_refs(false)) by_name[t.name] = t.value;
+  write_llama_gguf(full.meta.model, [&](const std::string& name) {
+    auto it = by_name.find(name);
+    ANYK_CHECK(it != by_name.end(), "--to gguf: the model has no parameter " << name);
+    return it->second;
+  }, opt, out);
+}
+
 }  // namespace
 
 ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::string& to, int ep,
-                                  const std::string& out, bool no_optimizer) {
+                                  const std::string& out, bool no_optimizer, const GGUFExport& gguf) {
   std::unique_ptr<Full> full;
   ConvertSummary sum;
-  if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
+  const bool run_dir = fs::is_directory(checkpoint) && fs::is_regular_file(fs::path(checkpoint) / "model.h5") &&
+                       !fs::is_regular_file(fs::path(checkpoint) / "meta.h5");
+  if (run_dir) {
+    sum.source = (fs::path(checkpoint) / "model.h5").string();
+    full = read_consolidated(sum.source);
+  } else if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
     sum.source = checkpoint;
     full = read_consolidated(checkpoint);
   } else {
@@ -321,6 +337,8 @@ ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::stri
     write_consolidated(*full, out, sum.moments);
   else if (to == "safetensors")
     write_safetensors(*full, out);
+  else if (to == "gguf")
+    write_gguf(*full, out, gguf);
   else
     write_sharded(*full, out, ep, sum.moments);
   sum.step = full->step.value_or(-1);

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "io/gguf.h"
+
 namespace anyk::io {
 
 struct ConvertSummary {
@@ -14,9 +16,11 @@ struct ConvertSummary {
   bool moments = false;  // AdamW moments written
 };
 
-// Reads checkpoint and writes out as `to` = "consolidated", "safetensors" or "ep" (ep ranks).
-// An existing out is replaced only once the new one is complete. Progress bars go to stderr.
+// Reads checkpoint and writes out as `to` = "consolidated", "safetensors", "gguf" (llama.cpp, see
+// gguf.h; `gguf` gives K and the dtype) or "ep" (ep ranks). A directory holding model.h5 (a run
+// directory) reads that file. An existing out is replaced only once the new one is complete.
+// Progress bars go to stderr.
 ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::string& to, int ep,
-                                  const std::string& out, bool no_optimizer);
+                                  const std::string& out, bool no_optimizer, const GGUFExport& gguf = {});
 
 }  // namespace anyk::io

@@ -2,12 +2,15 @@
 // and the summary line; the conversion itself is io::convert_checkpoint.
 #include "launch/convert_command.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
+#include "io/checkpoint.h"
 #include "io/convert.h"
+#include "io/weights.h"
 #include "launch/options.h"
 #include "core/check.h"
 
@@ -30,7 +33,10 @@ std::string check_out(std::string out, const std::string& to, int ep, bool overw
   const bool empty_dir = !file_out && fs::is_directory(o) && fs::is_empty(o, ec) && !ec;
   ANYK_CHECK(!(file_out && fs::is_directory(o)),
              "--out " << out << " is a directory, but --to " << to << " writes one file hint: name a file, e.g. "
-                      << (o / (to == "safetensors" ? "model.safetensors" : "model.h5")).string());
+                      << (o / (to == "safetensors" ? "model.safetensors"
+                               : to == "gguf"      ? "model.gguf"
+                                                   : "model.h5"))
+                             .string());
   ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
              "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
                                                                   "directory that does not exist yet");
@@ -43,21 +49,57 @@ std::string check_out(std::string out, const std::string& to, int ep, bool overw
   return out;
 }
 
+// The K a GGUF export uses without --k: the largest K the model trained with (fixed/emoe: its
+// --k, else --k-max), as `anyk generate` defaults (a run directory: its config.ini); E when the
+// source carries no training options.
+int trained_k(const std::string& checkpoint) {
+  TrainOptions o;
+  int experts = 0;
+  bool known = false;
+  const fs::path run_model = fs::path(checkpoint) / "model.h5";
+  if (fs::is_directory(checkpoint) && fs::is_regular_file(run_model) && !fs::exists(fs::path(checkpoint) / "meta.h5")) {
+    experts = io::weights_config(run_model.string()).experts;
+    const fs::path ini = fs::path(checkpoint) / "config.ini";
+    known = read_weights_config_ini(run_model.string(), o);
+    if (!known && fs::is_regular_file(ini)) {
+      read_train_config(ini.string(), o);
+      known = true;
+    }
+  } else if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
+    experts = io::weights_config(checkpoint).experts;
+    known = read_weights_config_ini(checkpoint, o);
+  } else {
+    const io::CheckpointMeta meta = io::read_checkpoint_meta(io::resolve_checkpoint(checkpoint, ""));
+    experts = meta.model.experts;
+    read_train_config_text(meta.config_ini, checkpoint + " config_ini", o);
+    known = true;
+  }
+  const int k = o.k_strategy == "fixed" || o.k_strategy == "emoe" ? o.k : o.k_max;
+  return known ? std::max(1, std::min(k, experts)) : experts;
+}
+
 }  // namespace
 
 int convert_command(int argc, char** argv) {
-  std::string checkpoint, to, out;
+  std::string checkpoint, to, out, dtype = "f32";
   bool no_optimizer = false, overwrite = false;
+  int k = 0;
   po::options_description desc(
-      "anyk convert --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5 --to consolidated|ep=M|safetensors "
-      "--out PATH [--no-optimizer]\n"
+      "anyk convert --checkpoint RUN_DIR|DIR|RUN_DIR/checkpoints/latest|FILE.h5 "
+      "--to consolidated|ep=M|safetensors|gguf --out PATH [--no-optimizer] [--k K] [--dtype f32|f16]\n"
       "Convert a checkpoint offline (one process): one consolidated HDF5 file (the model.h5 layout plus\n"
       "adam_m/ and adam_v/), a sharded checkpoint directory for another expert-parallel size, or\n"
-      "safetensors (weights only). Formats: docs/checkpoint-format.md");
+      "safetensors (weights only), or GGUF for llama.cpp (a llama-architecture MoE with the byte\n"
+      "vocabulary; --k sets expert_used_count, which llama.cpp's --override-kv\n"
+      "llama.expert_used_count=int:K changes at load). Formats: docs/checkpoint-format.md,\n"
+      "docs/elsewhere.md");
   CommandOptions cmd("convert", desc);
   desc.add_options()("checkpoint", po::value(&checkpoint),
-                     "a checkpoint step directory, a `latest` file, or a consolidated .h5 file (or a model.h5)")(
-      "to", po::value(&to), "consolidated, ep=M (M divides the experts) or safetensors")(
+                     "a checkpoint step directory, a `latest` file, a consolidated .h5 file, a model.h5, or a run "
+                     "directory (its model.h5)")(
+      "to", po::value(&to), "consolidated, ep=M (M divides the experts), safetensors or gguf")(
+      "k", po::value(&k), "gguf: experts per token, expert_used_count (default: the trained K)")(
+      "dtype", po::value(&dtype), "gguf: f32 (default) or f16 for the matrices (norms and router stay f32)")(
       "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
       "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
       "overwrite", po::bool_switch(&overwrite),
@@ -70,16 +112,25 @@ int convert_command(int argc, char** argv) {
     ep = parse_int_list(to.substr(3), "to ep=").at(0);
     ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
   } else {
-    ANYK_CHECK(to == "consolidated" || to == "safetensors",
-               "--to '" << to << "' is not one of consolidated, ep=M, safetensors " << cmd.hint());
+    ANYK_CHECK(to == "consolidated" || to == "safetensors" || to == "gguf",
+               "--to '" << to << "' is not one of consolidated, ep=M, safetensors, gguf " << cmd.hint());
   }
+  ANYK_CHECK(to == "gguf" || (cmd.vm().count("k") == 0 && cmd.vm().count("dtype") == 0),
+             "--k and --dtype apply to --to gguf only");
+  ANYK_CHECK(dtype == "f32" || dtype == "f16", "--dtype '" << dtype << "' is not one of f32, f16");
   out = check_out(out, to, ep, overwrite);
   const auto t0 = std::chrono::steady_clock::now();
-  const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer);
+  io::GGUFExport gguf;
+  if (to == "gguf") {
+    gguf.k = cmd.vm().count("k") ? k : trained_k(checkpoint);
+    gguf.f16 = dtype == "f16";
+    gguf.name = fs::path(checkpoint).filename().string();
+  }
+  const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer, gguf);
   const std::string step = s.step >= 0 ? std::to_string(s.step) : "unknown";  // a model.h5 of an older anyk
   std::printf("convert: %s (step %s, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
               step.c_str(), (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
-              s.moments || to == "safetensors" ? "" : " without optimizer state",
+              s.moments || to == "safetensors" || to == "gguf" ? "" : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
