@@ -18,6 +18,7 @@
 #include "data/shard.h"
 #include "eval/analysis.h"
 #include "io/checkpoint.h"
+#include "io/fsio.h"
 #include "io/weights.h"
 #include "model/generate.h"
 #include "core/check.h"
@@ -132,6 +133,7 @@ namespace {
 
 struct GenArgs {
   std::string run_dir, checkpoint, weights, prompt, prompt_file, prompts_file, k_text, layer_k, data_dir;
+  std::string logits_out;
   std::string device = "cpu", precision = "f32";
   double budget = 0, top_p = 0, temperature = 0;
   int max_new = 200, top_k = 0, threads = 0, batch = 0;
@@ -165,7 +167,11 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "temperature", po::value(&a.temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
       "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
       "seed", po::value(&a.seed)->default_value(1), "sampling seed: the same seed gives the same text")(
-      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)");
+      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)")(
+      "logits-out", po::value(&a.logits_out),
+      "generate nothing: write the next-token logits at every prompt position to this file (float64 "
+      "little-endian, prompt after prompt, one row of vocab values per token), for comparing with "
+      "another engine");
   add_device_options(desc, a.device, a.precision);
 }
 
@@ -308,6 +314,22 @@ void emit(const InferenceModel& m, const std::vector<std::string>& texts, const 
                st.slides ? (" | " + std::to_string(st.slides) + " window slides").c_str() : "");
 }
 
+// --logits-out: each prompt through the KV decoder in one pass (its own cache slot), every
+// position's logits in prompt order.
+void write_prompt_logits(const InferenceModel& m, const std::vector<std::vector<int>>& prompts, const InferenceK& k,
+                         const std::string& path) {
+  KVDecoder dec(*m.lm, 1);
+  std::string bytes;
+  std::vector<double> logits;
+  for (const std::vector<int>& p : prompts) {
+    dec.reset(0);
+    const Segment seg{0, p.data(), int(p.size())};
+    dec.forward(std::span<const Segment>(&seg, 1), k, logits, true);
+    bytes.append(reinterpret_cast<const char*>(logits.data()), logits.size() * sizeof(double));
+  }
+  write_file_atomic(path, bytes);
+}
+
 }  // namespace
 
 int generate_command(int argc, char** argv) {
@@ -336,6 +358,12 @@ int generate_command(int argc, char** argv) {
   omp_set_num_threads(a.threads > 0 ? a.threads : m.train.threads);
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);
+  if (!a.logits_out.empty()) {
+    write_prompt_logits(m, prompts, go.k, a.logits_out);
+    std::fprintf(stderr, "generate: %s | logits of %zu prompt%s -> %s\n", setting.c_str(), prompts.size(),
+                 prompts.size() == 1 ? "" : "s", a.logits_out.c_str());
+    return 0;
+  }
   emit(m, texts, prompts, go, setting);
   return 0;
 }
