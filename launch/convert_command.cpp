@@ -50,24 +50,26 @@ std::string check_out(std::string out, const std::string& to, int ep, bool overw
 }
 
 // The K a GGUF export uses without --k: the largest K the model trained with (fixed/emoe: its
-// --k, else --k-max), as `anyk generate` defaults (a run directory: its config.ini); E when the
-// source carries no training options.
+// --k, else --k-max), as `anyk generate` defaults (a model.h5 without them: its run directory's
+// config.ini); E when the source carries no training options.
 int trained_k(const std::string& checkpoint) {
   TrainOptions o;
   int experts = 0;
   bool known = false;
-  const fs::path run_model = fs::path(checkpoint) / "model.h5";
-  if (fs::is_directory(checkpoint) && fs::is_regular_file(run_model) && !fs::exists(fs::path(checkpoint) / "meta.h5")) {
-    experts = io::weights_config(run_model.string()).experts;
-    const fs::path ini = fs::path(checkpoint) / "config.ini";
-    known = read_weights_config_ini(run_model.string(), o);
-    if (!known && fs::is_regular_file(ini)) {
+  fs::path weights;  // a weights or consolidated file (a run directory: its model.h5)
+  if (fs::is_directory(checkpoint) && fs::is_regular_file(fs::path(checkpoint) / "model.h5") &&
+      !fs::exists(fs::path(checkpoint) / "meta.h5"))
+    weights = fs::path(checkpoint) / "model.h5";
+  else if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest")
+    weights = checkpoint;
+  if (!weights.empty()) {
+    experts = io::weights_config(weights.string()).experts;
+    known = read_weights_config_ini(weights.string(), o);
+    const fs::path ini = weights.parent_path() / "config.ini";  // model.h5 in its run directory
+    if (!known && weights.filename() == "model.h5" && fs::is_regular_file(ini)) {
       read_train_config(ini.string(), o);
       known = true;
     }
-  } else if (fs::is_regular_file(checkpoint) && fs::path(checkpoint).filename() != "latest") {
-    experts = io::weights_config(checkpoint).experts;
-    known = read_weights_config_ini(checkpoint, o);
   } else {
     const io::CheckpointMeta meta = io::read_checkpoint_meta(io::resolve_checkpoint(checkpoint, ""));
     experts = meta.model.experts;
@@ -124,13 +126,15 @@ int convert_command(int argc, char** argv) {
   if (to == "gguf") {
     gguf.k = cmd.vm().count("k") ? k : trained_k(checkpoint);
     gguf.f16 = dtype == "f16";
-    gguf.name = fs::path(checkpoint).filename().string();
+    gguf.name = "anyk";
   }
   const io::ConvertSummary s = io::convert_checkpoint(checkpoint, ep > 0 ? "ep" : to, ep, out, no_optimizer, gguf);
   const std::string step = s.step >= 0 ? std::to_string(s.step) : "unknown";  // a model.h5 of an older anyk
   std::printf("convert: %s (step %s, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
               step.c_str(), (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
-              s.moments || to == "safetensors" || to == "gguf" ? "" : " without optimizer state",
+              to == "gguf"       ? (", K = " + std::to_string(gguf.k) + (gguf.f16 ? ", f16" : ", f32")).c_str()
+              : s.moments || to == "safetensors" ? ""
+                                                 : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
