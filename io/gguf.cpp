@@ -177,11 +177,13 @@ void add_hparams(GGUFWriter& g, const ModelConfig& c, const GGUFExport& opt) {
 
 // The byte vocabulary: 256 GPT-2 byte pieces, all normal tokens, no merges, no BOS added.
 // bos/eos name byte 0 (NUL), which text does not hold: llama.cpp's tools stop generating there.
+// Pre-tokenizer "qwen2" (a byte-level BPE's): without merges its word split changes no id, and
+// unlike "default" it does not make llama.cpp's detokenizer drop the space before ?!., .
 void add_byte_tokenizer(GGUFWriter& g) {
   std::vector<std::string> pieces;
   for (int b = 0; b < 256; ++b) pieces.push_back(gpt2_byte_piece(b));
   g.add_string("tokenizer.ggml.model", "gpt2");
-  g.add_string("tokenizer.ggml.pre", "default");
+  g.add_string("tokenizer.ggml.pre", "qwen2");
   g.add_strings("tokenizer.ggml.tokens", pieces);
   g.add_i32s("tokenizer.ggml.token_type", std::vector<int32_t>(256, 1));  // LLAMA_TOKEN_TYPE_NORMAL
   g.add_strings("tokenizer.ggml.merges", {});

@@ -12,6 +12,9 @@
 //     `anyk generate --prompts` prints (--- i ---, then prompt and continuation, each new token
 //     detokenized by llama.cpp).
 //
+//   llama_check MODEL.gguf tokenize LINES -
+//     each line's llama.cpp tokens must be its bytes, and llama.cpp's detokenizer must return it.
+//
 // --k K loads the model with llama.cpp's metadata override llama.expert_used_count=int:K (the
 // `--override-kv` of llama.cpp's tools). The KV cache is f32 unless --kv f16 (llama.cpp's default),
 // and flash attention is off unless --fa on|auto (llama.cpp's default is auto, which turns it on
@@ -161,6 +164,24 @@ int run_logits(Engine& e, const std::vector<std::string>& prompts, const std::st
   return 0;
 }
 
+// Every line: llama.cpp's tokens are its bytes (Engine::tokenize), and llama.cpp's detokenizer
+// gives the line back.
+int run_tokenize(Engine& e, const std::vector<std::string>& lines) {
+  size_t bytes = 0;
+  for (const std::string& text : lines) {
+    const std::vector<llama_token> toks = e.tokenize(text);
+    std::string back(text.size() + 16, '\0');
+    const int n = llama_detokenize(e.vocab, toks.data(), int32_t(toks.size()), back.data(), int32_t(back.size()),
+                                   false, false);
+    if (n < 0 || back.substr(0, size_t(n)) != text)
+      die("llama.cpp detokenizes the tokens of \"" + text + "\" differently");
+    bytes += text.size();
+  }
+  std::printf("tokenize: %zu lines, %zu bytes: llama.cpp's ids are the bytes, and decode back to the text\n",
+              lines.size(), bytes);
+  return 0;
+}
+
 int run_generate(Engine& e, const std::vector<std::string>& prompts, int n) {
   llama_sampler* smpl = llama_sampler_chain_init(llama_sampler_chain_default_params());
   llama_sampler_chain_add(smpl, llama_sampler_init_greedy());
@@ -215,6 +236,7 @@ int main(int argc, char** argv) {
     Engine e(model, k, f16_kv, fa);
     rc = mode == "logits" ? run_logits(e, prompts, arg, tol)
          : mode == "generate" ? run_generate(e, prompts, std::atoi(arg.c_str()))
+         : mode == "tokenize" ? run_tokenize(e, prompts)
                               : (die("unknown mode " + mode), 1);
   }
   llama_backend_free();

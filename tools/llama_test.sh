@@ -14,7 +14,8 @@
 #    --logits-out`) at K = 1, 2, 4 and 8, max |diff| <= 1e-3 and the same argmax everywhere: K = 2
 #    and 4 as exported, K = 1, 4 and 8 through llama.cpp's metadata override
 #    (llama.expert_used_count); the K = 2 file against anyk's K = 1 logits must fail (K matters).
-#    llama.cpp's tokenizer must give anyk's byte ids for every prompt.
+#    llama.cpp's tokenizer must give anyk's byte ids for every prompt, and for 20 varied lines
+#    (spaces, punctuation, digits, non-ASCII) ids that its detokenizer turns back into the line.
 # 4. Greedy generation of 64 tokens after 2 prompts is identical to `anyk generate --temperature 0`,
 #    K set by the export (2 and 4) and by the override (1 and 4).
 # 5. Reports, without a bound, llama.cpp's defaults (f16 KV cache, flash attention auto) and an
@@ -110,6 +111,19 @@ if "$CHECK" k2.gguf logits logit_prompts.txt ref1.f64 --tol $TOL >wrong.log 2>&1
   fail "the K=2 export matches anyk's K=1 logits: the check cannot tell K apart"
 fi
 echo "llama_test: K=2 export against anyk's K=1 (must differ): $(grep max_abs_diff wrong.log)"
+
+# llama.cpp's tokenizer on 20 varied lines (valid UTF-8: spaces, tabs, punctuation, digits,
+# contractions, accents, other scripts, emoji, a carriage return): ids = bytes, and back.
+printf '%b\n' 'plain ascii' '  two leading spaces' 'trailing spaces   ' 'tabs\there\t\tand there' \
+  "don't, it's, we'll, I'd, you're" '3.14159 + 2,718 = 1e10; 1,000,000 (100%)' '!@#$%^&*()_+-=[]{}|;:,.<>?/~`' \
+  '"quoted" and \x27single\x27 and `back`' 'caf\xc3\xa9 cr\xc3\xa8me br\xc3\xbbl\xc3\xa9e, na\xc3\xafve' \
+  '\xc3\x9cbergr\xc3\xb6\xc3\x9fe Stra\xc3\x9fe' '\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 \xd0\xbc\xd0\xb8\xd1\x80' \
+  '\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xe4\xb8\xad\xe6\x96\x87' '\xce\xb1\xce\xb2\xce\xb3 \xe2\x88\x91 \xe2\x88\x9e \xe2\x89\xa0' \
+  'emoji \xf0\x9f\x98\x80\xf0\x9f\x8e\x89 end' 'e\xcc\x81 combining accent' 'carriage\rreturn' \
+  'https://example.com/a?b=c&d=e#f' 'if (x < 10) { y = x * 2; }  // code' '		-- Mark Twain' \
+  'UPPER lower MiXeD 123abc abc123' >tok_lines.txt
+out=$("$CHECK" k2.gguf tokenize tok_lines.txt - 2>&1) || fail "llama.cpp tokenizer: $(echo "$out" | tail -n 1)"
+echo "llama_test: $(echo "$out" | grep '^tokenize')"
 
 # --- 4. greedy generation -------------------------------------------------------------------------
 printf '%b\n' 'Bad luck' '\t\t-- Mark Tw' >gen_prompts.txt  # the tiny model's texts differ by K after these
