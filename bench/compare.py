@@ -17,8 +17,9 @@ The script detects that: it uses an OpenBLAS found in the standard Debian direct
 --peer-blas-dir) via LD_LIBRARY_PATH, and otherwise warns loudly (fix: apt-get install
 libopenblas0-openmp; the pthreads build oversubscribes torch's OpenMP threads).
 OPENBLAS_CORETYPE is removed from the peer's environment (unless --keep-openblas-coretype), so that
-OpenBLAS uses the kernels for this CPU, as anyk's -march=native build does (a forced Haswell core
-halves OpenBLAS's SGEMM rate on an AVX-512 machine).
+OpenBLAS uses the kernels for this CPU (a forced Haswell core halves OpenBLAS's SGEMM rate on an
+AVX-512 machine). anyk's default build targets x86-64-v3 (AVX2), which measured no slower than its
+-march=native build on the project's AVX-512 VM (docs/design.md, "Portable builds").
 
 Timings are only meaningful on an otherwise idle machine: the script prints the load average and
 warns; --rounds R alternates the two R times to even out load that comes and goes.
@@ -115,7 +116,7 @@ def main():
                     "(default: the system's if it is optimised, else a Debian OpenBLAS directory if present)")
     ap.add_argument("--keep-openblas-coretype", action="store_true",
                     help="pass OPENBLAS_CORETYPE from the environment to the peer (default: unset it, so OpenBLAS "
-                    "picks its kernels for this CPU as anyk's -march=native build does)")
+                    "picks its kernels for this CPU)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="alternate anyk and peer runs this many times and pool their post-warm-up steps "
                     "(evens out load from other processes)")
