@@ -25,6 +25,7 @@
 
 #include "io/checkpoint.h"
 #include "io/h5.h"
+#include "io/hf.h"
 #include "io/json.h"
 #include "model/lm.h"
 #include "core/check.h"
@@ -311,6 +312,25 @@ void write_gguf(Full& full, const std::string& out, const GGUFExport& opt) {
   }, opt, out);
 }
 
+// A Hugging Face Mixtral directory, written as out.tmp and renamed to out when complete.
+void write_hf(Full& full, const std::string& out, int k) {
+  std::map<std::string, const float*> by_name;
+  for (const TensorRef& t : full.full_refs(false)) by_name[t.name] = t.value;
+  const fs::path tmp = out + ".tmp";
+  fs::remove_all(tmp);
+  std::error_code ec;
+  fs::create_directories(tmp, ec);
+  if (ec) fail_io("creating directory", tmp.string(), ec.value());
+  try {
+    write_hf_mixtral(full.meta.model, [&](const std::string& name) { return by_name.at(name); }, k, tmp.string());
+    h5::fsync_path(tmp.string());
+  } catch (...) {
+    remove_quietly(tmp.string());
+    throw;
+  }
+  replace_with(tmp.string(), out);
+}
+
 }  // namespace
 
 ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::string& to, int ep,
@@ -339,6 +359,8 @@ ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::stri
     write_safetensors(*full, out);
   else if (to == "gguf")
     write_gguf(*full, out, gguf);
+  else if (to == "hf")
+    write_hf(*full, out, gguf.k);
   else
     write_sharded(*full, out, ep, sum.moments);
   sum.step = full->step.value_or(-1);

@@ -17,7 +17,8 @@ struct ConvertSummary {
 };
 
 // Reads checkpoint and writes out as `to` = "consolidated", "safetensors", "gguf" (llama.cpp, see
-// gguf.h; `gguf` gives K and the dtype) or "ep" (ep ranks). A directory holding model.h5 (a run
+// gguf.h; `gguf` gives K and the dtype), "hf" (a Hugging Face Mixtral directory, hf.h; K from
+// `gguf.k`) or "ep" (ep ranks). A directory holding model.h5 (a run
 // directory) reads that file. An existing out is replaced only once the new one is complete.
 // Progress bars go to stderr.
 ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::string& to, int ep,

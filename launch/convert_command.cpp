@@ -25,7 +25,7 @@ namespace {
 // are dropped (NEWDIR/ is NEWDIR: the conversion writes NEWDIR.tmp beside it and renames it) and
 // an existing empty directory counts as not existing (it is replaced). Returns the path to write.
 std::string check_out(std::string out, const std::string& to, int ep, bool overwrite) {
-  const bool file_out = ep == 0;
+  const bool file_out = ep == 0 && to != "hf";
   if (!file_out)
     while (out.size() > 1 && out.back() == '/') out.pop_back();
   const fs::path o(out);
@@ -38,7 +38,7 @@ std::string check_out(std::string out, const std::string& to, int ep, bool overw
                                                    : "model.h5"))
                              .string());
   ANYK_CHECK(!(!file_out && fs::exists(o) && !fs::is_directory(o)),
-             "--out " << out << " is a file, but --to " << to << " writes a checkpoint directory hint: name a "
+             "--out " << out << " is a file, but --to " << to << " writes a directory hint: name a "
                                                                   "directory that does not exist yet");
   ANYK_CHECK(!fs::exists(o) || empty_dir || overwrite,
              "--out " << out << " exists" << (file_out ? "" : " and is not empty")
@@ -88,21 +88,23 @@ int convert_command(int argc, char** argv) {
   int k = 0;
   po::options_description desc(
       "anyk convert --checkpoint RUN_DIR|DIR|RUN_DIR/checkpoints/latest|FILE.h5 "
-      "--to consolidated|ep=M|safetensors|gguf --out PATH [--no-optimizer] [--k K] [--dtype f32|f16]\n"
+      "--to consolidated|ep=M|safetensors|gguf|hf --out PATH [--no-optimizer] [--k K] [--dtype f32|f16]\n"
       "Convert a checkpoint offline (one process): one consolidated HDF5 file (the model.h5 layout plus\n"
       "adam_m/ and adam_v/), a sharded checkpoint directory for another expert-parallel size, or\n"
       "safetensors (weights only), or GGUF for llama.cpp (a llama-architecture MoE with the byte\n"
       "vocabulary; --k sets expert_used_count, which llama.cpp's --override-kv\n"
-      "llama.expert_used_count=int:K changes at load). Formats: docs/checkpoint-format.md,\n"
+      "llama.expert_used_count=int:K changes at load), or a Hugging Face Mixtral directory (config.json\n"
+      "and model.safetensors; --k sets num_experts_per_tok). Formats: docs/checkpoint-format.md,\n"
       "docs/elsewhere.md");
   CommandOptions cmd("convert", desc);
   desc.add_options()("checkpoint", po::value(&checkpoint),
                      "a checkpoint step directory, a `latest` file, a consolidated .h5 file, a model.h5, or a run "
                      "directory (its model.h5)")(
-      "to", po::value(&to), "consolidated, ep=M (M divides the experts), safetensors or gguf")(
-      "k", po::value(&k), "gguf: experts per token, expert_used_count (default: the trained K)")(
+      "to", po::value(&to), "consolidated, ep=M (M divides the experts), safetensors, gguf or hf")(
+      "k", po::value(&k), "gguf, hf: experts per token, expert_used_count / num_experts_per_tok (default: "
+                          "the trained K)")(
       "dtype", po::value(&dtype), "gguf: f32 (default) or f16 for the matrices (norms and router stay f32)")(
-      "out", po::value(&out), "output file (consolidated, safetensors) or directory (ep=M)")(
+      "out", po::value(&out), "output file (consolidated, safetensors, gguf) or directory (ep=M, hf)")(
       "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
       "overwrite", po::bool_switch(&overwrite),
       "replace an existing --out (the old one is removed only after the new one is complete)");
@@ -114,16 +116,16 @@ int convert_command(int argc, char** argv) {
     ep = parse_int_list(to.substr(3), "to ep=").at(0);
     ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
   } else {
-    ANYK_CHECK(to == "consolidated" || to == "safetensors" || to == "gguf",
-               "--to '" << to << "' is not one of consolidated, ep=M, safetensors, gguf " << cmd.hint());
+    ANYK_CHECK(to == "consolidated" || to == "safetensors" || to == "gguf" || to == "hf",
+               "--to '" << to << "' is not one of consolidated, ep=M, safetensors, gguf, hf " << cmd.hint());
   }
-  ANYK_CHECK(to == "gguf" || (cmd.vm().count("k") == 0 && cmd.vm().count("dtype") == 0),
-             "--k and --dtype apply to --to gguf only");
+  ANYK_CHECK(to == "gguf" || to == "hf" || cmd.vm().count("k") == 0, "--k applies to --to gguf and hf only");
+  ANYK_CHECK(to == "gguf" || cmd.vm().count("dtype") == 0, "--dtype applies to --to gguf only");
   ANYK_CHECK(dtype == "f32" || dtype == "f16", "--dtype '" << dtype << "' is not one of f32, f16");
   out = check_out(out, to, ep, overwrite);
   const auto t0 = std::chrono::steady_clock::now();
   io::GGUFExport gguf;
-  if (to == "gguf") {
+  if (to == "gguf" || to == "hf") {
     gguf.k = cmd.vm().count("k") ? k : trained_k(checkpoint);
     gguf.f16 = dtype == "f16";
     gguf.name = "anyk";
@@ -133,6 +135,7 @@ int convert_command(int argc, char** argv) {
   std::printf("convert: %s (step %s, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
               step.c_str(), (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
               to == "gguf"       ? (", K = " + std::to_string(gguf.k) + (gguf.f16 ? ", f16" : ", f32")).c_str()
+              : to == "hf"       ? (", K = " + std::to_string(gguf.k)).c_str()
               : s.moments || to == "safetensors" ? ""
                                                  : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

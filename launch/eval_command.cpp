@@ -16,6 +16,7 @@
 #include "eval/frontier.h"
 #include "io/checkpoint.h"
 #include "io/fsio.h"
+#include "io/hf.h"
 #include "io/weights.h"
 #include "launch/options.h"
 #include "core/check.h"
@@ -43,7 +44,9 @@ void add_eval_options(po::options_description& desc, EvalArgs& a) {
   desc.add_options()("run-dir", po::value(&a.run_dir), "run directory holding config.ini and model.h5")(
       "checkpoint", po::value(&a.checkpoint),
       "evaluate a checkpoint: its step directory, a `latest` file, or `latest` (with --run-dir)")(
-      "weights", po::value(&a.weights), "evaluate a weights file: a model.h5 or a consolidated checkpoint")(
+      "weights", po::value(&a.weights),
+      "evaluate a weights file (a model.h5 or a consolidated checkpoint) or a Mixtral directory (anyk convert "
+      "--to hf)")(
       "data", po::value(&a.data_dir), "data directory holding val.bin")(
       "k", po::value(&a.k_list), "comma-separated K values, each used by every layer (e.g. 1,2,4)")(
       "layer-k", po::value(&a.layer_k), "one K per layer, comma-separated (length = layers)")(
@@ -104,6 +107,10 @@ EvalSource read_source(const EvalArgs& a) {
     s.meta = io::read_checkpoint_meta(s.ckpt_dir);
     read_train_config_text(s.meta.config_ini, s.ckpt_dir + "/meta.h5 attribute config_ini", s.o);
     s.mc = s.meta.model;
+  } else if (!a.weights.empty() && io::is_hf_dir(a.weights)) {  // a Mixtral directory (convert --to hf)
+    s.mc = io::hf_config(a.weights);
+    if (!a.run_dir.empty() && std::filesystem::is_regular_file(a.run_dir + "/config.ini"))
+      read_train_config(a.run_dir + "/config.ini", s.o);
   } else if (!a.weights.empty()) {
     s.mc = io::weights_config(a.weights);
     if (!read_weights_config_ini(a.weights, s.o) && !a.run_dir.empty() &&
@@ -287,7 +294,10 @@ int eval_command(int argc, char** argv) {
                                 io::expert_refs(lm.params(), nullptr, 1, 0));
   } else {
     source = a.weights.empty() ? a.run_dir : a.weights;
-    io::load_weights(a.weights.empty() ? a.run_dir + "/model.h5" : a.weights, lm);
+    if (!a.weights.empty() && io::is_hf_dir(a.weights))
+      io::load_hf_weights(a.weights, lm);
+    else
+      io::load_weights(a.weights.empty() ? a.run_dir + "/model.h5" : a.weights, lm);
   }
   return run_mode(lm, val, src, source, a);
 }

@@ -19,6 +19,7 @@
 #include "eval/analysis.h"
 #include "io/checkpoint.h"
 #include "io/fsio.h"
+#include "io/hf.h"
 #include "io/weights.h"
 #include "model/generate.h"
 #include "core/check.h"
@@ -87,6 +88,8 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
     meta = read_checkpoint_meta(ckpt_dir);
     read_train_config_text(meta.config_ini, ckpt_dir + "/meta.h5 attribute config_ini", o);
     mc = meta.model;
+  } else if (!weights.empty() && is_hf_dir(weights)) {  // a Mixtral directory (anyk convert --to hf)
+    mc = hf_config(weights);
   } else if (!weights.empty()) {
     ANYK_CHECK(std::filesystem::is_regular_file(weights), "weights file " << weights << " not found");
     mc = weights_config(weights);
@@ -124,7 +127,10 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
                             expert_refs(m.lm->params(), nullptr, 1, 0));
   } else {
     m.source = weights.empty() ? run_dir : weights;
-    load_weights(weights.empty() ? run_dir + "/model.h5" : weights, *m.lm);
+    if (!weights.empty() && is_hf_dir(weights))
+      load_hf_weights(weights, *m.lm);
+    else
+      load_weights(weights.empty() ? run_dir + "/model.h5" : weights, *m.lm);
   }
   return m;
 }
@@ -145,7 +151,9 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
   desc.add_options()("run-dir", po::value(&a.run_dir), "run directory holding config.ini and model.h5")(
       "checkpoint", po::value(&a.checkpoint),
       "a checkpoint: its step directory, a `latest` file, or `latest` (with --run-dir)")(
-      "weights", po::value(&a.weights), "a weights file: a model.h5 or a consolidated checkpoint")(
+      "weights", po::value(&a.weights),
+                                         "a weights file (a model.h5 or a consolidated checkpoint) or a Mixtral "
+                                         "directory (anyk convert --to hf)")(
       "prompt", po::value(&a.prompt), "the prompt text")(
       "prompt-file", po::value(&a.prompt_file), "read the prompt from this file (one trailing newline dropped)")(
       "prompts", po::value(&a.prompts_file),

@@ -146,7 +146,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("k", &o.k, "K of the fixed strategy; k_train of emoe");
   t.add("k-ideal", &o.k_ideal, "emoe: largest co-activation pool (0 = min(3 k, experts))");
   t.add("init-weights", &o.init_weights,
-        "start from these weights (a model.h5 or consolidated checkpoint; optimizer starts fresh), "
+        "start from these weights (a model.h5, a consolidated checkpoint or a Mixtral directory from "
+        "anyk convert --to hf; optimizer starts fresh), "
         "e.g. to continue a fixed-K model with emoe");
   t.add("tau", &o.tau, "layer_weighted temperature: P(K=k) ~ k^(1/tau)");
   t.add("top-p", &o.top_p, "top_p threshold: per token, smallest k whose top-k mass >= p");

@@ -9,6 +9,7 @@
 #include "data/shard.h"
 #include "io/checkpoint.h"
 #include "io/h5.h"
+#include "io/hf.h"
 #include "io/weights.h"
 #include "launch/options.h"
 #include "launch/rundir.h"
@@ -125,10 +126,15 @@ void check_sources(TrainSetup& p) {
   if (!o.init_weights.empty()) {
     ANYK_CHECK(o.resume.empty(), "--init-weights and --resume exclude each other hint: --resume restores "
                                  "weights and optimizer state; --init-weights starts a new run from weights");
-    ANYK_CHECK(fs::is_regular_file(o.init_weights),
-               "--init-weights " << o.init_weights << " is not a file hint: pass a run's model.h5 or a "
-                                                      "consolidated checkpoint (anyk convert --to consolidated)");
-    io::h5::check_same_shape(io::weights_config(o.init_weights), p.model, o.init_weights, "this run");
+    if (io::is_hf_dir(o.init_weights)) {  // a Hugging Face Mixtral directory (anyk convert --to hf)
+      io::h5::check_same_shape(io::hf_config(o.init_weights), p.model, o.init_weights + "/config.json", "this run");
+    } else {
+      ANYK_CHECK(fs::is_regular_file(o.init_weights),
+                 "--init-weights " << o.init_weights << " is not a file hint: pass a run's model.h5, a "
+                                      "consolidated checkpoint (anyk convert --to consolidated) or a Mixtral "
+                                      "directory (anyk convert --to hf)");
+      io::h5::check_same_shape(io::weights_config(o.init_weights), p.model, o.init_weights, "this run");
+    }
   }
   if (o.resume.empty()) return;
   p.resume_dir = io::resolve_checkpoint(o.resume, o.run_dir);

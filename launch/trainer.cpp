@@ -10,6 +10,7 @@
 
 #include "eval/evaluate.h"
 #include "io/fsio.h"
+#include "io/hf.h"
 #include "io/weights.h"
 #include "launch/signals.h"
 #include "parallel/gather.h"
@@ -195,7 +196,10 @@ void Trainer::build_model() {
 void Trainer::load_init_weights() {
   LocalDispatcher one(E_);
   LM full(p_.model, one);
-  io::load_weights(o_.init_weights, full);
+  if (io::is_hf_dir(o_.init_weights))
+    io::load_hf_weights(o_.init_weights, full);
+  else
+    io::load_weights(o_.init_weights, full);
   LM& lm = *lm_;
   for (int id = 0; id < lm.params().size(); ++id) {
     const ParamInfo& info = lm.params().info(id);
