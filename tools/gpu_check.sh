@@ -11,6 +11,9 @@
 #   train      test_gpu_train, the rest: 2 ranks on one GPU, NCCL, zero-row experts, checkpoints
 #   bench      bench/gpu_bench.sh: bf16 MoE tokens/s and MFU, layer K in [1,4] vs fixed K=2, and
 #              fixed K=2 per expert GEMM strategy (loop, streams, grouped)
+#   hf         tools/hf_check.py: transformers' MixtralForCausalLM on the CPU against anyk's logits
+#              (K = 1, 2; <= 1e-4) for a tiny model exported with anyk convert --to hf; "skip" where
+#              torch or transformers is not installed
 #   memcheck   test_gpu_kernels under compute-sanitizer, if installed and at least MEMCHECK_MIN_S
 #              (default 60) of the budget is left; not finishing in time is "not run (time)", not a failure
 # and writes OUT_DIR/summary.json (mode; per check: name, status pass/fail/skip, reason, seconds,
@@ -42,7 +45,7 @@ else
   PACK=gpu_pack
 fi
 say() { echo "$*" | tee -a "$LOG"; }
-NAMES="kernels bf16 parity50 train bench memcheck"
+NAMES="kernels bf16 parity50 train hf bench memcheck"
 for n in ${GPU_CHECK_ONLY:-}; do
   if [[ " $NAMES " != *" $n "* ]]; then
     say "gpu_check: GPU_CHECK_ONLY names '$n', which is not a check; the checks are: $NAMES"
@@ -228,6 +231,13 @@ else
   check bf16 60 "$BIN/test_gpu_bf16_storage"
   check parity50 150 "$BIN/test_gpu_train" "--test-case=*50 steps*"
   check train 180 "$BIN/test_gpu_train" "--test-case-exclude=*50 steps*"
+  if ! selected hf; then
+    record hf "skip: not selected (GPU_CHECK_ONLY=$GPU_CHECK_ONLY)" 0
+  elif ! python3 -c "import torch, transformers" 2>/dev/null; then
+    record hf "skip: transformers not installed (pip install torch transformers)" 0
+  else
+    check hf 120 python3 tools/hf_check.py
+  fi
   check bench 300 bash bench/gpu_bench.sh "$OUT/bench.json"  # 4 training runs (2 short); capped by the budget
   left=$((BUDGET_S - (SECONDS - START)))
   if ! selected memcheck; then

@@ -6,7 +6,7 @@
 #   DIR/usr   OpenMPI's mpirun (orterun) and orted in usr/bin, its and PMIx's plugin folders and help
 #             files at their Debian paths under /usr (OPAL_PREFIX=DIR/usr relocates them: a
 #             singleton MPI_Init, an anyk started without mpirun, starts $OPAL_PREFIX/bin/orted)
-#   DIR/tools/gpu_check.sh, DIR/bench/gpu_bench.sh, DIR/bench/gemm_peak.cu  the check itself
+#   DIR/tools/gpu_check.sh, DIR/tools/hf_check.py, DIR/bench/gpu_bench.sh, DIR/bench/gemm_peak.cu  the check itself
 #             (DIR/tools/gpu_check.sh OUT_DIR runs from the pack alone, no repository needed)
 #   DIR/env.sh  the environment (sourced by gpu_check.sh)
 # Not packed: glibc (the GPU machine needs glibc >= this machine's), the NVIDIA driver (libcuda),
@@ -51,7 +51,7 @@ cp "$(readlink -f "$(command -v orted)")" "$DIR/usr/bin/orted"
 ln -s ../usr/bin/mpirun "$DIR/bin/mpirun"
 ln -s ../usr/bin/orted "$DIR/bin/orted"
 # The check's scripts, at the same paths relative to the pack as to the repository root.
-cp tools/gpu_check.sh "$DIR/tools/"
+cp tools/gpu_check.sh tools/hf_check.py "$DIR/tools/"
 cp bench/gpu_bench.sh bench/gemm_peak.cu "$DIR/bench/"
 mirror() {  # copies a system path to DIR at the same path
   [ -e "$1" ] || return 0
