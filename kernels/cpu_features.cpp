@@ -68,6 +68,9 @@ constexpr const char* kCompiled[] = {
 #ifdef __VPCLMULQDQ__
     "vpclmulqdq",
 #endif
+#ifdef __SSE4A__
+    "sse4a",
+#endif
 #ifdef __AVX512F__
     "avx512f",
 #endif
@@ -153,7 +156,7 @@ ANYK_BASELINE bool cpu_has_feature(const char* f) {
   ANYK_FEATURE("sse3") ANYK_FEATURE("ssse3") ANYK_FEATURE("sse4.1") ANYK_FEATURE("sse4.2")
   ANYK_FEATURE("popcnt") ANYK_FEATURE("avx") ANYK_FEATURE("avx2") ANYK_FEATURE("fma")
   ANYK_FEATURE("bmi") ANYK_FEATURE("bmi2") ANYK_FEATURE("aes") ANYK_FEATURE("pclmul")
-  ANYK_FEATURE("gfni") ANYK_FEATURE("vpclmulqdq") ANYK_FEATURE("avx512f") ANYK_FEATURE("avx512dq")
+  ANYK_FEATURE("sse4a") ANYK_FEATURE("gfni") ANYK_FEATURE("vpclmulqdq") ANYK_FEATURE("avx512f") ANYK_FEATURE("avx512dq")
   ANYK_FEATURE("avx512cd") ANYK_FEATURE("avx512bw") ANYK_FEATURE("avx512vl")
   ANYK_FEATURE("avx512ifma") ANYK_FEATURE("avx512vbmi") ANYK_FEATURE("avx512vbmi2")
   ANYK_FEATURE("avx512vnni") ANYK_FEATURE("avx512bitalg") ANYK_FEATURE("avx512vpopcntdq")
