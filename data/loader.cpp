@@ -1,7 +1,8 @@
-// Loader: counter-based random training windows (hash of seed and global sample index) and
-// sequential non-overlapping eval windows.
+// Loader: counter-based random training windows (hash of seed and global sample index, mapped
+// onto the shards' valid starts by a prefix sum) and sequential non-overlapping eval windows.
 #include "data/loader.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "core/check.h"
@@ -21,19 +22,42 @@ inline void copy_window(const uint16_t* tok, int64_t start, int T, int* inputs, 
 }  // namespace
 
 Loader::Loader(std::shared_ptr<const std::vector<uint16_t>> tokens, int T, uint64_t seed)
-    : tokens_(std::move(tokens)), T_(T), seed_(seed) {
-  ANYK_CHECK(tokens_, "Loader: null token array hint: load a shard first");
+    : Loader(tokens ? TokenShards::in_memory({std::move(tokens)}) : nullptr, T, seed) {}
+
+Loader::Loader(std::shared_ptr<const TokenShards> shards, int T, uint64_t seed)
+    : shards_(std::move(shards)), T_(T), seed_(seed) {
+  ANYK_CHECK(shards_, "Loader: null token array hint: load a shard first");
   ANYK_CHECK(T_ >= 1, "Loader: seq_len " << T_ << " must be >= 1 hint: pass --seq-len > 0");
-  const int64_t n = num_tokens();
-  ANYK_CHECK(n >= static_cast<int64_t>(T_) + 1,
-             "Loader: " << n << " tokens cannot hold one window of T=" << T_ << " (+1 target)"
-                        << " hint: use a smaller --seq-len or more data");
+  start_prefix_.assign(1, 0);
+  eval_prefix_.assign(1, 0);
+  int64_t longest = 0;
+  for (int i = 0; i < shards_->num_shards(); ++i) {
+    const int64_t n = shards_->shard(i).n;
+    longest = std::max(longest, n);
+    start_prefix_.push_back(start_prefix_.back() + std::max<int64_t>(n - T_, 0));
+    eval_prefix_.push_back(eval_prefix_.back() + std::max<int64_t>(n - 1, 0) / T_);
+  }
+  if (shards_->num_shards() == 1)
+    ANYK_CHECK(start_prefix_.back() >= 1,
+               "Loader: " << longest << " tokens cannot hold one window of T=" << T_ << " (+1 target)"
+                          << " hint: use a smaller --seq-len or more data");
+  ANYK_CHECK(start_prefix_.back() >= 1,
+             "Loader: none of " << shards_->num_shards() << " shards (longest " << longest
+                                << " tokens) holds one window of T=" << T_ << " (+1 target)"
+                                << " hint: use a smaller --seq-len or larger shards");
+}
+
+std::pair<int, int64_t> Loader::window_of(int64_t g) const {
+  const uint64_t h = hash_key(seed_, kLoaderStream, static_cast<uint64_t>(g));
+  const int64_t u = static_cast<int64_t>(uniform_int(h, static_cast<uint64_t>(start_prefix_.back())));
+  // The shard whose valid starts hold number u: the last prefix <= u (empty shards are skipped).
+  const int k = int(std::upper_bound(start_prefix_.begin(), start_prefix_.end(), u) - start_prefix_.begin()) - 1;
+  return {k, u - start_prefix_[size_t(k)]};
 }
 
 void Loader::sample(int64_t g, int* inputs, int* targets) const {
-  const uint64_t h = hash_key(seed_, kLoaderStream, static_cast<uint64_t>(g));
-  const int64_t start = static_cast<int64_t>(uniform_int(h, static_cast<uint64_t>(num_tokens() - T_)));
-  copy_window(tokens_->data(), start, T_, inputs, targets);
+  const auto [k, start] = window_of(g);
+  copy_window(shards_->shard(k).data, start, T_, inputs, targets);
 }
 
 void Loader::batch(int64_t first, int B, int* inputs, int* targets) const {
@@ -58,13 +82,17 @@ void Loader::set_position(int64_t pos) {
 int64_t Loader::num_eval_windows(int T) const {
   if (T == 0) T = T_;
   ANYK_CHECK(T >= 1, "Loader::num_eval_windows: T " << T << " must be >= 1");
-  return (num_tokens() - 1) / T;
+  if (T == T_) return eval_prefix_.back();
+  int64_t w = 0;
+  for (int i = 0; i < shards_->num_shards(); ++i) w += std::max<int64_t>(shards_->shard(i).n - 1, 0) / T;
+  return w;
 }
 
 void Loader::eval_window(int64_t i, int* inputs, int* targets) const {
   ANYK_CHECK(i >= 0 && i < num_eval_windows(),
              "Loader::eval_window: window " << i << " is outside [0, " << num_eval_windows() << ")");
-  copy_window(tokens_->data(), i * T_, T_, inputs, targets);
+  const int k = int(std::upper_bound(eval_prefix_.begin(), eval_prefix_.end(), i) - eval_prefix_.begin()) - 1;
+  copy_window(shards_->shard(k).data, (i - eval_prefix_[size_t(k)]) * T_, T_, inputs, targets);
 }
 
 }  // namespace anyk::data

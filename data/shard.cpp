@@ -65,7 +65,7 @@ void write_shard(const std::string& path, const uint16_t* toks, size_t n) {
                                       << " hint: check permissions on the output directory");
 }
 
-std::vector<uint16_t> read_shard(const std::string& path, int vocab) {
+int64_t check_shard(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   ANYK_CHECK(fs::is_regular_file(path, ec),
@@ -80,24 +80,16 @@ std::vector<uint16_t> read_shard(const std::string& path, int vocab) {
   ANYK_CHECK(f, "read_shard: cannot open " << path << ": " << std::strerror(errno)
                                            << " hint: check file permissions");
   int32_t header[kShardHeaderInts];
-  if (std::fread(header, sizeof(header), 1, f) != 1) {
-    std::fclose(f);
-    ANYK_FAIL("read_shard: cannot read the header of " << path);
-  }
-  if (header[0] != kShardMagic) {
-    std::fclose(f);
-    ANYK_FAIL("read_shard: " << path << ": bad magic " << header[0] << ", expected " << kShardMagic
-                             << " (not an llm.c token shard?)");
-  }
-  if (header[1] != kShardVersion) {
-    std::fclose(f);
-    ANYK_FAIL("read_shard: " << path << ": unsupported version " << header[1] << ", expected "
-                             << kShardVersion);
-  }
+  const bool got_header = std::fread(header, sizeof(header), 1, f) == 1;
+  std::fclose(f);
+  ANYK_CHECK(got_header, "read_shard: cannot read the header of " << path);
+  ANYK_CHECK(header[0] == kShardMagic, "read_shard: " << path << ": bad magic " << header[0] << ", expected "
+                                                      << kShardMagic << " (not an llm.c token shard?)");
+  ANYK_CHECK(header[1] == kShardVersion, "read_shard: " << path << ": unsupported version " << header[1]
+                                                        << ", expected " << kShardVersion);
   const int64_t count = header[2];
   const uintmax_t body = size - kShardHeaderBytes;
   if (count < 0 || body != static_cast<uintmax_t>(count) * sizeof(uint16_t)) {
-    std::fclose(f);
     if (count >= 0 && body < static_cast<uintmax_t>(count) * sizeof(uint16_t))
       ANYK_FAIL("read_shard: " << path << ": file is truncated: header says " << count
                                << " tokens, file holds " << body / sizeof(uint16_t)
@@ -105,6 +97,18 @@ std::vector<uint16_t> read_shard(const std::string& path, int vocab) {
     ANYK_FAIL("read_shard: " << path << ": size mismatch: header says " << count
                              << " tokens, file holds " << body << " bytes after the header"
                              << " hint: re-prepare the data");
+  }
+  return count;
+}
+
+std::vector<uint16_t> read_shard(const std::string& path, int vocab) {
+  const int64_t count = check_shard(path);
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  ANYK_CHECK(f, "read_shard: cannot open " << path << ": " << std::strerror(errno)
+                                           << " hint: check file permissions");
+  if (std::fseek(f, long(kShardHeaderBytes), SEEK_SET) != 0) {
+    std::fclose(f);
+    ANYK_FAIL("read_shard: cannot seek past the header of " << path);
   }
   std::vector<uint16_t> toks(static_cast<size_t>(count));
   const size_t got = count > 0 ? std::fread(toks.data(), sizeof(uint16_t), toks.size(), f) : 0;

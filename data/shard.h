@@ -17,6 +17,10 @@ constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);  // 102
 /// Writes toks (n) to path atomically: path + ".tmp", fsync, rename. Throws naming the path.
 void write_shard(const std::string& path, const uint16_t* toks, size_t n);
 
+/// Validates a shard's header against its file size (magic, version, exact size) without reading
+/// the tokens; returns the token count. Every failure is an anyk::Error naming the path.
+int64_t check_shard(const std::string& path);
+
 /// Reads and validates a shard (magic, version, exact size). If vocab > 0, every token must be
 /// < vocab. Every failure is an anyk::Error naming the path.
 std::vector<uint16_t> read_shard(const std::string& path, int vocab = 0);

@@ -79,6 +79,7 @@ void write_run_state_attrs(hid_t f, const std::string& path, const CheckpointMet
   h5::write_attr(f, path, "ep_size", meta.ep_size);
   h5::write_attr(f, path, "micro_batch", meta.micro_batch);
   h5::write_attr(f, path, "config_ini", meta.config_ini);
+  h5::write_attr(f, path, "train_shards", meta.train_shards);
 }
 
 void read_run_state_attrs(hid_t f, const std::string& path, CheckpointMeta& m) {
@@ -91,6 +92,7 @@ void read_run_state_attrs(hid_t f, const std::string& path, CheckpointMeta& m) {
   m.ep_size = h5::read_attr_int(f, path, "ep_size");
   m.micro_batch = h5::attr_exists(f, "micro_batch") ? h5::read_attr_int(f, path, "micro_batch") : 0;
   m.config_ini = h5::read_attr_string(f, path, "config_ini");
+  m.train_shards = h5::attr_exists(f, "train_shards") ? h5::read_attr_string(f, path, "train_shards") : "";
 }
 
 namespace {
@@ -247,6 +249,7 @@ void write_meta_file(const std::string& path, const CheckpointMeta& meta, const 
     h5::write_attr(f, path, "micro_batch", meta.micro_batch);
     h5::write_attr(f, path, "has_optimizer", int64_t(moments ? 1 : 0));
     h5::write_attr(f, path, "config_ini", meta.config_ini);
+    h5::write_attr(f, path, "train_shards", meta.train_shards);
     {
       h5::Handle g = h5::create_group(f, path, "params");
       for (const TensorRef& t : dense) write_dev_f32(g.id, path, t.name, t.value, t.device, t.shape, stage);

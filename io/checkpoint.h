@@ -35,6 +35,8 @@ struct CheckpointMeta {
                                 // (0: written by an older anyk, unknown)
   ModelConfig model;
   std::string config_ini;       // the run's resolved options (INI)
+  std::string train_shards;     // "name tokens" per training shard (data::TokenShards::describe);
+                                // empty: written by an older anyk, unknown
 };
 
 // A view of one float32 tensor and its AdamW moments; m and v are null when the optimizer state
