@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "data/prepare.h"
+#include "data/token_shards.h"
 #include "launch/convert_command.h"
 #include "io/h5.h"
 #include "launch/eval_command.h"
@@ -39,6 +40,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  prepare  --input PATH... --out DIR [--val-fraction 0.05]\n"
     "           byte-tokenise text files/folders into DIR/train.bin and DIR/val.bin\n"
+    "           [--shard-tokens N]: as shards of N tokens, DIR/train_000000.bin ... and DIR/val_000000.bin ...\n"
     "  train    --data DIR --run-dir DIR [--config FILE] [--steps N --seed S --layers L --dim C\n"
     "           --heads NH --experts E --expert-hidden H --seq-len T --batch B --grad-accum A\n"
     "           --lr --min-lr --warmup --weight-decay --grad-clip --k-strategy NAME --k-min A\n"
@@ -81,7 +83,14 @@ int prepare_command(int argc, char** argv) {
       "out", po::value(&out), "output directory")(
       "val-fraction", po::value(&val_fraction)->default_value(0.05),
       "fraction of the tokens (the last ones) held out for validation");
+  int64_t shard_tokens = 0;
+  desc.add_options()("shard-tokens", po::value(&shard_tokens)->default_value(0),
+                     "write each split as llm.c shards of N tokens (train_000000.bin, ..., val_000000.bin, ...; the "
+                     "last one shorter) instead of one train.bin and val.bin; 0: one file per split. `anyk train "
+                     "--data` reads either layout, mapped, never whole");
   if (!cmd.parse(argc, argv)) return 0;
+  ANYK_CHECK(shard_tokens >= 0, "--shard-tokens " << shard_tokens << " must be >= 0 hint: 0 writes one train.bin "
+                                                     "and one val.bin");
   cmd.require(!inputs.empty(), "input");
   cmd.require(!out.empty(), "out");
   ANYK_CHECK(val_fraction > 0 && val_fraction < 1,
@@ -90,6 +99,11 @@ int prepare_command(int argc, char** argv) {
     std::printf("prepare: %s\n", line.c_str());
     std::fflush(stdout);
   });
+  const int train_files = data::reshard_split(out, "train", shard_tokens);
+  const int val_files = data::reshard_split(out, "val", shard_tokens);
+  if (shard_tokens > 0)
+    std::printf("prepare: %s/train.bin -> %d shards %s/train_000000.bin ..., %s/val.bin -> %d shards of up to %lld "
+                "tokens\n", out.c_str(), train_files, out.c_str(), out.c_str(), val_files, (long long)shard_tokens);
   std::printf("prepare: %lld files, %lld bytes -> %s/train.bin (%lld tokens), %s/val.bin (%lld tokens)\n",
               (long long)st.files, (long long)st.bytes, out.c_str(), (long long)st.train_tokens,
               out.c_str(), (long long)st.val_tokens);

@@ -11,6 +11,7 @@
 #include <memory>
 
 #include "data/shard.h"
+#include "data/token_shards.h"
 #include "eval/analysis.h"
 #include "eval/evaluate.h"
 #include "eval/frontier.h"
@@ -47,7 +48,7 @@ void add_eval_options(po::options_description& desc, EvalArgs& a) {
       "weights", po::value(&a.weights),
       "evaluate a weights file (a model.h5 or a consolidated checkpoint) or a Mixtral directory (anyk convert "
       "--to hf)")(
-      "data", po::value(&a.data_dir), "data directory holding val.bin")(
+      "data", po::value(&a.data_dir), "data directory holding val.bin or val_*.bin shards")(
       "k", po::value(&a.k_list), "comma-separated K values, each used by every layer (e.g. 1,2,4)")(
       "layer-k", po::value(&a.layer_k), "one K per layer, comma-separated (length = layers)")(
       "sweep", po::bool_switch(&a.sweep), "every uniform K = 1..experts")(
@@ -277,9 +278,7 @@ int eval_command(int argc, char** argv) {
   settings_of(a, src.mc.layers, src.mc.experts);  // the K lists are checked before any file is read
 
   check_data_dir(a.data_dir);
-  auto val_tokens =
-      std::make_shared<const std::vector<uint16_t>>(data::read_shard(a.data_dir + "/val.bin", src.mc.vocab));
-  data::Loader val(val_tokens, src.mc.seq_len, uint64_t(src.o.seed));
+  data::Loader val(data::TokenShards::open(a.data_dir, "val", src.mc.vocab), src.mc.seq_len, uint64_t(src.o.seed));
 
   omp_set_num_threads(src.o.threads);
   const Device dev = parse_device(a.device);

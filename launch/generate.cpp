@@ -16,6 +16,7 @@
 
 #include "data/loader.h"
 #include "data/shard.h"
+#include "data/token_shards.h"
 #include "eval/analysis.h"
 #include "io/checkpoint.h"
 #include "io/fsio.h"
@@ -168,7 +169,7 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "validation windows)")(
       "top-p", po::value(&a.top_p),
       "per-token K: the smallest k whose top-k router probability mass reaches P (in (0, 1])")(
-      "data", po::value(&a.data_dir), "data directory holding val.bin (for --budget)")(
+      "data", po::value(&a.data_dir), "data directory holding val.bin or val_*.bin shards (for --budget)")(
       "eval-windows", po::value(&a.eval_windows)->default_value(kDefaultEvalWindows),
       "validation windows for --budget (0 = all; the same default as anyk eval)")(
       "batch", po::value(&a.batch)->default_value(0), "windows per forward for --budget (0 = the run's --batch)")(
@@ -259,8 +260,7 @@ std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions&
       ANYK_CHECK(k >= 1 && k <= E, "--layer-k value " << k << " is outside [1, experts=" << E << "]");
   } else if (a.budget != 0) {
     ANYK_CHECK(a.budget >= 1 && a.budget <= E, "--budget " << a.budget << " is outside [1, experts=" << E << "]");
-    auto val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(a.data_dir + "/val.bin", mc.vocab));
-    data::Loader val(val_tokens, mc.seq_len, uint64_t(m.train.seed));
+    data::Loader val(data::TokenShards::open(a.data_dir, "val", mc.vocab), mc.seq_len, uint64_t(m.train.seed));
     Arena arena(size_t(64) << 20, m.lm->params().device());
     BudgetResult br = greedy_budget(*m.lm, val, a.budget, a.batch > 0 ? a.batch : m.train.batch, a.eval_windows, arena);
     go.k.k = br.greedy.k;

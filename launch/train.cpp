@@ -2,11 +2,12 @@
 // checkpoint) on every rank before anything is allocated or written; then the Trainer.
 #include "launch/train.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include "data/shard.h"
+#include "data/token_shards.h"
 #include "io/checkpoint.h"
 #include "io/h5.h"
 #include "io/hf.h"
@@ -84,18 +85,26 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   return true;
 }
 
-// The shards, read whole, each at least one window long.
+// The shards of each split (train.bin or train_*.bin ..., data/token_shards.h), mapped read-only
+// and never copied whole; each split needs one shard at least one window long.
 void read_data(TrainSetup& p) {
   const TrainOptions& o = p.o;
   check_data_dir(o.data);
-  p.train_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/train.bin", o.vocab));
-  p.val_tokens = std::make_shared<const std::vector<uint16_t>>(data::read_shard(o.data + "/val.bin", o.vocab));
-  ANYK_CHECK(int64_t(p.train_tokens->size()) >= int64_t(o.seq_len) + 1,
-             o.data << "/train.bin has " << p.train_tokens->size() << " tokens, fewer than one window of --seq-len "
-                    << o.seq_len << " + 1");
-  ANYK_CHECK(int64_t(p.val_tokens->size()) >= int64_t(o.seq_len) + 1,
-             o.data << "/val.bin has " << p.val_tokens->size() << " tokens, fewer than one window of --seq-len "
-                    << o.seq_len << " + 1 hint: raise --val-fraction in anyk prepare or lower --seq-len");
+  p.train_tokens = data::TokenShards::open(o.data, "train", o.vocab);
+  p.val_tokens = data::TokenShards::open(o.data, "val", o.vocab);
+  auto longest = [](const data::TokenShards& s) {
+    int64_t m = 0;
+    for (int i = 0; i < s.num_shards(); ++i) m = std::max(m, s.shard(i).n);
+    return m;
+  };
+  ANYK_CHECK(longest(*p.train_tokens) >= int64_t(o.seq_len) + 1,
+             o.data << ": no train shard holds one window of --seq-len " << o.seq_len << " + 1 tokens (longest: "
+                    << p.train_tokens->shard(0).name << " among " << p.train_tokens->num_shards() << ", "
+                    << longest(*p.train_tokens) << " tokens)");
+  ANYK_CHECK(longest(*p.val_tokens) >= int64_t(o.seq_len) + 1,
+             o.data << ": no val shard holds one window of --seq-len " << o.seq_len << " + 1 tokens ("
+                    << longest(*p.val_tokens) << " tokens at most) hint: raise --val-fraction in anyk prepare or "
+                    << "lower --seq-len");
 }
 
 // The run dir must be free unless --resume or --overwrite says otherwise.
@@ -144,6 +153,7 @@ void check_sources(TrainSetup& p) {
   ANYK_CHECK(p.resume.seed == o.seed, "--seed " << o.seed << " differs from the seed " << p.resume.seed << " in "
                                                 << meta_path << " hint: resume with --seed " << p.resume.seed
                                                 << " (it keys the data windows and the K draws)");
+  data::check_same_shards(*p.train_tokens, p.resume.train_shards, meta_path);
   ANYK_CHECK(p.resume.step < o.steps, meta_path << " is at step " << p.resume.step << " and --steps is " << o.steps
                                                 << ": nothing left to train hint: raise --steps");
 }

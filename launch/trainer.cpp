@@ -131,7 +131,8 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
 
 // Every rank's estimate against the memory of its node, before any allocation.
 void Trainer::check_memory() {
-  const int64_t shard_tokens = int64_t(p_.train_tokens->size() + p_.val_tokens->size());
+  // Mapped shards live in the page cache, not in this rank's memory: only arrays held count.
+  const int64_t shard_tokens = (p_.train_tokens->resident_bytes() + p_.val_tokens->resident_bytes()) / 2;
   mem_ = estimate_train_memory(o_, P_, o_.ep, root_, shard_tokens);
   MPI_Comm c = MPI_COMM_NULL;
   ANYK_MPI_CHECK(MPI_Comm_split_type(world_.raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &c));
@@ -292,8 +293,11 @@ void Trainer::describe_run() {
   say("anyk train: " + lm.config().summary() +
       fmt(" | active params/token: %lld at K=%d, %lld at K=%d", (long long)lm.config().active_params(k_lo), k_lo,
           (long long)lm.config().active_params(k_hi), k_hi));
-  say(fmt("data: %zu train / %zu val tokens from %s; B=%d T=%d A=%d x %d ranks (%d tokens/step), %lld steps",
-          p_.train_tokens->size(), p_.val_tokens->size(), o_.data.c_str(), B_, T_, A_, P_, B_ * T_ * A_ * P_,
+  const int nsh = p_.train_tokens->num_shards(), nvsh = p_.val_tokens->num_shards();
+  const std::string in_shards = nsh + nvsh > 2 ? fmt(" (%d + %d shards, mapped)", nsh, nvsh) : std::string();
+  say(fmt("data: %lld train / %lld val tokens from %s%s; B=%d T=%d A=%d x %d ranks (%d tokens/step), %lld steps",
+          (long long)p_.train_tokens->num_tokens(), (long long)p_.val_tokens->num_tokens(), o_.data.c_str(),
+          in_shards.c_str(), B_, T_, A_, P_, B_ * T_ * A_ * P_,
           (long long)o_.steps));
   say(fmt("layout: %d ranks = ep %d x edp %d, %d experts per rank, %d threads per rank%s", P_, groups_.ep_size,
           groups_.edp_size, disp_->num_local(), o_.threads,
@@ -512,6 +516,7 @@ void Trainer::save(int64_t done) {  // collective
   meta.seed = o_.seed;
   meta.global_seqs = int64_t(B_) * A_ * P_;
   meta.loader_position = pos0_ + (done - step0_) * meta.global_seqs;
+  meta.train_shards = p_.train_tokens->describe();
   meta.adam_step = opt_->step_count();
   meta.world_size = P_;
   meta.ep_size = groups_.ep_size;
@@ -582,9 +587,8 @@ void Trainer::finish() {
     const bool bytes = lm_->config().vocab == 256;
     for (const auto& line : eval::result_table(rs, bytes)) say(line);
     // The context-free baseline: the entropy of the training tokens' frequencies.
-    std::vector<double> hist(size_t(lm_->config().vocab), 0.0);
-    for (uint16_t t : *p_.train_tokens) hist[t] += 1;
-    double H = 0, n = double(p_.train_tokens->size());
+    const std::vector<double> hist = p_.train_tokens->histogram(lm_->config().vocab);
+    double H = 0, n = double(p_.train_tokens->num_tokens());
     for (double c : hist)
       if (c > 0) H -= c / n * std::log2(c / n);
     say(fmt("unigram entropy of the training tokens: %.4f bits/%s (a model without context)", H,

@@ -34,7 +34,7 @@ struct TrainSetup {
   ModelConfig model;  // forced-K router (top_p = 0); the training copy sets top_p for top_p
   KScheduleConfig kcfg;
   LrSchedule lr;
-  std::shared_ptr<const std::vector<uint16_t>> train_tokens, val_tokens;
+  std::shared_ptr<const data::TokenShards> train_tokens, val_tokens;  // mapped shard files
   std::string resume_dir;  // non-empty when resuming: the resolved checkpoint directory
   io::CheckpointMeta resume;  // its meta.h5 attributes
   Device device = Device::CPU;  // --device, prepared by use_device (runtime/devices.h)
