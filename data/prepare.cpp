@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "data/shard.h"
+#include "data/sp_tokenizer.h"
 #include "data/tokenizer.h"
 #include "core/check.h"
 
@@ -71,7 +72,8 @@ void append_file(const fs::path& p, std::string& out) {
 }  // namespace
 
 PrepareStats prepare(const std::vector<std::string>& inputs, const std::string& out_dir,
-                     double val_fraction, std::function<void(const std::string&)> progress) {
+                     double val_fraction, std::function<void(const std::string&)> progress,
+                     const std::string& tokenizer, int vocab_size) {
   auto say = [&](const std::string& s) {
     if (progress) progress(s);
   };
@@ -105,7 +107,10 @@ PrepareStats prepare(const std::vector<std::string>& inputs, const std::string& 
                                                             << " hint: point at non-empty text files");
   say("read " + std::to_string(st.files) + " files, " + std::to_string(st.bytes) + " bytes");
 
-  std::vector<uint16_t> toks = encode_bytes(text);
+  std::string tok_summary;
+  std::vector<uint16_t> toks =
+      encode_for_prepare(text, tokenizer, vocab_size, 1.0 - val_fraction, out_dir, &tok_summary);
+  say(tok_summary);
   text.clear();
   text.shrink_to_fit();
 

@@ -313,7 +313,7 @@ void write_gguf(Full& full, const std::string& out, const GGUFExport& opt) {
 }
 
 // A Hugging Face Mixtral directory, written as out.tmp and renamed to out when complete.
-void write_hf(Full& full, const std::string& out, int k) {
+void write_hf(Full& full, const std::string& out, int k, const std::string& tokenizer) {
   std::map<std::string, const float*> by_name;
   for (const TensorRef& t : full.full_refs(false)) by_name[t.name] = t.value;
   const fs::path tmp = out + ".tmp";
@@ -323,6 +323,7 @@ void write_hf(Full& full, const std::string& out, int k) {
   if (ec) fail_io("creating directory", tmp.string(), ec.value());
   try {
     write_hf_mixtral(full.meta.model, [&](const std::string& name) { return by_name.at(name); }, k, tmp.string());
+    if (!tokenizer.empty()) fs::copy_file(tokenizer, tmp / "tokenizer.model");  // SentencePiece, as Mixtral's
     h5::fsync_path(tmp.string());
   } catch (...) {
     remove_quietly(tmp.string());
@@ -360,7 +361,7 @@ ConvertSummary convert_checkpoint(const std::string& checkpoint, const std::stri
   else if (to == "gguf")
     write_gguf(*full, out, gguf);
   else if (to == "hf")
-    write_hf(*full, out, gguf.k);
+    write_hf(*full, out, gguf.k, gguf.tokenizer);
   else
     write_sharded(*full, out, ep, sum.moments);
   sum.step = full->step.value_or(-1);

@@ -3,8 +3,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 
 #include "core/check.h"
+#include "data/sp_tokenizer.h"
 #include "io/fsio.h"
 
 namespace anyk::io {
@@ -79,6 +81,12 @@ void GGUFWriter::add_strings(const std::string& key, const std::vector<std::stri
 void GGUFWriter::add_i32s(const std::string& key, const std::vector<int32_t>& v) {
   put_string(kv_, key), put<uint32_t>(kv_, kArray), put<uint32_t>(kv_, kI32), put<uint64_t>(kv_, v.size());
   for (int32_t x : v) put<int32_t>(kv_, x);
+  ++n_kv_;
+}
+
+void GGUFWriter::add_f32s(const std::string& key, const std::vector<float>& v) {
+  put_string(kv_, key), put<uint32_t>(kv_, kArray), put<uint32_t>(kv_, kF32), put<uint64_t>(kv_, v.size());
+  for (float x : v) put<float>(kv_, x);
   ++n_kv_;
 }
 
@@ -193,6 +201,31 @@ void add_byte_tokenizer(GGUFWriter& g) {
   g.add_bool("tokenizer.ggml.add_eos_token", false);
 }
 
+// A SentencePiece model as llama.cpp's "llama" (SPM) tokenizer: its pieces, scores and token
+// types (byte pieces <0xNN> are llama.cpp's byte fallback). anyk's prepare adds no BOS/EOS and no
+// dummy-prefix space, so neither does llama.cpp.
+void add_sp_tokenizer(GGUFWriter& g, const data::SpTokenizer& sp) {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  for (int i = 0; i < sp.vocab(); ++i) {
+    pieces.push_back(sp.piece(i));
+    scores.push_back(sp.score(i));
+    types.push_back(sp.token_type(i));
+  }
+  g.add_string("tokenizer.ggml.model", "llama");
+  g.add_string("tokenizer.ggml.pre", "default");
+  g.add_strings("tokenizer.ggml.tokens", pieces);
+  g.add_f32s("tokenizer.ggml.scores", scores);
+  g.add_i32s("tokenizer.ggml.token_type", types);
+  if (sp.unk_id() >= 0) g.add_u32("tokenizer.ggml.unknown_token_id", uint32_t(sp.unk_id()));
+  if (sp.bos_id() >= 0) g.add_u32("tokenizer.ggml.bos_token_id", uint32_t(sp.bos_id()));
+  if (sp.eos_id() >= 0) g.add_u32("tokenizer.ggml.eos_token_id", uint32_t(sp.eos_id()));
+  g.add_bool("tokenizer.ggml.add_bos_token", false);
+  g.add_bool("tokenizer.ggml.add_eos_token", false);
+  g.add_bool("tokenizer.ggml.add_space_prefix", false);
+}
+
 void add_layer(GGUFWriter& g, const ModelConfig& c, const std::function<const float*(const std::string&)>& param,
                int l, GGUFWriter::Type mat) {
   using T = GGUFWriter::Type;
@@ -221,15 +254,20 @@ void add_layer(GGUFWriter& g, const ModelConfig& c, const std::function<const fl
 
 void write_llama_gguf(const ModelConfig& c, const std::function<const float*(const std::string&)>& param,
                       const GGUFExport& opt, const std::string& path) {
-  ANYK_CHECK(c.vocab == 256, "--to gguf: the model's vocab is " << c.vocab << ", but the GGUF export carries "
-                                                               "the byte vocabulary (256 tokens) only");
+  std::unique_ptr<data::SpTokenizer> sp;
+  if (!opt.tokenizer.empty()) sp = std::make_unique<data::SpTokenizer>(opt.tokenizer);
+  ANYK_CHECK(sp || c.vocab == 256, "--to gguf: the model's vocab is " << c.vocab << " but it has no SentencePiece "
+                                   "tokenizer.model; without one the export carries the byte vocabulary (256 tokens)");
+  ANYK_CHECK(!sp || sp->vocab() == c.vocab, "--to gguf: the model's vocab is " << c.vocab << " but its tokenizer "
+                                                << opt.tokenizer << " has " << (sp ? sp->vocab() : 0) << " pieces");
   ANYK_CHECK(c.router.renormalize, "--to gguf: the model was trained without renormalised gates "
                                    "(router_renormalize 0); llama.cpp's llama MoE always renormalises them");
   ANYK_CHECK((c.dim / c.heads) % 2 == 0, "--to gguf: head dim " << c.dim / c.heads << " is odd; RoPE needs it even");
   ANYK_CHECK(opt.k >= 1 && opt.k <= c.experts, "--k " << opt.k << " is outside [1, experts=" << c.experts << "]");
   GGUFWriter g;
   add_hparams(g, c, opt);
-  add_byte_tokenizer(g);
+  if (sp) add_sp_tokenizer(g, *sp);
+  else add_byte_tokenizer(g);
   const auto mat = opt.f16 ? GGUFWriter::Type::F16 : GGUFWriter::Type::F32;
   const float* wte = param("wte");
   const float* lnf = param("lnf");

@@ -28,6 +28,7 @@ class GGUFWriter {
   void add_string(const std::string& key, const std::string& v);
   void add_strings(const std::string& key, const std::vector<std::string>& v);
   void add_i32s(const std::string& key, const std::vector<int32_t>& v);
+  void add_f32s(const std::string& key, const std::vector<float>& v);
   // A tensor of ggml dims `ne` (innermost first) from row-major float32 `values`
   // (numel = product of ne), stored as `type`.
   void add_tensor(const std::string& name, std::vector<int64_t> ne, std::vector<float> values, Type type);
@@ -60,13 +61,16 @@ struct GGUFExport {
   int k = 0;           // expert_used_count (1..E)
   bool f16 = false;    // matrices in F16 (norms and the router stay F32)
   std::string name;    // general.name
+  std::string tokenizer;  // the model's SentencePiece tokenizer.model; empty: the byte vocabulary
 };
 
 // Writes the model as a llama.cpp "llama" MoE. `param(name)` returns a parameter's values
 // (row-major, full shape: experts as (E, ...)). Q and K rows are permuted per head from anyk's
 // rotate-half RoPE pairing (i, i + D/2) to llama.cpp's adjacent pairs (2i, 2i + 1); the LM head
-// is tied, so no output.weight is written (llama.cpp then uses token_embd). Refuses, in one
-// line, a model it cannot express: vocab other than 256 bytes, gates not renormalised.
+// is tied, so no output.weight is written (llama.cpp then uses token_embd). The vocabulary is
+// the 256 bytes, or opt.tokenizer's SentencePiece pieces, scores and types as llama.cpp's "llama"
+// (SPM) tokenizer, no BOS or space prefix added (anyk adds neither). Refuses, in one line, a model
+// it cannot express: a vocab that is not its tokenizer's size, gates not renormalised.
 void write_llama_gguf(const ModelConfig& c, const std::function<const float*(const std::string&)>& param,
                       const GGUFExport& opt, const std::string& path);
 

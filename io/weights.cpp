@@ -32,7 +32,8 @@ void check_weights_header(hid_t f, const std::string& path) {
 
 }  // namespace
 
-void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> step, std::optional<int64_t> seed) {
+void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> step, std::optional<int64_t> seed,
+                  const std::string& tokenizer_hash) {
   const ParamStore& ps = lm.params();
   ANYK_CHECK(ps.dtype() == DType::F32, "save_weights: only float32 models are supported");
   write_file_atomic(path, [&](const std::string& tmp) {
@@ -42,6 +43,7 @@ void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> 
       h5::write_model_attrs(f, tmp, lm.config());
       if (step) h5::write_attr(f, tmp, "step", *step);
       if (seed) h5::write_attr(f, tmp, "seed", *seed);
+      if (!tokenizer_hash.empty()) h5::write_attr(f, tmp, "tokenizer_hash", tokenizer_hash);
       // Names hold dots ("layers.0.ln1"), not slashes, so every dataset sits in the root group.
       // Device parameters are written from a host copy (the CPU's are written in place).
       std::vector<float> stage;
@@ -53,6 +55,12 @@ void save_weights(const std::string& path, const LM& lm, std::optional<int64_t> 
       }
     });
   });
+}
+
+std::string weights_tokenizer_hash(const std::string& path) {
+  h5::Handle f = h5::open_file(path);
+  if (!h5::attr_exists(f.id, "tokenizer_hash")) return "";
+  return h5::read_attr_string(f.id, path, "tokenizer_hash");
 }
 
 void load_weights(const std::string& path, LM& lm) {

@@ -20,6 +20,7 @@
 #include "io/h5.h"
 #include "launch/eval_command.h"
 #include "launch/generate.h"
+#include "launch/tokenizer.h"
 #include "launch/options.h"
 #include "launch/train.h"
 #include "launch/version.h"
@@ -38,7 +39,7 @@ constexpr const char* kUsage =
     "       anyk --version                 version, git commit, compiler, CPU baseline, CUDA\n"
     "\n"
     "commands:\n"
-    "  prepare  --input PATH... --out DIR [--val-fraction 0.05]\n"
+    "  prepare  --input PATH... --out DIR [--val-fraction 0.05] [--tokenizer bytes|sp|FILE.model]\n"
     "           byte-tokenise text files/folders into DIR/train.bin and DIR/val.bin\n"
     "           [--shard-tokens N]: as shards of N tokens, DIR/train_000000.bin ... and DIR/val_000000.bin ...\n"
     "  train    --data DIR --run-dir DIR [--config FILE] [--steps N --seed S --layers L --dim C\n"
@@ -62,6 +63,8 @@ constexpr const char* kUsage =
     "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
     "           --to consolidated|ep=M|safetensors --out PATH [--no-optimizer]\n"
     "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
+    "  tokenize --tokenizer FILE.model|bytes [--input FILE]\n"
+    "           each line's ids (the tokenizer of anyk prepare, generate and eval)\n"
     "\n"
     "example:\n"
     "  anyk prepare --input /usr/share/games/fortunes --out data/fortunes\n"
@@ -74,15 +77,21 @@ int prepare_command(int argc, char** argv) {
   std::vector<std::string> inputs;
   std::string out;
   double val_fraction = 0.05;
+  std::string tokenizer = "bytes";
+  int vocab_size = 0;
   po::options_description desc(
-      "anyk prepare --input PATH... --out DIR [--val-fraction 0.05]\n"
-      "Byte-tokenise text files or folders (walked recursively, sorted; fortune *.dat index files\n"
+      "anyk prepare --input PATH... --out DIR [--val-fraction 0.05] [--tokenizer bytes|sp|FILE.model]\n"
+      "Tokenise text files or folders (walked recursively, sorted; fortune *.dat index files\n"
       "and hidden entries skipped) into llm.c-format shards DIR/train.bin and DIR/val.bin");
   launch::CommandOptions cmd("prepare", desc);
   desc.add_options()("input", po::value(&inputs)->multitoken(), "text files or directories (one or more)")(
       "out", po::value(&out), "output directory")(
       "val-fraction", po::value(&val_fraction)->default_value(0.05),
-      "fraction of the tokens (the last ones) held out for validation");
+      "fraction of the tokens (the last ones) held out for validation")(
+      "tokenizer", po::value(&tokenizer)->default_value(tokenizer),
+      "bytes (one token per byte), sp (train a SentencePiece BPE model of --vocab-size pieces on the "
+      "training split) or a SentencePiece .model file; a model is kept as DIR/tokenizer.model")(
+      "vocab-size", po::value(&vocab_size)->default_value(0), "pieces of the model --tokenizer sp trains");
   int64_t shard_tokens = 0;
   desc.add_options()("shard-tokens", po::value(&shard_tokens)->default_value(0),
                      "write each split as llm.c shards of N tokens (train_000000.bin, ..., val_000000.bin, ...; the "
@@ -95,10 +104,13 @@ int prepare_command(int argc, char** argv) {
   cmd.require(!out.empty(), "out");
   ANYK_CHECK(val_fraction > 0 && val_fraction < 1,
              "--val-fraction " << val_fraction << " must be in (0, 1)");
+  ANYK_CHECK(tokenizer == "sp" || vocab_size == 0, "--vocab-size is for --tokenizer sp (given: --tokenizer "
+                                                       << tokenizer << ")");
+  cmd.require(tokenizer != "sp" || vocab_size != 0, "vocab-size");
   data::PrepareStats st = data::prepare(inputs, out, val_fraction, [](const std::string& line) {
     std::printf("prepare: %s\n", line.c_str());
     std::fflush(stdout);
-  });
+  }, tokenizer, vocab_size);
   const int train_files = data::reshard_split(out, "train", shard_tokens);
   const int val_files = data::reshard_split(out, "val", shard_tokens);
   if (shard_tokens > 0)
@@ -144,8 +156,9 @@ int run_cli(int argc, char** argv) {
     if (cmd == "eval") return launch::eval_command(argc - 1, argv + 1);
     if (cmd == "convert") return launch::convert_command(argc - 1, argv + 1);
     if (cmd == "generate") return launch::generate_command(argc - 1, argv + 1);
+    if (cmd == "tokenize") return launch::tokenize_command(argc - 1, argv + 1);
     ANYK_CHECK(false, "unknown command '" << cmd
-                                          << "' hint: commands are prepare, train, eval, convert, generate; see anyk --help");
+                                          << "' hint: commands are prepare, train, eval, convert, generate, tokenize; see anyk --help");
   } catch (const ReportedError&) {
     return 2;  // another rank printed the error; every rank stops cleanly, no abort needed
   } catch (const AgreedError& e) {

@@ -12,6 +12,7 @@
 #include "io/convert.h"
 #include "io/weights.h"
 #include "launch/options.h"
+#include "launch/tokenizer.h"
 #include "core/check.h"
 
 namespace anyk::launch {
@@ -51,8 +52,9 @@ std::string check_out(std::string out, const std::string& to, int ep, bool overw
 
 // The K a GGUF export uses without --k: the largest K the model trained with (fixed/emoe: its
 // --k, else --k-max), as `anyk generate` defaults (a model.h5 without them: its run directory's
-// config.ini); E when the source carries no training options.
-int trained_k(const std::string& checkpoint) {
+// config.ini); E when the source carries no training options. *tokenizer: the path of the
+// source's SentencePiece tokenizer.model (launch/tokenizer.h; empty for bytes).
+int trained_k(const std::string& checkpoint, std::string* tokenizer) {
   TrainOptions o;
   int experts = 0;
   bool known = false;
@@ -70,12 +72,18 @@ int trained_k(const std::string& checkpoint) {
       read_train_config(ini.string(), o);
       known = true;
     }
+    merge_weights_tokenizer(o, weights.string());
   } else {
     const io::CheckpointMeta meta = io::read_checkpoint_meta(io::resolve_checkpoint(checkpoint, ""));
     experts = meta.model.experts;
     read_train_config_text(meta.config_ini, checkpoint + " config_ini", o);
     known = true;
   }
+  const fs::path ckpt = fs::is_regular_file(checkpoint) ? fs::path(checkpoint).parent_path() : fs::path(checkpoint);
+  const std::vector<std::string> dirs = {weights.empty() ? "" : weights.parent_path().string(),
+                                         (ckpt / ".." / "..").lexically_normal().string(), ckpt.string()};
+  auto sp = load_model_tokenizer(o, dirs, "the model " + checkpoint);
+  *tokenizer = sp ? sp->path() : "";
   const int k = o.k_strategy == "fixed" || o.k_strategy == "emoe" ? o.k : o.k_max;
   return known ? std::max(1, std::min(k, experts)) : experts;
 }
@@ -126,7 +134,8 @@ int convert_command(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   io::GGUFExport gguf;
   if (to == "gguf" || to == "hf") {
-    gguf.k = cmd.vm().count("k") ? k : trained_k(checkpoint);
+    const int source_k = trained_k(checkpoint, &gguf.tokenizer);
+    gguf.k = cmd.vm().count("k") ? k : source_k;
     gguf.f16 = dtype == "f16";
     gguf.name = "anyk";
   }
@@ -134,7 +143,9 @@ int convert_command(int argc, char** argv) {
   const std::string step = s.step >= 0 ? std::to_string(s.step) : "unknown";  // a model.h5 of an older anyk
   std::printf("convert: %s (step %s, %lld experts, saved with ep %lld) -> %s %s%s (%.2f s)\n", s.source.c_str(),
               step.c_str(), (long long)s.experts, (long long)s.ep_size, to.c_str(), out.c_str(),
-              to == "gguf"       ? (", K = " + std::to_string(gguf.k) + (gguf.f16 ? ", f16" : ", f32")).c_str()
+              to == "gguf"       ? (", K = " + std::to_string(gguf.k) + (gguf.f16 ? ", f16" : ", f32") +
+                              (gguf.tokenizer.empty() ? ", byte vocabulary" : ", SentencePiece " + gguf.tokenizer))
+                                 .c_str()
               : to == "hf"       ? (", K = " + std::to_string(gguf.k)).c_str()
               : s.moments || to == "safetensors" ? ""
                                                  : " without optimizer state",

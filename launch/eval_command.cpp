@@ -19,6 +19,7 @@
 #include "io/fsio.h"
 #include "io/hf.h"
 #include "io/weights.h"
+#include "launch/tokenizer.h"
 #include "launch/options.h"
 #include "core/check.h"
 #include "runtime/devices.h"
@@ -112,16 +113,19 @@ EvalSource read_source(const EvalArgs& a) {
     s.mc = io::hf_config(a.weights);
     if (!a.run_dir.empty() && std::filesystem::is_regular_file(a.run_dir + "/config.ini"))
       read_train_config(a.run_dir + "/config.ini", s.o);
+    s.o.tokenizer_hash = data::dir_tokenizer_hash(a.weights);  // the directory's tokenizer.model, or bytes
   } else if (!a.weights.empty()) {
     s.mc = io::weights_config(a.weights);
     if (!read_weights_config_ini(a.weights, s.o) && !a.run_dir.empty() &&
         std::filesystem::is_regular_file(a.run_dir + "/config.ini"))
       read_train_config(a.run_dir + "/config.ini", s.o);
+    merge_weights_tokenizer(s.o, a.weights);
   } else {
     const std::string cfg_path = a.run_dir + "/config.ini";
     ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),
                cfg_path << " not found hint: --run-dir must be a directory written by anyk train");
     read_train_config(cfg_path, s.o);
+    if (std::filesystem::is_regular_file(a.run_dir + "/model.h5")) merge_weights_tokenizer(s.o, a.run_dir + "/model.h5");
   }
   s.o.data = a.data_dir;
   s.o.run_dir = a.run_dir.empty() ? "." : a.run_dir;
@@ -278,6 +282,8 @@ int eval_command(int argc, char** argv) {
   settings_of(a, src.mc.layers, src.mc.experts);  // the K lists are checked before any file is read
 
   check_data_dir(a.data_dir);
+  check_data_tokenizer(a.data_dir, src.o, "the model " + (a.checkpoint.empty() ? a.weights.empty() ? a.run_dir : a.weights
+                                                                               : src.ckpt_dir));
   data::Loader val(data::TokenShards::open(a.data_dir, "val", src.mc.vocab), src.mc.seq_len, uint64_t(src.o.seed));
 
   omp_set_num_threads(src.o.threads);

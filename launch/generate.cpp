@@ -22,6 +22,7 @@
 #include "io/fsio.h"
 #include "io/hf.h"
 #include "io/weights.h"
+#include "launch/tokenizer.h"
 #include "model/generate.h"
 #include "core/check.h"
 #include "runtime/devices.h"
@@ -49,7 +50,13 @@ std::string strip_one_newline(std::string s) {
   return s;
 }
 
-std::vector<int> encode(const std::string& text, int vocab, int index) {
+std::vector<int> encode(const std::string& text, int vocab, int index, const data::SpTokenizer* sp) {
+  if (sp) {
+    std::vector<int> t = sp->encode(text);
+    for (int id : t)
+      ANYK_CHECK(id < vocab, "prompt " << index << " encodes to id " << id << " but the model's vocab is " << vocab);
+    return t;
+  }
   std::vector<int> t;
   t.reserve(text.size());
   for (unsigned char ch : text) {
@@ -60,8 +67,15 @@ std::vector<int> encode(const std::string& text, int vocab, int index) {
   return t;
 }
 
-void put_token(int t) {
-  std::fputc(t < 256 ? t : '?', stdout);  // byte tokens; ids >= 256 print as '?' (data::decode_bytes)
+// A SentencePiece id prints as its bytes (data::SpTokenizer::token_text); a byte model's ids >= 256
+// as '?' (data::decode_bytes).
+void put_token(int t, const data::SpTokenizer* sp) {
+  if (sp) {
+    const std::string s = sp->token_text(t);
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    return;
+  }
+  std::fputc(t < 256 ? t : '?', stdout);
 }
 
 std::string human(double v) {
@@ -95,6 +109,7 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
     ANYK_CHECK(std::filesystem::is_regular_file(weights), "weights file " << weights << " not found");
     mc = weights_config(weights);
     read_weights_config_ini(weights, o);
+    merge_weights_tokenizer(o, weights);
   } else {
     const std::string cfg_path = run_dir + "/config.ini";
     ANYK_CHECK(std::filesystem::is_regular_file(cfg_path),
@@ -106,6 +121,7 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
     ANYK_CHECK(std::filesystem::is_regular_file(wpath),
                wpath << " not found hint: train a model into this run dir first (or pass --checkpoint)");
     ModelConfig saved = weights_config(wpath);
+    merge_weights_tokenizer(o, wpath);
     const std::pair<const char*, std::pair<int, int>> fields[] = {
         {"layers", {saved.layers, mc.layers}},   {"dim", {saved.dim, mc.dim}},
         {"heads", {saved.heads, mc.heads}},      {"experts", {saved.experts, mc.experts}},
@@ -133,6 +149,18 @@ InferenceModel load_inference_model(const std::string& run_dir, const std::strin
     else
       load_weights(weights.empty() ? run_dir + "/model.h5" : weights, *m.lm);
   }
+  // The tokenizer: next to the weights (a run dir, a Mixtral directory, a checkpoint's run dir),
+  // else where config.ini names it; its hash must be the one the model was trained with.
+  namespace fs = std::filesystem;
+  std::vector<std::string> dirs = {run_dir};
+  if (!weights.empty() && is_hf_dir(weights)) {
+    o.tokenizer_hash = data::dir_tokenizer_hash(weights);
+    dirs.push_back(weights);
+  } else if (!weights.empty()) {
+    dirs.push_back(fs::path(weights).parent_path().string());
+  }
+  if (!ckpt_dir.empty()) dirs.push_back((fs::path(ckpt_dir) / ".." / "..").lexically_normal().string());
+  m.tokenizer = load_model_tokenizer(o, dirs, "the model " + m.source);
   return m;
 }
 
@@ -210,8 +238,9 @@ std::string check_generate_args(const GenArgs& a, const po::variables_map& vm) {
 }
 
 // The prompts (--prompt, --prompt-file, --prompts or stdin) as texts and byte tokens.
-void read_prompts(const GenArgs& a, const ModelConfig& mc, std::vector<std::string>& texts,
+void read_prompts(const GenArgs& a, const InferenceModel& m, std::vector<std::string>& texts,
                   std::vector<std::vector<int>>& prompts) {
+  const ModelConfig& mc = m.lm->config();
   // The prompts, as byte tokens.
   if (a.has_prompt) {
     texts.push_back(a.prompt);
@@ -231,12 +260,12 @@ void read_prompts(const GenArgs& a, const ModelConfig& mc, std::vector<std::stri
   for (size_t i = 0; i < texts.size(); ++i) {
     ANYK_CHECK(!texts[i].empty(), (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
                                       << " is empty hint: give --prompt TEXT, --prompt-file F or text on stdin");
-    ANYK_CHECK(int(texts[i].size()) <= mc.seq_len,
+    prompts.push_back(encode(texts[i], mc.vocab, int(i) + 1, m.tokenizer.get()));
+    ANYK_CHECK(int(prompts.back().size()) <= mc.seq_len,
                (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
-                   << " is " << texts[i].size() << " bytes but the model's context is " << mc.seq_len
+                   << " is " << prompts.back().size() << " tokens but the model's context is " << mc.seq_len
                    << " tokens (seq_len) hint: shorten it to its last " << mc.seq_len
-                   << " bytes; generation itself continues past the context");
-    prompts.push_back(encode(texts[i], mc.vocab, int(i) + 1));
+                   << " tokens; generation itself continues past the context");
   }
 
 }
@@ -295,8 +324,8 @@ void emit(const InferenceModel& m, const std::vector<std::string>& texts, const 
   }
   GenerateStats st;
   auto outs = generate(*m.lm, prompts, go,
-                       stream ? std::function<void(int, int)>([](int, int t) {
-                         put_token(t);
+                       stream ? std::function<void(int, int)>([&m](int, int t) {
+                         put_token(t, m.tokenizer.get());
                          std::fflush(stdout);
                        })
                               : std::function<void(int, int)>(),
@@ -307,7 +336,7 @@ void emit(const InferenceModel& m, const std::vector<std::string>& texts, const 
     for (size_t i = 0; i < outs.size(); ++i) {
       std::printf("--- %zu ---\n", i + 1);
       std::fwrite(texts[i].data(), 1, texts[i].size(), stdout);
-      for (int t : outs[i]) put_token(t);
+      for (int t : outs[i]) put_token(t, m.tokenizer.get());
       std::fputc('\n', stdout);
     }
   }
@@ -348,7 +377,8 @@ int generate_command(int argc, char** argv) {
       "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P] [options]\n"
       "Text from a trained model at any K, with a KV cache: the prompt in one batched pass, then\n"
       "one token per step, streamed to stdout (the prompt first). Without a prompt option the prompt\n"
-      "is read from stdin. Prompts are bytes and may be at most the model's context (seq_len) long;\n"
+      "is read from stdin. Prompts are encoded with the model's tokenizer (bytes, or the SentencePiece\n"
+      "tokenizer.model the run was trained with) and may be at most the model's context (seq_len) long;\n"
       "generation continues past the context by sliding: when the window is full it restarts at its\n"
       "last seq_len/2 tokens (read again in one pass), so no position beyond training is used. Ends\n"
       "with a stderr line: prompt and generation tokens/s, mean K used, active parameters per token");
@@ -362,7 +392,8 @@ int generate_command(int argc, char** argv) {
   InferenceModel m = load_inference_model(a.run_dir, a.checkpoint, a.weights, dev);
   std::vector<std::string> texts;
   std::vector<std::vector<int>> prompts;
-  read_prompts(a, m.lm->config(), texts, prompts);
+  read_prompts(a, m, texts, prompts);
+  if (a.budget != 0) check_data_tokenizer(a.data_dir, m.train, "the model " + m.source);
   omp_set_num_threads(a.threads > 0 ? a.threads : m.train.threads);
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);

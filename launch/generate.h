@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "data/sp_tokenizer.h"
 #include "launch/options.h"
 #include "model/lm.h"
 #include "parallel/dispatcher.h"
@@ -17,6 +18,8 @@ struct InferenceModel {
   std::string source;  // the run dir, checkpoint dir or weights file read
   std::unique_ptr<LocalDispatcher> dispatcher;
   std::unique_ptr<LM> lm;
+  // The model's SentencePiece tokenizer (launch/tokenizer.h), null for the byte vocabulary.
+  std::shared_ptr<const data::SpTokenizer> tokenizer;
 };
 
 // The same sources as `anyk eval`: exactly one of a run directory (config.ini + model.h5), a

@@ -122,6 +122,9 @@ void add_device_options(po::options_description& desc, std::string& device, std:
 void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("data", &o.data, "directory holding train.bin and val.bin, or shards train_*.bin and val_*.bin (llm.c "
                          "format, read in name order, mapped, never copied whole; from `anyk prepare`)");
+  t.add("tokenizer", &o.tokenizer, "set by train: the data's SentencePiece model (DATA/tokenizer.model), empty for bytes");
+  t.add("tokenizer-hash", &o.tokenizer_hash,
+        "set by train: the tokenizer's hash (fnv1a64 of tokenizer.model, or bytes); data, run and weights must agree");
   t.add("run-dir", &o.run_dir, "output directory: train.log, metrics.jsonl, config.ini, model.h5, sweep.json");
   t.add("steps", &o.steps, "optimizer steps");
   t.add("seed", &o.seed, "seed of initialisation, data windows and K draws");

@@ -24,6 +24,8 @@ inline constexpr int64_t kDefaultEvalWindows = 64;
 
 struct TrainOptions {
   std::string data, run_dir, config;
+  // The data's tokenizer (set by train from DATA/tokenizer.model): its path and hash, or "bytes".
+  std::string tokenizer, tokenizer_hash;
   int64_t steps = 1000, seed = 1;
   int layers = 4, dim = 128, heads = 4, experts = 8, expert_hidden = 128, seq_len = 128;
   int vocab = 0;  // 0: 256 (byte data)

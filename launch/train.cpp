@@ -15,6 +15,7 @@
 #include "launch/options.h"
 #include "launch/rundir.h"
 #include "launch/signals.h"
+#include "launch/tokenizer.h"
 #include "launch/trainer.h"
 #include "parallel/comm.h"
 #include "core/check.h"
@@ -72,6 +73,7 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   if (!run) return false;
   // The default warm-up must not make a short run (--steps 10) an error; an explicit one may.
   if (cmd.vm()["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
+  resolve_train_tokenizer(o);  // before validation: vocab 0 becomes a SentencePiece model's size
   validate_train_options(o);
   check_comm_device(o, parse_device(o.device));
   check_layout(world_size, o.ep, o.experts);
@@ -137,12 +139,19 @@ void check_sources(TrainSetup& p) {
                                  "weights and optimizer state; --init-weights starts a new run from weights");
     if (io::is_hf_dir(o.init_weights)) {  // a Hugging Face Mixtral directory (anyk convert --to hf)
       io::h5::check_same_shape(io::hf_config(o.init_weights), p.model, o.init_weights + "/config.json", "this run");
+      TrainOptions src;
+      src.tokenizer_hash = data::dir_tokenizer_hash(o.init_weights);
+      check_data_tokenizer(o.data, src, "--init-weights " + o.init_weights);
     } else {
       ANYK_CHECK(fs::is_regular_file(o.init_weights),
                  "--init-weights " << o.init_weights << " is not a file hint: pass a run's model.h5, a "
                                       "consolidated checkpoint (anyk convert --to consolidated) or a Mixtral "
                                       "directory (anyk convert --to hf)");
       io::h5::check_same_shape(io::weights_config(o.init_weights), p.model, o.init_weights, "this run");
+      TrainOptions src;  // files without a tokenizer hash predate SentencePiece: bytes
+      read_weights_config_ini(o.init_weights, src);
+      merge_weights_tokenizer(src, o.init_weights);
+      check_data_tokenizer(o.data, src, "--init-weights " + o.init_weights);
     }
   }
   if (o.resume.empty()) return;
@@ -150,6 +159,9 @@ void check_sources(TrainSetup& p) {
   p.resume = io::read_checkpoint_meta(p.resume_dir);
   const std::string meta_path = (fs::path(p.resume_dir) / "meta.h5").string();
   io::h5::check_same_shape(p.resume.model, p.model, meta_path, "this run");
+  TrainOptions src;
+  read_train_config_text(p.resume.config_ini, meta_path + " attribute config_ini", src);
+  check_data_tokenizer(o.data, src, "the checkpoint " + p.resume_dir);
   ANYK_CHECK(p.resume.seed == o.seed, "--seed " << o.seed << " differs from the seed " << p.resume.seed << " in "
                                                 << meta_path << " hint: resume with --seed " << p.resume.seed
                                                 << " (it keys the data windows and the K draws)");

@@ -273,6 +273,12 @@ void Trainer::take_run_dir() {
 void Trainer::open_outputs() {
   if (!root_) return;
   io::write_file_atomic(o_.run_dir + "/config.ini", p_.config_ini, io::kCheckpointSpaceHint);
+  // The SentencePiece model travels with the run (generate, eval and convert look here first).
+  if (!o_.tokenizer.empty()) {
+    std::error_code ec;
+    const std::string dst = o_.run_dir + "/tokenizer.model";
+    if (!fs::equivalent(o_.tokenizer, dst, ec)) fs::copy_file(o_.tokenizer, dst, fs::copy_options::overwrite_existing);
+  }
   const bool resuming = !p_.resume_dir.empty();
   const fs::path log = fs::path(o_.run_dir) / "train.log";
   if (resuming && fs::exists(log)) {
@@ -576,7 +582,7 @@ void Trainer::finish() {
   agree_or_throw(world_, [&] {
     if (!root_) return;
     raise_io_error();
-    io::save_weights(o_.run_dir + "/model.h5", em, o_.steps, o_.seed);
+    io::save_weights(o_.run_dir + "/model.h5", em, o_.steps, o_.seed, o_.tokenizer_hash);
     say("saved " + o_.run_dir + "/model.h5");
     std::vector<eval::EvalResult> rs;  // every uniform K on the same val windows
     for (int k = 1; k <= E_; ++k) {
