@@ -58,6 +58,7 @@ std::pair<int, int64_t> Loader::window_of(int64_t g) const {
 void Loader::sample(int64_t g, int* inputs, int* targets) const {
   const auto [k, start] = window_of(g);
   copy_window(shards_->shard(k).data, start, T_, inputs, targets);
+  shards_->release(k, start, T_ + 1);  // a mapped shard stays out of this process's memory
 }
 
 void Loader::batch(int64_t first, int B, int* inputs, int* targets) const {
@@ -93,6 +94,7 @@ void Loader::eval_window(int64_t i, int* inputs, int* targets) const {
              "Loader::eval_window: window " << i << " is outside [0, " << num_eval_windows() << ")");
   const int k = int(std::upper_bound(eval_prefix_.begin(), eval_prefix_.end(), i) - eval_prefix_.begin()) - 1;
   copy_window(shards_->shard(k).data, (i - eval_prefix_[size_t(k)]) * T_, T_, inputs, targets);
+  shards_->release(k, (i - eval_prefix_[size_t(k)]) * T_, T_ + 1);
 }
 
 }  // namespace anyk::data

@@ -115,19 +115,24 @@ TokenShards::~TokenShards() {
     if (m.addr) ::munmap(m.addr, m.len);
 }
 
+void TokenShards::release(int i, int64_t at, int64_t n) const {
+  const Map& m = maps_[size_t(i)];
+  if (!m.addr || n <= 0) return;
+  constexpr uintptr_t kBlock = uintptr_t(1) << 21;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(m.addr), end = base + m.len;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(shards_[size_t(i)].data + at);
+  const uintptr_t lo = std::max(base, first & ~(kBlock - 1));  // base is page-aligned (mmap)
+  const uintptr_t hi = std::min(end, (first + uintptr_t(n) * 2 + kBlock - 1) & ~(kBlock - 1));
+  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 template <class F>
 void TokenShards::stream(int i, F&& f) const {
   const TokenShard& s = shards_[size_t(i)];
-  const Map& m = maps_[size_t(i)];
   for (int64_t at = 0; at < s.n; at += kStreamChunk) {
     const int64_t c = std::min(kStreamChunk, s.n - at);
     f(s.data + at, c);
-    if (!m.addr) continue;
-    // Release the chunk's whole pages from this process (they stay in the page cache).
-    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-    const uintptr_t lo = (reinterpret_cast<uintptr_t>(s.data + at)) & ~(page - 1);
-    const uintptr_t hi = (reinterpret_cast<uintptr_t>(s.data + at + c)) & ~(page - 1);
-    if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+    release(i, at, c);  // this process keeps none of the chunk (the page cache does)
   }
 }
 

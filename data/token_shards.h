@@ -46,6 +46,10 @@ class TokenShards {
   bool mapped(int i) const { return from_files_; }
   /// One line per shard, "name tokens": what a checkpoint records to refuse a changed corpus.
   std::string describe() const;
+  /// Drops this process's mapping of the pages around tokens [at, at + n) of shard i (the aligned
+  /// 2 MiB blocks that hold them: the kernel maps whole folios and neighbours on a fault). The
+  /// pages stay in the page cache; the next read is a minor fault. No-op for arrays in memory.
+  void release(int i, int64_t at, int64_t n) const;
   /// Count of each token value over all shards, (vocab); streams like the vocab check.
   std::vector<double> histogram(int vocab) const;
 
