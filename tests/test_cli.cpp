@@ -229,3 +229,76 @@ TEST_CASE("cli: --data FILE and --weights of the wrong format say what is wrong;
   CHECK(w3.rc != 0);
   anyk::test::check_one_error_line(w3.err, {cut.string(), "truncated or corrupt", "not completely written"});
 }
+
+namespace {
+// The "loss" value of metrics.jsonl's train record of `step`, as written ("" if none).
+std::string train_loss_at(const fs::path& metrics, int step) {
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find("\"type\": \"train\"") == std::string::npos ||
+        line.find("\"step\": " + std::to_string(step) + ",") == std::string::npos)
+      continue;
+    const size_t at = line.find("\"loss\": ");
+    return at == std::string::npos ? "" : line.substr(at, line.find(',', at) - at);
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("cli: prepare --shard-tokens; train reads the shards, resumes bit-identically, refuses a changed shard") {
+  TempDir t;
+  fs::path text = t.path / "fox.txt";
+  {
+    std::ofstream o(text);
+    for (int i = 0; i < 900; ++i) o << "the quick brown fox jumps over the lazy dog " << i << ". ";
+  }
+  const fs::path data = t.path / "shards";
+  Result prep = run("prepare --input " + text.string() + " --out " + data.string() + " --shard-tokens 9000", t.path);
+  REQUIRE_MESSAGE(prep.rc == 0, prep.err);
+  CHECK_FALSE(fs::exists(data / "train.bin"));
+  CHECK_FALSE(fs::exists(data / "val.bin"));
+  CHECK(fs::exists(data / "train_000000.bin"));
+  CHECK(fs::exists(data / "train_000004.bin"));
+  CHECK_FALSE(fs::exists(data / "train_000005.bin"));
+  CHECK(fs::exists(data / "val_000000.bin"));
+  CHECK(run("prepare --help", t.path).out.find("--shard-tokens") != std::string::npos);
+  CHECK(run("train --help", t.path).out.find("train_*.bin") != std::string::npos);
+
+  const fs::path a = t.path / "a", b = t.path / "b";
+  Result full = run("train --data " + data.string() + " --run-dir " + a.string() + kTinyNoSteps +
+                        " --steps 4 --log-every 1 --save-every 2 --eval-windows 4",
+                    t.path);
+  REQUIRE_MESSAGE(full.rc == 0, full.err);
+  CHECK(full.out.find("(5 + 1 shards, mapped)") != std::string::npos);
+  // Resume at step 2 in another run dir: the same losses after it, bit for bit.
+  fs::create_directories(b / "checkpoints");
+  fs::copy(a / "checkpoints" / "step_2", b / "checkpoints" / "step_2", fs::copy_options::recursive);
+  Result resumed = run("train --data " + data.string() + " --run-dir " + b.string() + kTinyNoSteps +
+                           " --steps 4 --log-every 1 --eval-windows 4 --resume " + (b / "checkpoints" / "step_2").string(),
+                       t.path);
+  REQUIRE_MESSAGE(resumed.rc == 0, resumed.err);
+  for (int s : {3, 4}) {
+    INFO("step " << s);
+    CHECK_FALSE(train_loss_at(a / "metrics.jsonl", s).empty());
+    CHECK(train_loss_at(b / "metrics.jsonl", s) == train_loss_at(a / "metrics.jsonl", s));
+  }
+  // A shard that changed size under the run: one line naming it, nothing trained.
+  {
+    const fs::path last = data / "train_000004.bin";
+    fs::resize_file(last, fs::file_size(last) - 200);
+    std::fstream f(last, std::ios::binary | std::ios::in | std::ios::out);
+    int32_t n = 0;
+    f.seekg(8);
+    f.read(reinterpret_cast<char*>(&n), 4);
+    n -= 100;
+    f.seekp(8);
+    f.write(reinterpret_cast<const char*>(&n), 4);
+  }
+  Result changed = run("train --data " + data.string() + " --run-dir " + a.string() + kTinyNoSteps +
+                           " --steps 6 --resume latest",
+                       t.path);
+  CHECK(changed.rc != 0);
+  anyk::test::check_one_error_line(changed.err, {"training shard 4 train_000004.bin holds",
+                                                 "checkpoints/step_4/meta.h5 was written when",
+                                                 "hint: resume over the data the run started with"});
+}
