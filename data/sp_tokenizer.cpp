@@ -86,6 +86,11 @@ int32_t SpTokenizer::token_type(int id) const {
   return 1;
 }
 
+bool SpTokenizer::adds_dummy_prefix() const {
+  const std::vector<int> ids = encode("a");
+  return !ids.empty() && token_text(ids[0]).rfind(' ', 0) == 0;
+}
+
 int SpTokenizer::unk_id() const { return sp_->unk_id(); }
 int SpTokenizer::bos_id() const { return sp_->bos_id(); }
 int SpTokenizer::eos_id() const { return sp_->eos_id(); }

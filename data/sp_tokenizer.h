@@ -42,6 +42,8 @@ class SpTokenizer {
   float score(int id) const;
   /// llama.cpp's token type: 1 normal, 2 unknown, 3 control, 5 unused, 6 byte.
   int32_t token_type(int id) const;
+  /// Whether encoding prepends a space (SentencePiece's add_dummy_prefix; train_sp's models: no).
+  bool adds_dummy_prefix() const;
   int unk_id() const;
   int bos_id() const;  // -1 when the model has none
   int eos_id() const;

@@ -202,8 +202,9 @@ void add_byte_tokenizer(GGUFWriter& g) {
 }
 
 // A SentencePiece model as llama.cpp's "llama" (SPM) tokenizer: its pieces, scores and token
-// types (byte pieces <0xNN> are llama.cpp's byte fallback). anyk's prepare adds no BOS/EOS and no
-// dummy-prefix space, so neither does llama.cpp.
+// types (byte pieces <0xNN> are llama.cpp's byte fallback). anyk adds no BOS/EOS, so neither does
+// llama.cpp; the leading space (SentencePiece's dummy prefix) is added where the model adds it
+// (train_sp's models do not).
 void add_sp_tokenizer(GGUFWriter& g, const data::SpTokenizer& sp) {
   std::vector<std::string> pieces;
   std::vector<float> scores;
@@ -223,7 +224,7 @@ void add_sp_tokenizer(GGUFWriter& g, const data::SpTokenizer& sp) {
   if (sp.eos_id() >= 0) g.add_u32("tokenizer.ggml.eos_token_id", uint32_t(sp.eos_id()));
   g.add_bool("tokenizer.ggml.add_bos_token", false);
   g.add_bool("tokenizer.ggml.add_eos_token", false);
-  g.add_bool("tokenizer.ggml.add_space_prefix", false);
+  g.add_bool("tokenizer.ggml.add_space_prefix", sp.adds_dummy_prefix());
 }
 
 void add_layer(GGUFWriter& g, const ModelConfig& c, const std::function<const float*(const std::string&)>& param,
