@@ -12,8 +12,12 @@
 //     `anyk generate --prompts` prints (--- i ---, then prompt and continuation, each new token
 //     detokenized by llama.cpp).
 //
-//   llama_check MODEL.gguf tokenize LINES -
-//     each line's llama.cpp tokens must be its bytes, and llama.cpp's detokenizer must return it.
+//   llama_check MODEL.gguf tokenize LINES -|IDS
+//     each line's llama.cpp tokens must be its bytes (-) or the ids on the same line of IDS (`anyk
+//     tokenize` with a SentencePiece model), and llama.cpp's detokenizer must return the line.
+//
+// --ids IDS (logits, and tokenize's second form): anyk's ids of every line of PROMPTS, one line of
+// space-separated ids each; llama.cpp's tokens must be those instead of the bytes.
 //
 // --k K loads the model with llama.cpp's metadata override llama.expert_used_count=int:K (the
 // `--override-kv` of llama.cpp's tools). The KV cache is f32 unless --kv f16 (llama.cpp's default),
@@ -27,6 +31,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -48,6 +54,21 @@ std::vector<std::string> read_lines(const std::string& path) {
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) out.push_back(line);
   return out;
+}
+
+// Text -> anyk's ids (--ids); empty: anyk's ids are the bytes.
+std::map<std::string, std::vector<llama_token>> g_ids;
+
+void read_ids(const std::vector<std::string>& lines, const std::string& path) {
+  const std::vector<std::string> rows = read_lines(path);
+  if (rows.size() != lines.size())
+    die(path + " has " + std::to_string(rows.size()) + " lines of ids for " + std::to_string(lines.size()) + " lines");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::istringstream in(rows[i]);
+    std::vector<llama_token> ids;
+    for (long v; in >> v;) ids.push_back(llama_token(v));
+    g_ids[lines[i]] = ids;
+  }
 }
 
 struct Engine {
@@ -86,12 +107,23 @@ struct Engine {
     llama_model_free(model);
   }
 
-  // llama.cpp's tokens of text, which must be its bytes (anyk's byte ids).
+  // llama.cpp's tokens of text, which must be anyk's: its bytes, or its ids from --ids.
   std::vector<llama_token> tokenize(const std::string& text) const {
     std::vector<llama_token> t(text.size() + 8);
     const int n = llama_tokenize(vocab, text.data(), int32_t(text.size()), t.data(), int32_t(t.size()), false, false);
     if (n < 0) die("llama_tokenize failed on \"" + text + "\"");
     t.resize(size_t(n));
+    if (!g_ids.empty()) {
+      auto it = g_ids.find(text);
+      if (it == g_ids.end()) die("no anyk ids for \"" + text + "\"");
+      if (t != it->second) {
+        std::string a, l;
+        for (llama_token x : it->second) a += " " + std::to_string(x);
+        for (llama_token x : t) l += " " + std::to_string(x);
+        die("llama.cpp's tokens of \"" + text + "\" are not anyk's: anyk" + a + ", llama.cpp" + l);
+      }
+      return t;
+    }
     bool same = t.size() == text.size();
     for (size_t i = 0; same && i < t.size(); ++i) same = t[i] == llama_token((unsigned char)text[i]);
     if (!same) die("llama.cpp's tokens of \"" + text + "\" are not its bytes (" + std::to_string(n) + " tokens for " +
@@ -135,7 +167,7 @@ int run_logits(Engine& e, const std::vector<std::string>& prompts, const std::st
   if (!in) die("cannot read " + ref_path);
   std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   size_t rows = 0;
-  for (const std::string& p : prompts) rows += p.size();
+  for (const std::string& p : prompts) rows += e.tokenize(p).size();
   if (raw.size() != rows * size_t(V) * sizeof(double))
     die(ref_path + " holds " + std::to_string(raw.size()) + " bytes, expected " + std::to_string(rows) +
         " positions x " + std::to_string(V) + " float64");
@@ -170,15 +202,15 @@ int run_tokenize(Engine& e, const std::vector<std::string>& lines) {
   size_t bytes = 0;
   for (const std::string& text : lines) {
     const std::vector<llama_token> toks = e.tokenize(text);
-    std::string back(text.size() + 16, '\0');
+    std::string back(text.size() * 4 + 16, '\0');
     const int n = llama_detokenize(e.vocab, toks.data(), int32_t(toks.size()), back.data(), int32_t(back.size()),
                                    false, false);
     if (n < 0 || back.substr(0, size_t(n)) != text)
       die("llama.cpp detokenizes the tokens of \"" + text + "\" differently");
     bytes += text.size();
   }
-  std::printf("tokenize: %zu lines, %zu bytes: llama.cpp's ids are the bytes, and decode back to the text\n",
-              lines.size(), bytes);
+  std::printf("tokenize: %zu lines, %zu bytes: llama.cpp's ids are anyk's (%s), and decode back to the text\n",
+              lines.size(), bytes, g_ids.empty() ? "the bytes" : "--ids");
   return 0;
 }
 
@@ -216,9 +248,11 @@ int main(int argc, char** argv) {
   bool f16_kv = false;
   llama_flash_attn_type fa = LLAMA_FLASH_ATTN_TYPE_DISABLED;
   double tol = 1e-3;
+  std::string ids_path = mode == "tokenize" && arg != "-" ? arg : "";
   for (int i = 5; i + 1 < argc; i += 2) {
     const std::string o = argv[i], v = argv[i + 1];
     if (o == "--k") k = std::atoi(v.c_str());
+    else if (o == "--ids") ids_path = v;
     else if (o == "--kv") f16_kv = v == "f16";
     else if (o == "--tol") tol = std::atof(v.c_str());
     else if (o == "--fa") fa = v == "on" ? LLAMA_FLASH_ATTN_TYPE_ENABLED : v == "auto" ? LLAMA_FLASH_ATTN_TYPE_AUTO
@@ -231,6 +265,7 @@ int main(int argc, char** argv) {
   else ggml_backend_load_all();
   llama_backend_init();
   const std::vector<std::string> prompts = read_lines(prompts_path);
+  if (!ids_path.empty()) read_ids(prompts, ids_path);
   int rc;
   {
     Engine e(model, k, f16_kv, fa);

@@ -20,6 +20,9 @@
 #    K set by the export (2 and 4) and by the override (1 and 4).
 # 5. Reports, without a bound, llama.cpp's defaults (f16 KV cache, flash attention auto) and an
 #    f16 GGUF against anyk.
+# 6. A SentencePiece model (prepare --tokenizer sp --vocab-size 1000, 60 steps): llama.cpp's tokens
+#    of the 20 varied lines and the 3 prompts equal anyk's (`anyk tokenize`) and detokenize back;
+#    next-token logits at K = 2 equal anyk's (<= 1e-3, same argmax).
 # Any failure, the install's included, ends the test with "llama_test: FAIL: reason" and exit 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -154,4 +157,25 @@ for v in "f16 KV cache, flash attention auto (llama.cpp's defaults):--kv f16 --f
   echo "llama_test: K=2 with ${v%%:*}: $("$CHECK" k2.gguf logits logit_prompts.txt ref2.f64 ${v#*:} --tol -1 2>/dev/null | grep max_abs_diff)"
 done
 echo "llama_test: K=2 f16 GGUF (f32 KV cache): $("$CHECK" f16.gguf logits logit_prompts.txt ref2.f64 --tol -1 2>/dev/null | grep max_abs_diff)"
+
+# --- 6. a SentencePiece model ---------------------------------------------------------------------
+# prepare --tokenizer sp (a 1000-piece BPE model of the training split), a few steps of a small
+# model (the point is the tokenizer), an f32 export carrying the pieces and scores: llama.cpp's
+# tokens of the 20 varied lines and of the 3 logit prompts are anyk's (`anyk tokenize`), its
+# detokenizer gives each line back, and the logits at K = 2 are anyk's (<= 1e-3, same argmax).
+"$ANYK" prepare --input /usr/share/games/fortunes --out data_sp --tokenizer sp --vocab-size 1000 >prepare_sp.log 2>&1 ||
+  fail "anyk prepare --tokenizer sp: $(tail -n 1 prepare_sp.log)"
+step "prepared: $(grep 'tokenizer:' prepare_sp.log | sed 's/^prepare: //')"
+"$ANYK" train --data data_sp --run-dir run_sp --steps 60 --layers 2 --dim 64 --heads 4 --experts 4 --expert-hidden 64 \
+  --seq-len 64 --batch 8 --lr 0.01 --k-strategy layer --k-min 1 --k-max 4 --eval-every 0 --eval-windows 4 \
+  --log-every 60 --threads 2 >train_sp.log 2>&1 || fail "anyk train --data data_sp: $(tail -n 2 train_sp.log)"
+"$ANYK" convert --checkpoint run_sp --to gguf --k 2 --out sp.gguf >convert_sp.log 2>&1 ||
+  fail "anyk convert --to gguf (SentencePiece): $(tail -n 1 convert_sp.log)"
+"$ANYK" tokenize --tokenizer run_sp/tokenizer.model --input tok_lines.txt >tok_ids.txt || fail "anyk tokenize failed"
+out=$("$CHECK" sp.gguf tokenize tok_lines.txt tok_ids.txt 2>&1) || fail "llama.cpp SentencePiece tokenizer: $(echo "$out" | tail -n 1)"
+echo "llama_test: SentencePiece $(echo "$out" | grep '^tokenize') ($(awk '{n += NF} END {print n}' tok_ids.txt) ids)"
+"$ANYK" tokenize --tokenizer run_sp/tokenizer.model --input logit_prompts.txt >logit_ids.txt || fail "anyk tokenize failed"
+"$ANYK" generate --run-dir run_sp --prompts logit_prompts.txt --k 2 --logits-out sp_ref2.f64 --threads 2 2>/dev/null ||
+  fail "anyk generate --logits-out (SentencePiece) failed"
+logits "SentencePiece K=2 (export)" sp.gguf sp_ref2.f64 --ids logit_ids.txt --tol $TOL
 echo "llama_test: PASS in $((SECONDS - t0)) s"
