@@ -200,8 +200,10 @@ void check_same_shards(const TokenShards& now, const std::string& recorded, cons
   const std::string hint = " hint: resume over the data the run started with (the window draw depends on every "
                            "shard's size), or start a new run";
   ANYK_CHECK(int(was.size()) == now.num_shards(),
-             "the training data has " << now.num_shards() << " shard(s) (first " << now.shard(0).name << ", "
-                                      << now.shard(0).n << " tokens) but " << where << " was written over "
+             "the training data has " << now.num_shards() << " shard(s) (first "
+                                      << (now.num_shards() ? now.shard(0).name : "?") << ", "
+                                      << (now.num_shards() ? now.shard(0).n : 0) << " tokens) but " << where
+                                      << " was written over "
                                       << was.size() << " (first " << (was.empty() ? "?" : was[0].first) << ", "
                                       << (was.empty() ? 0 : was[0].second) << " tokens)" << hint);
   for (int i = 0; i < now.num_shards(); ++i)

@@ -42,8 +42,9 @@ class TokenShards {
   int64_t num_tokens() const { return total_; }
   /// Bytes of token arrays held in this process's own memory (0 when every shard is mapped).
   int64_t resident_bytes() const { return resident_; }
-  /// Whether shard i is an mmap of its file.
-  bool mapped(int i) const { return from_files_; }
+  /// Whether shard i comes from a file, mapped (an empty file has nothing to map), rather than
+  /// from an array in memory.
+  bool mapped(int i) const { return from_files_ && i >= 0 && i < num_shards(); }
   /// One line per shard, "name tokens": what a checkpoint records to refuse a changed corpus.
   std::string describe() const;
   /// Drops this process's mapping of the pages around tokens [at, at + n) of shard i (the aligned
