@@ -261,11 +261,12 @@ void read_prompts(const GenArgs& a, const InferenceModel& m, std::vector<std::st
     ANYK_CHECK(!texts[i].empty(), (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
                                       << " is empty hint: give --prompt TEXT, --prompt-file F or text on stdin");
     prompts.push_back(encode(texts[i], mc.vocab, int(i) + 1, m.tokenizer.get()));
+    const char* unit = m.tokenizer ? " tokens" : " bytes";
     ANYK_CHECK(int(prompts.back().size()) <= mc.seq_len,
                (texts.size() == 1 ? std::string("the prompt") : "prompt " + std::to_string(i + 1))
-                   << " is " << prompts.back().size() << " tokens but the model's context is " << mc.seq_len
-                   << " tokens (seq_len) hint: shorten it to its last " << mc.seq_len
-                   << " tokens; generation itself continues past the context");
+                   << " is " << prompts.back().size() << unit << " but the model's context is " << mc.seq_len
+                   << " tokens (seq_len) hint: shorten it to its last " << mc.seq_len << unit
+                   << "; generation itself continues past the context");
   }
 
 }
