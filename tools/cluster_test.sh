@@ -206,6 +206,12 @@ preempt_case() {
   while :; do
     st=$(job_field "$job" JobState)
     if [ "$st" = PENDING ] && grep -q "requeueing job $job" "$out"; then
+      # Release the requeued job only once its first instance has left every host, and not in
+      # the second of the requeue: slurmd refuses a credential of the same job id issued in the
+      # second it revoked the old one ("Killing non-startable batch JobId=N: Job credential
+      # revoked", seen in a CI run under load). Slurm's own ~2 min BeginTime hold avoids it.
+      sleep 2
+      nodes_idle || say "preempt: hosts not idle before the release (continuing)"
       scontrol update JobId="$job" StartTime=now
       break
     fi
