@@ -156,7 +156,8 @@ int64_t bytes_at(int64_t off, int elem) { return off * elem; }
 
 TEST_CASE("xgemm plan: the padded bf16 layout computes the same, never reading the padding") {
   for (const auto& counts : kAwkward)
-    for (auto [I, O] : {std::pair{33, 5}, std::pair{7, 13}, std::pair{1, 1}, std::pair{9, 8}}) {
+    for (const auto& io : {std::pair{33, 5}, std::pair{7, 13}, std::pair{1, 1}, std::pair{9, 8}}) {
+      const int I = io.first, O = io.second;  // by name: clang 14 refuses a structured binding in CAPTURE
       CAPTURE(I);
       CAPTURE(O);
       const Problem p = make(counts, I, O, 31);
@@ -167,7 +168,8 @@ TEST_CASE("xgemm plan: the padded bf16 layout computes the same, never reading t
 
 TEST_CASE("xgemm plan: every bf16 operand pointer and leading dimension is 16-byte aligned") {
   for (const auto& counts : kAwkward)
-    for (auto [I, O] : kShapes) {
+    for (const auto& io : kShapes) {
+      const int I = io.first, O = io.second;  // by name: clang 14 refuses a structured binding in CAPTURE
       CAPTURE(counts.size());
       CAPTURE(I);
       CAPTURE(O);
