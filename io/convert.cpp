@@ -217,36 +217,44 @@ void write_consolidated(Full& full, const std::string& out, bool moments) {
   });
 }
 
-void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
-  const int E = full.meta.model.experts;
-  ANYK_CHECK(E % ep == 0, "--to ep=" << ep << " does not divide the " << E << " experts hint: use a divisor of " << E);
+// Writes a directory as out.tmp through fill(tmp), fsyncs it and renames it to out; a failure
+// removes out.tmp and leaves out as it was.
+template <class F> void write_directory(const std::string& out, F&& fill) {
   const fs::path tmp = out + ".tmp";
   fs::remove_all(tmp);
   std::error_code ec;
   fs::create_directories(tmp, ec);
   if (ec) fail_io("creating directory", tmp.string(), ec.value());
   try {
-  CheckpointMeta meta = full.meta;
-  meta.ep_size = ep;
-  meta.world_size = ep;  // as if written by ep ranks with ep = world
-  Progress bar("write");
-  write_meta_file((tmp / "meta.h5").string(), meta, full.dense(moments));
-  bar(1, ep + 1);
-  const std::vector<ExpertRef> all = full.experts(moments);
-  const int E_local = E / ep;
-  for (int r = 0; r < ep; ++r) {
-    std::vector<ExpertRef> mine;
-    for (const ExpertRef& x : all)
-      if (x.expert / E_local == r) mine.push_back(x);
-    write_experts_file((tmp / ("experts_" + std::to_string(r) + ".h5")).string(), meta, r, mine);
-    bar(r + 2, ep + 1);
-  }
-  h5::fsync_path(tmp.string());
+    fill(tmp);
+    h5::fsync_path(tmp.string());
   } catch (...) {
     remove_quietly(tmp.string());
     throw;
   }
   replace_with(tmp.string(), out);
+}
+
+void write_sharded(Full& full, const std::string& out, int ep, bool moments) {
+  const int E = full.meta.model.experts;
+  ANYK_CHECK(E % ep == 0, "--to ep=" << ep << " does not divide the " << E << " experts hint: use a divisor of " << E);
+  write_directory(out, [&](const fs::path& tmp) {
+    CheckpointMeta meta = full.meta;
+    meta.ep_size = ep;
+    meta.world_size = ep;  // as if written by ep ranks with ep = world
+    Progress bar("write");
+    write_meta_file((tmp / "meta.h5").string(), meta, full.dense(moments));
+    bar(1, ep + 1);
+    const std::vector<ExpertRef> all = full.experts(moments);
+    const int E_local = E / ep;
+    for (int r = 0; r < ep; ++r) {
+      std::vector<ExpertRef> mine;
+      for (const ExpertRef& x : all)
+        if (x.expert / E_local == r) mine.push_back(x);
+      write_experts_file((tmp / ("experts_" + std::to_string(r) + ".h5")).string(), meta, r, mine);
+      bar(r + 2, ep + 1);
+    }
+  });
 }
 
 std::string shortest(double v) {
@@ -316,20 +324,10 @@ void write_gguf(Full& full, const std::string& out, const GGUFExport& opt) {
 void write_hf(Full& full, const std::string& out, int k, const std::string& tokenizer) {
   std::map<std::string, const float*> by_name;
   for (const TensorRef& t : full.full_refs(false)) by_name[t.name] = t.value;
-  const fs::path tmp = out + ".tmp";
-  fs::remove_all(tmp);
-  std::error_code ec;
-  fs::create_directories(tmp, ec);
-  if (ec) fail_io("creating directory", tmp.string(), ec.value());
-  try {
+  write_directory(out, [&](const fs::path& tmp) {
     write_hf_mixtral(full.meta.model, [&](const std::string& name) { return by_name.at(name); }, k, tmp.string());
     if (!tokenizer.empty()) fs::copy_file(tokenizer, tmp / "tokenizer.model");  // SentencePiece, as Mixtral's
-    h5::fsync_path(tmp.string());
-  } catch (...) {
-    remove_quietly(tmp.string());
-    throw;
-  }
-  replace_with(tmp.string(), out);
+  });
 }
 
 }  // namespace
