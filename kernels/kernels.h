@@ -114,7 +114,8 @@ template <class T> struct Kernels {
                           const T* probs, const int32_t* ids, int N, int E, int K, bool renorm);
   // kcount (N): per row of probs (N,E) the smallest k whose k largest sum to >= p, in
   // [k_min, k_max]; NaN counts as zero mass. scratch: E doubles the CPU kernel sorts in
-  // (memory it can address: host, or the checked pool); the CUDA kernel ignores it.
+  // (device memory like every pointer here, the step arena; the checked device refuses host memory);
+  // the CUDA kernel ignores it.
   void (*top_p_count_forward)(const Ctx&, int32_t* kcount, double* scratch, const T* probs, int N, int E,
                               double p, int k_min, int k_max);
   // EMoE: ids, weights (N,K) = K of each token's pool_ids (N,P) drawn without replacement (keyed by
