@@ -27,6 +27,7 @@
 #include "io/h5.h"
 #include "io/hf.h"
 #include "io/json.h"
+#include "io/safetensors.h"
 #include "model/lm.h"
 #include "core/check.h"
 
@@ -262,8 +263,8 @@ std::string shortest(double v) {
   return std::string(buf, std::to_chars(buf, buf + sizeof buf, v).ptr);
 }
 
-// The safetensors header: JSON, then spaces up to a multiple of 8 bytes (the data's alignment).
-std::string safetensors_header(const Full& full, const std::vector<TensorRef>& refs) {
+// The safetensors metadata: string copies of the model attributes, step and seed.
+Json safetensors_metadata(const Full& full) {
   const ModelConfig& c = full.meta.model;
   Json meta = {{"format", "pt"}, {"producer", "anyk convert"}};  // values must be strings
   for (auto [k, v] : {std::pair<const char*, int64_t>{"vocab", c.vocab}, {"dim", c.dim}, {"layers", c.layers},
@@ -276,37 +277,16 @@ std::string safetensors_header(const Full& full, const std::vector<TensorRef>& r
   // Left out, not written as 0, when the source does not record them (an older model.h5).
   if (full.step) meta["step"] = std::to_string(*full.step);
   if (full.seed) meta["seed"] = std::to_string(*full.seed);
-  Json header = {{"__metadata__", meta}};
-  int64_t offset = 0;
-  for (const TensorRef& t : refs) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + n * 4}}};
-    offset += n * 4;
-  }
-  std::string text = json_text(header);
-  while (text.size() % 8) text += ' ';
-  return text;
+  return meta;
 }
 
 void write_safetensors(Full& full, const std::string& out) {
-  const std::vector<TensorRef> refs = full.full_refs(false);
-  const std::string header = safetensors_header(full, refs);
+  std::vector<SafetensorsTensor> tensors;
+  for (const TensorRef& t : full.full_refs(false)) tensors.push_back({t.name, t.shape, t.value});
+  const Json meta = safetensors_metadata(full);
   write_file_atomic(out, [&](const std::string& tmp) {
-    FileWriter w(tmp);
-    const uint64_t len = header.size();
-    unsigned char le[8];
-    for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-    w.write(le, 8);
-    w.write(header.data(), header.size());
     Progress bar("write");
-    for (size_t i = 0; i < refs.size(); ++i) {
-      int64_t n = 1;
-      for (int64_t d : refs[i].shape) n *= d;
-      w.write(refs[i].value, size_t(n) * 4);  // little-endian host
-      bar(int64_t(i + 1), int64_t(refs.size()));
-    }
-    w.close();
+    write_safetensors_f32(tmp, meta, tensors, std::ref(bar));
   });
 }
 

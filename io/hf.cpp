@@ -2,7 +2,6 @@
 #include "io/hf.h"
 
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -11,17 +10,12 @@
 #include "core/check.h"
 #include "io/fsio.h"
 #include "io/json.h"
+#include "io/safetensors.h"
 #include "runtime/device.h"
 
 namespace anyk::io {
 
 namespace {
-
-struct HfTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  const float* data;  // contiguous, row-major
-};
 
 Json mixtral_config(const ModelConfig& c, int k) {
   Json j;
@@ -57,10 +51,10 @@ Json mixtral_config(const ModelConfig& c, int k) {
 
 // Mixtral's names for every anyk parameter; w13 of expert e is split into w1 (rows 0..H-1,
 // the gate) and w3 (rows H..2H-1, up), w2 is taken per expert.
-std::vector<HfTensor> mixtral_tensors(const ModelConfig& c,
+std::vector<SafetensorsTensor> mixtral_tensors(const ModelConfig& c,
                                       const std::function<const float*(const std::string&)>& param) {
   const int64_t C = c.dim, H = c.expert_hidden, V = c.vocab, E = c.experts;
-  std::vector<HfTensor> t;
+  std::vector<SafetensorsTensor> t;
   t.push_back({"model.embed_tokens.weight", {V, C}, param("wte")});
   for (int l = 0; l < c.layers; ++l) {
     const std::string p = "layers." + std::to_string(l), m = "model.layers." + std::to_string(l);
@@ -83,29 +77,6 @@ std::vector<HfTensor> mixtral_tensors(const ModelConfig& c,
   }
   t.push_back({"model.norm.weight", {C}, param("lnf")});
   return t;
-}
-
-void write_safetensors_file(const std::string& path, const std::vector<HfTensor>& tensors) {
-  Json header = {{"__metadata__", {{"format", "pt"}, {"producer", "anyk convert --to hf"}}}};
-  int64_t offset = 0;
-  std::vector<int64_t> bytes;
-  for (const HfTensor& t : tensors) {
-    int64_t n = 4;
-    for (int64_t d : t.shape) n *= d;
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
-    bytes.push_back(n);
-  }
-  std::string text = json_text(header);
-  while (text.size() % 8) text += ' ';
-  FileWriter w(path);
-  const uint64_t len = text.size();
-  unsigned char le[8];
-  for (int i = 0; i < 8; ++i) le[i] = static_cast<unsigned char>(len >> (8 * i));
-  w.write(le, 8);
-  w.write(text.data(), text.size());
-  for (size_t i = 0; i < tensors.size(); ++i) w.write(tensors[i].data, size_t(bytes[i]));  // little-endian host
-  w.close();
 }
 
 Json read_json_file(const std::string& path) {
@@ -167,38 +138,13 @@ void load_hf_weights(const std::string& dir, LM& lm) {
                                                                     "parameters only");
   std::vector<std::vector<float>> host(size_t(ps.size()));  // read on the host, then copied to the device
   for (int id = 0; id < ps.size(); ++id) host[size_t(id)].resize(size_t(ps.value(id).numel()));
-  std::ifstream in(path, std::ios::binary);
-  ANYK_CHECK(in, "cannot read " << path);
-  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  uint64_t len = 0;
-  for (int i = 0; i < 8 && size_t(i) < file.size(); ++i) len |= uint64_t((unsigned char)file[size_t(i)]) << (8 * i);
-  ANYK_CHECK(file.size() >= 8 && len <= file.size() - 8,
-             path << " is not a safetensors file (header length " << len << ")");
-  Json header;
-  try {
-    header = Json::parse(file.substr(8, len));
-  } catch (const std::exception& e) {
-    ANYK_FAIL(path << ": the safetensors header is not valid JSON: " << e.what());
-  }
-  const size_t data0 = 8 + len;
-  for (const HfTensor& t : mixtral_tensors(c, [&](const std::string& n) {
+  const SafetensorsFile file(path);
+  for (const SafetensorsTensor& t : mixtral_tensors(c, [&](const std::string& n) {
          const int id = ps.find(n);
          ANYK_CHECK(id >= 0, "the model has no parameter " << n);
          return static_cast<const float*>(host[size_t(id)].data());
-       })) {
-    ANYK_CHECK(header.contains(t.name), path << " has no tensor '" << t.name << "'");
-    const Json& h = header[t.name];
-    const std::string dtype = h.value("dtype", std::string());
-    ANYK_CHECK(dtype == "F32", path << ": " << t.name << " is " << dtype << ", anyk reads F32");
-    ANYK_CHECK(h["shape"].get<std::vector<int64_t>>() == t.shape,
-               path << ": " << t.name << " has shape " << h["shape"] << ", this model needs " << Json(t.shape));
-    const auto off = h["data_offsets"].get<std::vector<uint64_t>>();
-    int64_t n = 4;
-    for (int64_t d : t.shape) n *= d;
-    ANYK_CHECK(off.size() == 2 && off[1] - off[0] == uint64_t(n) && data0 + off[1] <= file.size(),
-               path << ": the data offsets of " << t.name << " do not fit the file");
-    std::memcpy(const_cast<float*>(t.data), file.data() + data0 + off[0], size_t(n));
-  }
+       }))
+    file.f32(t.name, t.shape, const_cast<float*>(t.data));
   for (int id = 0; id < ps.size(); ++id) from_host(ps.value(id), host[size_t(id)].data());
 }
 
@@ -208,7 +154,8 @@ void write_hf_mixtral(const ModelConfig& c, const std::function<const float*(con
                                    "(router_renormalize 0); Mixtral always renormalises them");
   ANYK_CHECK(k >= 1 && k <= c.experts, "--k " << k << " is outside [1, experts=" << c.experts << "]");
   const std::filesystem::path d(dir);
-  write_safetensors_file((d / "model.safetensors").string(), mixtral_tensors(c, param));
+  write_safetensors_f32((d / "model.safetensors").string(), {{"format", "pt"}, {"producer", "anyk convert --to hf"}},
+                        mixtral_tensors(c, param));
   std::string cfg = json_text(mixtral_config(c, k));
   if (cfg.empty() || cfg.back() != '\n') cfg += '\n';
   FileWriter w((d / "config.json").string());
