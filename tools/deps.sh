@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libeigen3-dev libboost-program-options-dev doctest-dev
       libopenmpi-dev openmpi-bin libhdf5-dev nlohmann-json3-dev libsentencepiece-dev fortunes python3)
+pkgs+=(python3-numpy python3-h5py)  # tools/model_spec_check.py (docs/model-spec.md)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
