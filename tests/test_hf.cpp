@@ -1,7 +1,7 @@
 // The Hugging Face Mixtral directory (io/hf.cpp): the round trip is bit-exact, config.json has
 // the keys and values of transformers' MixtralConfig, model.safetensors holds exactly Mixtral's
 // state-dict names and shapes (MixtralForCausalLM with tied embeddings), and other directories
-// are refused in one line.
+// are refused in one line; io/safetensors.h (the one safetensors writer and reader) byte by byte.
 #include <doctest/doctest.h>
 
 #include <cstring>
@@ -10,9 +10,11 @@
 #include <iterator>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "io/hf.h"
 #include "io/json.h"
+#include "io/safetensors.h"
 #include "model/lm.h"
 #include "parallel/dispatcher.h"
 #include "core/check.h"
@@ -159,4 +161,52 @@ TEST_CASE("a directory that is not this model's Mixtral is refused in one line n
   LM e4(c4, disp4);
   CHECK(error_of([&] { io::load_hf_weights((d.path / "m").string(), e4); })
             .find("block_sparse_moe.gate.weight has shape [3,8], this model needs [4,8]") != std::string::npos);
+}
+
+TEST_CASE("io/safetensors: the layout read back by hand; another dtype, a cut file, a bad header are refused") {
+  TempDir d("hf");
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f, 0.0f, 7.0f, -0.5f}, b = {42.0f};
+  const std::string path = (d.path / "t.safetensors").string();
+  std::vector<int64_t> calls;
+  io::write_safetensors_f32(path, {{"format", "pt"}, {"note", "x"}}, {{"a", {2, 3}, a.data()}, {"b", {1}, b.data()}},
+                            [&](int64_t i, int64_t n) { calls.push_back(i * 10 + n); });
+  CHECK(calls == std::vector<int64_t>{12, 22});
+  // By hand: u64 header length (a multiple of 8), the JSON (metadata first), then a and b.
+  const std::string st = slurp(path);
+  uint64_t len;
+  std::memcpy(&len, st.data(), 8);
+  CHECK(len % 8 == 0);
+  REQUIRE(st.size() == 8 + len + 7 * 4);
+  const Json h = Json::parse(st.substr(8, len));
+  CHECK(h.begin().key() == "__metadata__");
+  CHECK(h["__metadata__"]["note"] == "x");
+  CHECK(h["a"]["data_offsets"] == Json({0, 24}));
+  CHECK(h["b"]["data_offsets"] == Json({24, 28}));
+  CHECK(std::memcmp(st.data() + 8 + len, a.data(), 24) == 0);
+  CHECK(std::memcmp(st.data() + 8 + len + 24, b.data(), 4) == 0);
+  // The reader returns the same values.
+  const io::SafetensorsFile f(path);
+  std::vector<float> ra(6), rb(1);
+  f.f32("a", {2, 3}, ra.data());
+  f.f32("b", {1}, rb.data());
+  CHECK(ra == a);
+  CHECK(rb == b);
+  CHECK(error_of([&] { f.f32("c", {1}, rb.data()); }).find("t.safetensors has no tensor 'c'") != std::string::npos);
+  CHECK(error_of([&] { f.f32("a", {3, 2}, ra.data()); }).find("a has shape [2,3], this model needs [3,2]") !=
+        std::string::npos);
+  // Another dtype (same header length), a file cut short, a header length past the end.
+  auto variant = [&](std::string bytes) {
+    const std::string p = (d.path / "v.safetensors").string();
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p;
+  };
+  std::string f16 = st;
+  f16.replace(f16.find("\"F32\""), 5, "\"F16\"");
+  CHECK(error_of([&] { io::SafetensorsFile(variant(f16)).f32("a", {2, 3}, ra.data()); }).find("a is F16, anyk reads F32") !=
+        std::string::npos);
+  CHECK(error_of([&] { io::SafetensorsFile(variant(st.substr(0, st.size() - 2))).f32("b", {1}, rb.data()); })
+            .find("the data offsets of b do not fit the file") != std::string::npos);
+  std::string huge = st;
+  huge[7] = char(0x7f);
+  CHECK(error_of([&] { io::SafetensorsFile{variant(huge)}; }).find("is not a safetensors file") != std::string::npos);
 }
