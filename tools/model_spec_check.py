@@ -11,7 +11,9 @@ recomputes in numpy (float64):
      against metrics.jsonl's loss;
   4. from checkpoints/step_1: raw moments, the clipped gradient's norm, and every parameter as
      the AdamW update of its initial value, weight decay exactly where the page says;
-  5. the final K-sweep's val loss at every K from model.h5 and the val shard, against sweep.json.
+  5. the final K-sweep's val loss at every K from model.h5 and the val shard, against sweep.json;
+  6. the top-K tie-break, on a copy of model.h5 whose router rows 1 and 2 are equal (anyk eval);
+  7. that a --precision bf16 run saves f32.
 Exit 0 when every check passes, 1 otherwise, 77 (skipped) without numpy or h5py. Needs numpy and h5py (Debian: python3-numpy,
 python3-h5py). Usage: python3 tools/model_spec_check.py --anyk build/anyk [--keep DIR]
 """
@@ -347,6 +349,23 @@ def main():
         # At K=1 the tie decides the only expert: the other rule must be visibly off.
         check(abs(got - r["val_loss"]) <= 1e-6 * r["val_loss"] and (k > 1 or abs(other - r["val_loss"]) > 1e-4),
               f"tied router rows, K={k}: lower id wins {got:.8f}, higher id wins {other:.8f} (anyk: {r['val_loss']:.8f})")
+    # 7. a --precision bf16 run saves f32: every dataset is <f4 and holds values bf16 cannot.
+    anyk(a.anyk, "train", "--data", "data", "--run-dir", "run_bf16", "--overwrite", "--steps", "1", "--warmup", "1",
+         "--layers", "2", "--dim", "32", "--heads", "4", "--experts", "4", "--expert-hidden", "32", "--seq-len",
+         str(T), "--batch", str(B), "--precision", "bf16", "--eval-windows", "2", "--threads", "1", cwd=d)
+    files = [f"{d}/run_bf16/model.h5", f"{d}/run_bf16/checkpoints/step_1/meta.h5",
+             f"{d}/run_bf16/checkpoints/step_1/experts_0.h5"]
+    dtypes, low_bits = set(), 0
+    for path in files:
+        with h5py.File(path, "r") as f:
+            def visit(_, obj):
+                nonlocal low_bits
+                if isinstance(obj, h5py.Dataset):
+                    dtypes.add(obj.dtype.str)
+                    low_bits += int(np.count_nonzero(obj[()].astype("<f4").view("<u4") & 0xFFFF))
+            f.visititems(visit)
+    check(dtypes == {"<f4"} and low_bits > 0,
+          f"--precision bf16 saves f32: dtypes {sorted(dtypes)}, {low_bits} values with bits below bf16's mantissa")
     print(f"model_spec_check: {'FAILED ' + str(len(FAILED)) if FAILED else 'all passed'}" + (f" ({d})" if a.keep else ""))
     if not a.keep:
         shutil.rmtree(d, ignore_errors=True)
