@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "io/h5.h"
+#include "model/lm.h"
 #include "parallel/comm.h"
 #include "parallel/dispatcher.h"
 #include "parallel/groups.h"
@@ -172,6 +173,9 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
                        "node, then across nodes; docs/hier-a2a.md; ANYK_A2A_NODE_SIZE=n sets n ranks per node)");
   t.add("comm", &o.comm, "how expert rows and gradients travel between ranks: mpi (device buffers staged "
                          "through the host) or nccl (GPU to GPU; needs --device cuda); counts stay on MPI");
+  t.add("recompute", &o.recompute, "activation recompute: none, or layer (keep each layer's input and output "
+                                   "only and run its forward again in the backward: about one layer's "
+                                   "activations alive instead of all, for one more forward; same gradients)");
   t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
   t.add("save-every", &o.save_every,
         "save a checkpoint to run_dir/checkpoints/step_<n> every N steps (0 = only at the end)");
@@ -233,6 +237,7 @@ void validate_train_options(TrainOptions& o) {
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
   parse_a2a(o.a2a);  // names flat and hier on anything else
   parse_comm(o.comm);  // names mpi and nccl on anything else
+  parse_recompute(o.recompute);  // names none and layer on anything else
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
   ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
   if (o.threads == 0) o.threads = default_threads();

@@ -45,6 +45,7 @@ struct TrainOptions {
   int ep = 0;       // expert-parallel ranks (0: all ranks)
   std::string a2a = "flat";  // expert all-to-all: flat or hier
   std::string comm = "mpi";  // data-path communicator: mpi or nccl (parallel/groups.h CommKind)
+  std::string recompute = "none";  // activation recompute: none or layer (model/lm.h Recompute)
   bool profile = false;
   int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep = 3;            // complete checkpoints kept (older ones deleted)

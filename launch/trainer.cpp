@@ -179,6 +179,7 @@ void Trainer::build_model() {
   } catch (const std::bad_alloc&) {
     ANYK_OOM("the parameters and gradients", mem_.params / 2);
   }
+  lm_->set_recompute(parse_recompute(o_.recompute));
   lm_->init(uint64_t(o_.seed));
   if (!o_.init_weights.empty()) load_init_weights();
   // Evaluation and saving use a single-process copy with every expert, on rank 0: under expert
@@ -315,6 +316,9 @@ void Trainer::describe_run() {
             "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --top-p above %g",
             o_.top_p, 1.0 / E_, o_.k_min, o_.k_min, 1.0 / E_));
   say("device: " + p_.device_line + (dev_ == Device::CUDA && P_ > 1 ? " (rank 0)" : ""));
+  if (lm.recompute() == Recompute::Layer)
+    say("recompute: layer: each layer keeps its input and output; its forward runs again in the backward "
+        "(the step arena holds one layer's activations at a time; the step lines give its high-water mark)");
   if (peak_ > 0)
     say(fmt("peak: %d ranks x %d threads x %.1f GFLOP/s (single-core 512^3 SGEMM) = %.1f GFLOP/s", P_, o_.threads,
             core_flops_ * 1e-9, peak_ * 1e-9));

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,72 @@ Var LM::forward(Tape& tape, const int* inputs, const int* targets, int B, int T,
   return forward(tape, in, tg, B, T, k, stats, loss_norm, pool, sample_key);
 }
 
+Recompute parse_recompute(const std::string& name) {
+  if (name == "none") return Recompute::None;
+  if (name == "layer") return Recompute::Layer;
+  ANYK_FAIL("--recompute '" << name << "' is not a recompute mode hint: use none (keep every layer's "
+                               "activations) or layer (recompute each layer's forward in the backward)");
+}
+
+const char* recompute_name(Recompute r) { return r == Recompute::Layer ? "layer" : "none"; }
+
+Var LM::block(Tape& tape, int l, const Var& x_in, int B, int T, int k, const RouterOptions& ro, Var* aux,
+              MoEStats* st) const {
+  const int C = cfg_.dim, NH = cfg_.heads, D = C / NH, N = B * T;
+  const Block& b = blocks_[l];
+  Var h = rmsnorm(tape, x_in, ps_.var(b.ln1), cfg_.norm_eps);
+  Var qkv = linear(tape, h, ps_.var(b.wqkv));                               // (N,C) -> (N,3C)
+  qkv = rope(tape, view(qkv, {B, T, 3 * NH, D}), 2 * NH, cfg_.rope_theta);  // q, k heads rotated
+  Var att = attention(tape, view(qkv, {B, T, 3 * C}), NH);                  // (B,T,3C) -> (B,T,C)
+  Var a = linear(tape, view(att, {N, C}), ps_.var(b.wo));                   // (N,C)
+  Var x = add(tape, x_in, a);
+  h = rmsnorm(tape, x, ps_.var(b.ln2), cfg_.norm_eps);
+  Var m = b.moe->forward(tape, h, k, ro, aux, st);
+  return add(tape, x, m);
+}
+
+// What the recompute of block l needs: everything its forward read, by value (the K drawn for
+// this micro-batch and the EMoE sample key are replayed, never drawn again). Trivially
+// destructible: it lives in the tape's host arena. st and lb, z, kl serve the forward run only:
+// the router losses are copied out of the segment's memory before it is given back.
+struct LM::BlockArgs {
+  const LM* lm;
+  int l, B, T, k;
+  RouterOptions ro;
+  MoEStats* st;
+  Tensor lb, z, kl;
+};
+
+void LM::run_block(const void* args, Tape& tape, const Var* in, Var* out, bool first) {
+  const BlockArgs& a = *static_cast<const BlockArgs*>(args);
+  MoEStats* st = first ? a.st : nullptr;
+  out[0] = a.lm->block(tape, a.l, in[0], a.B, a.T, a.k, a.ro, &out[1], st);
+  if (!st) return;
+  copy(a.lb, st->lb_t);
+  copy(a.z, st->z_t);
+  copy(a.kl, st->kl_t);
+  st->lb_t = a.lb;
+  st->z_t = a.z;
+  st->kl_t = a.kl;
+}
+
+Var LM::block_checkpointed(Tape& tape, int l, const Var& x, int B, int T, int k, const RouterOptions& ro,
+                           Var* aux, MoEStats* st) const {
+  void* mem = tape.host_arena().alloc(sizeof(BlockArgs), alignof(BlockArgs) < 64 ? 64 : alignof(BlockArgs));
+  BlockArgs* a = new (mem) BlockArgs{this, l, B, T, k, ro, st, {}, {}, {}};
+  if (st) {
+    a->lb = tape.arena().tensor({1}, DType::F64);
+    a->z = tape.arena().tensor({1}, DType::F64);
+    a->kl = tape.arena().tensor({1}, DType::F64);
+  }
+  // The block's output keeps its input's storage (the residual stream); the aux loss is a
+  // scalar of the compute dtype (router_aux).
+  Var out[2] = {tape.make_like(x, x.shape(), true), tape.make({1}, x.dtype(), true)};
+  checkpoint(tape, CheckpointSegment{&LM::run_block, a}, &x, 1, out, 2);
+  *aux = out[1];
+  return out[0];
+}
+
 namespace {
 // Every layer's router losses in one device -> host copy (packed on the device first).
 void read_layer_losses(Tape& tape, std::vector<MoEStats>& layers) {
@@ -124,7 +191,7 @@ void read_layer_losses(Tape& tape, std::vector<MoEStats>& layers) {
 Var LM::forward(Tape& tape, const Tensor& inputs, const Tensor& targets, int B, int T,
                 std::span<const int> k, ForwardStats* stats, double loss_norm,
                 std::span<const int> pool, uint64_t sample_key) const {
-  const int C = cfg_.dim, NH = cfg_.heads, D = C / NH, N = B * T;
+  const int N = B * T;
   ANYK_CHECK(pool.empty() || int(pool.size()) == cfg_.layers,
              "forward needs one EMoE pool size per layer: got " << pool.size());
   ANYK_CHECK(int(k.size()) == cfg_.layers,
@@ -141,23 +208,16 @@ Var LM::forward(Tape& tape, const Tensor& inputs, const Tensor& targets, int B, 
              "forward: " << inputs.numel() << " inputs for B*T = " << N << " tokens");
   Var x = embedding(tape, inputs, ps_.var(wte_));  // (N,C)
   Var aux_total;
+  const bool ckpt = recompute_ == Recompute::Layer && tape.grad_enabled();
   for (int l = 0; l < cfg_.layers; ++l) {
-    const Block& b = blocks_[l];
-    Var h = rmsnorm(tape, x, ps_.var(b.ln1), cfg_.norm_eps);
-    Var qkv = linear(tape, h, ps_.var(b.wqkv));                          // (N,C) -> (N,3C)
-    qkv = rope(tape, view(qkv, {B, T, 3 * NH, D}), 2 * NH, cfg_.rope_theta);  // q, k heads rotated
-    Var att = attention(tape, view(qkv, {B, T, 3 * C}), NH);             // (B,T,3C) -> (B,T,C)
-    Var a = linear(tape, view(att, {N, C}), ps_.var(b.wo));              // (N,C)
-    x = add(tape, x, a);
-    h = rmsnorm(tape, x, ps_.var(b.ln2), cfg_.norm_eps);
     Var aux;
     RouterOptions ro = cfg_.router;
     if (!pool.empty() && pool[l] > k[l]) {
       ro.pool = pool[l];
       ro.sample_key = hash_key(sample_key, uint64_t(l));
     }
-    Var m = b.moe->forward(tape, h, k[l], ro, &aux, stats ? &stats->layers[l] : nullptr);
-    x = add(tape, x, m);
+    MoEStats* st = stats ? &stats->layers[l] : nullptr;
+    x = ckpt ? block_checkpointed(tape, l, x, B, T, k[l], ro, &aux, st) : block(tape, l, x, B, T, k[l], ro, &aux, st);
     aux_total = l == 0 ? aux : add(tape, aux_total, aux);
   }
   x = rmsnorm(tape, x, ps_.var(lnf_), cfg_.norm_eps);

@@ -5,6 +5,7 @@
 #pragma once
 #include <memory>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,14 @@ struct ForwardStats {
   double aux = 0;   // sum of the routers' auxiliary losses
   std::vector<MoEStats> layers;
 };
+
+// Activation recompute (--recompute). None: every layer's activations stay alive until the
+// backward. Layer: each block keeps only its input and output; its forward runs again, on a child
+// tape, when the backward reaches it (runtime/tape.h checkpoint), so one block's activations are
+// alive at a time. Gradients are the same bits either way.
+enum class Recompute { None, Layer };
+Recompute parse_recompute(const std::string& name);  // "none" | "layer"; the error names both
+const char* recompute_name(Recompute r);
 
 class LM {
  public:
@@ -50,6 +59,10 @@ class LM {
   // in the tape's arena: one host -> device copy for both (views of the host memory on the CPU).
   std::pair<Tensor, Tensor> upload_tokens(Tape& tape, const int* inputs, const int* targets, int64_t n) const;
 
+  // Under Recompute::Layer, forwards with grad on checkpoint every block (the default is None).
+  void set_recompute(Recompute r) { recompute_ = r; }
+  Recompute recompute() const { return recompute_; }
+
   const ModelConfig& config() const { return cfg_; }
   ParamStore& params() { return ps_; }
   const ParamStore& params() const { return ps_; }
@@ -60,11 +73,20 @@ class LM {
     int ln1, wqkv, wo, ln2;
     std::unique_ptr<MoELayer> moe;
   };
+  // Block l: x (B*T,C) -> x + attention + MoE (pre-norm); *aux gets its router loss.
+  Var block(Tape& tape, int l, const Var& x, int B, int T, int k, const RouterOptions& ro, Var* aux,
+            MoEStats* st) const;
+  // The same as a checkpointed segment (Recompute::Layer).
+  struct BlockArgs;
+  Var block_checkpointed(Tape& tape, int l, const Var& x, int B, int T, int k, const RouterOptions& ro,
+                         Var* aux, MoEStats* st) const;
+  static void run_block(const void* args, Tape& tape, const Var* in, Var* out, bool first);
   ModelConfig cfg_;
   Dispatcher* d_;
   ParamStore ps_;
   int wte_, lnf_;
   std::vector<Block> blocks_;
+  Recompute recompute_ = Recompute::None;
 };
 
 }  // namespace anyk

@@ -2,8 +2,10 @@
 #include "runtime/tape.h"
 
 #include <algorithm>
+#include <new>
 
 #include "kernels/kernels.h"
+#include "runtime/device.h"
 
 namespace anyk {
 
@@ -44,6 +46,7 @@ void Tape::set_activation_storage(DType d) {
 }
 
 Arena& Tape::scratch() {
+  if (parent_) return parent_->scratch();
   if (!scratch_) scratch_ = std::make_unique<Arena>(size_t(16) << 20, arena_->device());
   return *scratch_;
 }
@@ -61,6 +64,60 @@ void Tape::backward(const Var& loss) {
 
 void Tape::backward_seeded() {
   for (size_t i = nodes_.size(); i-- > 0;) nodes_[i].run(nodes_[i].closure);
+}
+
+namespace {
+// A segment's result must have the shape and storage its caller made for it.
+void check_segment_outputs(const Var* got, const Var* want, int n) {
+  for (int i = 0; i < n; ++i)
+    ANYK_CHECK(got[i].val.shape == want[i].val.shape && got[i].val.dtype == want[i].val.dtype,
+               "checkpoint: segment output " << i << " is " << dtype_name(got[i].val.dtype) << " "
+                                             << got[i].val.shape.str() << ", the caller made "
+                                             << dtype_name(want[i].val.dtype) << " " << want[i].val.shape.str());
+}
+
+// The segment's inputs and outputs as arrays that live as long as the tape's records.
+Var* keep_vars(Tape& tape, const Var* v, int n) {
+  Var* p = static_cast<Var*>(tape.host_arena().alloc(sizeof(Var) * size_t(n), alignof(Var) < 64 ? 64 : alignof(Var)));
+  for (int i = 0; i < n; ++i) new (p + i) Var(v[i]);
+  return p;
+}
+
+// The backward of a checkpointed segment: recompute on a child tape, seed, reverse, give back.
+void recompute_backward(Tape* tp, const CheckpointSegment& seg, const Var* in, const Var* out, int n_out) {
+  const Tape::Mark m = tp->mark();
+  {
+    Tape child(Tape::Child{}, *tp);
+    child.set_grad_enabled(true);
+    std::vector<Var> y(static_cast<size_t>(n_out), Var{});
+    seg.run(seg.ctx, child, in, y.data(), false);
+    check_segment_outputs(y.data(), out, n_out);
+    for (int i = 0; i < n_out; ++i)
+      if (y[size_t(i)].grad.defined() && out[i].grad.defined()) copy(y[size_t(i)].grad, out[i].grad);
+    child.backward_seeded();
+  }
+  tp->release(m);
+}
+}  // namespace
+
+void checkpoint(Tape& tape, const CheckpointSegment& seg, const Var* in, int n_in, Var* out, int n_out) {
+  ANYK_CHECK(tape.grad_enabled(), "checkpoint: grad is off; run the segment on the tape directly");
+  ANYK_CHECK(n_in >= 0 && n_out >= 1, "checkpoint: " << n_in << " inputs, " << n_out << " outputs");
+  Var* ins = keep_vars(tape, in, n_in);
+  Var* outs = keep_vars(tape, out, n_out);
+  const Tape::Mark m = tape.mark();
+  {
+    Tape child(Tape::Child{}, tape);
+    child.set_grad_enabled(false);  // values only: the forward kernels do not depend on it
+    std::vector<Var> y(static_cast<size_t>(n_out), Var{});
+    seg.run(seg.ctx, child, ins, y.data(), true);
+    check_segment_outputs(y.data(), out, n_out);
+    for (int i = 0; i < n_out; ++i) copy(out[i].val, y[size_t(i)].val);
+  }
+  tape.release(m);
+  Tape* tp = &tape;
+  const CheckpointSegment s = seg;
+  tape.record("checkpoint", [tp, s, ins, outs, n_out] { recompute_backward(tp, s, ins, outs, n_out); });
 }
 
 }  // namespace anyk

@@ -36,7 +36,7 @@ struct Var {
 // ops is linked. The gradient-check suite concatenates the lists and has one entry per name.
 inline constexpr std::string_view kRuntimeOps[] = {
     "embedding", "linear",  "add",         "rmsnorm",     "rope",          "attention",
-    "swiglu",    "cross_entropy", "gather_rows", "scatter_add_rows", "scale"};
+    "swiglu",    "cross_entropy", "gather_rows", "scatter_add_rows", "scale",   "checkpoint"};
 // Adds names (string views into static storage) to the registry; returns true (for use as a
 // static initialiser). Registering a name twice is harmless.
 bool register_ops(std::span<const std::string_view> names);
@@ -49,11 +49,26 @@ class Tape {
         host_(arena.device() == Device::CPU ? nullptr : std::make_unique<Arena>(size_t(1) << 20)) {
     nodes_.reserve(1024);
   }
+  // A child tape (the recompute of a checkpointed segment, checkpoint() below): its own list of
+  // records, the parent's arenas (step, host and scratch), grad mode and activation storage.
+  struct Child {};
+  Tape(Child, Tape& parent)
+      : arena_(parent.arena_), parent_(&parent), grad_enabled_(parent.grad_enabled_), act_bf16_(parent.act_bf16_) {}
 
   Arena& arena() { return *arena_; }
   // Host memory that lives as long as the recorded ops (closures, dispatch plans): the arena
   // itself on the CPU, a host arena beside it otherwise.
-  Arena& host_arena() { return host_ ? *host_ : *arena_; }
+  Arena& host_arena() { return parent_ ? parent_->host_arena() : host_ ? *host_ : *arena_; }
+  // A position in both arenas: release() gives back everything allocated in either since mark(),
+  // stack fashion (a checkpointed segment's activations, closures and dispatch plans).
+  struct Mark {
+    Arena::Mark dev, host;
+  };
+  Mark mark() { return {arena_->mark(), host_arena().mark()}; }
+  void release(const Mark& m) {
+    if (&host_arena() != arena_) host_arena().release(m.host);
+    arena_->release(m.dev);
+  }
   // With grad disabled (evaluation), ops record nothing and allocate no gradients.
   bool grad_enabled() const { return grad_enabled_; }
   void set_grad_enabled(bool on) { grad_enabled_ = on; }
@@ -136,6 +151,7 @@ class Tape {
   };
   Arena* arena_;
   std::unique_ptr<Arena> host_;  // closures when arena_ is not host memory
+  Tape* parent_ = nullptr;       // a child tape's parent (its arenas are used)
   bool grad_enabled_ = true;
   bool act_bf16_ = false;
   std::unique_ptr<Arena> scratch_;  // per-op temporaries (scratch())
@@ -149,6 +165,28 @@ inline Var view(const Var& v, Shape s) {
   if (v.grad.defined()) o.grad = v.grad.view(s);
   return o;
 }
+
+// Activation recompute (gradient checkpointing) of one segment of ops. A segment computes its
+// outputs from its inputs on a tape; it is run twice and must compute the same values both times
+// from the same inputs (the same kernels in the same order: deterministic, any sampling keyed,
+// never drawn from a stream), and use no Var but its inputs and parameters (Vars whose memory
+// outlives the step).
+struct CheckpointSegment {
+  // in: n_in Vars; out: n_out Vars to fill. `first` is true for the forward run (the run that may
+  // report statistics through ctx; it records nothing) and false for the recompute in backward.
+  void (*run)(const void* ctx, Tape& tape, const Var* in, Var* out, bool first);
+  const void* ctx;  // must live as long as the tape's records (e.g. in tape.host_arena())
+};
+// Runs `seg` on a child tape with grad off, copies its outputs into `out` (n_out Vars the caller
+// made on `tape` with the outputs' shapes and storage, gradients included) and gives back
+// everything else the run allocated: of the segment, only its inputs and outputs stay alive.
+// Records one op, "checkpoint", whose backward runs the segment again on a child tape with grad
+// on, seeds the recomputed outputs' gradients with those of `out`, runs the child's records in
+// reverse (into the inputs' gradients and the parameters'), and gives back everything it
+// allocated. Gradients equal those of the segment recorded directly on `tape`, bit for bit: the
+// same closures run in the same order and add into the same gradients. Needs grad on (with it
+// off there is nothing to keep: run the segment on the tape directly).
+void checkpoint(Tape& tape, const CheckpointSegment& seg, const Var* in, int n_in, Var* out, int n_out);
 
 // Whether any of the inputs needs a gradient (then the output does too).
 inline bool any_grad(std::initializer_list<const Var*> vs) {

@@ -129,6 +129,25 @@ std::vector<OpCase> table() {
                  const Tensor counts{const_cast<int*>(kSelfCounts), {1}, DType::I32};
                  return std::vector<Var>{all_to_all_rows(tp, in[0], counts, counts, self)};
                }});
+  // A checkpointed segment (runtime/tape.h): h = linear(x, w) and swiglu(h) as outputs, h also
+  // consumed inside the segment. Evaluated directly when grad is off (the finite differences).
+  t.push_back({"checkpoint", "two outputs, one also used inside", {{3, 4}, {6, 4}}, 1.0,
+               [](Tape& tp, std::vector<Var>& in) {
+                 static const CheckpointSegment seg{[](const void*, Tape& t, const Var* x, Var* y, bool) {
+                                            y[1] = linear(t, x[0], x[1]);
+                                            y[0] = swiglu(t, y[1]);
+                                          },
+                                          nullptr};
+                 Var y[2];
+                 if (!tp.grad_enabled()) {
+                   seg.run(nullptr, tp, in.data(), y, true);
+                 } else {
+                   y[0] = tp.make({3, 3}, in[0].dtype(), true);
+                   y[1] = tp.make({3, 6}, in[0].dtype(), true);
+                   checkpoint(tp, seg, in.data(), 2, y, 2);
+                 }
+                 return std::vector<Var>{y[0], y[1]};
+               }});
   return t;
 }
 
