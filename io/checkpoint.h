@@ -50,6 +50,7 @@ struct TensorRef {
   float* m = nullptr;
   float* v = nullptr;
   Device device = Device::CPU;
+  bool host_moments = false;  // m and v are in host memory whatever `device` is (--zero 1's whole moments)
 };
 
 // One expert's slice of an expert parameter: name "layers.0.moe.experts.w13", shape (2H, C).
@@ -70,6 +71,23 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
 std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region);
 // Local expert slices, global id = first_expert + local index; opt may be null.
 std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert);
+
+// --zero 1: the optimizer holds only this rank's block of each region's moments, a checkpoint the
+// whole region's (so it resumes into any layout, with or without --zero). RegionMoments is one
+// region's m and v in host memory (empty where not needed).
+struct RegionMoments {
+  std::vector<float> m, v;
+};
+// Collective over `group`, the region's data-parallel group (world for dense, edp for experts;
+// the blocks are block_range(n, group.size(), rank)): AdamW region `region` holds this rank's
+// block; rank 0 of the group gets the whole (n) moments, the others an empty RegionMoments.
+RegionMoments gather_moments(const AdamW& opt, int region, int64_t n, const Comm& group);
+// Resuming: this rank's block [b.begin, b.end) of whole moments into AdamW region `region`.
+void scatter_moments(const RegionMoments& whole, AdamW& opt, int region, BlockRange b);
+// The views above with the moments in whole-region host buffers (m, v of region_numel values, or
+// empty: no moments), for --zero 1's saves and resumes.
+std::vector<TensorRef> dense_refs(ParamStore& ps, RegionMoments& whole);
+std::vector<ExpertRef> expert_refs(ParamStore& ps, RegionMoments& whole, int first_expert);
 
 // --- single files ----------------------------------------------------------------------------
 // meta.h5: attributes of meta, /params, and when the refs have moments /adam_m and /adam_v.
