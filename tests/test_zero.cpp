@@ -21,6 +21,7 @@
 
 #include "io/checkpoint.h"
 #include "io/weights.h"
+#include "launch/memory.h"
 #include "model/lm.h"
 #include "test_util.h"
 
@@ -191,4 +192,47 @@ TEST_CASE("--zero other than 0 or 1 is one clear error") {
   CHECK(res.rc != 0);
   CHECK(res.err.find("--zero 2") != std::string::npos);
   CHECK(std::count(res.err.begin(), res.err.end(), '\n') == 1);
+}
+
+TEST_CASE("the memory estimate splits the state per rank and divides the moments under --zero 1") {
+  launch::TrainOptions o;
+  o.vocab = 256;
+  for (int ep : {4, 2}) {
+    CAPTURE(ep);
+    o.zero = 0;
+    const launch::MemoryEstimate a = launch::estimate_train_memory(o, 4, ep, true, 0);
+    o.zero = 1;
+    const launch::MemoryEstimate b = launch::estimate_train_memory(o, 4, ep, true, 0);
+    CHECK(a.params > 0);
+    CHECK(a.grads == a.params);       // the same layout
+    CHECK(a.moments == 2 * a.params);  // m and v of every parameter
+    CHECK(b.params == a.params);
+    CHECK(b.grads == a.grads);
+    CHECK(b.activations == a.activations);
+    // Dense moments over 4 ranks, the experts' over their 4 / ep replicas (blocks rounded up).
+    const double experts_local = 3.0 * o.layers * (o.experts / ep) * o.dim * o.expert_hidden;
+    const double dense = a.params / 4 - experts_local;
+    CHECK(b.moments == doctest::Approx(8 * (dense / 4 + experts_local / (4 / ep))).epsilon(1e-6));
+    CHECK(b.total() < a.total());
+    CHECK(b.describe().find("AdamW moments") != std::string::npos);
+    CHECK(b.describe().find("--zero 1: dense 1/4") != std::string::npos);
+    // Without --zero the refusal names it as a knob when the state is what does not fit.
+    CHECK(a.largest_knob().find("--zero 1") == std::string::npos);  // activations dominate at the defaults
+  }
+  launch::TrainOptions big = o;  // a wide model on short sequences: the state dominates
+  big.dim = 2048;
+  big.expert_hidden = 4096;
+  big.seq_len = 16;
+  big.batch = 1;
+  big.zero = 0;
+  CHECK(launch::estimate_train_memory(big, 4, 4, true, 0).largest_knob().find("--zero 1") != std::string::npos);
+  big.zero = 1;
+  CHECK(launch::estimate_train_memory(big, 4, 4, true, 0).largest_knob().find("--zero 1") == std::string::npos);
+  // The hook for --recompute layer: each layer's input instead of all its activations.
+  o.zero = 0;
+  o.layers = 8;
+  const launch::MemoryEstimate keep = launch::estimate_train_memory(o, 1, 1, true, 0);
+  const launch::MemoryEstimate rec = launch::estimate_train_memory(o, 1, 1, true, 0, true);
+  CHECK(rec.activations < keep.activations / 2);
+  CHECK(rec.describe().find("--recompute layer") != std::string::npos);
 }
