@@ -129,6 +129,19 @@ void read_ref(hid_t f, const std::string& path, const std::string& prefix, const
              path << " has no optimizer state (no group '" << prefix << "adam_m') hint: it was converted with "
                   << "--no-optimizer; it can be evaluated, not resumed");
   const Device md = t.host_moments ? Device::CPU : t.device;
+  if (t.moments_to >= 0) {  // only [moments_from, moments_to) is wanted: through the staging
+    ANYK_CHECK(t.moments_from >= 0 && t.moments_from <= t.moments_to && t.moments_to <= numel_of(t.shape),
+               "checkpoint read: moments [" << t.moments_from << ", " << t.moments_to << ") of " << t.name);
+    const size_t bytes = size_t(t.moments_to - t.moments_from) * sizeof(float);
+    stage.resize(size_t(std::max<int64_t>(numel_of(t.shape), 1)));
+    for (int k = 0; k < 2; ++k) {
+      float* dst = k == 0 ? t.m : t.v;
+      if (!dst) continue;
+      h5::read_f32(f, path, prefix + (k == 0 ? "adam_m/" : "adam_v/") + t.name, stage.data(), t.shape);
+      if (bytes) allocator(md).from_host(dst, stage.data() + t.moments_from, bytes);
+    }
+    return;
+  }
   if (t.m) read_dev_f32(f, path, prefix + "adam_m/" + t.name, t.m, md, t.shape, stage);
   if (t.v) read_dev_f32(f, path, prefix + "adam_v/" + t.name, t.v, md, t.shape, stage);
 }
@@ -285,13 +298,34 @@ RegionMoments gather_moments(const AdamW& opt, int region, int64_t n, const Comm
   return out;
 }
 
-void scatter_moments(const RegionMoments& whole, AdamW& opt, int region, BlockRange b) {
-  if (b.size() == 0) return;
-  ANYK_CHECK(region >= 0 && opt.region_size(region) == b.size() && int64_t(whole.m.size()) >= b.end &&
-                 int64_t(whole.v.size()) >= b.end,
-             "--zero 1: cannot place the moments [" << b.begin << ", " << b.end << ") into the optimizer");
-  from_host(opt.m_tensor(region), whole.m.data() + b.begin);
-  from_host(opt.v_tensor(region), whole.v.data() + b.begin);
+namespace {
+// Points t's moments at the part of AdamW region `region` (block b of the ParamStore region whose
+// data starts at base) that overlaps t, or at nothing.
+void cut_moments(TensorRef& t, const float* base, AdamW& opt, int region, BlockRange b) {
+  const int64_t off = t.value - base, n = numel_of(t.shape);
+  const int64_t lo = std::max(off, b.begin), hi = std::min(off + n, b.end);
+  if (hi <= lo) return;
+  t.m = opt.m(region) + (lo - b.begin);
+  t.v = opt.v(region) + (lo - b.begin);
+  t.moments_from = lo - off;
+  t.moments_to = hi - off;
+}
+}  // namespace
+
+std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b) {
+  check_same_device(ps, &opt);
+  std::vector<TensorRef> out = dense_refs_at(ps, nullptr, nullptr, false);
+  const float* base = static_cast<const float*>(ps.region_data(Region::Dense));
+  for (TensorRef& t : out) cut_moments(t, base, opt, region, b);
+  return out;
+}
+
+std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b, int first_expert) {
+  check_same_device(ps, &opt);
+  std::vector<ExpertRef> out = expert_refs_at(ps, nullptr, nullptr, false, first_expert);
+  const float* base = static_cast<const float*>(ps.region_data(Region::Expert));
+  for (ExpertRef& r : out) cut_moments(r.t, base, opt, region, b);
+  return out;
 }
 
 void write_meta_file(const std::string& path, const CheckpointMeta& meta, const std::vector<TensorRef>& dense) {

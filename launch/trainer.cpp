@@ -235,27 +235,25 @@ void Trainer::build_optimizer() {
 
 // --zero 1: a checkpoint holds whole moments, so it resumes into any layout with or without
 // --zero. Saving (gather): each region's writer (world rank 0 for dense, the first replica's
-// ranks for experts: rank 0 of each edp group) gathers them from its group; resuming (!gather):
-// every rank reads them whole into host memory and keeps its block (zero_drop_whole).
+// ranks for experts: rank 0 of each edp group) gathers them from its group into host memory
+// for the save (freed by zero_drop_refs); resuming: every rank reads each tensor's moments and
+// keeps the part in its block.
 void Trainer::zero_checkpoint_refs(bool gather) {
   ParamStore& ps = lm_->params();
-  for (Region r : {Region::Dense, Region::Expert}) {
-    const int64_t n = ps.region_numel(r);
-    io::RegionMoments& w = zero_whole_[int(r)];
-    if (gather)
-      w = io::gather_moments(*opt_, opt_region_[int(r)], n, r == Region::Dense ? groups_.world : groups_.edp);
-    else
-      w = io::RegionMoments{std::vector<float>(size_t(n)), std::vector<float>(size_t(n))};
+  const int d = opt_region_[int(Region::Dense)], e = opt_region_[int(Region::Expert)];
+  if (!gather) {
+    ckpt_dense_ = io::dense_refs(ps, *opt_, d, zero_block(ps, groups_, Region::Dense));
+    ckpt_experts_ = io::expert_refs(ps, *opt_, e, zero_block(ps, groups_, Region::Expert), disp_->first_expert());
+    return;
   }
+  for (Region r : {Region::Dense, Region::Expert})
+    zero_whole_[int(r)] = io::gather_moments(*opt_, opt_region_[int(r)], ps.region_numel(r),
+                                             r == Region::Dense ? groups_.world : groups_.edp);
   ckpt_dense_ = io::dense_refs(ps, zero_whole_[int(Region::Dense)]);
   ckpt_experts_ = io::expert_refs(ps, zero_whole_[int(Region::Expert)], disp_->first_expert());
 }
 
-void Trainer::zero_drop_whole(bool place) {
-  ParamStore& ps = lm_->params();
-  for (Region r : {Region::Dense, Region::Expert})
-    if (place && ps.region_numel(r) > 0)
-      io::scatter_moments(zero_whole_[int(r)], *opt_, opt_region_[int(r)], zero_block(ps, groups_, r));
+void Trainer::zero_drop_refs() {
   zero_whole_[0] = zero_whole_[1] = io::RegionMoments{};  // freed
   ckpt_dense_.clear();
   ckpt_experts_.clear();
@@ -272,7 +270,7 @@ void Trainer::resume() {
   const auto tr = clock::now();
   if (o_.zero) zero_checkpoint_refs(false);
   io::read_checkpoint_tensors(p_.resume_dir, p_.resume, ckpt_dense_, ckpt_experts_);
-  if (o_.zero) zero_drop_whole(true);
+  if (o_.zero) zero_drop_refs();
   opt_->set_step_count(p_.resume.adam_step);
   step0_ = p_.resume.step;
   pos0_ = p_.resume.loader_position;
@@ -589,7 +587,7 @@ void Trainer::save(int64_t done) {  // collective
   meta.config_ini = p_.config_ini;
   if (o_.zero) zero_checkpoint_refs(true);
   const int64_t bytes = io::save_checkpoint(groups_, o_.run_dir, meta, ckpt_dense_, ckpt_experts_, o_.keep);
-  if (o_.zero) zero_drop_whole(false);
+  if (o_.zero) zero_drop_refs();
   const double total = world_.all_reduce_sum(double(bytes));
   say(fmt("checkpoint: saved %s/%s (%.2f MB, %.2f s)", io::checkpoints_dir(o_.run_dir).c_str(),
           io::step_dir_name(done).c_str(), total / (1 << 20), secs(ts, clock::now())));

@@ -66,8 +66,8 @@ class Trainer {
   void build_model();
   void load_init_weights();
   void build_optimizer();
-  void zero_checkpoint_refs(bool gather);  // --zero 1: checkpoint views over whole moments
-  void zero_drop_whole(bool place);        // --zero 1: frees them (place: keeps this rank's block first)
+  void zero_checkpoint_refs(bool gather);  // --zero 1: checkpoint views for a save (gather) or resume
+  void zero_drop_refs();                   // --zero 1: frees them and any gathered moments
   void resume();
   void take_run_dir();
   void open_outputs();
