@@ -3,7 +3,8 @@
 // - np 4 (ep 4, and ep 2 with experts sharded over their 2 replicas): the losses of --zero 0
 //   within 1e-6 per step. Not bit for bit: MPI_Allreduce and MPI_Reduce_scatter may add the four
 //   ranks' float gradients in different orders ((a+b)+(c+d) against ((a+b)+c)+d), which moves a
-//   summed gradient by an ulp now and then. The AdamW moments each rank allocated (the trainer's
+//   summed gradient by an ulp now and then. The global gradient norm (from the blocks' squares,
+//   summed over the world) within 1e-6 relative. The AdamW moments each rank allocated (the trainer's
 //   `optimizer:` line: the sizes of its buffers) fall 4x for dense parameters, 2x for experts at ep 2.
 // - np 2: bit-identical losses, weights and checkpoints (a sum of two floats is the same either
 //   way round), also on --device checked; the checkpoint holds the whole moments, the same bytes
@@ -51,6 +52,9 @@ struct Runner {
   }
   std::vector<double> losses(const std::string& run_dir) const {
     return anyk::test::numbers(anyk::test::read_jsonl(dir / run_dir / "metrics.jsonl", "train"), "loss");
+  }
+  std::vector<double> norms(const std::string& run_dir) const {
+    return anyk::test::numbers(anyk::test::read_jsonl(dir / run_dir / "metrics.jsonl", "train"), "grad_norm");
   }
   // The `optimizer:` line's per-rank moment bytes: {dense lo, dense hi, experts lo, experts hi}.
   std::vector<double> moment_bytes(const std::string& run_dir) const {
@@ -138,6 +142,11 @@ TEST_CASE("np 4: --zero 1 gives --zero 0's losses within 1e-6 and a quarter of t
     REQUIRE(b.size() == a.size());
     CHECK(a.back() < a.front());  // it trains
     for (size_t i = 0; i < a.size(); ++i) CHECK(std::abs(a[i] - b[i]) <= 1e-6);
+    // The global gradient norm (clipping is active: it exceeds --grad-clip 1) from the blocks.
+    const auto na = r.norms(base), nb = r.norms(zero);
+    REQUIRE(nb.size() == na.size());
+    CHECK(na.front() > 1.0);
+    for (size_t i = 0; i < na.size(); ++i) CHECK(std::abs(na[i] - nb[i]) <= 1e-6 * na[i]);
     // Moments per rank, as allocated: dense over 4 ranks, experts over their 4 / ep replicas.
     const auto mb = r.moment_bytes(base), mz = r.moment_bytes(zero);
     CHECK(mb[0] == mb[1]);  // without --zero every rank holds the same dense moments
