@@ -7,8 +7,8 @@
 //   summed over the world) within 1e-6 relative. The AdamW moments each rank allocated (the trainer's
 //   `optimizer:` line: the sizes of its buffers) fall 4x for dense parameters, 2x for experts at ep 2.
 // - np 2: bit-identical losses, weights and checkpoints (a sum of two floats is the same either
-//   way round), also on --device checked; the checkpoint holds the whole moments, the same bytes
-//   as --zero 0's.
+//   way round), at ep 2 and at ep 1 (the experts' moments sharded too) on --device checked; the
+//   checkpoint holds the whole moments, the same bytes as --zero 0's.
 // - resume: a --zero 1 checkpoint continues bit for bit on its layout, and resumes without
 //   --zero into another np/ep; a --zero 0 checkpoint resumes with --zero 1.
 #include <doctest/doctest.h>
@@ -169,26 +169,27 @@ TEST_CASE("np 2: --zero 1 is bit-identical (also on --device checked); its check
   Runner r;
   REQUIRE(r.train(2, "base", "--ep 2") == 0);
   REQUIRE(r.train(2, "zero", "--ep 2 --zero 1") == 0);
-  REQUIRE(r.train(2, "zero_checked", "--ep 2 --zero 1 --device checked") == 0);
+  // ep 1: the experts' moments sharded too (over their 2 replicas), on the checked device.
+  REQUIRE(r.train(2, "base_ep1", "--ep 1") == 0);
+  REQUIRE(r.train(2, "zero_ep1_checked", "--ep 1 --zero 1 --device checked") == 0);
   const auto a = r.losses("base");
   REQUIRE(a.size() == 10);
   CHECK(r.losses("zero") == a);
-  CHECK(r.losses("zero_checked") == a);
-  const auto w = weights(r.dir / "base/model.h5");
-  CHECK(same_bits(weights(r.dir / "zero/model.h5"), w));
-  CHECK(same_bits(weights(r.dir / "zero_checked/model.h5"), w));
+  CHECK(r.losses("zero_ep1_checked") == r.losses("base_ep1"));
+  CHECK(same_bits(weights(r.dir / "zero/model.h5"), weights(r.dir / "base/model.h5")));
+  CHECK(same_bits(weights(r.dir / "zero_ep1_checked/model.h5"), weights(r.dir / "base_ep1/model.h5")));
   // The checkpoints hold the whole moments: the same bytes as --zero 0's.
-  const auto ck = checkpoint(r.dir / "base/checkpoints/step_5");
-  CHECK(same_bits(checkpoint(r.dir / "zero/checkpoints/step_5"), ck));
-  CHECK(same_bits(checkpoint(r.dir / "zero_checked/checkpoints/step_5"), ck));
+  CHECK(same_bits(checkpoint(r.dir / "zero/checkpoints/step_5"), checkpoint(r.dir / "base/checkpoints/step_5")));
+  CHECK(same_bits(checkpoint(r.dir / "zero_ep1_checked/checkpoints/step_5"),
+                  checkpoint(r.dir / "base_ep1/checkpoints/step_5")));
   // A --zero 1 checkpoint resumes without --zero into np 4 ep 4, as --zero 0's does.
   REQUIRE(r.train(4, "from_zero", "--ep 4 --resume zero/checkpoints/step_5") == 0);
   REQUIRE(r.train(4, "from_base", "--ep 4 --resume base/checkpoints/step_5") == 0);
   CHECK(r.losses("from_zero") == r.losses("from_base"));
   CHECK(r.losses("from_zero").size() == 5);
   // A --zero 0 checkpoint resumes with --zero 1 into np 2 ep 1 (experts sharded over 2 replicas)
-  // exactly as without it.
-  REQUIRE(r.train(2, "base_to_zero", "--ep 1 --zero 1 --resume base/checkpoints/step_5") == 0);
+  // exactly as without it, and so on the checked device.
+  REQUIRE(r.train(2, "base_to_zero", "--ep 1 --zero 1 --device checked --resume base/checkpoints/step_5") == 0);
   REQUIRE(r.train(2, "base_to_base", "--ep 1 --resume base/checkpoints/step_5") == 0);
   CHECK(r.losses("base_to_zero") == r.losses("base_to_base"));
   CHECK(same_bits(weights(r.dir / "base_to_zero/model.h5"), weights(r.dir / "base_to_base/model.h5")));
