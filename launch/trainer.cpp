@@ -361,10 +361,11 @@ void Trainer::describe_run() {
     if (opt_region_[g] >= 0) mb[g] = double(opt_->moment_bytes(opt_region_[g]));
   const double d_hi = world_.all_reduce_max(mb[0]), d_lo = -world_.all_reduce_max(-mb[0]);
   const double e_hi = world_.all_reduce_max(mb[1]), e_lo = -world_.all_reduce_max(-mb[1]);
+  const std::string how = o_.zero ? fmt("--zero 1: dense moments in %d block(s), one per rank; experts' in %d", P_,
+                                        groups_.edp_size)
+                                  : std::string("every rank holds its parameters' moments whole");
   say(fmt("optimizer: AdamW moments allocated per rank: dense %.0f..%.0f bytes, experts %.0f..%.0f bytes (%s)", d_lo,
-          d_hi, e_lo, e_hi,
-          o_.zero ? fmt("--zero 1: dense sharded over %d ranks, experts over %d", P_, groups_.edp_size).c_str()
-                  : "every rank holds its parameters' moments whole"));
+          d_hi, e_lo, e_hi, how.c_str()));
   say("memory: estimate " + mem_.describe() + " on rank 0; " + gib(node_need_) + " for the " +
       std::to_string(node_.size()) + " rank(s) on its node; " +
       (mem_avail_ >= 0 ? gib(mem_avail_) + " available (" + mem_source_ + ")" : std::string("available unknown")));
