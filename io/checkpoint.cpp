@@ -128,9 +128,25 @@ void read_ref(hid_t f, const std::string& path, const std::string& prefix, const
   ANYK_CHECK(h5::link_exists(f, prefix + "adam_m"),
              path << " has no optimizer state (no group '" << prefix << "adam_m') hint: it was converted with "
                   << "--no-optimizer; it can be evaluated, not resumed");
-  if (t.m) read_dev_f32(f, path, prefix + "adam_m/" + t.name, t.m, t.device, t.shape, stage);
-  if (t.v) read_dev_f32(f, path, prefix + "adam_v/" + t.name, t.v, t.device, t.shape, stage);
+  const Device md = t.host_moments ? Device::CPU : t.device;
+  if (t.moments_to >= 0) {  // only [moments_from, moments_to) is wanted: through the staging
+    ANYK_CHECK(t.moments_from >= 0 && t.moments_from <= t.moments_to && t.moments_to <= numel_of(t.shape),
+               "checkpoint read: moments [" << t.moments_from << ", " << t.moments_to << ") of " << t.name);
+    const size_t bytes = size_t(t.moments_to - t.moments_from) * sizeof(float);
+    stage.resize(size_t(std::max<int64_t>(numel_of(t.shape), 1)));
+    for (int k = 0; k < 2; ++k) {
+      float* dst = k == 0 ? t.m : t.v;
+      if (!dst) continue;
+      h5::read_f32(f, path, prefix + (k == 0 ? "adam_m/" : "adam_v/") + t.name, stage.data(), t.shape);
+      if (bytes) allocator(md).from_host(dst, stage.data() + t.moments_from, bytes);
+    }
+    return;
+  }
+  if (t.m) read_dev_f32(f, path, prefix + "adam_m/" + t.name, t.m, md, t.shape, stage);
+  if (t.v) read_dev_f32(f, path, prefix + "adam_v/" + t.name, t.v, md, t.shape, stage);
 }
+
+Device moment_device(const TensorRef& t) { return t.host_moments ? Device::CPU : t.device; }
 
 void check_same_device(const ParamStore& ps, const AdamW* opt) {
   ANYK_CHECK(!opt || opt->device() == ps.device(),
@@ -192,24 +208,30 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
   return dir.string();
 }
 
-std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region) {
-  check_same_device(ps, opt);
+namespace {
+
+// Moment pointers of one ref: base + offset, or null when there are no moments.
+void set_moments(TensorRef& t, float* m, float* v, int64_t off, bool host) {
+  if (!m || !v) return;
+  t.m = m + off;
+  t.v = v + off;
+  t.host_moments = host;
+}
+
+// The refs over region bases m, v (the region's moments; null: none).
+std::vector<TensorRef> dense_refs_at(ParamStore& ps, float* m, float* v, bool host) {
   std::vector<TensorRef> out;
   float* base = static_cast<float*>(ps.region_data(Region::Dense));
   for (const ParamInfo& i : ps.infos()) {
     if (i.region != Region::Dense) continue;
     TensorRef t{i.name, dims_of(i.shape), base + i.offset, nullptr, nullptr, ps.device()};
-    if (opt) {
-      t.m = opt->m(dense_region) + i.offset;
-      t.v = opt->v(dense_region) + i.offset;
-    }
+    set_moments(t, m, v, i.offset, host);
     out.push_back(std::move(t));
   }
   return out;
 }
 
-std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert) {
-  check_same_device(ps, opt);
+std::vector<ExpertRef> expert_refs_at(ParamStore& ps, float* m, float* v, bool host, int first_expert) {
   std::vector<ExpertRef> out;
   float* base = static_cast<float*>(ps.region_data(Region::Expert));
   int E_local = -1;
@@ -226,13 +248,83 @@ std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region
       std::vector<int64_t> shape(i.shape.d.begin() + 1, i.shape.d.begin() + i.shape.ndim);
       const int64_t off = i.offset + int64_t(j) * numel_of(shape);
       ExpertRef r{first_expert + j, TensorRef{i.name, shape, base + off, nullptr, nullptr, ps.device()}};
-      if (opt) {
-        r.t.m = opt->m(expert_region) + off;
-        r.t.v = opt->v(expert_region) + off;
-      }
+      set_moments(r.t, m, v, off, host);
       out.push_back(std::move(r));
     }
   }
+  return out;
+}
+
+float* data_or_null(std::vector<float>& x) { return x.empty() ? nullptr : x.data(); }
+
+}  // namespace
+
+std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region) {
+  check_same_device(ps, opt);
+  return opt ? dense_refs_at(ps, opt->m(dense_region), opt->v(dense_region), false)
+             : dense_refs_at(ps, nullptr, nullptr, false);
+}
+
+std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert) {
+  check_same_device(ps, opt);
+  return opt ? expert_refs_at(ps, opt->m(expert_region), opt->v(expert_region), false, first_expert)
+             : expert_refs_at(ps, nullptr, nullptr, false, first_expert);
+}
+
+std::vector<TensorRef> dense_refs(ParamStore& ps, RegionMoments& whole) {
+  return dense_refs_at(ps, data_or_null(whole.m), data_or_null(whole.v), true);
+}
+
+std::vector<ExpertRef> expert_refs(ParamStore& ps, RegionMoments& whole, int first_expert) {
+  return expert_refs_at(ps, data_or_null(whole.m), data_or_null(whole.v), true, first_expert);
+}
+
+RegionMoments gather_moments(const AdamW& opt, int region, int64_t n, const Comm& group) {
+  RegionMoments out;
+  const bool root = group.rank() == 0;
+  const BlockRange b = block_range(n, group.size(), group.rank());
+  ANYK_CHECK(region >= 0 ? opt.region_size(region) == b.size() : b.size() == 0,
+             "--zero 1: the optimizer holds " << (region >= 0 ? opt.region_size(region) : 0)
+                                              << " moments of this rank's block of " << b.size());
+  if (root) {
+    out.m.resize(size_t(n));
+    out.v.resize(size_t(n));
+  }
+  std::vector<float> block(size_t(b.size()));
+  for (int k = 0; k < 2; ++k) {
+    if (b.size()) to_host(block.data(), k == 0 ? opt.m_tensor(region) : opt.v_tensor(region));
+    group.gather_blocks(block.data(), n, root ? (k == 0 ? out.m : out.v).data() : nullptr, 0);
+  }
+  return out;
+}
+
+namespace {
+// Points t's moments at the part of AdamW region `region` (block b of the ParamStore region whose
+// data starts at base) that overlaps t, or at nothing.
+void cut_moments(TensorRef& t, const float* base, AdamW& opt, int region, BlockRange b) {
+  const int64_t off = t.value - base, n = numel_of(t.shape);
+  const int64_t lo = std::max(off, b.begin), hi = std::min(off + n, b.end);
+  if (hi <= lo) return;
+  t.m = opt.m(region) + (lo - b.begin);
+  t.v = opt.v(region) + (lo - b.begin);
+  t.moments_from = lo - off;
+  t.moments_to = hi - off;
+}
+}  // namespace
+
+std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b) {
+  check_same_device(ps, &opt);
+  std::vector<TensorRef> out = dense_refs_at(ps, nullptr, nullptr, false);
+  const float* base = static_cast<const float*>(ps.region_data(Region::Dense));
+  for (TensorRef& t : out) cut_moments(t, base, opt, region, b);
+  return out;
+}
+
+std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b, int first_expert) {
+  check_same_device(ps, &opt);
+  std::vector<ExpertRef> out = expert_refs_at(ps, nullptr, nullptr, false, first_expert);
+  const float* base = static_cast<const float*>(ps.region_data(Region::Expert));
+  for (ExpertRef& r : out) cut_moments(r.t, base, opt, region, b);
   return out;
 }
 
@@ -256,9 +348,9 @@ void write_meta_file(const std::string& path, const CheckpointMeta& meta, const 
     }
     if (moments) {
       h5::Handle gm = h5::create_group(f, path, "adam_m");
-      for (const TensorRef& t : dense) write_dev_f32(gm.id, path, t.name, t.m, t.device, t.shape, stage);
+      for (const TensorRef& t : dense) write_dev_f32(gm.id, path, t.name, t.m, moment_device(t), t.shape, stage);
       h5::Handle gv = h5::create_group(f, path, "adam_v");
-      for (const TensorRef& t : dense) write_dev_f32(gv.id, path, t.name, t.v, t.device, t.shape, stage);
+      for (const TensorRef& t : dense) write_dev_f32(gv.id, path, t.name, t.v, moment_device(t), t.shape, stage);
     }
   });
 }
@@ -287,8 +379,8 @@ void write_experts_file(const std::string& path, const CheckpointMeta& meta, int
       for (int k = 0; k < (moments ? 3 : 1); ++k) {
         h5::Handle sub = h5::create_group(g.id, path, groups[k]);
         for (const TensorRef* t : refs)
-          write_dev_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v, t->device, t->shape,
-                        stage);
+          write_dev_f32(sub.id, path, t->name, k == 0 ? t->value : k == 1 ? t->m : t->v,
+                        k == 0 ? t->device : moment_device(*t), t->shape, stage);
       }
     }
   });

@@ -50,6 +50,10 @@ struct TensorRef {
   float* m = nullptr;
   float* v = nullptr;
   Device device = Device::CPU;
+  bool host_moments = false;  // m and v are in host memory whatever `device` is (--zero 1's whole moments)
+  // Reading only (--zero 1's resume): when moments_to >= 0, m and v receive just the tensor's
+  // elements [moments_from, moments_to) (this rank's block); the rest is read and dropped.
+  int64_t moments_from = 0, moments_to = -1;
 };
 
 // One expert's slice of an expert parameter: name "layers.0.moe.experts.w13", shape (2H, C).
@@ -70,6 +74,26 @@ std::string resolve_checkpoint(const std::string& spec, const std::string& run_d
 std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW* opt, int dense_region);
 // Local expert slices, global id = first_expert + local index; opt may be null.
 std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW* opt, int expert_region, int first_expert);
+
+// --zero 1: the optimizer holds only this rank's block of each region's moments, a checkpoint the
+// whole region's (so it resumes into any layout, with or without --zero). RegionMoments is one
+// region's m and v in host memory (empty where not needed).
+struct RegionMoments {
+  std::vector<float> m, v;
+};
+// Collective over `group`, the region's data-parallel group (world for dense, edp for experts;
+// the blocks are block_range(n, group.size(), rank)): AdamW region `region` holds this rank's
+// block; rank 0 of the group gets the whole (n) moments, the others an empty RegionMoments.
+RegionMoments gather_moments(const AdamW& opt, int region, int64_t n, const Comm& group);
+// Saving: the views above with the moments in whole-region host buffers (m, v of region_numel
+// values, or empty on the ranks that do not write them).
+std::vector<TensorRef> dense_refs(ParamStore& ps, RegionMoments& whole);
+std::vector<ExpertRef> expert_refs(ParamStore& ps, RegionMoments& whole, int first_expert);
+// Resuming: the views for reading, with each tensor's moments cut to the part inside block b of
+// its region, which AdamW region `region` holds (moments_from/to; a tensor outside b reads none),
+// so a rank never holds more than one tensor's whole moments (the read's staging).
+std::vector<TensorRef> dense_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b);
+std::vector<ExpertRef> expert_refs(ParamStore& ps, AdamW& opt, int region, BlockRange b, int first_expert);
 
 // --- single files ----------------------------------------------------------------------------
 // meta.h5: attributes of meta, /params, and when the refs have moments /adam_m and /adam_v.

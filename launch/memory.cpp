@@ -2,6 +2,7 @@
 #include "launch/memory.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,19 +21,27 @@ std::string gib(double bytes) {
 }
 
 std::string MemoryEstimate::largest_knob() const {
-  if (activations >= params + eval_copy && activations >= data)
-    return "lower --batch (activations grow with --batch x --seq-len, and with --seq-len squared in attention), "
+  const double state = params + grads + moments;
+  if (activations >= state + eval_copy && activations >= data)
+    return std::string(recompute ? "" : "pass --recompute layer (about one layer's activations alive), or ") +
+           "lower --batch (activations grow with --batch x --seq-len, and with --seq-len squared in attention), "
            "or raise --grad-accum to keep the global batch";
-  if (data > params + eval_copy) return "use a smaller corpus (the token shards are held in memory)";
+  if (data > state + eval_copy) return "use a smaller corpus (the token shards are held in memory)";
+  if (zero == 0 && zero_ranks > 1)  // the moments are half of the state: sharding them saves the most
+    return "pass --zero 1 to shard the AdamW moments over the " + std::to_string(zero_ranks) +
+           " ranks, or lower --dim, --expert-hidden or --experts";
   return "lower --dim, --expert-hidden or --experts, or spread the experts over more ranks (--ep)";
 }
 
 std::string MemoryEstimate::describe() const {
-  return gib(total()) + " (params+grads+AdamW " + gib(params) + ", activations " + gib(activations) +
+  const std::string sharded = zero ? " (--zero 1: dense 1/" + std::to_string(zero_ranks) + ")" : "";
+  return gib(total()) + " (parameters " + gib(params) + ", gradients " + gib(grads) + ", AdamW moments " +
+         gib(moments) + sharded + ", activations " + gib(activations) + (recompute ? " (--recompute layer)" : "") +
          ", eval copy " + gib(eval_copy) + ", data " + gib(data) + ")";
 }
 
-MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, bool rank0, int64_t tokens) {
+MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, bool rank0, int64_t tokens,
+                                     bool recompute_layers) {
   // Everything in double: the options may be absurd (--dim 1000000) and must not overflow here.
   const double L = o.layers, C = o.dim, E = o.experts, H = o.expert_hidden, T = o.seq_len, B = o.batch,
                NH = o.heads, V = o.vocab > 0 ? o.vocab : 256;
@@ -45,7 +54,15 @@ MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, b
   const double expert_full = L * E * 3 * C * H;
   const double expert_local = L * E_local * 3 * C * H;
   MemoryEstimate m;
-  m.params = 16.0 * (dense + expert_local);  // value, gradient, AdamW m and v (f32)
+  m.params = 4.0 * (dense + expert_local);
+  m.grads = m.params;
+  // --zero 1: a block of each region per rank of its data-parallel group (dense: every rank;
+  // experts: the world / ep replicas of this rank's experts), rounded up.
+  const double dp_dense = o.zero ? std::max(1, world) : 1, dp_expert = o.zero ? std::max(1, world / eps) : 1;
+  m.moments = 8.0 * (std::ceil(dense / dp_dense) + std::ceil(expert_local / dp_expert));
+  m.zero = o.zero;
+  m.zero_ranks = std::max(1, world);
+  m.recompute = recompute_layers;
   // Activations per layer and token: the dense path (norms, q/k/v before and after RoPE,
   // attention output, projection, residuals) about 14 C, the router 3 E, the routed rows
   // K (3 C + 3 H) (gathered input, w1/w3 output, SwiGLU, output). Each is stored in f32, or in
@@ -59,7 +76,14 @@ MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, b
   const double per_layer = BT * (14 * C + 3 * E + K * (3 * C + 3 * H)) * (vb + 4) + att +
                            (eps > 1 ? 2 * BT * K * C * (vb + 4) : 0);
   const double scratch = bf16 ? 8.0 * BT * std::max({V, 6 * C, K * (2 * H + C)}) : 0;
-  m.activations = 1.25 * (L * per_layer + att + scratch + BT * V * (vb + 8));
+  // --recompute layer keeps the residual stream (the embedding output and each layer's output,
+  // value and f32 gradient) and the activations of the one layer being recomputed; the peak
+  // follows the most loaded layer rather than the mean, hence 1.5 (docs/design.md, "Activation
+  // recompute": measured against the arena at L=8, f32, bf16 and ep 2). Otherwise every layer's
+  // activations stay alive.
+  const double layers =
+      recompute_layers ? 1.5 * per_layer + (L + 1) * BT * C * (vb + 4) : L * per_layer;
+  m.activations = 1.25 * (layers + att + scratch + BT * V * (vb + 8));
   if (rank0 && (eps > 1 || o.k_strategy == "top_p")) m.eval_copy = 4.0 * (dense + expert_full);
   m.data = 2.0 * double(tokens);
   return m;

@@ -176,6 +176,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("recompute", &o.recompute, "activation recompute: none, or layer (keep each layer's input and output "
                                    "only and run its forward again in the backward: about one layer's "
                                    "activations alive instead of all, for one more forward; same gradients)");
+  t.add("zero", &o.zero, "1: shard the AdamW moments over the data-parallel ranks (ZeRO stage 1: gradients "
+                         "reduce-scattered, parameters all-gathered; docs/memory.md); 0: every rank keeps them all");
   t.add_switch("profile", &o.profile, "log the step-time split: compute, dispatch, grad sync, optimizer");
   t.add("save-every", &o.save_every,
         "save a checkpoint to run_dir/checkpoints/step_<n> every N steps (0 = only at the end)");
@@ -238,6 +240,8 @@ void validate_train_options(TrainOptions& o) {
   parse_a2a(o.a2a);  // names flat and hier on anything else
   parse_comm(o.comm);  // names mpi and nccl on anything else
   parse_recompute(o.recompute);  // names none and layer on anything else
+  ANYK_CHECK(o.zero == 0 || o.zero == 1, "--zero " << o.zero << " is not a ZeRO stage hint: use 1 (shard the AdamW "
+                                                       "moments over the data-parallel ranks) or 0 (off)");
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
   ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
   if (o.threads == 0) o.threads = default_threads();

@@ -47,6 +47,7 @@ struct TrainOptions {
   std::string comm = "mpi";  // data-path communicator: mpi or nccl (parallel/groups.h CommKind)
   std::string recompute = "none";  // activation recompute: none or layer (model/lm.h Recompute)
   bool profile = false;
+  int zero = 0;  // 1: AdamW moments sharded over each region's data-parallel group (parallel/grad_sync.h)
   int64_t save_every = 0;  // checkpoint every N steps (0 = only at the end)
   int keep = 3;            // complete checkpoints kept (older ones deleted)
   std::string resume;      // checkpoint dir, a `latest` file or "latest"; not written to config.ini

@@ -133,7 +133,7 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
 void Trainer::check_memory() {
   // Mapped shards live in the page cache, not in this rank's memory: only arrays held count.
   const int64_t shard_tokens = (p_.train_tokens->resident_bytes() + p_.val_tokens->resident_bytes()) / 2;
-  mem_ = estimate_train_memory(o_, P_, o_.ep, root_, shard_tokens);
+  mem_ = estimate_train_memory(o_, P_, o_.ep, root_, shard_tokens, o_.recompute == "layer");
   MPI_Comm c = MPI_COMM_NULL;
   ANYK_MPI_CHECK(MPI_Comm_split_type(world_.raw(), MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &c));
   node_ = Comm(c, true);
@@ -177,7 +177,7 @@ void Trainer::build_model() {
   try {
     lm_ = std::make_unique<LM>(train_cfg, *disp_, dev_);
   } catch (const std::bad_alloc&) {
-    ANYK_OOM("the parameters and gradients", mem_.params / 2);
+    ANYK_OOM("the parameters and gradients", mem_.params + mem_.grads);
   }
   lm_->set_recompute(parse_recompute(o_.recompute));
   lm_->init(uint64_t(o_.seed));
@@ -217,16 +217,47 @@ void Trainer::build_optimizer() {
   for (Region r : {Region::Dense, Region::Expert}) {
     int64_t n = ps.region_numel(r);
     if (n == 0) continue;
+    // --zero 1: AdamW sees only this rank's block of the region (its moments are the block's).
+    const BlockRange b = o_.zero ? zero_block(ps, groups_, r) : BlockRange{0, n};
     try {
-      opt_region_[int(r)] = opt_->add_region(static_cast<float*>(ps.region_data(r)),
-                                             static_cast<const float*>(ps.region_grad(r)), n, spans_of(ps, r));
+      opt_region_[int(r)] = opt_->add_region(static_cast<float*>(ps.region_data(r)) + b.begin,
+                                             static_cast<const float*>(ps.region_grad(r)) + b.begin, b.size(),
+                                             clip_spans(spans_of(ps, r), b.begin, b.end));
     } catch (const std::bad_alloc&) {
-      ANYK_OOM("the AdamW moments", 8.0 * double(n));
+      ANYK_OOM("the AdamW moments", 8.0 * double(b.size()));
     }
   }
-  // Views of this rank's parameters and moments, for saving and resuming.
+  // Views of this rank's parameters and moments, for saving and resuming (--zero 1: made per
+  // save or resume over whole moments, zero_checkpoint_refs).
+  if (o_.zero) return;
   ckpt_dense_ = io::dense_refs(ps, opt_.get(), opt_region_[int(Region::Dense)]);
   ckpt_experts_ = io::expert_refs(ps, opt_.get(), opt_region_[int(Region::Expert)], disp_->first_expert());
+}
+
+// --zero 1: a checkpoint holds whole moments, so it resumes into any layout with or without
+// --zero. Saving (gather): each region's writer (world rank 0 for dense, the first replica's
+// ranks for experts: rank 0 of each edp group) gathers them from its group into host memory
+// for the save (freed by zero_drop_refs); resuming: every rank reads each tensor's moments and
+// keeps the part in its block.
+void Trainer::zero_checkpoint_refs(bool gather) {
+  ParamStore& ps = lm_->params();
+  const int d = opt_region_[int(Region::Dense)], e = opt_region_[int(Region::Expert)];
+  if (!gather) {
+    ckpt_dense_ = io::dense_refs(ps, *opt_, d, zero_block(ps, groups_, Region::Dense));
+    ckpt_experts_ = io::expert_refs(ps, *opt_, e, zero_block(ps, groups_, Region::Expert), disp_->first_expert());
+    return;
+  }
+  for (Region r : {Region::Dense, Region::Expert})
+    zero_whole_[int(r)] = io::gather_moments(*opt_, opt_region_[int(r)], ps.region_numel(r),
+                                             r == Region::Dense ? groups_.world : groups_.edp);
+  ckpt_dense_ = io::dense_refs(ps, zero_whole_[int(Region::Dense)]);
+  ckpt_experts_ = io::expert_refs(ps, zero_whole_[int(Region::Expert)], disp_->first_expert());
+}
+
+void Trainer::zero_drop_refs() {
+  zero_whole_[0] = zero_whole_[1] = io::RegionMoments{};  // freed
+  ckpt_dense_.clear();
+  ckpt_experts_.clear();
 }
 
 #undef ANYK_OOM
@@ -238,7 +269,9 @@ void Trainer::build_optimizer() {
 void Trainer::resume() {
   if (p_.resume_dir.empty()) return;
   const auto tr = clock::now();
+  if (o_.zero) zero_checkpoint_refs(false);
   io::read_checkpoint_tensors(p_.resume_dir, p_.resume, ckpt_dense_, ckpt_experts_);
+  if (o_.zero) zero_drop_refs();
   opt_->set_step_count(p_.resume.adam_step);
   step0_ = p_.resume.step;
   pos0_ = p_.resume.loader_position;
@@ -326,6 +359,17 @@ void Trainer::describe_run() {
     say(fmt("resumed from %s: step %lld, sample %lld, saved by %lld ranks with ep %lld (%.2f s)",
             p_.resume_dir.c_str(), (long long)step0_, (long long)pos0_, (long long)p_.resume.world_size,
             (long long)p_.resume.ep_size, resume_secs_));
+  // The moments AdamW allocated on each rank (its buffers' sizes), smallest and largest over ranks.
+  double mb[kNumRegions] = {0, 0};
+  for (int g = 0; g < kNumRegions; ++g)
+    if (opt_region_[g] >= 0) mb[g] = double(opt_->moment_bytes(opt_region_[g]));
+  const double d_hi = world_.all_reduce_max(mb[0]), d_lo = -world_.all_reduce_max(-mb[0]);
+  const double e_hi = world_.all_reduce_max(mb[1]), e_lo = -world_.all_reduce_max(-mb[1]);
+  const std::string how = o_.zero ? fmt("--zero 1: dense moments in %d block(s), one per rank; experts' in %d", P_,
+                                        groups_.edp_size)
+                                  : std::string("every rank holds its parameters' moments whole");
+  say(fmt("optimizer: AdamW moments allocated per rank: dense %.0f..%.0f bytes, experts %.0f..%.0f bytes (%s)", d_lo,
+          d_hi, e_lo, e_hi, how.c_str()));
   say("memory: estimate " + mem_.describe() + " on rank 0; " + gib(node_need_) + " for the " +
       std::to_string(node_.size()) + " rank(s) on its node; " +
       (mem_avail_ >= 0 ? gib(mem_avail_) + " available (" + mem_source_ + ")" : std::string("available unknown")));
@@ -398,7 +442,10 @@ bool Trainer::step(int64_t s, StepResult& r) {
   tape_->clear();
   maybe_inject_fault(rank_, s + 1);
   const auto t1 = clock::now();
-  sync_gradients(lm_->params(), groups_);
+  if (o_.zero)
+    reduce_scatter_gradients(lm_->params(), groups_);
+  else
+    sync_gradients(lm_->params(), groups_);
   world_.all_reduce_sum(red_.data(), int64_t(red_.size()));
   const auto t2 = clock::now();
   update(s, r);
@@ -442,20 +489,29 @@ void Trainer::micro_batch(int64_t s, int a, StepResult& r) {
 }
 
 // Global gradient norm, each parameter counted once (dense gradients are identical on every rank
-// after the sync; each expert lives on one rank of an ep group), clipping, AdamW.
+// after the sync; each expert lives on one rank of an ep group), clipping, AdamW. --zero 1: each
+// rank holds the summed gradient of its own blocks only, which partition every parameter over
+// the world: the norm is the world's sum of the blocks' squares; the update is the blocks', and
+// the updated blocks are then all-gathered.
 void Trainer::update(int64_t s, StepResult& r) {
   ParamStore& ps = lm_->params();
   auto region_grad = [&](Region g) {
-    return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(g)), ps.region_numel(g));
+    const BlockRange b = o_.zero ? zero_block(ps, groups_, g) : BlockRange{0, ps.region_numel(g)};
+    return std::pair<float*, int64_t>(static_cast<float*>(ps.region_grad(g)) + b.begin, b.size());
   };
   auto dense = region_grad(Region::Dense), expert = region_grad(Region::Expert);
   const double dn = global_grad_norm({{dense.first, dense.second}}, ps.device());
-  double en2 = 0;
-  if (expert.second) {
+  if (o_.zero) {
     const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
-    en2 = groups_.ep.all_reduce_sum(en * en);
+    r.gnorm = std::sqrt(world_.all_reduce_sum(dn * dn + en * en));
+  } else {
+    double en2 = 0;
+    if (expert.second) {
+      const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
+      en2 = groups_.ep.all_reduce_sum(en * en);
+    }
+    r.gnorm = std::sqrt(dn * dn + en2);
   }
-  r.gnorm = std::sqrt(dn * dn + en2);
   r.ce = red_[0];
   ANYK_CHECK(std::isfinite(r.gnorm) && std::isfinite(r.ce),
              "training diverged at step " << s + 1 << " (loss " << r.ce << ", grad norm " << r.gnorm
@@ -463,6 +519,7 @@ void Trainer::update(int64_t s, StepResult& r) {
   scale_to_norm({dense, expert}, r.gnorm, o_.grad_clip, ps.device());
   r.lr = p_.lr.at(s);
   opt_->step(r.lr);
+  if (o_.zero) all_gather_params(ps, groups_);
   ps.zero_grad();
 }
 
@@ -533,7 +590,9 @@ void Trainer::save(int64_t done) {  // collective
   meta.micro_batch = B_;
   meta.model = p_.model;
   meta.config_ini = p_.config_ini;
+  if (o_.zero) zero_checkpoint_refs(true);
   const int64_t bytes = io::save_checkpoint(groups_, o_.run_dir, meta, ckpt_dense_, ckpt_experts_, o_.keep);
+  if (o_.zero) zero_drop_refs();
   const double total = world_.all_reduce_sum(double(bytes));
   say(fmt("checkpoint: saved %s/%s (%.2f MB, %.2f s)", io::checkpoints_dir(o_.run_dir).c_str(),
           io::step_dir_name(done).c_str(), total / (1 << 20), secs(ts, clock::now())));

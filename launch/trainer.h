@@ -66,6 +66,8 @@ class Trainer {
   void build_model();
   void load_init_weights();
   void build_optimizer();
+  void zero_checkpoint_refs(bool gather);  // --zero 1: checkpoint views for a save (gather) or resume
+  void zero_drop_refs();                   // --zero 1: frees them and any gathered moments
   void resume();
   void take_run_dir();
   void open_outputs();
@@ -111,6 +113,7 @@ class Trainer {
   int opt_region_[kNumRegions] = {-1, -1};
   std::vector<io::TensorRef> ckpt_dense_;
   std::vector<io::ExpertRef> ckpt_experts_;
+  io::RegionMoments zero_whole_[kNumRegions];  // --zero 1: whole moments during a save or resume
   int64_t step0_ = 0, pos0_ = 0;
   double resume_secs_ = 0;
   RunDirLock lock_;

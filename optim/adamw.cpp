@@ -10,6 +10,15 @@
 
 namespace anyk {
 
+std::vector<ParamSpan> clip_spans(const std::vector<ParamSpan>& spans, int64_t begin, int64_t end) {
+  std::vector<ParamSpan> out;
+  for (const ParamSpan& s : spans) {
+    const int64_t lo = std::max(s.offset, begin), hi = std::min(s.offset + s.numel, end);
+    if (hi > lo) out.push_back(ParamSpan{lo - begin, hi - lo, s.decay});
+  }
+  return out;
+}
+
 AdamW::AdamW(AdamWConfig cfg, Device device) : cfg_(cfg), device_(device) {
   ANYK_CHECK(cfg_.beta1 >= 0.0 && cfg_.beta1 < 1.0,
              "AdamW beta1 = " << cfg_.beta1 << " is outside [0, 1); hint: use e.g. 0.9");
@@ -95,6 +104,10 @@ Tensor AdamW::moment(const DeviceBuffer& b, int region) const {
 Tensor AdamW::m_tensor(int region) const { return moment(region_at(region).m, region); }
 Tensor AdamW::v_tensor(int region) const { return moment(region_at(region).v, region); }
 int64_t AdamW::region_size(int region) const { return region_at(region).n; }
+int64_t AdamW::moment_bytes(int region) const {
+  const Region& r = region_at(region);
+  return int64_t(r.m.bytes() + r.v.bytes());
+}
 
 double global_grad_norm(const std::vector<std::pair<const float*, int64_t>>& grads, Device device) {
   // One accumulator in device memory; each buffer adds its fixed-order chunk sums in turn, so the

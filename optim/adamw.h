@@ -22,6 +22,10 @@ struct ParamSpan {
   bool decay;
 };
 
+/// The spans that lie in [begin, end) of a region, cut to it and shifted to start at `begin`: the
+/// spans of a region's block for an optimizer that holds only that block (--zero 1).
+std::vector<ParamSpan> clip_spans(const std::vector<ParamSpan>& spans, int64_t begin, int64_t end);
+
 /// AdamW: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; mhat = m/(1-b1^t); vhat = v/(1-b2^t);
 /// p -= lr*wd*p (decayed spans only); p -= lr * mhat / (sqrt(vhat) + eps).
 /// cfg.lr is only a default for callers; step() takes the learning rate from the schedule.
@@ -47,6 +51,8 @@ class AdamW {
   Tensor v_tensor(int region) const;
   Device device() const { return device_; }
   int64_t region_size(int region) const;
+  // Bytes of region's m and v buffers as allocated (DeviceBuffer sizes), e.g. to show --zero 1's shards.
+  int64_t moment_bytes(int region) const;
   int num_regions() const { return static_cast<int>(regions_.size()); }
   const AdamWConfig& config() const { return cfg_; }
 

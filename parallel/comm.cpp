@@ -7,6 +7,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
@@ -223,6 +224,57 @@ void Comm::all_to_all_v(const Tensor& send, const Tensor& send_counts, const Ten
   MPI_Type_free(&row);
   ANYK_MPI_CHECK(rc_mpi);
   if (recv.device != Device::CPU && recv.bytes()) from_host(recv, hr);
+}
+
+namespace {
+// MPI's int counts and displacements of the blocks of n values over `parts` ranks.
+void block_counts(int64_t n, int parts, std::vector<int>& counts, std::vector<int>& displs, const char* who) {
+  ANYK_CHECK(n <= INT_MAX, who << " over " << n << " values would overflow MPI's int counts hint: --zero 1 "
+                                  "shards regions of at most 2^31-1 values; use --zero 0 for this model, or "
+                                  "--comm nccl");
+  counts.resize(size_t(parts));
+  displs.resize(size_t(parts));
+  for (int i = 0; i < parts; ++i) {
+    const BlockRange b = block_range(n, parts, i);
+    counts[size_t(i)] = int(b.size());
+    displs[size_t(i)] = int(b.begin);
+  }
+}
+}  // namespace
+
+void Comm::reduce_scatter_sum(const Tensor& x) const {
+  check_block_tensor(x, "reduce_scatter_sum");
+  const int64_t n = x.numel();
+  if (size_ == 1 || n == 0) return;
+  std::vector<int> counts, displs;
+  block_counts(n, size_, counts, displs, "reduce_scatter_sum");
+  float* h = static_cast<float*>(host_view(x, send_stage_, true));
+  // In place, MPI leaves this rank's block of the sum at the start of the buffer.
+  ANYK_MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, h, counts.data(), MPI_FLOAT, MPI_SUM, c_));
+  const BlockRange b = block_range(n, size_, rank_);
+  const size_t bytes = size_t(b.size()) * sizeof(float);
+  if (x.device == Device::CPU)
+    std::memmove(h + b.begin, h, bytes);
+  else if (bytes)
+    allocator(x.device).from_host(static_cast<float*>(x.data) + b.begin, h, bytes);
+}
+
+void Comm::all_gather_blocks(const Tensor& x) const {
+  check_block_tensor(x, "all_gather_blocks");
+  const int64_t n = x.numel();
+  if (size_ == 1 || n == 0) return;
+  std::vector<int> counts, displs;
+  block_counts(n, size_, counts, displs, "all_gather_blocks");
+  void* h = host_view(x, send_stage_, true);
+  ANYK_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, h, counts.data(), displs.data(), MPI_FLOAT, c_));
+  if (x.device != Device::CPU) from_host(x, h);
+}
+
+void Comm::gather_blocks(const float* block, int64_t n, float* full, int root) const {
+  std::vector<int> counts, displs;
+  block_counts(n, size_, counts, displs, "gather_blocks");
+  ANYK_MPI_CHECK(MPI_Gatherv(block, counts[size_t(rank_)], MPI_FLOAT, full, counts.data(), displs.data(), MPI_FLOAT,
+                             root, c_));
 }
 
 void Comm::gather(const float* send, int64_t n, float* recv, int root) const {

@@ -82,6 +82,10 @@ class Comm final : public Communicator {
   void all_to_all(const Tensor& send, const Tensor& recv) const override;
   void all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                     const Tensor& recv_counts) const override;
+  // MPI_Reduce_scatter (in place, then the block moved to its offset) and MPI_Allgatherv (in
+  // place) over block_range's blocks; x of at most INT_MAX values.
+  void reduce_scatter_sum(const Tensor& x) const override;
+  void all_gather_blocks(const Tensor& x) const override;
 
   // Control path, host values.
   void all_reduce_sum(float* data, int64_t n) const;   // in place; chunked past INT_MAX
@@ -90,6 +94,9 @@ class Comm final : public Communicator {
   double all_reduce_sum(double v) const;
   // Root gathers n values from every rank, in rank order, into recv (size() * n, root only).
   void gather(const float* send, int64_t n, float* recv, int root) const;
+  // Root gathers every rank's block_range(n, size(), rank) block (host memory, `block` holds this
+  // rank's) into full (n values, root only); MPI_Gatherv.
+  void gather_blocks(const float* block, int64_t n, float* full, int root) const;
   // Abort every rank of the job (used when one rank fails, so no rank waits forever).
   [[noreturn]] void abort(int code) const;
 

@@ -7,6 +7,17 @@
 
 namespace anyk {
 
+BlockRange block_range(int64_t n, int parts, int i) {
+  ANYK_CHECK(n >= 0 && parts >= 1 && i >= 0 && i < parts,
+             "block_range: block " << i << " of " << parts << " over " << n << " values");
+  // n * i fits int64 for any region that fits memory (n < 2^40) and any rank count (< 2^20).
+  return BlockRange{n * i / parts, n * (i + 1) / parts};
+}
+
+void check_block_tensor(const Tensor& x, const char* who) {
+  ANYK_CHECK(x.dtype == DType::F32, who << " supports f32, got " << dtype_name(x.dtype));
+}
+
 void check_counts_tensor(const Tensor& t, int64_t n, const char* what) {
   ANYK_CHECK(t.dtype == DType::I32 && t.device == Device::CPU,
              what << " must be an i32 tensor in host memory, got " << dtype_name(t.dtype) << " on "
@@ -50,6 +61,10 @@ void LocalCommunicator::all_reduce_sum(const Tensor& x) const {
   ANYK_CHECK(x.dtype == DType::F32 || x.dtype == DType::F64,
              "all_reduce_sum supports f32 and f64, got " << dtype_name(x.dtype));
 }
+
+void LocalCommunicator::reduce_scatter_sum(const Tensor& x) const { check_block_tensor(x, "reduce_scatter_sum"); }
+
+void LocalCommunicator::all_gather_blocks(const Tensor& x) const { check_block_tensor(x, "all_gather_blocks"); }
 
 void LocalCommunicator::all_gather(const Tensor& send, const Tensor& recv) const {
   check_counts_tensor(send, send.numel(), "all_gather send");

@@ -9,6 +9,14 @@
 
 namespace anyk {
 
+// Block i of a flat buffer of n values split over `parts` ranks (--zero 1's shards):
+// [n*i/parts, n*(i+1)/parts). Sizes differ by at most one; every rank computes the same split.
+struct BlockRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+BlockRange block_range(int64_t n, int parts, int i);
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -26,6 +34,12 @@ class Communicator {
   // i, in rank order. send_counts, recv_counts: I32 (size) host. Row shapes and dtypes match.
   virtual void all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                             const Tensor& recv_counts) const = 0;
+  // --zero 1 (sharded optimizer). x (n) f32 on the data device, split into size() blocks by
+  // block_range. reduce_scatter_sum: in place, this rank's block of x becomes the sum over ranks
+  // of that block; the other blocks are left undefined. all_gather_blocks: in place, every block
+  // of x becomes its owner rank's block.
+  virtual void reduce_scatter_sum(const Tensor& x) const = 0;
+  virtual void all_gather_blocks(const Tensor& x) const = 0;
 };
 
 // One rank, no MPI: the collectives are copies (LocalDispatcher and single-process tools use it).
@@ -39,6 +53,8 @@ class LocalCommunicator final : public Communicator {
   void all_to_all(const Tensor& send, const Tensor& recv) const override;
   void all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                     const Tensor& recv_counts) const override;
+  void reduce_scatter_sum(const Tensor& x) const override;  // one block: nothing moves
+  void all_gather_blocks(const Tensor& x) const override;
 };
 
 // Shared argument checks (every implementation uses them, so the errors read the same).
@@ -49,6 +65,8 @@ void check_host_tensor(const Tensor& t, const char* who);
 // Bytes of one row (everything but dim 0) of t.
 int64_t row_bytes_of(const Tensor& t);
 // Checks send/recv against the counts (row sizes equal, row totals match); returns row bytes.
+// x is f32 (the --zero 1 collectives); `who` names the call.
+void check_block_tensor(const Tensor& x, const char* who);
 int64_t check_all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                            const Tensor& recv_counts, int size);
 

@@ -29,6 +29,8 @@ struct NcclApi {
   decltype(&::ncclAllReduce) AllReduce;
   decltype(&::ncclGroupStart) GroupStart;
   decltype(&::ncclGroupEnd) GroupEnd;
+  decltype(&::ncclReduce) Reduce;
+  decltype(&::ncclBroadcast) Broadcast;
   decltype(&::ncclSend) Send;
   decltype(&::ncclRecv) Recv;
 };
@@ -61,6 +63,8 @@ const NcclApi& nccl() {
     sym(api.AllReduce, "ncclAllReduce");
     sym(api.GroupStart, "ncclGroupStart");
     sym(api.GroupEnd, "ncclGroupEnd");
+    sym(api.Reduce, "ncclReduce");
+    sym(api.Broadcast, "ncclBroadcast");
     sym(api.Send, "ncclSend");
     sym(api.Recv, "ncclRecv");
     if (!missing.empty())
@@ -170,6 +174,30 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const Tensor& send_count
   nccl_check(api.GroupEnd(), "ncclGroupEnd");
   nccl_check(bad, bad_call);
 }
+
+void NcclCommunicator::per_block(const Tensor& x, bool reduce) const {
+  check_block_tensor(x, reduce ? "reduce_scatter_sum" : "all_gather_blocks");
+  check_cuda_tensor(x, "the --zero 1 buffer");
+  const int64_t n = x.numel();
+  if (size() == 1 || n == 0) return;
+  float* p = static_cast<float*>(x.data);
+  const NcclApi& api = nccl();
+  nccl_check(api.GroupStart(), "ncclGroupStart");
+  ncclResult_t bad = ncclSuccess;
+  for (int i = 0; i < size() && bad == ncclSuccess; ++i) {
+    const BlockRange b = block_range(n, size(), i);
+    if (b.size() == 0) continue;  // the same on every rank: no call is left unmatched
+    float* q = p + b.begin;
+    bad = reduce ? api.Reduce(q, q, size_t(b.size()), ncclFloat32, ncclSum, i, nccl_, as_stream(stream_))
+                 : api.Broadcast(q, q, size_t(b.size()), ncclFloat32, i, nccl_, as_stream(stream_));
+  }
+  nccl_check(api.GroupEnd(), "ncclGroupEnd");
+  nccl_check(bad, reduce ? "ncclReduce" : "ncclBroadcast");
+}
+
+void NcclCommunicator::reduce_scatter_sum(const Tensor& x) const { per_block(x, true); }
+
+void NcclCommunicator::all_gather_blocks(const Tensor& x) const { per_block(x, false); }
 
 std::unique_ptr<Communicator> make_nccl_communicator(const Comm& group) {
   return std::make_unique<NcclCommunicator>(group);

@@ -49,8 +49,16 @@ class NcclCommunicator final : public Communicator {
   // peer with rows to move, at byte offsets from the counts, on the backend's stream.
   void all_to_all_v(const Tensor& send, const Tensor& send_counts, const Tensor& recv,
                     const Tensor& recv_counts) const override;
+  // --zero 1, UNTESTED (compiled with ANYK_CUDA=ON, never run: no GPU in CI). x on Device::CUDA:
+  // one ncclGroupStart/End of an in-place ncclReduce of block i to rank i for every rank i
+  // (blocks of unequal size, which ncclReduceScatter cannot take), resp. of an in-place
+  // ncclBroadcast of block i from rank i.
+  void reduce_scatter_sum(const Tensor& x) const override;
+  void all_gather_blocks(const Tensor& x) const override;
 
  private:
+  // The grouped per-block calls of reduce_scatter_sum (reduce) and all_gather_blocks (broadcast).
+  void per_block(const Tensor& x, bool reduce) const;
   Comm mpi_;                  // MPI_Comm_dup of the group: counts, barrier, the id broadcast
   ncclComm* nccl_ = nullptr;  // ncclComm_t
   void* stream_ = nullptr;    // cudaStream_t of the CUDA backend
