@@ -391,8 +391,8 @@ TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   fails(w + "--prompt-file nope.txt", "--prompt-file nope.txt does not exist");
   fails(w + "--prompts nope.txt", "--prompts nope.txt does not exist");
   fails(w + "--prompt " + std::string(33, 'a'), "is 33 bytes but the model's context is 32 tokens");
-  fails(w + "--prompt hi --budget 2", "--budget needs --data");
-  fails(w + "--prompt hi --precision bf16", "--precision bf16 needs --device cuda");
+  fails(w + "--prompt hi --budget 2", "--budget needs --data", "", 2);
+  fails(w + "--prompt hi --precision bf16", "--precision bf16 needs --device cuda", "", 2);
   fails("generate --weights missing.h5 --prompt hi", "missing.h5 not found");
   // A run dir whose config.ini describes another model than its model.h5.
   fs::create_directories(cli.dir / "run");
