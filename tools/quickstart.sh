@@ -32,6 +32,7 @@ mpirun -np "$RANKS" --oversubscribe --bind-to none --mca odls_base_sigkill_timeo
   --steps "$STEPS" --log-every 50 --eval-every 400 --eval-windows 64 "$@"
 t3=$SECONDS
 echo
-echo "quickstart: time: install $((t1 - t0)) s, build $((t2 - t1)) s, train $((t3 - t2)) s (data included), total $((t3 - t0)) s"
+echo "quickstart: time: install $((t1 - t0)) s, build $((t2 - t1)) s, train $((t3 - t2)) s (data included)," \
+  "total $((t3 - t0)) s; load average now $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo "Run directory: $RUN_DIR (train.log, metrics.jsonl, config.ini, model.h5, sweep.json)"
 echo "Evaluate other settings:  build/anyk eval --run-dir $RUN_DIR --data $DATA_DIR --layer-k 4,3,2,1"
