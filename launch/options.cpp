@@ -70,8 +70,8 @@ po::parsed_options parse_command_line(int argc, char** argv, const po::options_d
   po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(cli_style()).run();
   for (const po::option& opt : parsed.options)
     ANYK_USAGE_CHECK(opt.position_key < 0, "unexpected argument '" << (opt.value.empty() ? "" : opt.value[0])
-                                                             << "' hint: options are --name value; see anyk "
-                                                             << command << " --help");
+                                                                   << "' hint: options are --name value; see anyk "
+                                                                   << command << " --help");
   return parsed;
 }
 
