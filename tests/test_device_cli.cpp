@@ -124,7 +124,7 @@ TEST_CASE("train --device checked equals --device cpu bit for bit, at 1 rank and
       auto e = r.run(0, "eval --run-dir cpu --data data --sweep --eval-windows 4 --json sweep_" + d +
                             ".json --device " + d);
       REQUIRE_MESSAGE(e.rc == 0, e.err);
-      CHECK((d == "cpu") == (e.out.find("device: checked") == std::string::npos));
+      CHECK((d == "cpu") == (e.err.find("device: checked") == std::string::npos));  // stderr: not a result
       e = r.run(0, "eval --checkpoint cpu/checkpoints/step_3 --data data --analyze --k 2 --eval-windows 4 --json an_" +
                        d + ".json --device " + d);
       REQUIRE_MESSAGE(e.rc == 0, e.err);
