@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -175,7 +176,7 @@ def main():
     # keeps the strategy's meaning (K decided per token by the router) at this expert count.
     runs_def = {f"fixed{k}": (E8 + ["--k-strategy", "fixed", "--k", str(k)], None, None) for k in (1, 2, 3, 4)}
     gran_def = [("layer", []), ("global", []), ("micro", []), ("layer_weighted", ["--tau", "2"]),
-                ("top_p", ["--top-p", "0.5"])]
+                ("top_p", ["--expert-top-p", "0.5"])]
     for strat, extra in gran_def:
         runs_def[strat] = (E8 + ["--k-strategy", strat, "--k-min", "1", "--k-max", "4"] + extra, None, None)
     exp5_def = {"fixed K=2": ("e16_fixed2", base), "EMoE (sampling + router loss)": ("e16_emoe", emoe + kl),
@@ -283,7 +284,8 @@ def main():
                 s = [d[k][1] for k in ks]
                 ax.errorbar(ks, m, yerr=s, marker="o", capsize=3, label=label)
             ax.set_xlabel("experts per token at inference, K")
-            ax.set_ylabel(ylabel)
+            # Wrapped: a label longer than the axes is cut off at the figure's edge.
+            ax.set_ylabel("\n".join(textwrap.wrap(ylabel, 44)))
             if "minus" in ylabel:
                 ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_title(title)

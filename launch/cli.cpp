@@ -1,12 +1,13 @@
 // The command dispatcher: top-level help, `anyk prepare`, and the one place where errors become
-// a single stderr line and exit code 2 (train, eval and convert live in train.cpp, evaluate.cpp
-// and convert.cpp).
+// a single stderr line and the exit status (docs/cli.md: 1 run-time failure, 2 usage error;
+// train, eval and convert live in train.cpp, eval_command.cpp and convert_command.cpp).
 #include "launch/cli.h"
 
 #include "parallel/comm.h"
 
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -32,37 +33,43 @@ namespace {
 
 namespace po = boost::program_options;
 
-constexpr const char* kUsage =
+constexpr const char* kUsageHead =
     "anyk: train once, serve any K - elastic Mixture-of-Experts language models\n"
     "\n"
     "usage: anyk <command> [options]      (anyk <command> --help for every option)\n"
     "       anyk --version                 version, git commit, compiler, CPU baseline, CUDA\n"
+    "       --debug (anywhere; or ANYK_DEBUG=1): an error also names the source line that raised it\n"
+    "exit status: 0 done, 1 run-time failure, 2 usage error (bad option or value); docs/cli.md\n"
     "\n"
     "commands:\n"
     "  prepare  --input PATH... --out DIR [--val-fraction 0.05] [--tokenizer bytes|sp|FILE.model]\n"
-    "           byte-tokenise text files/folders into DIR/train.bin and DIR/val.bin\n"
-    "           [--shard-tokens N]: as shards of N tokens, DIR/train_000000.bin ... and DIR/val_000000.bin ...\n"
-    "  train    --data DIR --run-dir DIR [--config FILE] [--steps N --seed S --layers L --dim C\n"
-    "           --heads NH --experts E --expert-hidden H --seq-len T --batch B --grad-accum A\n"
-    "           --lr --min-lr --warmup --weight-decay --grad-clip --k-strategy NAME --k-min A\n"
-    "           --k-max B --k K --tau --top-p --lb-coef --z-coef --router-kl-weight\n"
-    "           --no-renormalize --log-every --eval-every --eval-windows --threads --vocab --ep\n"
-    "           --save-every N --keep M --resume DIR|latest]\n"
-    "           train an MoE LM; --k-strategy is one of fixed, global, micro, layer,\n"
-    "           layer_weighted, top_p; ends with a K-sweep table of val loss and bits/byte;\n"
-    "           checkpoints go to RUN_DIR/checkpoints/step_<n> (every N steps and at the end)\n"
+    "           [--vocab-size N] [--shard-tokens N]\n"
+    "           tokenise text files/folders into DIR/train.bin and DIR/val.bin (bytes by default)\n"
+    "           --shard-tokens N: as shards of N tokens, DIR/train_000000.bin ... and DIR/val_000000.bin ...\n"
+    "  train    --data DIR --run-dir DIR [--config FILE] [--resume DIR|latest | --overwrite] [options]\n"
+    "           train an MoE LM; --k-strategy is one of fixed, global, micro, layer, layer_weighted,\n"
+    "           top_p (--expert-top-p P), emoe (--k, --k-ideal); --device cpu|cuda|checked; ends with a\n"
+    "           K-sweep table of val loss and bits/byte; checkpoints go to RUN_DIR/checkpoints/step_<n>\n"
+    "           (every --save-every N steps and at the end)\n";
+
+constexpr const char* kUsageTail =
     "  eval     (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) --data DIR\n"
-    "           (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep) [--json FILE] [--eval-windows N]\n"
-    "           [--batch B] [--threads N]\n"
+    "           (--k 1,2,4 | --layer-k 4,3,2,1 | --sweep | --budget B | --analyze | --frontier)\n"
+    "           [--json F] [--csv F] [--plot F.png] [--frontier-budgets 1.5,2.5] [--gen-tokens N]\n"
+    "           [--eval-windows N] [--batch B] [--threads N] [--device D] [--precision P]\n"
     "           validation loss and bits per byte of a trained model at each K setting\n"
     "  generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
     "           [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
-    "           [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P]\n"
-    "           [--temperature T --top-k N --seed S --threads N]\n"
-    "           text at any K with a KV cache, streamed; ends with tokens/s and mean K\n"
+    "           [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --expert-top-p P]\n"
+    "           [--temperature T --top-k N --seed S --threads N --device D --precision P]\n"
+    "           [--eval-windows N --batch B --logits-out F]\n"
+    "           text at any K with a KV cache, streamed; ends with tokens/s and mean K (stderr);\n"
+    "           --expert-top-p picks the experts per token, --top-k and --temperature sample tokens\n"
     "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
-    "           --to consolidated|ep=M|safetensors --out PATH [--no-optimizer]\n"
-    "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
+    "           --to consolidated|ep=M|safetensors|gguf|hf --out PATH [--no-optimizer] [--overwrite]\n"
+    "           [--k K --dtype f32|f16]\n"
+    "           offline: one HDF5 file, a checkpoint for another --ep, safetensors, GGUF (llama.cpp)\n"
+    "           or a Hugging Face Mixtral directory\n"
     "  tokenize --tokenizer FILE.model|bytes [--input FILE]\n"
     "           each line's ids (the tokenizer of anyk prepare, generate and eval)\n"
     "\n"
@@ -72,6 +79,23 @@ constexpr const char* kUsage =
     "  anyk eval --run-dir runs/quick --data data/fortunes --layer-k 4,3,2,1\n"
     "  anyk generate --run-dir runs/quick --prompt 'The ' --max-new 200 --k 1\n"
     "  anyk convert --checkpoint runs/quick/checkpoints/latest --to safetensors --out quick.safetensors\n";
+
+// The top-level help: train's options are listed from its option table, so none is left out.
+std::string usage_text() {
+  launch::TrainOptions o;
+  launch::OptionTable table("train");
+  launch::bind_train_options(table, o);
+  std::string text = kUsageHead, line = "           options:";
+  for (const auto& opt : table.desc().options()) {
+    const std::string word = " --" + opt->long_name();
+    if (line.size() + word.size() > 100) {
+      text += line + "\n";
+      line = "          ";  // the word brings its own leading space
+    }
+    line += word;
+  }
+  return text + line + "\n" + kUsageTail;
+}
 
 int prepare_command(int argc, char** argv) {
   std::vector<std::string> inputs;
@@ -86,7 +110,7 @@ int prepare_command(int argc, char** argv) {
   launch::CommandOptions cmd("prepare", desc);
   desc.add_options()("input", po::value(&inputs)->multitoken(), "text files or directories (one or more)")(
       "out", po::value(&out), "output directory")(
-      "val-fraction", po::value(&val_fraction)->default_value(0.05),
+      "val-fraction", po::value(&val_fraction)->default_value(0.05, "0.05"),
       "fraction of the tokens (the last ones) held out for validation")(
       "tokenizer", po::value(&tokenizer)->default_value(tokenizer),
       "bytes (one token per byte), sp (train a SentencePiece BPE model of --vocab-size pieces on the "
@@ -98,13 +122,13 @@ int prepare_command(int argc, char** argv) {
                      "last one shorter) instead of one train.bin and val.bin; 0: one file per split. `anyk train "
                      "--data` reads either layout, mapped, never whole");
   if (!cmd.parse(argc, argv)) return 0;
-  ANYK_CHECK(shard_tokens >= 0, "--shard-tokens " << shard_tokens << " must be >= 0 hint: 0 writes one train.bin "
+  ANYK_USAGE_CHECK(shard_tokens >= 0, "--shard-tokens " << shard_tokens << " must be >= 0 hint: 0 writes one train.bin "
                                                      "and one val.bin");
   cmd.require(!inputs.empty(), "input");
   cmd.require(!out.empty(), "out");
-  ANYK_CHECK(val_fraction > 0 && val_fraction < 1,
+  ANYK_USAGE_CHECK(val_fraction > 0 && val_fraction < 1,
              "--val-fraction " << val_fraction << " must be in (0, 1)");
-  ANYK_CHECK(tokenizer == "sp" || vocab_size == 0, "--vocab-size is for --tokenizer sp (given: --tokenizer "
+  ANYK_USAGE_CHECK(tokenizer == "sp" || vocab_size == 0, "--vocab-size is for --tokenizer sp (given: --tokenizer "
                                                        << tokenizer << ")");
   cmd.require(tokenizer != "sp" || vocab_size != 0, "vocab-size");
   data::PrepareStats st = data::prepare(inputs, out, val_fraction, [](const std::string& line) {
@@ -122,12 +146,71 @@ int prepare_command(int argc, char** argv) {
   return 0;
 }
 
-// One line, whatever the message holds.
-void print_error(std::string msg) {
+// "MESSAGE hint: FIX" (or "MESSAGE; hint: FIX") as "MESSAGE (hint: FIX)"; a message whose hint
+// is already in parentheses, or that has none, is unchanged.
+std::string parenthesize_hint(const std::string& msg) {
+  const size_t h = msg.find("hint: ");
+  if (h == std::string::npos || (h > 0 && msg[h - 1] == '(')) return msg;
+  size_t b = h;
+  while (b > 0 && (msg[b - 1] == ' ' || msg[b - 1] == ';' || msg[b - 1] == ',')) --b;
+  size_t e = msg.size();
+  while (e > h && (msg[e - 1] == ' ' || msg[e - 1] == '.')) --e;
+  return msg.substr(0, b) + (b > 0 ? " (" : "(") + msg.substr(h, e - h) + ")";
+}
+
+// One line, whatever the message holds; with --debug, the source location after it.
+void print_error(std::string msg, const std::string& where, bool debug) {
+  msg = parenthesize_hint(msg);
+  if (debug && !where.empty()) msg += " [" + where + "]";
   for (char& c : msg)
     if (c == '\n' || c == '\r') c = ' ';
   std::fflush(stdout);
   std::fprintf(stderr, "anyk: error: %s\n", msg.c_str());
+}
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+};
+
+// Every command: the dispatcher, the unknown-command hint and docs/cli.md name these.
+const Command kCommands[] = {
+    {"prepare", prepare_command},         {"train", launch::train_command},
+    {"eval", launch::eval_command},       {"convert", launch::convert_command},
+    {"generate", launch::generate_command}, {"tokenize", launch::tokenize_command},
+};
+
+// --debug anywhere on the command line (removed from argv), or ANYK_DEBUG set to anything but
+// "" and "0".
+bool take_debug_flag(std::vector<char*>& args) {
+  const char* env = std::getenv("ANYK_DEBUG");
+  bool debug = env && *env && std::strcmp(env, "0") != 0;
+  for (size_t i = 1; i < args.size();)
+    if (std::strcmp(args[i], "--debug") == 0) {
+      debug = true;
+      args.erase(args.begin() + long(i));
+    } else {
+      ++i;
+    }
+  return debug;
+}
+
+int dispatch(const std::string& cmd, int argc, char** argv) {
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::fputs(usage_text().c_str(), stdout);
+    return 0;
+  }
+  if (cmd == "--version" || cmd == "version") {
+    std::fputs(launch::version_text().c_str(), stdout);
+    return 0;
+  }
+  // Each command parses argv from its own name on (argv[0] is skipped by Program_options).
+  std::string names;
+  for (const Command& c : kCommands) {
+    if (cmd == c.name) return c.run(argc - 1, argv + 1);
+    names += std::string(names.empty() ? "" : ", ") + c.name;
+  }
+  ANYK_USAGE_FAIL("unknown command '" << cmd << "' hint: commands are " << names << "; see anyk --help");
 }
 
 }  // namespace
@@ -136,48 +219,40 @@ int run_cli(int argc, char** argv) {
   // HDF5's exit-time cleanup would close a file whose close already failed (a full disk) a second
   // time and crash; anyk closes every file itself.
   io::h5::disable_atexit();
+  std::vector<char*> args(argv, argv + argc);
+  const bool debug = take_debug_flag(args);
+  args.push_back(nullptr);  // argv[argc] stays a null pointer
+  argc = int(args.size()) - 1;
+  argv = args.data();
   if (argc < 2) {
-    std::fputs(kUsage, stderr);
-    return 2;
+    std::fputs(usage_text().c_str(), stderr);
+    return kExitUsage;
   }
   const std::string cmd = argv[1];
+  int code = kExitFailure;
   try {
-    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (cmd == "--version" || cmd == "version") {
-      std::fputs(launch::version_text().c_str(), stdout);
-      return 0;
-    }
-    // Each command parses argv from its own name on (argv[0] is skipped by Program_options).
-    if (cmd == "prepare") return prepare_command(argc - 1, argv + 1);
-    if (cmd == "train") return launch::train_command(argc - 1, argv + 1);
-    if (cmd == "eval") return launch::eval_command(argc - 1, argv + 1);
-    if (cmd == "convert") return launch::convert_command(argc - 1, argv + 1);
-    if (cmd == "generate") return launch::generate_command(argc - 1, argv + 1);
-    if (cmd == "tokenize") return launch::tokenize_command(argc - 1, argv + 1);
-    ANYK_CHECK(false, "unknown command '" << cmd
-                                          << "' hint: commands are prepare, train, eval, convert, generate, tokenize; see anyk --help");
-  } catch (const ReportedError&) {
-    return 2;  // another rank printed the error; every rank stops cleanly, no abort needed
+    return dispatch(cmd, argc, argv);
+  } catch (const ReportedError& e) {
+    return e.exit_code();  // another rank printed the error; every rank stops cleanly, no abort needed
   } catch (const AgreedError& e) {
-    print_error(e.what());  // every rank knows: stop cleanly, no abort
-    return 2;
+    print_error(e.what(), e.where(), debug);  // every rank knows: stop cleanly, no abort
+    return e.exit_code();
   } catch (const Error& e) {
-    print_error(e.what());
+    print_error(e.what(), e.where(), debug);
+    code = e.exit_code();
   } catch (const std::bad_alloc&) {
     print_error("out of memory (std::bad_alloc) hint: lower --batch, --seq-len or the model size; the "
-                "start-up line 'memory:' shows what a training run needs");
+                "start-up line 'memory:' shows what a training run needs", "", debug);
   } catch (const po::error& e) {
-    print_error(std::string(e.what()) + " hint: see anyk " + cmd + " --help");
+    print_error(std::string(e.what()) + " hint: see anyk " + cmd + " --help", "", debug);
+    code = kExitUsage;
   } catch (const std::exception& e) {
-    print_error(e.what());
+    print_error(e.what(), "", debug);
   }
   // Under MPI one failing rank must bring the whole job down now, not leave the others waiting
   // in a collective: the message is already printed, so abort every rank.
-  abort_job_if_parallel(2);
-  return 2;
+  abort_job_if_parallel(code);
+  return code;
 }
 
 }  // namespace anyk

@@ -120,16 +120,18 @@ int convert_command(int argc, char** argv) {
   cmd.require(!checkpoint.empty(), "checkpoint");
   cmd.require(!out.empty(), "out");
   int ep = 0;
-  if (to.rfind("ep=", 0) == 0) {
-    ep = parse_int_list(to.substr(3), "to ep=").at(0);
-    ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
-  } else {
-    ANYK_CHECK(to == "consolidated" || to == "safetensors" || to == "gguf" || to == "hf",
-               "--to '" << to << "' is not one of consolidated, ep=M, safetensors, gguf, hf " << cmd.hint());
-  }
-  ANYK_CHECK(to == "gguf" || to == "hf" || cmd.vm().count("k") == 0, "--k applies to --to gguf and hf only");
-  ANYK_CHECK(to == "gguf" || cmd.vm().count("dtype") == 0, "--dtype applies to --to gguf only");
-  ANYK_CHECK(dtype == "f32" || dtype == "f16", "--dtype '" << dtype << "' is not one of f32, f16");
+  as_usage_error([&] {  // the option values alone: a failure is a usage error
+    if (to.rfind("ep=", 0) == 0) {
+      ep = parse_int_list(to.substr(3), "to ep=").at(0);
+      ANYK_CHECK(ep >= 1 && to.find(',') == std::string::npos, "--to " << to << ": M in ep=M must be one integer >= 1");
+    } else {
+      ANYK_CHECK(to == "consolidated" || to == "safetensors" || to == "gguf" || to == "hf",
+                 "--to '" << to << "' is not one of consolidated, ep=M, safetensors, gguf, hf " << cmd.hint());
+    }
+    ANYK_CHECK(to == "gguf" || to == "hf" || cmd.vm().count("k") == 0, "--k applies to --to gguf and hf only");
+    ANYK_CHECK(to == "gguf" || cmd.vm().count("dtype") == 0, "--dtype applies to --to gguf only");
+    ANYK_CHECK(dtype == "f32" || dtype == "f16", "--dtype '" << dtype << "' is not one of f32, f16");
+  });
   out = check_out(out, to, ep, overwrite);
   const auto t0 = std::chrono::steady_clock::now();
   io::GGUFExport gguf;

@@ -156,6 +156,23 @@ std::vector<std::vector<int>> settings_of(const EvalArgs& a, int L, int E) {
   return settings;
 }
 
+// The K values of every mode that has them, against the model's experts and layers.
+void check_k_values(const EvalArgs& a, int L, int E) {
+  settings_of(a, L, E);
+  ANYK_CHECK(a.budget == 0 || (a.budget >= 1 && a.budget <= E),
+             "--budget " << a.budget << " must be in [1, experts=" << E << "]");
+  if (a.frontier)
+    for (double b : parse_double_list(a.frontier_budgets, "frontier-budgets"))
+      ANYK_CHECK(b >= 1 && b <= E, "--frontier-budgets value " << b << " is outside [1, experts=" << E << "]");
+}
+
+// --plot runs tools/plot_*.py: matplotlib must import, or the run would end without its plot.
+void check_plotting() {
+  const int rc = std::system("/usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1");
+  ANYK_CHECK(rc == 0, "--plot needs Python's matplotlib, which /usr/bin/python3 cannot import hint: apt-get "
+                      "install python3-matplotlib (tools/deps.sh installs it), or leave out --plot");
+}
+
 // Measures the frontier, prints its table, writes JSON and the plot when asked.
 int frontier_mode(const LM& lm, const data::Loader& val, const eval::FrontierOptions& fo, Arena& arena,
                   const std::string& label, const EvalArgs& a) {
@@ -277,9 +294,10 @@ int eval_command(int argc, char** argv) {
   CommandOptions cmd("eval", desc);
   add_eval_options(desc, a);
   if (!cmd.parse(argc, argv)) return 0;
-  check_eval_args(a, cmd);
+  as_usage_error([&] { check_eval_args(a, cmd); });
+  if (!a.plot_path.empty()) check_plotting();  // before the run, not after it
   const EvalSource src = read_source(a);
-  settings_of(a, src.mc.layers, src.mc.experts);  // the K lists are checked before any file is read
+  as_usage_error([&] { check_k_values(a, src.mc.layers, src.mc.experts); });  // before the data is read
 
   check_data_dir(a.data_dir);
   check_data_tokenizer(a.data_dir, src.o, "the model " + (a.checkpoint.empty() ? a.weights.empty() ? a.run_dir : a.weights
@@ -289,7 +307,7 @@ int eval_command(int argc, char** argv) {
   omp_set_num_threads(src.o.threads);
   const Device dev = parse_device(a.device);
   const std::string device_line = use_device(dev, parse_bf16(a.precision));
-  if (dev != Device::CPU) std::printf("device: %s\n", device_line.c_str());
+  if (dev != Device::CPU) std::fprintf(stderr, "device: %s\n", device_line.c_str());  // stdout: the results
   LocalDispatcher disp(src.mc.experts);
   LM lm(src.mc, disp, dev);
   std::string source;

@@ -1,5 +1,5 @@
 // `anyk generate`: loads a model like `anyk eval`, reads the prompt(s), picks the K setting
-// (--k, --layer-k, --budget, --top-p), generates with the KV-cache decoder (model/generate.h),
+// (--k, --layer-k, --budget, --expert-top-p), generates with the KV-cache decoder (model/generate.h),
 // streams a single prompt's text to stdout as it is produced and ends with one stderr line of
 // throughput, mean K and active parameters per token.
 #include "launch/generate.h"
@@ -190,13 +190,14 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "printed after `--- i ---` when all are done")(
       "max-new", po::value(&a.max_new)->default_value(200), "tokens to generate per prompt")(
       "k", po::value(&a.k_text), "K for every layer (default: the largest K the model trained with); "
-                               "with --top-p, the cap of the per-token K")(
+                               "with --expert-top-p, the cap of the per-token K")(
       "layer-k", po::value(&a.layer_k), "one K per layer, comma-separated (length = layers)")(
       "budget", po::value(&a.budget),
       "average K per layer: the per-layer schedule of `anyk eval --budget` (greedy on --data's "
       "validation windows)")(
-      "top-p", po::value(&a.top_p),
-      "per-token K: the smallest k whose top-k router probability mass reaches P (in (0, 1])")(
+      "expert-top-p", po::value(&a.top_p),
+      "per-token K (experts, not tokens): the smallest k whose top-k router probability mass reaches P (in "
+      "(0, 1]); --top-p is its deprecated name")(
       "data", po::value(&a.data_dir), "data directory holding val.bin or val_*.bin shards (for --budget)")(
       "eval-windows", po::value(&a.eval_windows)->default_value(kDefaultEvalWindows),
       "validation windows for --budget (0 = all; the same default as anyk eval)")(
@@ -212,29 +213,39 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
   add_device_options(desc, a.device, a.precision);
 }
 
+void check_generate_values(const GenArgs& a, const po::variables_map& vm);
+
 // Validates the options and prepares the device; returns use_device's line.
 std::string check_generate_args(const GenArgs& a, const po::variables_map& vm) {
+  as_usage_error([&] { check_generate_values(a, vm); });
   const std::string device_line = use_device(parse_device(a.device), parse_bf16(a.precision));  // bf16: CUDA only
-  ANYK_CHECK(int(a.has_prompt) + int(!a.prompt_file.empty()) + int(!a.prompts_file.empty()) <= 1,
-             "give at most one of --prompt, --prompt-file, --prompts");
-  ANYK_CHECK(a.max_new >= 1, "--max-new " << a.max_new << " must be >= 1");
-  ANYK_CHECK(a.temperature >= 0 && std::isfinite(a.temperature), "--temperature " << a.temperature << " must be >= 0");
-  ANYK_CHECK(a.top_k >= 0, "--top-k " << a.top_k << " must be >= 0 (0 = all tokens)");
-  ANYK_CHECK(a.threads >= 0, "--threads " << a.threads << " must be >= 0");
-  ANYK_CHECK(vm.count("top-p") == 0 || (a.top_p > 0 && a.top_p <= 1), "--top-p " << a.top_p << " must be in (0, 1]");
-  ANYK_CHECK(vm.count("budget") == 0 || a.budget > 0, "--budget " << a.budget << " must be > 0");
-  const int modes = int(!a.k_text.empty() && a.top_p == 0) + int(!a.layer_k.empty()) + int(a.budget != 0) + int(a.top_p != 0);
-  ANYK_CHECK(modes <= 1, "give at most one of --k, --layer-k, --budget, --top-p (--top-p takes --k as its cap) "
-                         "hint: see anyk generate --help");
-  ANYK_CHECK(a.budget == 0 || !a.data_dir.empty(),
-             "--budget needs --data DIR: the schedule is chosen on its validation windows");
-  ANYK_CHECK(a.eval_windows >= 0, "--eval-windows " << a.eval_windows << " must be >= 0 (0 = all)");
   if (a.budget != 0) check_data_dir(a.data_dir);
   ANYK_CHECK(a.prompt_file.empty() || std::filesystem::is_regular_file(a.prompt_file),
              "--prompt-file " << a.prompt_file << " does not exist (or is not a file)");
   ANYK_CHECK(a.prompts_file.empty() || std::filesystem::is_regular_file(a.prompts_file),
              "--prompts " << a.prompts_file << " does not exist (or is not a file)");
   return device_line;
+}
+
+// The option values alone (a failure is a usage error).
+void check_generate_values(const GenArgs& a, const po::variables_map& vm) {
+  (void)parse_device(a.device);  // names the choices on anything else
+  ANYK_CHECK(int(a.has_prompt) + int(!a.prompt_file.empty()) + int(!a.prompts_file.empty()) <= 1,
+             "give at most one of --prompt, --prompt-file, --prompts");
+  ANYK_CHECK(a.max_new >= 1, "--max-new " << a.max_new << " must be >= 1");
+  ANYK_CHECK(a.temperature >= 0 && std::isfinite(a.temperature), "--temperature " << a.temperature << " must be >= 0");
+  ANYK_CHECK(a.top_k >= 0, "--top-k " << a.top_k << " must be >= 0 (0 = all tokens)");
+  ANYK_CHECK(a.threads >= 0, "--threads " << a.threads << " must be >= 0");
+  ANYK_CHECK(vm.count("expert-top-p") == 0 || (a.top_p > 0 && a.top_p <= 1),
+             "--expert-top-p " << a.top_p << " must be in (0, 1]");
+  ANYK_CHECK(vm.count("budget") == 0 || a.budget > 0, "--budget " << a.budget << " must be > 0");
+  const int modes = int(!a.k_text.empty() && a.top_p == 0) + int(!a.layer_k.empty()) + int(a.budget != 0) + int(a.top_p != 0);
+  ANYK_CHECK(modes <= 1, "give at most one of --k, --layer-k, --budget, --expert-top-p (--expert-top-p takes --k "
+                         "as its cap) "
+                         "hint: see anyk generate --help");
+  ANYK_CHECK(a.budget == 0 || !a.data_dir.empty(),
+             "--budget needs --data DIR: the schedule is chosen on its validation windows");
+  ANYK_CHECK(a.eval_windows >= 0, "--eval-windows " << a.eval_windows << " must be >= 0 (0 = all)");
 }
 
 // The prompts (--prompt, --prompt-file, --prompts or stdin) as texts and byte tokens.
@@ -271,7 +282,7 @@ void read_prompts(const GenArgs& a, const InferenceModel& m, std::vector<std::st
 
 }
 
-// The K setting (--layer-k, --budget, --k, --top-p or the trained K) into go; returns its name.
+// The K setting (--layer-k, --budget, --k, --expert-top-p or the trained K) into go; returns its name.
 std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions& go) {
   const ModelConfig& mc = m.lm->config();
   const int L = mc.layers, E = mc.experts;
@@ -284,12 +295,12 @@ std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions&
   std::string k_desc;
   if (!a.layer_k.empty()) {
     go.k.k = parse_int_list(a.layer_k, "layer-k");
-    ANYK_CHECK(int(go.k.k.size()) == L, "--layer-k has " << go.k.k.size() << " values but the model has " << L
+    ANYK_USAGE_CHECK(int(go.k.k.size()) == L, "--layer-k has " << go.k.k.size() << " values but the model has " << L
                                                          << " layers");
     for (int k : go.k.k)
-      ANYK_CHECK(k >= 1 && k <= E, "--layer-k value " << k << " is outside [1, experts=" << E << "]");
+      ANYK_USAGE_CHECK(k >= 1 && k <= E, "--layer-k value " << k << " is outside [1, experts=" << E << "]");
   } else if (a.budget != 0) {
-    ANYK_CHECK(a.budget >= 1 && a.budget <= E, "--budget " << a.budget << " is outside [1, experts=" << E << "]");
+    ANYK_USAGE_CHECK(a.budget >= 1 && a.budget <= E, "--budget " << a.budget << " is outside [1, experts=" << E << "]");
     data::Loader val(data::TokenShards::open(a.data_dir, "val", mc.vocab), mc.seq_len, uint64_t(m.train.seed));
     Arena arena(size_t(64) << 20, m.lm->params().device());
     BudgetResult br = greedy_budget(*m.lm, val, a.budget, a.batch > 0 ? a.batch : m.train.batch, a.eval_windows, arena);
@@ -299,16 +310,16 @@ std::string choose_k(const GenArgs& a, const InferenceModel& m, GenerateOptions&
     int K = trained_k;
     if (!a.k_text.empty()) {
       auto ks = parse_int_list(a.k_text, "k");
-      ANYK_CHECK(ks.size() == 1, "--k takes one value here, got " << a.k_text << " hint: per-layer K is --layer-k");
+      ANYK_USAGE_CHECK(ks.size() == 1, "--k takes one value here, got " << a.k_text << " hint: per-layer K is --layer-k");
       K = ks[0];
-      ANYK_CHECK(K >= 1 && K <= E, "--k " << K << " is outside [1, experts=" << E << "]");
+      ANYK_USAGE_CHECK(K >= 1 && K <= E, "--k " << K << " is outside [1, experts=" << E << "]");
     } else if (a.top_p > 0) {
       K = E;
     }
     go.k.k.assign(size_t(L), K);
     go.k.top_p = a.top_p;
   }
-  return a.top_p > 0 ? "top-p " + std::to_string(a.top_p).substr(0, 4) + " (K <= " +
+  return a.top_p > 0 ? "expert-top-p " + std::to_string(a.top_p).substr(0, 4) + " (K <= " +
                                         std::to_string(go.k.k[0]) + ")"
                                   : k_setting_name(go.k.k) + k_desc;
 }
@@ -375,7 +386,7 @@ int generate_command(int argc, char** argv) {
   po::options_description desc(
       "anyk generate (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5)\n"
       "              [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
-      "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P] [options]\n"
+      "              [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --expert-top-p P] [options]\n"
       "Text from a trained model at any K, with a KV cache: the prompt in one batched pass, then\n"
       "one token per step, streamed to stdout (the prompt first). Without a prompt option the prompt\n"
       "is read from stdin. Prompts are encoded with the model's tokenizer (bytes, or the SentencePiece\n"

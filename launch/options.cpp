@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include <charconv>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -69,9 +70,9 @@ po::parsed_options parse_command_line(int argc, char** argv, const po::options_d
   for (int i = 1; i < argc; ++i) check_option_text(argv[i], "argument " + std::to_string(i) + " of anyk " + command);
   po::parsed_options parsed = po::command_line_parser(argc, argv).options(desc).style(cli_style()).run();
   for (const po::option& opt : parsed.options)
-    ANYK_CHECK(opt.position_key < 0, "unexpected argument '" << (opt.value.empty() ? "" : opt.value[0])
-                                                             << "' hint: options are --name value; see anyk "
-                                                             << command << " --help");
+    ANYK_USAGE_CHECK(opt.position_key < 0, "unexpected argument '" << (opt.value.empty() ? "" : opt.value[0])
+                                                                   << "' hint: options are --name value; see anyk "
+                                                                   << command << " --help");
   return parsed;
 }
 
@@ -80,12 +81,59 @@ CommandOptions::CommandOptions(std::string command, po::options_description& des
   desc_.add_options()("help,h", po::bool_switch(&help_), "show this help");
 }
 
+namespace {
+
+// Options renamed, still accepted on the command line with a one-line note on stderr.
+struct RenamedOption {
+  const char* old_name;
+  const char* new_name;
+  const char* why;
+};
+constexpr RenamedOption kRenamedOptions[] = {
+    {"top-p", "expert-top-p", "it sets how many experts a token uses, not nucleus sampling"},
+};
+
+// argv with each renamed option (--old or --old=value) under its new name, when desc knows it.
+std::vector<std::string> upgrade_argv(int argc, char** argv, const po::options_description& desc, bool note) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i)
+    for (const RenamedOption& r : kRenamedOptions) {
+      const std::string old = std::string("--") + r.old_name;
+      if ((args[i] != old && args[i].rfind(old + "=", 0) != 0) || !desc.find_nothrow(r.new_name, false)) continue;
+      args[i] = std::string("--") + r.new_name + args[i].substr(old.size());
+      if (note)
+        std::fprintf(stderr, "anyk: note: --%s is deprecated, use --%s (%s)\n", r.old_name, r.new_name, r.why);
+    }
+  return args;
+}
+
+}  // namespace
+
+std::string upgrade_config_text(const std::string& text) {
+  std::istringstream in(text);
+  std::string out;
+  for (std::string line; std::getline(in, line);) {
+    const size_t b = line.find_first_not_of(" \t");
+    for (const RenamedOption& r : kRenamedOptions) {
+      const std::string old = r.old_name;
+      if (b == std::string::npos || line.compare(b, old.size(), old) != 0) continue;
+      const size_t e = line.find_first_not_of(" \t", b + old.size());
+      if (e != std::string::npos && line[e] == '=') line = line.substr(0, b) + r.new_name + line.substr(b + old.size());
+    }
+    out += line + "\n";
+  }
+  return out;
+}
+
 bool CommandOptions::parse(int argc, char** argv, bool print_help,
                            const std::function<void(po::variables_map&)>& before_notify) {
+  std::vector<std::string> args = upgrade_argv(argc, argv, desc_, print_help);
+  std::vector<char*> ptrs;
+  for (std::string& a : args) ptrs.push_back(a.data());
   try {
-    po::store(parse_command_line(argc, argv, desc_, command_), vm_);
+    po::store(parse_command_line(argc, ptrs.data(), desc_, command_), vm_);
   } catch (const po::error& e) {
-    ANYK_FAIL(e.what() << " " << hint());
+    ANYK_USAGE_FAIL(e.what() << " " << hint());
   }
   if (vm_.count("help") && vm_["help"].as<bool>()) {
     if (print_help) std::cout << desc_ << "\n";
@@ -95,13 +143,13 @@ bool CommandOptions::parse(int argc, char** argv, bool print_help,
   try {
     po::notify(vm_);
   } catch (const po::error& e) {
-    ANYK_FAIL(e.what() << " " << hint());
+    ANYK_USAGE_FAIL(e.what() << " " << hint());
   }
   return true;
 }
 
 void CommandOptions::require(bool given, const std::string& name) const {
-  ANYK_CHECK(given, "--" << name << " is required " << hint());
+  ANYK_USAGE_CHECK(given, "--" << name << " is required " << hint());
 }
 
 const char* const kDeviceHelp =
@@ -155,7 +203,8 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
         "anyk convert --to hf; optimizer starts fresh), "
         "e.g. to continue a fixed-K model with emoe");
   t.add("tau", &o.tau, "layer_weighted temperature: P(K=k) ~ k^(1/tau)");
-  t.add("top-p", &o.top_p, "top_p threshold: per token, smallest k whose top-k mass >= p");
+  t.add("expert-top-p", &o.top_p,
+        "top_p strategy: per token, the smallest k whose top-k router mass >= p (--top-p: deprecated name)");
   t.add("lb-coef", &o.lb_coef, "load-balance loss coefficient");
   t.add("z-coef", &o.z_coef, "router z-loss coefficient");
   t.add("router-kl-weight", &o.router_kl_weight, "EMoE hierarchical router loss weight (-KL(q||U))");
@@ -201,7 +250,7 @@ bool read_weights_config_ini(const std::string& weights, TrainOptions& o) {
 
 void read_train_config_text(const std::string& text, const std::string& what, TrainOptions& o) {
   check_option_text(text, what);
-  std::istringstream in(text);
+  std::istringstream in(upgrade_config_text(text));
   OptionTable t("config");
   bind_train_options(t, o);
   po::variables_map vm;
@@ -270,7 +319,7 @@ void validate_train_options(TrainOptions& o) {
     ANYK_CHECK(o.k_min <= o.k_max, "--k-min " << o.k_min << " exceeds --k-max " << o.k_max);
   }
   ANYK_CHECK(o.tau > 0 && std::isfinite(o.tau), "--tau " << o.tau << " must be > 0");
-  ANYK_CHECK(o.top_p > 0 && o.top_p <= 1, "--top-p " << o.top_p << " must be in (0, 1]");
+  ANYK_CHECK(o.top_p > 0 && o.top_p <= 1, "--expert-top-p " << o.top_p << " must be in (0, 1]");
 }
 
 void check_comm_device(const TrainOptions& o, Device model_device) {

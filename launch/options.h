@@ -101,6 +101,10 @@ ModelConfig model_config(const TrainOptions& o);  // router.top_p stays 0 (force
 KScheduleConfig k_schedule_config(const TrainOptions& o);
 LrSchedule lr_schedule(const TrainOptions& o);
 
+// INI text with each renamed key (`top-p = 0.5`, written by older versions) under its new name
+// (`expert-top-p`); everything else unchanged.
+std::string upgrade_config_text(const std::string& text);
+
 // Refuses text holding a Boost.Program_options message placeholder (%name%, e.g. "%value%"):
 // Boost 1.74 fills its error messages by replacing placeholders in a loop that never ends when the
 // replacement holds the placeholder again, so such text must never reach it. `what` names the
@@ -116,8 +120,10 @@ po::parsed_options parse_command_line(int argc, char** argv, const po::options_d
                                       const std::string& command);
 
 // The Program_options boilerplate every `anyk COMMAND` shares: --help (-h) added first, argv
-// parsed with parse_command_line (any Boost error becomes one line `MESSAGE hint: see anyk
-// COMMAND --help`), the help text on stdout, and required options. desc must outlive this.
+// parsed with parse_command_line (any Boost error becomes a UsageError `MESSAGE hint: see anyk
+// COMMAND --help`), the help text on stdout, and required options. A renamed option's old name
+// (--top-p for --expert-top-p) is accepted with a note on stderr (when print_help: rank 0 of
+// train). desc must outlive this.
 class CommandOptions {
  public:
   CommandOptions(std::string command, po::options_description& desc);

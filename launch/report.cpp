@@ -28,10 +28,11 @@ void LineSink::open_log(const std::string& path) {
   path_ = path;
 }
 
-void LineSink::line(const std::string& s) {
-  std::fputs(s.c_str(), stdout);
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
+void LineSink::line(const std::string& s, std::FILE* to) {
+  std::fflush(stdout);  // a stderr line after the stdout lines before it
+  std::fputs(s.c_str(), to);
+  std::fputc('\n', to);
+  std::fflush(to);
   if (log_) {
     std::fputs(s.c_str(), log_);
     std::fputc('\n', log_);

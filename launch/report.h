@@ -6,14 +6,14 @@
 
 namespace anyk::launch {
 
-// Writes every line to stdout (flushed) and, when open, to a log file.
+// Writes every line to stdout (flushed; warnings and notes: to stderr) and, when open, to a log file.
 class LineSink {
  public:
   LineSink() = default;
   ~LineSink();
   void open_log(const std::string& path);  // truncates
   // Throws `writing PATH: <errno text> (hint: ...)` when the log cannot be written (full disk).
-  void line(const std::string& s);
+  void line(const std::string& s, std::FILE* to = stdout);
 
  private:
   std::FILE* log_ = nullptr;

@@ -41,14 +41,15 @@ void store_config_file(const std::string& path, const po::options_description& d
   ANYK_CHECK(fs::is_regular_file(path), "--config " << path << " not found hint: check the path");
   std::ifstream file(path);
   ANYK_CHECK(file, "cannot read --config " << path << " hint: check the path");
-  std::stringstream in;
-  in << file.rdbuf();
-  check_option_text(in.str(), "config file " + path);  // before Boost sees it (see options.h)
+  std::stringstream text;
+  text << file.rdbuf();
+  check_option_text(text.str(), "config file " + path);  // before Boost sees it (see options.h)
+  std::istringstream in(upgrade_config_text(text.str()));  // old key names (top-p) under their new ones
   try {
     // store() keeps values already set on the command line: flags win over the file.
     po::store(po::parse_config_file(in, desc, false), vm);
   } catch (const po::error& e) {
-    ANYK_FAIL("in config file " << path << ": " << e.what() << " hint: see anyk train --help");
+    ANYK_USAGE_FAIL("in config file " << path << ": " << e.what() << " hint: see anyk train --help");
   }
 }
 
@@ -74,15 +75,17 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   // The default warm-up must not make a short run (--steps 10) an error; an explicit one may.
   if (cmd.vm()["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
   resolve_train_tokenizer(o);  // before validation: vocab 0 becomes a SentencePiece model's size
-  validate_train_options(o);
-  check_comm_device(o, parse_device(o.device));
-  check_layout(world_size, o.ep, o.experts);
-  p.model = model_config(o);
-  p.model.validate();
-  p.kcfg = k_schedule_config(o);
-  KSchedule check_schedule(p.kcfg, o.layers, o.experts);  // throws on an invalid combination
-  p.lr = lr_schedule(o);
-  p.lr.validate();
+  as_usage_error([&] {  // only option values from here on: a failure is a usage error (exit 2)
+    validate_train_options(o);
+    check_comm_device(o, parse_device(o.device));
+    check_layout(world_size, o.ep, o.experts);
+    p.model = model_config(o);
+    p.model.validate();
+    p.kcfg = k_schedule_config(o);
+    KSchedule check_schedule(p.kcfg, o.layers, o.experts);  // throws on an invalid combination
+    p.lr = lr_schedule(o);
+    p.lr.validate();
+  });
   p.config_ini = "# anyk train: fully resolved options (usable with --config)\n" + table.to_ini();
   return true;
 }
@@ -113,7 +116,7 @@ void read_data(TrainSetup& p) {
 void check_run_dir(const TrainOptions& o) {
   ANYK_CHECK(!fs::exists(o.run_dir) || fs::is_directory(o.run_dir),
              "--run-dir " << o.run_dir << " exists and is not a directory");
-  ANYK_CHECK(!(o.overwrite && !o.resume.empty()),
+  ANYK_USAGE_CHECK(!(o.overwrite && !o.resume.empty()),
              "--overwrite and --resume exclude each other hint: --resume continues the run in --run-dir; "
              "--overwrite moves it aside and starts a new one");
   if (!o.resume.empty() || o.overwrite) return;
@@ -135,7 +138,7 @@ void check_run_dir(const TrainOptions& o) {
 void check_sources(TrainSetup& p) {
   const TrainOptions& o = p.o;
   if (!o.init_weights.empty()) {
-    ANYK_CHECK(o.resume.empty(), "--init-weights and --resume exclude each other hint: --resume restores "
+    ANYK_USAGE_CHECK(o.resume.empty(), "--init-weights and --resume exclude each other hint: --resume restores "
                                  "weights and optimizer state; --init-weights starts a new run from weights");
     if (io::is_hf_dir(o.init_weights)) {  // a Hugging Face Mixtral directory (anyk convert --to hf)
       io::h5::check_same_shape(io::hf_config(o.init_weights), p.model, o.init_weights + "/config.json", "this run");

@@ -345,8 +345,8 @@ void Trainer::describe_run() {
   say(fmt("K strategy %s: %s; seed %lld", o_.k_strategy.c_str(), describe_k_strategy().c_str(), (long long)o_.seed));
   // The top expert always holds at least 1/E of the mass, so p <= 1/E never adds a second expert.
   if (p_.kcfg.strategy == KStrategy::TopP && o_.top_p <= 1.0 / E_ && o_.k_min < o_.k_max)
-    say(fmt("warning: --top-p %g <= 1/experts = %g: the top expert alone always reaches it, so every token "
-            "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --top-p above %g",
+    warn(fmt("warning: --expert-top-p %g <= 1/experts = %g: the top expert alone always reaches it, so every token "
+            "uses --k-min %d experts (the same as --k-strategy fixed --k %d); raise --expert-top-p above %g",
             o_.top_p, 1.0 / E_, o_.k_min, o_.k_min, 1.0 / E_));
   say("device: " + p_.device_line + (dev_ == Device::CUDA && P_ > 1 ? " (rank 0)" : ""));
   if (lm.recompute() == Recompute::Layer)
@@ -393,7 +393,7 @@ void Trainer::describe_resume_and_signals() {
     // run would have.
     const int64_t ck_b = p_.resume.micro_batch, ck_m = ck_b > 0 ? p_.resume.global_seqs / ck_b : 0;
     if (ck_b > 0 && (ck_b != B_ || ck_m != int64_t(A_) * P_))
-      say(fmt("warning: the checkpoint was written with micro-batches of --batch %lld, %lld per step (--grad-accum "
+      warn(fmt("warning: the checkpoint was written with micro-batches of --batch %lld, %lld per step (--grad-accum "
               "x ranks); this run uses --batch %d, %d per step. K is drawn per global micro-batch, so the K draws "
               "and losses will differ from an uninterrupted run; resume with --batch %lld and --grad-accum x ranks "
               "= %lld to continue it exactly",
@@ -404,7 +404,7 @@ void Trainer::describe_resume_and_signals() {
     // the same time later: with the default of 1 s no step or checkpoint can finish.
     const char* kd = std::getenv("OMPI_MCA_odls_base_sigkill_timeout");
     if (!kd || std::atoi(kd) < 10)
-      say("note: under mpirun a SIGTERM or Ctrl-C gives the ranks " + std::string(kd ? kd : "1") +
+      warn("note: under mpirun a SIGTERM or Ctrl-C gives the ranks " + std::string(kd ? kd : "1") +
           " s before SIGKILL, too little to write a checkpoint; run mpirun --mca odls_base_sigkill_timeout 60 "
           "(more than a step plus a save) so that a signal ends with a checkpoint (docs/reliability.md)");
   }
@@ -681,6 +681,15 @@ const LM& Trainer::eval_model() {
   else
     copy_params(*lm_, *eval_twin_);
   return *eval_twin_;
+}
+
+void Trainer::warn(const std::string& line) {
+  if (!root_ || !io_error_.empty()) return;
+  try {
+    out_.line("anyk: " + line, stderr);
+  } catch (const Error& e) {
+    io_error_ = e.what();
+  }
 }
 
 void Trainer::say(const std::string& line) {

@@ -88,6 +88,7 @@ class Trainer {
   const LM& eval_model();  // collective
 
   void say(const std::string& line);
+  void warn(const std::string& line);  // "anyk: <line>" on stderr (and in train.log): warnings, notes
   void metric(const io::Json& j);
   void raise_io_error() const;
 

@@ -41,9 +41,15 @@ bool mpi_launched() {
 }
 
 void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std::function<void()>& on_failure) {
-  std::string err;
+  std::string err, where;
+  int code = kExitFailure;
   try {
     f();
+  } catch (const Error& e) {
+    err = e.what();
+    where = e.where();
+    code = e.exit_code();
+    if (err.empty()) err = "unknown error";
   } catch (const std::exception& e) {
     err = e.what();
     if (err.empty()) err = "unknown error";
@@ -51,9 +57,11 @@ void agree_or_throw(const Comm& comm, const std::function<void()>& f, const std:
   const int P = comm.size();
   const int lowest = P - int(comm.all_reduce_max(double(err.empty() ? 0 : P - comm.rank())));
   if (lowest == P) return;
+  // Every rank exits with the status of the rank that prints (usage error or run-time failure).
+  code = int(comm.all_reduce_max(double(comm.rank() == lowest ? code : 0)));
   if (comm.rank() == 0 && on_failure) on_failure();
-  if (comm.rank() == lowest) throw AgreedError(err);
-  throw ReportedError("rank " + std::to_string(lowest) + " failed");
+  if (comm.rank() == lowest) throw AgreedError(err, code, where);
+  throw ReportedError("rank " + std::to_string(lowest) + " failed", code);
 }
 
 void abort_job_if_parallel(int code) {

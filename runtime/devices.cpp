@@ -58,13 +58,13 @@ Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   if (name == "cuda") return Device::CUDA;
   if (name == "checked") return Device::Checked;
-  ANYK_FAIL("--device " << name << " is not a device hint: choose cpu, cuda or checked");
+  ANYK_USAGE_FAIL("--device " << name << " is not a device hint: choose cpu, cuda or checked");
 }
 
 bool parse_bf16(const std::string& precision) {
   if (precision == "f32") return false;
   if (precision == "bf16") return true;
-  ANYK_FAIL("--precision " << precision << " is not a precision hint: choose f32 or bf16");
+  ANYK_USAGE_FAIL("--precision " << precision << " is not a precision hint: choose f32 or bf16");
 }
 
 int local_rank_from_env() {
@@ -84,7 +84,7 @@ int local_rank_from_env() {
 
 std::string use_device(Device d, bool bf16, double* free_bytes) {
   if (free_bytes) *free_bytes = -1;
-  ANYK_CHECK(!bf16 || d == Device::CUDA, "--precision bf16 needs --device cuda (the " << device_name(d)
+  ANYK_USAGE_CHECK(!bf16 || d == Device::CUDA, "--precision bf16 needs --device cuda (the " << device_name(d)
                                              << " kernels compute in f32) hint: drop --precision or pass --device cuda");
   switch (d) {
     case Device::CPU: return "cpu";

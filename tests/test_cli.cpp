@@ -4,7 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "test_util.h"
 
@@ -301,4 +304,167 @@ TEST_CASE("cli: prepare --shard-tokens; train reads the shards, resumes bit-iden
   anyk::test::check_one_error_line(changed.err, {"training shard 4 train_000004.bin holds",
                                                  "checkpoints/step_4/meta.h5 was written when",
                                                  "hint: resume over the data the run started with"});
+}
+
+// ---- the CLI convention of docs/cli.md ---------------------------------------------------------
+
+namespace {
+
+// The comma-separated names after `after` up to the first ';', ')' or newline in text.
+std::vector<std::string> names_after(const std::string& text, const std::string& after) {
+  std::vector<std::string> names;
+  const size_t at = text.find(after);
+  if (at == std::string::npos) return names;
+  std::string word;
+  for (size_t i = at + after.size(); i <= text.size(); ++i) {
+    const char c = i < text.size() ? text[i] : ';';
+    if (c == ',' || c == ';' || c == ')' || c == '\n') {
+      const size_t b = word.find_first_not_of(' '), e = word.find_last_not_of(' ');
+      if (b != std::string::npos) names.push_back(word.substr(b, e - b + 1));
+      word.clear();
+      if (c != ',') break;
+    } else {
+      word += c;
+    }
+  }
+  return names;
+}
+
+// The long option names (without --) of a Program_options help text: each line's leading option.
+std::vector<std::string> options_of_help(const std::string& help) {
+  std::vector<std::string> names;
+  std::istringstream in(help);
+  const std::regex opt("^  (?:-[a-z] \\[ )?--([a-z0-9-]+)");
+  std::smatch m;
+  for (std::string line; std::getline(in, line);)
+    if (std::regex_search(line, m, opt)) names.push_back(m[1].str());
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("cli convention: an error is one line without source paths; --debug or ANYK_DEBUG=1 adds the location") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  const std::string base = "train --data " + data.string() + " --run-dir " + run_dir.string() + kTiny;
+  const Result plain = run(base + " --k-max 7", t.path);
+  anyk::test::check_one_error_line(plain.err, {"--k-max 7", "(hint: "});
+  CHECK(std::regex_match(plain.err, std::regex("anyk: error: [^\\n]+ \\(hint: [^\\n]+\\)\\n")));
+  CHECK(plain.err.find(".cpp:") == std::string::npos);
+  CHECK(plain.err.find(".h:") == std::string::npos);
+  // A run-time failure (a missing data dir) is written the same way.
+  const Result missing = run("train --data " + (t.path / "none").string() + " --run-dir " + run_dir.string() + kTiny,
+                             t.path);
+  anyk::test::check_one_error_line(missing.err, {"does not exist", "(hint: "});
+  CHECK(missing.err.find(".cpp:") == std::string::npos);
+  // --debug (anywhere on the line) and ANYK_DEBUG=1 name the check's source line, still one line.
+  for (const Result& d : {run(base + " --k-max 7 --debug", t.path), run("--debug " + base + " --k-max 7", t.path),
+                          anyk::test::run_anyk(base + " --k-max 7", {.cwd = t.path, .env = {"ANYK_DEBUG=1"}})}) {
+    anyk::test::check_one_error_line(d.err, {"--k-max 7", "(hint: "});
+    CHECK(std::regex_search(d.err, std::regex("\\) \\[[^\\]]*launch/[a-z_]+\\.cpp:[0-9]+\\]\\n$")));
+    CHECK(d.rc == plain.rc);
+  }
+  CHECK_FALSE(fs::exists(run_dir));
+}
+
+TEST_CASE("cli convention: exit status 2 for a usage error, 1 for a run-time failure, 0 for success") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  const std::string base = "train --data " + data.string() + " --run-dir " + run_dir.string() + kTiny;
+  struct Case {
+    std::string args;
+    int rc;
+  };
+  const std::vector<Case> cases = {
+      {"", 2},                                                       // no command
+      {"fly", 2},                                                    // unknown command
+      {base + " --frobnicate 3", 2},                                 // unknown option
+      {base + " --k-max 7", 2},                                      // a value out of range
+      {"train --data " + data.string() + kTiny, 2},                  // a required option missing
+      {base + " --steps abc", 2},                                    // not a number
+      {base + " --k-strategy sometimes", 2},                         // not one of the choices
+      {base + " --overwrite --resume latest", 2},                    // options that exclude each other
+      {"prepare --input x --out y --val-fraction 1.5", 2},
+      {"eval --run-dir " + run_dir.string() + " --data " + data.string(), 2},  // no K setting
+      {"convert --checkpoint x --to ep=0 --out y", 2},
+      {"train --data " + (t.path / "none").string() + " --run-dir " + run_dir.string() + kTiny, 1},  // no such data
+      {"eval --run-dir " + (t.path / "norun").string() + " --data " + data.string() + " --k 1", 1},  // no such run
+      {"convert --checkpoint " + (t.path / "nockpt").string() + " --to safetensors --out y.st", 1},
+      {"prepare --input " + (t.path / "notext").string() + " --out " + (t.path / "d2").string(), 1},
+      {"--version", 0},
+      {"train --help", 0},
+  };
+  for (const Case& c : cases) {
+    INFO("anyk " << c.args);
+    const Result r = run(c.args, t.path);
+    CHECK(r.rc == c.rc);
+    if (c.rc == 2 && !c.args.empty()) anyk::test::check_one_error_line(r.err, {});
+    if (c.rc == 1) anyk::test::check_one_error_line(r.err, {});
+  }
+  CHECK_FALSE(fs::exists(run_dir));
+}
+
+TEST_CASE("cli convention: --help names every command, strategy and train option, with no float noise") {
+  TempDir t;
+  const Result top = run("--help", t.path);
+  REQUIRE(top.rc == 0);
+  // The commands as the dispatcher knows them: its unknown-command hint lists its table.
+  const std::vector<std::string> commands = names_after(run("fly", t.path).err, "commands are ");
+  REQUIRE(commands.size() >= 6);
+  for (const std::string& c : commands) {
+    INFO("command " << c);
+    CHECK(top.out.find("\n  " + c + " ") != std::string::npos);
+    const Result h = run(c + " --help", t.path);
+    CHECK(h.rc == 0);
+    CHECK(h.out.find("--help") != std::string::npos);
+    // Program_options prints a double default with 17 digits unless given its text form.
+    CHECK_FALSE(std::regex_search(h.out, std::regex("[0-9]\\.[0-9]*(0000000|9999999)")));
+  }
+  CHECK_FALSE(std::regex_search(top.out, std::regex("[0-9]\\.[0-9]*(0000000|9999999)")));
+  CHECK(run("prepare --help", t.path).out.find("(=0.05)") != std::string::npos);
+  // The strategies as the K schedule knows them: its error for an unknown name lists them.
+  const Result bad = run("train --k-strategy sometimes --data x --run-dir y", t.path);
+  const std::vector<std::string> strategies = names_after(bad.err, "valid names are ");
+  REQUIRE(strategies.size() >= 7);
+  for (const std::string& s : strategies) CHECK_MESSAGE(top.out.find(s) != std::string::npos, "strategy " << s);
+  // Every option of train --help (device, profile, init-weights, ... and any added later).
+  const std::vector<std::string> train_opts = options_of_help(run("train --help", t.path).out);
+  REQUIRE(train_opts.size() >= 40);
+  for (const std::string& o : train_opts) {
+    if (o == "help") continue;
+    CHECK_MESSAGE(std::regex_search(top.out, std::regex("--" + o + "\\b")), "--" << o);
+  }
+}
+
+TEST_CASE("cli convention: warnings and notes on stderr, results on stdout; --top-p is --expert-top-p") {
+  TempDir t;
+  const fs::path data = make_data(t);
+  const fs::path run_dir = t.path / "run";
+  // --top-p (the deprecated name) 0.1 <= 1/experts = 0.25: the trainer warns that top_p is fixed K.
+  const Result r = run("train --data " + data.string() + " --run-dir " + run_dir.string() + kTiny +
+                           " --k-strategy top_p --k-min 1 --k-max 3 --top-p 0.1 --eval-windows 2",
+                       t.path);
+  REQUIRE_MESSAGE(r.rc == 0, r.err);
+  CHECK(r.err.find("anyk: note: --top-p is deprecated, use --expert-top-p") != std::string::npos);
+  CHECK(r.err.find("anyk: warning: --expert-top-p 0.1 <= 1/experts") != std::string::npos);
+  CHECK(r.out.find("warning") == std::string::npos);
+  CHECK(r.out.find("note:") == std::string::npos);
+  CHECK(r.out.find("K-sweep on") != std::string::npos);  // the result is on stdout
+  CHECK(slurp(run_dir / "train.log").find("anyk: warning: --expert-top-p") != std::string::npos);
+  const std::string ini = slurp(run_dir / "config.ini");
+  CHECK(ini.find("\nexpert-top-p = 0.1\n") != std::string::npos);
+  CHECK(ini.find("\ntop-p") == std::string::npos);
+  // An older config file's `top-p =` key still reads, under the new name, without a note.
+  const fs::path old_cfg = t.path / "old.ini";
+  std::ofstream(old_cfg) << "top-p = 0.2\n";
+  const fs::path run2 = t.path / "run2";
+  const Result r2 = run("train --config " + old_cfg.string() + " --data " + data.string() + " --run-dir " +
+                            run2.string() + kTiny + " --k-strategy top_p --k-min 1 --k-max 3 --eval-windows 2",
+                        t.path);
+  REQUIRE_MESSAGE(r2.rc == 0, r2.err);
+  CHECK(slurp(run2 / "config.ini").find("\nexpert-top-p = 0.2\n") != std::string::npos);
+  CHECK(r2.err.find("deprecated") == std::string::npos);
+  CHECK(r2.err.find("anyk: warning: --expert-top-p 0.2 <= 1/experts") != std::string::npos);
 }

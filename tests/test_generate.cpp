@@ -371,27 +371,28 @@ TEST_CASE("anyk generate: the library's text, streamed, and one-line errors") {
   REQUIRE(cli.sh(w + "--prompt-file p.txt --max-new 2 --temperature 1 --seed 4") == 0);
   CHECK(cli.out() == first);
   std::ofstream(cli.dir / "many.txt") << "one\n\ntwo\nthree\n";
-  REQUIRE(cli.sh(w + "--prompts many.txt --max-new 4 --top-p 0.6") == 0);
+  REQUIRE(cli.sh(w + "--prompts many.txt --max-new 4 --expert-top-p 0.6") == 0);
   CHECK(cli.out().find("--- 3 ---\nthree") != std::string::npos);
   CHECK(cli.err().find("3 prompts") != std::string::npos);
 
-  auto fails = [&](const std::string& args, const std::string& needle, const std::string& in = "") {
+  // Exit status 2 for a bad option value, 1 for bad input (docs/cli.md).
+  auto fails = [&](const std::string& args, const std::string& needle, const std::string& in = "", int rc = 1) {
     CAPTURE(args);
-    CHECK(cli.sh(args, in) == 2);
+    CHECK(cli.sh(args, in) == rc);
     std::string e = cli.err();
     CHECK(e.rfind("anyk: error: ", 0) == 0);
     CHECK(std::count(e.begin(), e.end(), '\n') == 1);
     CHECK(e.find(needle) != std::string::npos);
   };
-  fails(w + "--prompt hi --k 5", "--k 5 is outside [1, experts=4]");
-  fails(w + "--prompt hi --layer-k 1,2,3", "--layer-k has 3 values but the model has 2 layers");
+  fails(w + "--prompt hi --k 5", "--k 5 is outside [1, experts=4]", "", 2);
+  fails(w + "--prompt hi --layer-k 1,2,3", "--layer-k has 3 values but the model has 2 layers", "", 2);
   fails(w + "--prompt ''", "the prompt is empty");
   fails(w, "the prompt is empty", "");
   fails(w + "--prompt-file nope.txt", "--prompt-file nope.txt does not exist");
   fails(w + "--prompts nope.txt", "--prompts nope.txt does not exist");
   fails(w + "--prompt " + std::string(33, 'a'), "is 33 bytes but the model's context is 32 tokens");
-  fails(w + "--prompt hi --budget 2", "--budget needs --data");
-  fails(w + "--prompt hi --precision bf16", "--precision bf16 needs --device cuda");
+  fails(w + "--prompt hi --budget 2", "--budget needs --data", "", 2);
+  fails(w + "--prompt hi --precision bf16", "--precision bf16 needs --device cuda", "", 2);
   fails("generate --weights missing.h5 --prompt hi", "missing.h5 not found");
   // A run dir whose config.ini describes another model than its model.h5.
   fs::create_directories(cli.dir / "run");
@@ -412,7 +413,7 @@ TEST_CASE("anyk generate --device checked prints the CPU's text bit for bit") {
   const std::vector<std::string> cases = {
       "--prompt 'Hello' --max-new 40 --k 1",                                    // greedy, window slides
       "--prompt 'Hello' --max-new 24 --layer-k 3,1 --temperature 0.9 --top-k 30 --seed 2",
-      "--prompts many.txt --max-new 12 --top-p 0.6 --temperature 1 --seed 4",  // a batch, per-token K
+      "--prompts many.txt --max-new 12 --expert-top-p 0.6 --temperature 1 --seed 4",  // a batch, per-token K
   };
   for (const std::string& c : cases) {
     CAPTURE(c);

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -161,7 +162,11 @@ void expect_one_error_under_mpi(const std::string& err, std::initializer_list<st
   int n = 0;
   for (size_t p = err.find("anyk: error: "); p != std::string::npos; p = err.find("anyk: error: ", p + 1)) ++n;
   CHECK(n == 1);
-  CHECK(err.rfind("anyk: error: ", 0) == 0);
+  // Before it, only anyk's own notes and warnings (they go to stderr too: docs/cli.md).
+  const size_t at = err.find("anyk: error: ");
+  std::istringstream before(err.substr(0, at == std::string::npos ? 0 : at));
+  for (std::string l; std::getline(before, l);)
+    CHECK_MESSAGE((l.rfind("anyk: note: ", 0) == 0 || l.rfind("anyk: warning: ", 0) == 0), "before the error: " << l);
   CHECK(err.find("MPI_ABORT") == std::string::npos);
   const std::string line = anyk::test::error_of(err);
   for (const auto& x : needles) CHECK_MESSAGE(line.find(x) != std::string::npos, "missing '" << x << "'");
@@ -181,11 +186,11 @@ TEST_CASE("1: a run dir holding a run is refused without --resume; --overwrite m
   REQUIRE(!model.empty());
 
   SUBCASE("same command again, another --lr") {
-    CHECK(f.run(0, base + " --lr 0.001", &err) == 2);
+    CHECK(f.run(0, base + " --lr 0.001", &err) == 1);
     check_one_error_line(err, {"r1 already holds a run", "--resume", "--overwrite"});
   }
   SUBCASE("--config RUN_DIR/config.ini (it names the same run dir)") {
-    CHECK(f.run(0, "train --data data --config r1/config.ini", &err) == 2);
+    CHECK(f.run(0, "train --data data --config r1/config.ini", &err) == 1);
     check_one_error_line(err, {"already holds a run", "--resume", "--overwrite"});
   }
   // Nothing of the finished run changed.
@@ -223,7 +228,7 @@ TEST_CASE("2: a locked run dir makes a second train fail at once, naming the hol
   const std::string who = "pid 4242 on host node17\n";
   REQUIRE(::pwrite(fd, who.data(), who.size(), 0) == ssize_t(who.size()));
   std::string err;
-  CHECK(f.run(0, "train --data data --run-dir r2 " + kTiny + " --steps 2", &err, "", 60) == 2);
+  CHECK(f.run(0, "train --data data --run-dir r2 " + kTiny + " --steps 2", &err, "", 60) == 1);
   check_one_error_line(err, {"run dir r2 is in use by pid 4242 on host node17"});
   CHECK_FALSE(fs::exists(f / "r2/config.ini"));
   CHECK_FALSE(fs::exists(f / "r2/train.log"));
@@ -241,14 +246,14 @@ TEST_CASE("2: the plain command rerun against a live run names the pid and host 
   char host[256] = {0};
   ::gethostname(host, sizeof host - 1);
   std::string err;
-  CHECK(f.run(0, cmd, &err, "", 60) == 2);
+  CHECK(f.run(0, cmd, &err, "", 60) == 1);
   check_one_error_line(err, {"run dir live is in use by pid " + std::to_string(p.pid()) + " on host " + host});
   CHECK(err.find("--resume latest") == std::string::npos);  // not the advice for a finished run
   CHECK_FALSE(p.done());
   p.kill_group(SIGKILL);
   REQUIRE(p.wait_for(30));
   // The lock died with the process: the same command now says the dir holds a (stopped) run.
-  CHECK(f.run(0, cmd, &err, "", 60) == 2);
+  CHECK(f.run(0, cmd, &err, "", 60) == 1);
   check_one_error_line(err, {"live already holds a run", "--resume latest"});
   fs::remove_all(f / "live");
 }
@@ -262,7 +267,7 @@ TEST_CASE("2: two trains started together on one run dir: one runs, the other fa
   REQUIRE(b.wait_for(120));
   const int ra = a.result().rc, rb = b.result().rc;
   INFO("a: rc " << ra << " " << a.err() << " b: rc " << rb << " " << b.err());
-  CHECK(((ra == 0 && rb == 2) || (ra == 2 && rb == 0)));
+  CHECK(((ra == 0 && rb == 1) || (ra == 1 && rb == 0)));  // the loser: a run-time failure (docs/cli.md)
   const std::string loser_err = (ra == 0 ? b : a).err();
   CHECK(count_lines(loser_err) == 1);
   CHECK((loser_err.find("is in use by pid") != std::string::npos ||
@@ -403,7 +408,7 @@ TEST_CASE("4: a full disk during training: one line with errno's text, no *.tmp,
     const int rc = f.run(np, "train --data data --run-dir " + run + " " + model + " --steps 20 --save-every 1 --keep 50" +
                                  (np ? " --ep 2" : ""),
                          &err);
-    CHECK(rc == 2);  // not 139 (a segfault), not 0
+    CHECK(rc == 1);  // a run-time failure: not 139 (a segfault), not 0
     INFO("stderr: " << err);
     CHECK(err.find("No space left on device (hint: free space") != std::string::npos);
     CHECK(err.find("anyk: error: writing ") != std::string::npos);
@@ -433,7 +438,7 @@ TEST_CASE("4: convert onto a full disk: one line, no *.tmp, nothing half-written
   for (const std::string to : {"consolidated", "ep=2", "safetensors"}) {
     CAPTURE(to);
     const std::string out = "disk4c/out_" + std::string(to == "ep=2" ? "ep2" : to);
-    CHECK(f.run(0, "convert --checkpoint c4/checkpoints/latest --to " + to + " --out " + out, &err) == 2);
+    CHECK(f.run(0, "convert --checkpoint c4/checkpoints/latest --to " + to + " --out " + out, &err) == 1);
     CHECK(err.find("No space left on device (hint:") != std::string::npos);
     CHECK(err.find("Segmentation") == std::string::npos);
     CHECK_FALSE(fs::exists(f / out));
@@ -498,18 +503,18 @@ TEST_CASE("4: every writer on a full disk names the path and errno, and removes 
 TEST_CASE("5: runs too big for memory are refused up front, naming the estimate and the knob") {
   Fixture& f = fx();
   std::string err;
-  CHECK(f.run(0, "train --data data --run-dir m5 " + kTinyModel + " --batch 2 --dim 1000000 --steps 2", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir m5 " + kTinyModel + " --batch 2 --dim 1000000 --steps 2", &err) == 1);
   check_one_error_line(err, {"not enough memory", "AdamW moments", "lower --dim"});
   CHECK_FALSE(fs::exists(f / "m5"));
-  CHECK(f.run(0, "train --data data --run-dir m5 " + kTinyModel + " --dim 32 --batch 100000000 --steps 2", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir m5 " + kTinyModel + " --dim 32 --batch 100000000 --steps 2", &err) == 1);
   check_one_error_line(err, {"not enough memory", "activations", "lower --batch"});
   CHECK_FALSE(fs::exists(f / "m5"));
   // A limit (as a cgroup would set) just below what the run needs.
-  CHECK(f.run(0, "train --data data --run-dir m5 " + kTiny + " --steps 2", &err, "ANYK_MEMORY_LIMIT=100000") == 2);
+  CHECK(f.run(0, "train --data data --run-dir m5 " + kTiny + " --steps 2", &err, "ANYK_MEMORY_LIMIT=100000") == 1);
   check_one_error_line(err, {"not enough memory", "available (ANYK_MEMORY_LIMIT)"});
   CHECK_FALSE(fs::exists(f / "m5"));
   // Under MPI: one line, no MPI_ABORT noise, every rank exits.
-  CHECK(f.run(2, "train --data data --run-dir m5 " + kTinyModel + " --batch 2 --dim 1000000 --steps 2", &err) == 2);
+  CHECK(f.run(2, "train --data data --run-dir m5 " + kTinyModel + " --batch 2 --dim 1000000 --steps 2", &err) == 1);
   expect_one_error_under_mpi(err, {"not enough memory"});
   CHECK_FALSE(fs::exists(f / "m5"));
 }
@@ -604,12 +609,12 @@ TEST_CASE("6: a window longer than the data or a huge batch is refused before an
   std::string err;
   CHECK(f.run(0, "train --data data --run-dir v6 --layers 1 --dim 32 --heads 2 --experts 4 --expert-hidden 32 "
                  "--batch 2 --threads 1 --seq-len 2147483647 --steps 2",
-              &err) == 2);
+              &err) == 1);  // longer than the data: a run-time failure (docs/cli.md)
   check_one_error_line(err, {"--seq-len 2147483647"});
   CHECK_FALSE(fs::exists(f / "v6"));
   CHECK(f.run(0, "train --data data --run-dir v6 --layers 1 --dim 32 --heads 2 --experts 4 --expert-hidden 32 "
                  "--seq-len 32 --threads 1 --batch 2000000000 --steps 2",
-              &err) == 2);
+              &err) == 1);  // more memory than there is
   CHECK(count_lines(err) == 1);
   CHECK_FALSE(fs::exists(f / "v6"));
   // A damaged checkpoint is refused before the run dir gets any file.
@@ -621,7 +626,7 @@ TEST_CASE("6: a window longer than the data or a huge batch is refused before an
     std::ofstream(meta, std::ios::binary | std::ios::trunc) << bytes;
   }
   CHECK(f.run(0, "train --data data --run-dir v6 " + kTiny + " --steps 4 --resume v6src/checkpoints/step_2", &err) ==
-        2);
+        1);
   CHECK(count_lines(err) == 1);
   CHECK_FALSE(fs::exists(f / "v6"));
   fs::remove_all(f / "v6src");
@@ -631,10 +636,10 @@ TEST_CASE("6: a window longer than the data or a huge batch is refused before an
 TEST_CASE("7: --config DIR and --resume FILE.h5 say what is wrong") {
   Fixture& f = fx();
   std::string err;
-  CHECK(f.run(0, "train --data data --run-dir s7 --config data " + kTiny + " --steps 2", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir s7 --config data " + kTiny + " --steps 2", &err) == 1);
   check_one_error_line(err, {"--config data is a directory"});
   REQUIRE(f.run(0, "train --data data --run-dir s7src " + kTiny + " --steps 2", &err) == 0);
-  CHECK(f.run(0, "train --data data --run-dir s7 " + kTiny + " --steps 4 --resume s7src/model.h5", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir s7 " + kTiny + " --steps 4 --resume s7src/model.h5", &err) == 1);
   check_one_error_line(err, {"s7src/model.h5 is a file, not a checkpoint directory", "--init-weights"});
   CHECK_FALSE(fs::exists(f / "s7"));
   fs::remove_all(f / "s7src");
@@ -645,10 +650,10 @@ TEST_CASE("7: convert never overwrites silently and leaves no .tmp on refusal") 
   std::string err;
   REQUIRE(f.run(0, "train --data data --run-dir c7 " + kTiny + " --steps 2", &err) == 0);
   fs::create_directories(f / "c7out_dir");
-  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7out_dir", &err) == 2);
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7out_dir", &err) == 1);
   check_one_error_line(err, {"--out c7out_dir is a directory"});
   { std::ofstream(f / "c7out_dir/keep.txt") << "precious"; }
-  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7out_dir", &err) == 2);
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7out_dir", &err) == 1);
   check_one_error_line(err, {"--out c7out_dir exists and is not empty", "--overwrite"});
   CHECK_FALSE(fs::exists(f / "c7out_dir.tmp"));
   CHECK(slurp(f / "c7out_dir/keep.txt") == "precious");
@@ -668,7 +673,7 @@ TEST_CASE("7: convert never overwrites silently and leaves no .tmp on refusal") 
   fs::create_directories(f / "c7empty");
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7empty/", &err) == 0);
   complete_ep2(f / "c7empty");
-  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/", &err) == 2);
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/", &err) == 1);
   check_one_error_line(err, {"--out c7new exists and is not empty", "--overwrite"});
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to ep=2 --out c7new/ --overwrite", &err) == 0);
   CHECK(err.find("Invalid argument") == std::string::npos);
@@ -679,7 +684,7 @@ TEST_CASE("7: convert never overwrites silently and leaves no .tmp on refusal") 
   fs::remove_all(f / "c7new");
   fs::remove_all(f / "c7empty");
   { std::ofstream(f / "c7.h5") << "precious"; }
-  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7.h5", &err) == 2);
+  CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7.h5", &err) == 1);
   check_one_error_line(err, {"--out c7.h5 exists", "--overwrite"});
   CHECK(slurp(f / "c7.h5") == "precious");
   CHECK(f.run(0, "convert --checkpoint c7/checkpoints/latest --to consolidated --out c7.h5 --overwrite", &err) == 0);
@@ -784,22 +789,22 @@ TEST_CASE("a corrupted `latest` and a diverged loss are one-line errors") {
   std::string err;
   REQUIRE(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 2", &err) == 0);
   { std::ofstream(f / "l8/checkpoints/latest", std::ios::trunc) << "../../etc\n"; }
-  CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 1);
   check_one_error_line(err, {"l8/checkpoints/latest", "does not name a checkpoint directory"});
   { std::ofstream(f / "l8/checkpoints/latest", std::ios::trunc) << "step_99\n"; }
-  CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 1);
   check_one_error_line(err, {"step_99", "does not exist"});
   // Zero-filled or NUL-led (a power loss while it was written), or empty: the whole path, what is
   // wrong, and the newest complete step directory to resume from instead.
   for (const std::string& bad : {std::string(16, '\0'), std::string("\0step_2\n", 8), std::string()}) {
     { std::ofstream(f / "l8/checkpoints/latest", std::ios::trunc | std::ios::binary) << bad; }
-    CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 2);
+    CHECK(f.run(0, "train --data data --run-dir l8 " + kTiny + " --steps 4 --resume latest", &err) == 1);
     CHECK(err.find('\0') == std::string::npos);
     check_one_error_line(err, {"l8/checkpoints/latest ", bad.empty() ? "is empty" : "holds binary data",
                                "damaged", "hint: pass --resume l8/checkpoints/step_2"});
   }
   fs::remove_all(f / "l8");
-  CHECK(f.run(0, "train --data data --run-dir d8 " + kTiny + " --steps 20 --lr 1e30 --grad-clip 1e30", &err) == 2);
+  CHECK(f.run(0, "train --data data --run-dir d8 " + kTiny + " --steps 20 --lr 1e30 --grad-clip 1e30", &err) == 1);
   check_one_error_line(err, {"training diverged at step", "lower --lr"});
   fs::remove_all(f / "d8");
 }

@@ -143,13 +143,13 @@ TEST_CASE("train: top_p with p <= 1/E gives every token --k-min experts, and say
   for (double p : {0.2, 0.9}) {
     const fs::path r = f.dir / ("topp" + std::to_string(int(p * 100)));
     std::string err;
-    int rc = f.sh("train --data " + f.data.string() + " --run-dir " + r.string() + " " + model + " --top-p " +
+    int rc = f.sh("train --data " + f.data.string() + " --run-dir " + r.string() + " " + model + " --expert-top-p " +
                       std::to_string(p),
                   &err);
     REQUIRE_MESSAGE(rc == 0, err);
     const std::vector<double> k = metric(r, "train", "mean_k");
     REQUIRE(k.size() == 8);
-    const bool warned = slurp(r / "train.log").find("warning: --top-p") != std::string::npos;
+    const bool warned = slurp(r / "train.log").find("anyk: warning: --expert-top-p") != std::string::npos;
     if (p < 0.25) {
       CHECK(warned);
       for (double v : k) CHECK(v == 1.0);

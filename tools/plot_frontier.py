@@ -27,6 +27,33 @@ def load(path):
     return pts
 
 
+def place_labels(ax, labels, fontsize=7):
+    """Annotates each (x, y, text, (dx, dy)) of labels at its preferred offset (points) when that
+    box is free, else at the nearest free offset above or below it (with a thin leader line), so
+    that labels of close points (K=6, K=7, K=8 at similar speeds) never print over each other.
+    Call after the axes' limits and the figure's layout are final."""
+    fig = ax.get_figure()
+    px = fig.dpi / 72.0  # pixels per point
+    placed = []
+
+    def box(x, y, text, dx, dy):
+        X, Y = ax.transData.transform((x, y))
+        w, h = 0.62 * fontsize * len(text) * px, 1.25 * fontsize * px
+        return (X + dx * px, Y + dy * px, X + dx * px + w, Y + dy * px + h)
+
+    def free(b):
+        return all(b[2] <= o[0] or b[0] >= o[2] or b[3] <= o[1] or b[1] >= o[3] for o in placed)
+
+    for x, y, text, (dx, dy) in labels:
+        step = 1.3 * fontsize
+        tries = [dy] + [dy + sign * i * step for i in range(1, 12) for sign in (1, -1)]
+        best = next((t for t in tries if free(box(x, y, text, dx, t))), dy)
+        placed.append(box(x, y, text, dx, best))
+        arrow = dict(arrowstyle="-", linewidth=0.4, color="0.5") if abs(best - dy) > step / 2 else None
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, best), fontsize=fontsize,
+                    arrowprops=arrow)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="PNG file to write")
@@ -54,8 +81,10 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), dpi=100)
-    for ax, key, xlabel, scale in ((axes[0], "flops_per_token", "MFLOP per token (2 x active params)", 1e-6),
-                                   (axes[1], "decode_tokens_per_s", "measured decode tokens/s (1 sequence)", 1.0)):
+    ann = {0: [], 1: []}  # per panel: (x, y, text, offset), placed once the layout is final
+    for panel, ax, key, xlabel, scale in (
+            (0, axes[0], "flops_per_token", "MFLOP per token (2 x active params)", 1e-6),
+            (1, axes[1], "decode_tokens_per_s", "measured decode tokens/s (1 sequence)", 1.0)):
         for name, pts, trained_k in series:
             uni = sorted((p for p in pts if p.get("kind") == "K"), key=lambda p: p["k"][0])
             bud = [p for p in pts if p.get("kind") == "budget"]
@@ -73,14 +102,13 @@ def main():
             for p in uni:
                 if trained_k is not None and p["k"][0] != trained_k:
                     continue  # only the elastic series' K labels, to keep the overlay readable
-                ax.annotate(f"K={p['k'][0]}", (p[key] * scale, p["bits_per_byte"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
+                ann[panel].append((p[key] * scale, p["bits_per_byte"], f"K={p['k'][0]}", (4, 4)))
             if bud:
                 ax.scatter([p[key] * scale for p in bud], [p["bits_per_byte"] for p in bud], marker="s",
                            color=line.get_color(), label=f"{name}: greedy budget schedules")
                 for p in bud:
-                    ax.annotate(",".join(str(k) for k in p["k"]), (p[key] * scale, p["bits_per_byte"]),
-                                textcoords="offset points", xytext=(4, -10), fontsize=7)
+                    ann[panel].append((p[key] * scale, p["bits_per_byte"], ",".join(str(k) for k in p["k"]),
+                                          (4, -10)))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation bits per byte")
         ax.grid(True, alpha=0.3)
@@ -89,6 +117,8 @@ def main():
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(args.title)
     fig.tight_layout(rect=(0, 0.045 * rows, 1, 1))
+    for panel, ax in enumerate(axes):
+        place_labels(ax, ann[panel])
     fig.savefig(args.out)
     print(f"plot_frontier: wrote {args.out}")
 
