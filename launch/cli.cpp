@@ -22,6 +22,7 @@
 #include "launch/generate.h"
 #include "launch/tokenizer.h"
 #include "launch/options.h"
+#include "launch/serve.h"
 #include "launch/train.h"
 #include "launch/version.h"
 #include "core/check.h"
@@ -60,6 +61,10 @@ constexpr const char* kUsage =
     "           [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --top-p P]\n"
     "           [--temperature T --top-k N --seed S --threads N]\n"
     "           text at any K with a KV cache, streamed; ends with tokens/s and mean K\n"
+    "  serve    (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) [--host 127.0.0.1]\n"
+    "           [--port 8080] [--slots 8] [--target-ms-per-token T --k-min 1 --k-max E]\n"
+    "           OpenAI-compatible completions over HTTP; each request picks its K (k, layer_k,\n"
+    "           expert_top_p, k \"auto\"), all K batched together; see docs/serve.md\n"
     "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
     "           --to consolidated|ep=M|safetensors --out PATH [--no-optimizer]\n"
     "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
@@ -157,8 +162,9 @@ int run_cli(int argc, char** argv) {
     if (cmd == "convert") return launch::convert_command(argc - 1, argv + 1);
     if (cmd == "generate") return launch::generate_command(argc - 1, argv + 1);
     if (cmd == "tokenize") return launch::tokenize_command(argc - 1, argv + 1);
+    if (cmd == "serve") return launch::serve_command(argc - 1, argv + 1);
     ANYK_CHECK(false, "unknown command '" << cmd
-                                          << "' hint: commands are prepare, train, eval, convert, generate, tokenize; see anyk --help");
+                                          << "' hint: commands are prepare, train, eval, convert, generate, serve, tokenize; see anyk --help");
   } catch (const ReportedError&) {
     return 2;  // another rank printed the error; every rank stops cleanly, no abort needed
   } catch (const AgreedError& e) {

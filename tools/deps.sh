@@ -2,7 +2,7 @@
 # Installs the Debian packages anyk needs, only those missing (apt-get; needs root or sudo).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libeigen3-dev libboost-program-options-dev doctest-dev
-      libopenmpi-dev openmpi-bin libhdf5-dev nlohmann-json3-dev libsentencepiece-dev fortunes python3)
+      libopenmpi-dev openmpi-bin libhdf5-dev nlohmann-json3-dev libcpp-httplib-dev libsentencepiece-dev fortunes python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
