@@ -251,6 +251,11 @@ void Server::Impl::completions(const httplib::Request& req, httplib::Response& r
   if (cr.stream) return stream(res, call, cr, prompt_tokens);
   std::unique_lock<std::mutex> lk(call->mu);
   call->cv.wait(lk, [&] { return call->done; });
+  if (call->out.finish_reason == "error") {
+    write_error(res, ApiError(500, "generation failed: " + call->out.error, "", "server_error"));
+    count(500);
+    return;
+  }
   const std::string id = "cmpl-" + std::to_string(next_id++);
   json body = chunk(id, int64_t(std::time(nullptr)), call->text, call->out.finish_reason.c_str());
   body["usage"] = usage(call->out, prompt_tokens, cr.auto_k);
@@ -319,6 +324,8 @@ std::string Server::Impl::metrics() {
         double(routed));
   gauge("anyk_token_layers_total", "Token-layer rows of finished requests (routed / this = mean K used).", "counter",
         double(token_layers));
+  gauge("anyk_k_used_mean", "Mean K used over finished requests (routed experts per token per layer).", "gauge",
+        token_layers ? double(routed) / double(token_layers) : 0.0);
   gauge("anyk_auto_k", "K given to k=auto requests at the last step that had any (0: none yet).", "gauge",
         s.last_auto_k);
   gauge("anyk_auto_k_mean", "Mean K given to k=auto requests over their steps.", "gauge",

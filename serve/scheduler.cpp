@@ -116,12 +116,22 @@ void Scheduler::loop() {
       }
       admit(fresh);
     }
-    for (auto& j : fresh) {
-      prefill(*j, int(running_.size()) + 1);
-      std::lock_guard<std::mutex> lk(mu_);
-      running_.push_back(j);
+    try {
+      for (auto& j : fresh) {
+        {
+          std::lock_guard<std::mutex> lk(mu_);
+          running_.push_back(j);
+        }
+        prefill(*j, int(running_.size()));
+      }
+      if (std::any_of(running_.begin(), running_.end(), [](const auto& j) { return !j->done; })) decode_step();
+    } catch (const std::exception& e) {  // a failed pass ends every request in it, not the server
+      for (auto& j : running_)
+        if (!j->done) {
+          j->out.error = e.what();
+          finish(*j, "error");
+        }
     }
-    if (std::any_of(running_.begin(), running_.end(), [](const auto& j) { return !j->done; })) decode_step();
     std::lock_guard<std::mutex> lk(mu_);
     for (auto& j : running_)
       if (j->done) free_slots_.push_back(j->slot);
@@ -159,7 +169,7 @@ void Scheduler::prefill(Job& j, int batch) {
     double r_fixed = 0;
     int n_auto = 1;
     for (const auto& o : running_) {
-      if (o->done) continue;
+      if (o->done || o.get() == &j) continue;
       if (o->req.auto_k) ++n_auto;
       else r_fixed += mean_of(o->req.k.k);
     }

@@ -28,7 +28,8 @@ namespace anyk::serve {
 // What a finished request reports (also for usage in the response).
 struct Outcome {
   std::vector<int> tokens;          // generated
-  std::string finish_reason;        // "length" or "stop"
+  std::string finish_reason;        // "length", "stop", or "error" (a failed pass; error says why)
+  std::string error;
   std::vector<int64_t> routed;      // (L) experts routed for this request's tokens at each layer
   int64_t rows = 0;                 // tokens passed through the model (prompt and decoded)
   double seconds = 0;               // from admission to the last token
