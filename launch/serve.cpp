@@ -109,7 +109,8 @@ int serve_command(int argc, char** argv) {
   check_serve_args(a);
   InferenceModel m = load_inference_model(a.run_dir, a.checkpoint, a.weights, Device::CPU);
   const ModelConfig& mc = m.lm->config();
-  omp_set_num_threads(a.threads > 0 ? a.threads : m.train.threads);
+  const int threads = a.threads > 0 ? a.threads : m.train.threads;
+  omp_set_num_threads(threads);
   ANYK_CHECK(a.max_tokens <= mc.seq_len, "--max-tokens " << a.max_tokens << " exceeds the model's context "
                                                          << mc.seq_len);
   // The signals go to one thread that waits for them: blocked here, before any thread starts.
@@ -120,6 +121,7 @@ int serve_command(int argc, char** argv) {
   serve::SchedulerOptions so;
   so.slots = a.slots, so.max_queue = a.max_queue, so.target_ms = a.target_ms, so.k_min = a.k_min, so.k_max = a.k_max;
   so.batch_wait_ms = a.batch_wait_ms;
+  so.threads = threads;
   serve::Scheduler sched(*m.lm, so);
   serve::ServerOptions o;
   o.host = a.host, o.port = a.port, o.max_body = size_t(a.max_body), o.threads = a.http_threads;

@@ -6,8 +6,15 @@
 
 namespace anyk::serve {
 
-void StepCostModel::add(double B, double R, double ms) {
-  const double x[3] = {1.0, B, R};
+double expected_experts(int E, const std::vector<double>& k, int n_auto, double k_auto) {
+  double miss = 1;  // probability that a given expert is read by no request
+  for (double ki : k) miss *= 1 - ki / E;
+  for (int i = 0; i < n_auto; ++i) miss *= 1 - k_auto / E;
+  return E * (1 - miss);
+}
+
+void StepCostModel::add(double R, double U, double ms) {
+  const double x[3] = {1.0, R, U};
   for (double& v : xtx_) v *= forget_;
   for (double& v : xty_) v *= forget_;
   for (int i = 0; i < 3; ++i) {
@@ -42,14 +49,17 @@ void StepCostModel::solve() {
   for (int i = 0; i < 3; ++i) theta_[size_t(i)] = a[i][3] / a[i][i];
 }
 
-double StepCostModel::predict(double B, double R) const {
+double StepCostModel::predict(double R, double U) const {
   if (n_ == 0) return 0;
-  return theta_[0] + theta_[1] * B + theta_[2] * R;
+  return theta_[0] + theta_[1] * R + theta_[2] * U;
 }
 
-int StepCostModel::choose(int B, double r_fixed, int n_auto, double target_ms, int k_min, int k_max) const {
+int StepCostModel::choose(const std::vector<double>& fixed_k, int n_auto, int E, double target_ms, int k_min,
+                          int k_max) const {
+  double r_fixed = 0;
+  for (double k : fixed_k) r_fixed += k;
   for (int k = k_max; k > k_min; --k)
-    if (predict(B, r_fixed + double(n_auto) * k) <= target_ms) return k;
+    if (predict(r_fixed + double(n_auto) * k, expected_experts(E, fixed_k, n_auto, k)) <= target_ms) return k;
   return k_min;
 }
 

@@ -331,9 +331,9 @@ std::string Server::Impl::metrics() {
   gauge("anyk_auto_k_mean", "Mean K given to k=auto requests over their steps.", "gauge",
         s.auto_k_steps ? double(s.auto_k_sum) / double(s.auto_k_steps) : 0.0);
   gauge("anyk_last_step_ms", "Wall time of the last decode step (ms).", "gauge", s.last_step_ms);
-  o << "# HELP anyk_step_cost_ms Fitted decode step cost: fixed + per_request*B + per_routed_expert*R (ms).\n"
+  o << "# HELP anyk_step_cost_ms Fitted decode step cost: fixed + per_routed_row*R + per_expert_read*U (ms).\n"
     << "# TYPE anyk_step_cost_ms gauge\nanyk_step_cost_ms{term=\"fixed\"} " << s.cost[0]
-    << "\nanyk_step_cost_ms{term=\"per_request\"} " << s.cost[1] << "\nanyk_step_cost_ms{term=\"per_routed_expert\"} "
+    << "\nanyk_step_cost_ms{term=\"per_routed_row\"} " << s.cost[1] << "\nanyk_step_cost_ms{term=\"per_expert_read\"} "
     << s.cost[2] << "\n";
   o << "# HELP anyk_step_ms Decode step wall time (ms).\n# TYPE anyk_step_ms histogram\n";
   for (size_t i = 0; i < s.step_ms_buckets.size(); ++i)

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <numeric>
 
+#include <omp.h>
+
 #include "core/check.h"
 
 namespace anyk::serve {
@@ -50,7 +52,10 @@ Scheduler::Scheduler(const LM& lm, const SchedulerOptions& o)
   st_.step_ms_buckets = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
   st_.step_ms_counts.assign(st_.step_ms_buckets.size(), 0);
   if (o_.target_ms > 0) calibrate();
-  thread_ = std::thread([this] { loop(); });
+  thread_ = std::thread([this] {
+    if (o_.threads > 0) omp_set_num_threads(o_.threads);  // OpenMP's thread count is per calling thread
+    loop();
+  });
 }
 
 Scheduler::~Scheduler() {
@@ -117,6 +122,7 @@ void Scheduler::loop() {
       admit(fresh);
     }
     try {
+      const auto t_iter = Clock::now();  // this step's prompt passes count in its time (auto K)
       for (auto& j : fresh) {
         {
           std::lock_guard<std::mutex> lk(mu_);
@@ -124,7 +130,7 @@ void Scheduler::loop() {
         }
         prefill(*j, int(running_.size()));
       }
-      if (std::any_of(running_.begin(), running_.end(), [](const auto& j) { return !j->done; })) decode_step();
+      if (std::any_of(running_.begin(), running_.end(), [](const auto& j) { return !j->done; })) decode_step(t_iter);
     } catch (const std::exception& e) {  // a failed pass ends every request in it, not the server
       for (auto& j : running_)
         if (!j->done) {
@@ -157,23 +163,23 @@ void Scheduler::admit(std::vector<std::shared_ptr<Job>>& fresh) {
   st_.queued = int(queue_.size());
 }
 
-int Scheduler::auto_k_for(int batch, double r_fixed, int n_auto) const {
+int Scheduler::auto_k_for(const std::vector<double>& fixed_k, int n_auto) const {
   if (cost_.samples() == 0) return o_.k_max;
-  return cost_.choose(batch, r_fixed, n_auto, o_.target_ms, o_.k_min, o_.k_max);
+  return cost_.choose(fixed_k, n_auto, lm_->config().experts, o_.target_ms, o_.k_min, o_.k_max);
 }
 
 // The prompt in a pass of its own (the pass anyk generate makes for one prompt), then its first token.
 void Scheduler::prefill(Job& j, int batch) {
   const int L = lm_->config().layers;
   if (j.req.auto_k) {
-    double r_fixed = 0;
+    std::vector<double> fixed_k;
     int n_auto = 1;
     for (const auto& o : running_) {
       if (o->done || o.get() == &j) continue;
       if (o->req.auto_k) ++n_auto;
-      else r_fixed += mean_of(o->req.k.k);
+      else fixed_k.push_back(mean_of(o->req.k.k));
     }
-    j.k = InferenceK{std::vector<int>(size_t(L), auto_k_for(batch, r_fixed, n_auto)), 0};
+    j.k = InferenceK{std::vector<int>(size_t(L), auto_k_for(fixed_k, n_auto)), 0};
   }
   dec_.reset(j.slot);
   dec_.set_row_invariant(false);
@@ -189,19 +195,19 @@ void Scheduler::prefill(Job& j, int batch) {
 }
 
 // One token for every running request, each at its own K (auto requests at the rule's K).
-void Scheduler::decode_step() {
+void Scheduler::decode_step(Clock::time_point t_iter) {
   const int L = lm_->config().layers;
   std::vector<Job*> js;
-  double r_fixed = 0;
+  std::vector<double> fixed_k;
   int n_auto = 0;
   for (auto& j : running_) {
     if (j->done) continue;
     js.push_back(j.get());
     if (j->req.auto_k) ++n_auto;
-    else r_fixed += mean_of(j->req.k.k);
+    else fixed_k.push_back(mean_of(j->req.k.k));
   }
   const int B = int(js.size());
-  const int k_auto = n_auto ? auto_k_for(B, r_fixed, n_auto) : 0;
+  const int k_auto = n_auto ? auto_k_for(fixed_k, n_auto) : 0;
   std::vector<Segment> segs;
   for (Job* j : js) {
     if (j->req.auto_k) j->k = InferenceK{std::vector<int>(size_t(L), k_auto), 0};
@@ -216,7 +222,10 @@ void Scheduler::decode_step() {
     deliver(*js[size_t(i)], logits, i);
   }
   const double ms = 1e3 * since(t0);
-  cost_.add(B, r_fixed + double(n_auto) * k_auto, ms);
+  // The cost model learns the whole iteration (the prompt passes of requests that joined in it
+  // too): that is the time between two tokens of a running request.
+  const double R = std::accumulate(fixed_k.begin(), fixed_k.end(), 0.0) + double(n_auto) * k_auto;
+  cost_.add(R, expected_experts(lm_->config().experts, fixed_k, n_auto, k_auto), 1e3 * since(t_iter));
   std::lock_guard<std::mutex> lk(mu_);
   ++st_.steps;
   st_.last_step_ms = ms;
@@ -265,8 +274,9 @@ void Scheduler::calibrate() {
   const int reps = 3;
   const std::vector<int> batches = o_.slots > 1 ? std::vector<int>{1, o_.slots} : std::vector<int>{1};
   const std::vector<int> ks = o_.k_min < o_.k_max ? std::vector<int>{o_.k_min, o_.k_max} : std::vector<int>{o_.k_min};
-  const int V = lm_->config().vocab;
-  std::vector<int> tok(size_t(o_.slots), 0);
+  const int V = lm_->config().vocab, E = lm_->config().experts;
+  std::vector<int> tok(size_t(o_.slots));  // different tokens: the rows route differently
+  for (int s = 0; s < o_.slots; ++s) tok[size_t(s)] = (s * 37 + 11) % V;
   for (int B : batches) {
     for (int K : ks) {
       const InferenceK k{std::vector<int>(size_t(L), K), 0};
@@ -281,7 +291,8 @@ void Scheduler::calibrate() {
         const auto t0 = Clock::now();
         dec_.forward(segs, k, logits);
         for (int s = 0; s < B; ++s) sample_token(logits.data() + int64_t(s) * V, V, SampleOptions{}, 0.5);
-        if (r > 0) cost_.add(B, double(B) * K, 1e3 * since(t0));  // the first pass warms the caches
+        if (r > 0)  // the first pass warms the caches
+          cost_.add(double(B) * K, expected_experts(E, std::vector<double>(size_t(B), K)), 1e3 * since(t0));
       }
     }
   }

@@ -9,6 +9,7 @@
 // Requests with auto K get, at each step, the K that StepCostModel (auto_k.h) predicts keeps the
 // step under the target time with the batch of that step; fixed-K requests are never changed.
 #pragma once
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -56,6 +57,7 @@ struct SchedulerOptions {
   int capacity = 0;          // tokens per slot (0: the model's seq_len)
   double target_ms = 0;      // auto K: the step-time target (0: auto K is not offered)
   int k_min = 1, k_max = 0;  // auto K's range (k_max 0: the model's experts)
+  int threads = 0;           // OpenMP threads of the scheduler thread's passes (0: OpenMP's default)
   double batch_wait_ms = 0;  // when idle, how long the first queued request waits for others to join it
 };
 
@@ -96,10 +98,10 @@ class Scheduler {
   void loop();
   void admit(std::vector<std::shared_ptr<Job>>& fresh);
   void prefill(Job& j, int batch);
-  void decode_step();
+  void decode_step(std::chrono::steady_clock::time_point t_iter);
   void deliver(Job& j, const std::vector<double>& logits, int row);
   void finish(Job& j, const char* reason);
-  int auto_k_for(int batch, double r_fixed, int n_auto) const;
+  int auto_k_for(const std::vector<double>& fixed_k, int n_auto) const;
   const LM* lm_;
   SchedulerOptions o_;
   KVDecoder dec_;
