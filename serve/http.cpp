@@ -125,6 +125,10 @@ void Server::Impl::routes() {
   const int threads = o.threads > 0 ? o.threads : sched.options().slots + sched.options().max_queue + 4;
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
   svr.set_payload_max_length(o.max_body);
+  // Clients keep their connection for many requests: each reconnection goes through a listen
+  // backlog of 5 (fixed in the library), where a burst of reconnecting clients loses SYNs and
+  // waits a second for the retransmission.
+  svr.set_keep_alive_max_count(1000);
   svr.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { completions(q, r); });
   svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
     json m = {{"id", o.limits.model}, {"object", "model"}, {"created", 0}, {"owned_by", "anyk"},
