@@ -5,6 +5,7 @@
 #include "serve/http.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -72,6 +73,7 @@ struct Server::Impl {
   ServerOptions o;
   httplib::Server svr;
   std::atomic<int64_t> next_id{1};
+  int listen_fd = -1;  // the listening socket, seen through the socket-options hook
   std::mutex mu;  // the counters below
   std::map<int, int64_t> by_status;
   int64_t routed = 0, token_layers = 0;
@@ -112,6 +114,7 @@ Server::~Server() = default;
 int Server::bind() {
   Impl& m = *impl_;
   const int port = m.o.port == 0 ? m.svr.bind_to_any_port(m.o.host) : (m.svr.bind_to_port(m.o.host, m.o.port) ? m.o.port : -1);
+  if (port > 0 && m.listen_fd >= 0) ::listen(m.listen_fd, SOMAXCONN);
   ANYK_CHECK(port > 0, "cannot listen on " << m.o.host << ":" << m.o.port
                                            << " hint: the port is in use or the host is not an address of this "
                                               "machine; pick another --port (0: any free port)");
@@ -129,6 +132,15 @@ void Server::Impl::routes() {
   // backlog of 5 (fixed in the library), where a burst of reconnecting clients loses SYNs and
   // waits a second for the retransmission.
   svr.set_keep_alive_max_count(1000);
+  // The library listens with a backlog of 5: a burst of clients connecting at once loses SYNs (a
+  // second's wait, and on a loaded machine failed requests). The hook sees the socket before its
+  // bind (httplib's default options, less SO_REUSEPORT: a second server on the port must fail to
+  // bind); bind() then listens again with a deep backlog.
+  svr.set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;
+  });
   svr.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { completions(q, r); });
   svr.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
     json m = {{"id", o.limits.model}, {"object", "model"}, {"created", 0}, {"owned_by", "anyk"},

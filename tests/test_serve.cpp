@@ -34,7 +34,7 @@ namespace {
 ModelConfig model_config(bool big = false) {
   ModelConfig c;
   if (big) {
-    c.vocab = 128, c.dim = 128, c.layers = 2, c.heads = 4, c.experts = 8, c.expert_hidden = 256, c.seq_len = 512;
+    c.vocab = 128, c.dim = 128, c.layers = 2, c.heads = 4, c.experts = 8, c.expert_hidden = 512, c.seq_len = 512;
     c.init_std = 0.05, c.dtype = DType::F32;
     return c;
   }
@@ -326,6 +326,7 @@ TEST_CASE("anyk serve: bounded load, 200 requests 16 at a time at K=1, K=4 and a
   auto worker = [&] {
     httplib::Client c("127.0.0.1", s.port);
     c.set_read_timeout(120, 0);
+    c.set_keep_alive(true);  // as OpenAI's clients do: one connection for all of this client's requests
     for (int i; (i = next++) < 200;) {
       Json b = {{"prompt", prompt}, {"max_tokens", N}, {"temperature", 0}};
       b["k"] = i % 3 == 0 ? Json(1) : i % 3 == 1 ? Json(4) : Json("auto");
@@ -334,6 +335,9 @@ TEST_CASE("anyk serve: bounded load, 200 requests 16 at a time at K=1, K=4 and a
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!res || res->status != 200) {
         ++errors;
+        std::lock_guard<std::mutex> lk(mu);
+        MESSAGE("request " << i << ": " << (res ? "HTTP " + std::to_string(res->status) + " " + res->body
+                                              : "no answer: " + httplib::to_string(res.error())) << " after " << sec << " s");
         continue;
       }
       const std::string text = Json::parse(res->body).at("choices").at(0).at("text");
