@@ -23,6 +23,7 @@
 #include "launch/generate.h"
 #include "launch/tokenizer.h"
 #include "launch/options.h"
+#include "launch/serve.h"
 #include "launch/train.h"
 #include "launch/version.h"
 #include "core/check.h"
@@ -65,6 +66,10 @@ constexpr const char* kUsageTail =
     "           [--eval-windows N --batch B --logits-out F]\n"
     "           text at any K with a KV cache, streamed; ends with tokens/s and mean K (stderr);\n"
     "           --expert-top-p picks the experts per token, --top-k and --temperature sample tokens\n"
+    "  serve    (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) [--host 127.0.0.1]\n"
+    "           [--port 8080] [--slots 8] [--target-ms-per-token T --k-min 1 --k-max E]\n"
+    "           OpenAI-compatible completions over HTTP; each request picks its K (k, layer_k,\n"
+    "           expert_top_p, k \"auto\"), all K batched together; see docs/serve.md\n"
     "  convert  --checkpoint DIR|RUN_DIR/checkpoints/latest|FILE.h5\n"
     "           --to consolidated|ep=M|safetensors|gguf|hf --out PATH [--no-optimizer] [--overwrite]\n"
     "           [--k K --dtype f32|f16]\n"
@@ -178,6 +183,7 @@ const Command kCommands[] = {
     {"prepare", prepare_command},         {"train", launch::train_command},
     {"eval", launch::eval_command},       {"convert", launch::convert_command},
     {"generate", launch::generate_command}, {"tokenize", launch::tokenize_command},
+    {"serve", launch::serve_command},
 };
 
 // --debug anywhere on the command line (removed from argv), or ANYK_DEBUG set to anything but

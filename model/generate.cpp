@@ -28,9 +28,11 @@ int param_id(const ParamStore& ps, const std::string& name) {
 // (linear_rows_forward) instead of packing them for a GEMM; longer passes (prompts) use the GEMM.
 constexpr int kFewRows = 16;
 
+// rows: always the few-row kernel (row-invariant passes, KVDecoder::set_row_invariant).
 template <class T>
-void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M <= kFewRows) kn.linear_rows_forward(ctx, out, x, w, M, I, O);
+void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, int M, int I, int O,
+            bool rows) {
+  if (rows || M <= kFewRows) kn.linear_rows_forward(ctx, out, x, w, M, I, O);
   else kn.linear_forward(ctx, out, x, w, M, I, O);
 }
 
@@ -38,11 +40,11 @@ void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w
 // offsets (E+1) are host memory; out, x, w device memory.
 template <class T>
 void grouped(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, const int* offsets, int E,
-             int I, int O) {
+             int I, int O, bool rows) {
   for (int e = 0; e < E; ++e) {
-    const int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
-    if (rows > 0)
-      matmul<T>(kn, ctx, out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, rows, I, O);
+    const int r0 = offsets[e], n = offsets[e + 1] - offsets[e];
+    if (n > 0)
+      matmul<T>(kn, ctx, out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, n, I, O, rows);
   }
 }
 
@@ -92,18 +94,24 @@ int KVDecoder::length(int slot) const {
   return len_[size_t(slot)];
 }
 
-void KVDecoder::forward(std::span<const Segment> segs, const InferenceK& k, std::vector<double>& logits,
-                        bool all_logits) {
+void KVDecoder::check_k(const InferenceK& k) const {
   const ModelConfig& c = lm_->config();
-  ANYK_CHECK(!segs.empty(), "decoder forward needs at least one segment");
   ANYK_CHECK(int(k.k.size()) == c.layers,
              "inference needs one K per layer: got " << k.k.size() << " for " << c.layers << " layers");
   for (int l = 0; l < c.layers; ++l)
     ANYK_CHECK(k.k[l] >= 1 && k.k[l] <= c.experts,
                "K = " << k.k[l] << " at layer " << l << " is outside [1, E=" << c.experts << "]");
   ANYK_CHECK(k.top_p >= 0 && k.top_p <= 1, "top-p " << k.top_p << " is outside (0, 1]");
+}
+
+void KVDecoder::forward(std::span<const Segment> segs, const InferenceK& k, std::vector<double>& logits,
+                        bool all_logits) {
+  const ModelConfig& c = lm_->config();
+  ANYK_CHECK(!segs.empty(), "decoder forward needs at least one segment");
+  check_k(k);
   std::vector<char> seen(size_t(slots_), 0);
   for (const Segment& s : segs) {
+    if (s.k) check_k(*s.k);
     ANYK_CHECK(s.slot >= 0 && s.slot < slots_, "slot " << s.slot << " is outside [0, " << slots_ << ")");
     ANYK_CHECK(!seen[size_t(s.slot)], "slot " << s.slot << " appears twice in one pass");
     seen[size_t(s.slot)] = 1;
@@ -127,11 +135,14 @@ template <class T> struct KVDecoder::Pass {
   int C, NH, D, half, E, H, N, S;
   std::vector<int> r0;  // first row of each segment, and N
   T *x, *h, *rstd, *qkv, *qkr, *att, *a, *scores;
-  T *rl, *probs, *lse, *wts, *rows, *h13, *sw, *y;  // MoE scratch for the largest K
+  T *rl, *probs, *lse, *wts, *rows_buf, *h13, *sw, *y;  // MoE scratch for the largest K
   double* top_scratch;                              // (E) for top_p_count_forward
   // idx (3N+S): token ids, the key and value rows of qkr viewed as (3N,C), each segment's last row
   int *idx, *ids, *kcount, *stok, *sslot;
   int *h_ids, *h_stok, *h_sslot, *h_counts, *h_next, *h_offsets;  // the expert sort, on the host
+  int* h_kcount;    // (N) per-row K when the segments' K differ
+  int Kmax;         // the largest K of any segment at any layer: the ids' row stride
+  bool rows;        // row-invariant pass: every matmul on the few-row kernel
   const T* P(const ParamStore& ps, int id) const { return ps.value(id).template dev_ptr<T>(); }
 };
 
@@ -165,15 +176,19 @@ KVDecoder::Pass<T> KVDecoder::make_pass(std::span<const Segment> segs, const Inf
   for (int s = 0; s < S; ++s)
     score_n = std::max<int64_t>(score_n, int64_t(p.NH) * segs[s].n * (len_[segs[s].slot] + segs[s].n));
   p.scores = buf(score_n);
-  const int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
+  int Kmax = *std::max_element(kk.k.begin(), kk.k.end());
+  for (const Segment& s : segs)
+    if (s.k) Kmax = std::max(Kmax, *std::max_element(s.k->k.begin(), s.k->k.end()));
+  p.Kmax = Kmax;
+  p.rows = row_invariant_;
   const int64_t NK = int64_t(N) * Kmax;
   p.rl = buf(int64_t(N) * E), p.probs = buf(int64_t(N) * E), p.lse = buf(N);
   p.top_scratch = arena_.alloc_n<double>(size_t(E));
   p.ids = ibuf(NK), p.wts = buf(NK), p.kcount = ibuf(N);
   p.stok = ibuf(NK + 1), p.sslot = ibuf(NK + 1);
   p.h_ids = hbuf(NK), p.h_stok = hbuf(NK + 1), p.h_sslot = hbuf(NK + 1);
-  p.h_counts = hbuf(E), p.h_next = hbuf(E), p.h_offsets = hbuf(int64_t(E) + 1);
-  p.rows = buf(NK * C), p.h13 = buf(NK * 2 * H);
+  p.h_counts = hbuf(E), p.h_next = hbuf(E), p.h_offsets = hbuf(int64_t(E) + 1), p.h_kcount = hbuf(N);
+  p.rows_buf = buf(NK * C), p.h13 = buf(NK * 2 * H);
   p.sw = buf(NK * H), p.y = buf(NK * C);
   return p;
 }
@@ -195,7 +210,7 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
     return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
   };
   kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln1), N, C, c.norm_eps);
-  matmul<T>(kn, ctx, p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C);
+  matmul<T>(kn, ctx, p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C, p.rows);
   for (int s = 0; s < p.S; ++s) {
     const int p0 = len_[segs[s].slot], n = segs[s].n;
     const int64_t o = int64_t(p.r0[s]) * 3 * C;
@@ -208,14 +223,60 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
     kn.attention_cached_forward(ctx, p.att + int64_t(p.r0[s]) * C, p.scores, p.qkr + o, 3 * C, kc, vc, n,
                                 p0 + n, C, p.NH);
   }
-  matmul<T>(kn, ctx, p.a, p.att, p.P(ps, li.wo), N, C, C);
+  matmul<T>(kn, ctx, p.a, p.att, p.P(ps, li.wo), N, C, C, p.rows);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
 }
 
-// MoE of layer l: norm, router (forced K, or per-token K by top-p mass), sort by expert, SwiGLU
-// experts on their contiguous rows, weighted scatter back, residual. The chosen ids come to the
-// host for the sort (as the training dispatcher plans on the host); its rows go back up.
-template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, int K, double top_p) {
+// Router of layer l: probabilities and each row's experts, into p.ids (N, Kmax; -1 past a row's
+// K). One K for every segment: the forced K (or top-p K under it) as before. Segments at different
+// K: each row's K count (its segment's K, or its top-p count capped by that K) goes to the router,
+// which then chooses exactly what it chooses for that row alone (the row code takes the top kt
+// by the same arg-max). The ids come to the host and are sorted by expert; returns the routed rows.
+template <class T> int KVDecoder::route_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& kk) {
+  const Kernels<T>& kn = *p.kn;
+  const Ctx& ctx = *p.ctx;
+  const int N = p.N, E = p.E;
+  const bool renorm = lm_->config().router.renormalize;
+  bool uniform = true;  // every segment at the forward's K and top-p on this layer
+  for (const Segment& s : segs)
+    if (s.k && (s.k->k[l] != kk.k[l] || s.k->top_p != kk.top_p)) uniform = false;
+  const int K = uniform ? kk.k[l] : p.Kmax;  // the ids' row stride
+  if (uniform) {
+    kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, nullptr, N, E, K, renorm);
+    if (kk.top_p > 0) {
+      kn.top_p_count_forward(ctx, p.kcount, p.top_scratch, p.probs, N, E, kk.top_p, 1, K);
+      kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, p.kcount, N, E, K, renorm);
+    }
+  } else {
+    kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, nullptr, N, E, K, renorm);  // the probabilities
+    for (int s = 0; s < p.S; ++s) {
+      const InferenceK& sk = segs[s].k ? *segs[s].k : kk;
+      for (int r = p.r0[s]; r < p.r0[s + 1]; ++r) p.h_kcount[r] = sk.k[l];
+    }
+    p.mem->from_host(p.kcount, p.h_kcount, sizeof(int) * size_t(N));
+    for (int s = 0; s < p.S; ++s) {
+      const InferenceK& sk = segs[s].k ? *segs[s].k : kk;
+      const int r0 = p.r0[s], n = p.r0[s + 1] - r0;
+      if (sk.top_p > 0)
+        kn.top_p_count_forward(ctx, p.kcount + r0, p.top_scratch, p.probs + int64_t(r0) * E, n, E, sk.top_p, 1,
+                               sk.k[l]);
+    }
+    kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, p.kcount, N, E, K, renorm);
+  }
+  p.mem->to_host(p.h_ids, p.ids, sizeof(int) * size_t(N) * K);
+  for (int s = 0; s < p.S; ++s) {
+    if (!segs[s].routed) continue;
+    int64_t n = 0;
+    for (int64_t i = int64_t(p.r0[s]) * K; i < int64_t(p.r0[s + 1]) * K; ++i) n += p.h_ids[i] >= 0;
+    segs[s].routed[l] += n;
+  }
+  return sort_assignments(p.h_ids, N, K, E, p.h_stok, p.h_sslot, p.h_counts, p.h_next);
+}
+
+// MoE of layer l: norm, router (route_t), sort by expert, SwiGLU experts on their contiguous rows,
+// weighted scatter back, residual. The chosen ids come to the host for the sort (as the training
+// dispatcher plans on the host); its rows go back up.
+template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& kk) {
   const ModelConfig& c = lm_->config();
   const ParamStore& ps = lm_->params();
   const LayerIds& li = layers_[l];
@@ -223,25 +284,18 @@ template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, int K, double top_p)
   const Ctx& ctx = *p.ctx;
   const int C = p.C, N = p.N, E = p.E, H = p.H;
   kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln2), N, C, c.norm_eps);
-  matmul<T>(kn, ctx, p.rl, p.h, p.P(ps, li.router), N, C, E);
-  const bool renorm = c.router.renormalize;
-  kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, nullptr, N, E, K, renorm);
-  if (top_p > 0) {
-    kn.top_p_count_forward(ctx, p.kcount, p.top_scratch, p.probs, N, E, top_p, 1, K);
-    kn.router_forward(ctx, p.probs, p.lse, p.ids, p.wts, p.rl, p.kcount, N, E, K, renorm);
-  }
-  p.mem->to_host(p.h_ids, p.ids, sizeof(int) * size_t(N) * K);
-  const int sent = sort_assignments(p.h_ids, N, K, E, p.h_stok, p.h_sslot, p.h_counts, p.h_next);
+  matmul<T>(kn, ctx, p.rl, p.h, p.P(ps, li.router), N, C, E, p.rows);
+  const int sent = route_t<T>(p, l, segs, kk);
   p.h_offsets[0] = 0;
   for (int e = 0; e < E; ++e) p.h_offsets[e + 1] = p.h_offsets[e] + p.h_counts[e];
   if (sent > 0) {
     p.mem->from_host(p.stok, p.h_stok, sizeof(int) * size_t(sent));
     p.mem->from_host(p.sslot, p.h_sslot, sizeof(int) * size_t(sent));
   }
-  kn.gather_rows_forward(ctx, p.rows, p.h, p.stok, sent, C);
-  grouped<T>(kn, ctx, p.h13, p.rows, p.P(ps, li.w13), p.h_offsets, E, C, 2 * H);
+  kn.gather_rows_forward(ctx, p.rows_buf, p.h, p.stok, sent, C);
+  grouped<T>(kn, ctx, p.h13, p.rows_buf, p.P(ps, li.w13), p.h_offsets, E, C, 2 * H, p.rows);
   kn.swiglu_forward(ctx, p.sw, p.h13, sent, H);
-  grouped<T>(kn, ctx, p.y, p.sw, p.P(ps, li.w2), p.h_offsets, E, H, C);
+  grouped<T>(kn, ctx, p.y, p.sw, p.P(ps, li.w2), p.h_offsets, E, H, C, p.rows);
   kn.fill(ctx, p.a, T(0), int64_t(N) * C);
   kn.scatter_add_rows_forward(ctx, p.a, p.y, p.wts, p.stok, p.sslot, sent, C);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
@@ -263,7 +317,7 @@ template <class T> void KVDecoder::head_t(Pass<T>& p, std::vector<double>& logit
   T* xn = p.a;
   p.kn->rmsnorm_forward(*p.ctx, xn, p.rstd, xs, p.P(ps, lnf_), R, C, c.norm_eps);
   T* lg = arena_.alloc_n<T>(size_t(R) * V);
-  matmul<T>(*p.kn, *p.ctx, lg, xn, p.P(ps, wte_), R, C, V);
+  matmul<T>(*p.kn, *p.ctx, lg, xn, p.P(ps, wte_), R, C, V, p.rows);
   T* hl = static_cast<T*>(host_.alloc(sizeof(T) * size_t(R) * V));
   p.mem->to_host(hl, lg, sizeof(T) * size_t(R) * V);
   logits.assign(hl, hl + int64_t(R) * V);
@@ -276,11 +330,35 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
   p.kn->embedding_forward(*p.ctx, p.x, p.idx, p.P(lm_->params(), wte_), p.N, p.C);
   for (int l = 0; l < lm_->config().layers; ++l) {
     attention_t<T>(p, l, segs);
-    moe_t<T>(p, l, kk.k[l], kk.top_p);
+    moe_t<T>(p, l, segs, kk);
   }
   head_t<T>(p, logits, all_logits);
   for (const Segment& s : segs) len_[size_t(s.slot)] += s.n;
 }
+
+namespace {
+
+// Nucleus: of the n candidates (in id order), the most likely ones (ties: lower id first) whose
+// probability at the temperature first reaches top_p, back in id order; returns how many.
+int nucleus(const double* logits, const SampleOptions& o, std::vector<int>& cand, int n) {
+  std::vector<int> by(cand.begin(), cand.begin() + n);
+  std::sort(by.begin(), by.end(), [&](int p, int q) { return logits[p] > logits[q] || (logits[p] == logits[q] && p < q); });
+  const double mx = logits[by[0]];
+  double total = 0;
+  for (int v : by) total += std::exp((logits[v] - mx) / o.temperature);
+  double acc = 0;
+  int keep = 0;
+  while (keep < n) {
+    acc += std::exp((logits[by[size_t(keep)]] - mx) / o.temperature);
+    ++keep;
+    if (acc >= o.top_p * total) break;
+  }
+  std::sort(by.begin(), by.begin() + keep);
+  std::copy(by.begin(), by.begin() + keep, cand.begin());
+  return keep;
+}
+
+}  // namespace
 
 int sample_token(const double* logits, int V, const SampleOptions& o, double u) {
   ANYK_CHECK(V >= 1, "sampling needs at least one logit");
@@ -299,6 +377,7 @@ int sample_token(const double* logits, int V, const SampleOptions& o, double u) 
     });
     std::sort(cand.begin(), cand.begin() + n);  // id order, so the draw does not depend on the sort
   }
+  if (o.top_p < 1) n = nucleus(logits, o, cand, n);
   std::vector<double> w(static_cast<size_t>(n));
   double mx = logits[best], sum = 0;
   for (int i = 0; i < n; ++i) {

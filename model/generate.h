@@ -27,10 +27,14 @@ struct InferenceK {
 };
 
 // New tokens for one sequence (slot) of the cache, appended at that sequence's next positions.
+// Each segment may carry its own K (a server's requests at different K share one pass): its rows
+// are routed with that K per layer (or its per-token top-p K), the others' with theirs.
 struct Segment {
   int slot = 0;
   const int* tokens = nullptr;  // (n)
   int n = 0;
+  const InferenceK* k = nullptr;  // this segment's K; null: the K given to forward
+  int64_t* routed = nullptr;      // (L) when given: += the experts routed for these rows at each layer
 };
 
 // Keys and values of every layer for up to `slots` sequences of up to `capacity` tokens each
@@ -46,8 +50,15 @@ class KVDecoder {
   // Appends the segments' keys and values to their slots. logits (rows, V): the last token of
   // each segment, in segment order, or every token when all_logits. Slots must be distinct and
   // have room for their n tokens.
+  // A segment's result does not depend on the others' K: its rows are routed as if alone.
   void forward(std::span<const Segment> segs, const InferenceK& k, std::vector<double>& logits,
                bool all_logits = false);
+
+  // Row-invariant passes: every matmul takes the few-row kernel, whose rows are computed
+  // independently, so a row's bits do not depend on how many rows share the pass (the GEMM's
+  // blocking does depend on it). A server's decode steps use this, so a request's tokens are the
+  // same at any batch; off (the default), passes of more than 16 rows use the GEMM.
+  void set_row_invariant(bool on) { row_invariant_ = on; }
 
   void reset(int slot);            // forget that sequence
   int length(int slot) const;      // tokens cached for it
@@ -60,6 +71,7 @@ class KVDecoder {
   int64_t token_layers() const { return token_layers_; }
 
  private:
+  void check_k(const InferenceK& k) const;
   template <class T> void forward_t(std::span<const Segment> segs, const InferenceK& k,
                                     std::vector<double>& logits, bool all_logits);
   struct LayerIds {
@@ -68,7 +80,8 @@ class KVDecoder {
   template <class T> struct Pass;  // one forward's sizes and scratch (generate.cpp)
   template <class T> Pass<T> make_pass(std::span<const Segment> segs, const InferenceK& k);
   template <class T> void attention_t(Pass<T>& p, int l, std::span<const Segment> segs);
-  template <class T> void moe_t(Pass<T>& p, int l, int K, double top_p);
+  template <class T> void moe_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& k);
+  template <class T> int route_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& k);
   template <class T> void head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits);
   const LM* lm_;
   Device dev_;  // the LM's device: caches, scratch and every kernel call
@@ -81,6 +94,7 @@ class KVDecoder {
   Arena arena_;        // device scratch of one forward, rewound at each call
   Arena host_;         // host side of one forward (ids, the expert sort, logits), rewound too
   int64_t assignments_ = 0, token_layers_ = 0;
+  bool row_invariant_ = false;
 };
 
 // Next-token choice from logits (V).
@@ -88,6 +102,7 @@ struct SampleOptions {
   double temperature = 0;  // 0: greedy (arg-max, lowest id on ties)
   int top_k = 0;           // > 0: sample only among the top_k logits
   uint64_t seed = 0;
+  double top_p = 1;  // < 1: nucleus, only the most likely tokens whose probability first reaches top_p
 };
 // u in [0, 1) is the uniform draw used when temperature > 0.
 int sample_token(const double* logits, int V, const SampleOptions& o, double u);

@@ -270,6 +270,134 @@ TEST_CASE("a model file's seq_len does not size the caches: seq_len 2^30 generat
   CHECK(generate(b.lm, prompts, o) == ta);
 }
 
+namespace {
+
+// One request of the continuous-batching case below: its prompt, its own K, when it joins.
+struct Req {
+  std::vector<int> prompt;
+  InferenceK k;
+  int join = 0, steps = 0;  // the pass it joins at, greedy tokens after its prompt pass
+};
+
+// Greedy logits of each pass of req alone in a one-slot decoder (prompt pass, then one token per
+// pass), row-invariant like a server's decode steps; routed experts per layer into routed.
+std::vector<std::vector<double>> solo_run(const LM& lm, const Req& q, bool row_invariant, std::vector<int64_t>& routed) {
+  KVDecoder dec(lm, 1);
+  dec.set_row_invariant(row_invariant);
+  const InferenceK other{std::vector<int>(q.k.k.size(), 1), 0};  // the forward's K: the segment's must win
+  std::vector<int> hist = q.prompt;
+  std::vector<std::vector<double>> out;
+  routed.assign(q.k.k.size(), 0);
+  Segment s{0, hist.data(), int(hist.size()), &q.k, routed.data()};
+  for (int i = 0; i <= q.steps; ++i) {
+    std::vector<double> lg;
+    dec.forward({&s, 1}, other, lg);
+    out.push_back(lg);
+    hist.push_back(argmax(lg));
+    s.tokens = hist.data() + hist.size() - 1, s.n = 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("per-request K in one pass: each request's logits are bit-identical to its solo run") {
+  // Four requests at different K (uniform, per-layer, top-p under a cap) join a shared decoder at
+  // different passes and leave when done; each pass carries whoever is active (a prompt pass of
+  // one beside the decode rows of others). Every request's logits at every pass, its greedy
+  // tokens and its routed-expert counts equal those of the same request run alone.
+  for (DType dt : {DType::F32, DType::F64}) {
+    Model m(small(dt, 64, 32), 41);
+    std::vector<Req> reqs = {{tokens(5, 64, 1), InferenceK{{1, 1, 1}, 0}, 0, 14},
+                             {tokens(3, 64, 2), InferenceK{{4, 4, 4}, 0}, 0, 9},
+                             {tokens(7, 64, 3), InferenceK{{2, 4, 1}, 0}, 3, 12},
+                             {tokens(2, 64, 4), InferenceK{{4, 3, 4}, 0.6}, 5, 10}};
+    const int R = int(reqs.size());
+    KVDecoder dec(m.lm, R);
+    dec.set_row_invariant(true);
+    std::vector<std::vector<int>> hist(static_cast<size_t>(R));
+    std::vector<std::vector<std::vector<double>>> got(static_cast<size_t>(R));
+    std::vector<std::vector<int64_t>> routed(static_cast<size_t>(R), std::vector<int64_t>(3, 0));
+    const InferenceK base{{2, 2, 2}, 0};
+    for (int pass = 0; pass < 40; ++pass) {
+      std::vector<Segment> segs;
+      std::vector<int> who;
+      for (int i = 0; i < R; ++i) {
+        const Req& q = reqs[size_t(i)];
+        if (pass < q.join || int(got[size_t(i)].size()) > q.steps) continue;
+        if (pass == q.join) hist[size_t(i)] = q.prompt;
+        const int n = pass == q.join ? int(q.prompt.size()) : 1;
+        segs.push_back(Segment{i, hist[size_t(i)].data() + hist[size_t(i)].size() - size_t(n), n, &q.k,
+                               routed[size_t(i)].data()});
+        who.push_back(i);
+      }
+      if (segs.empty()) continue;
+      std::vector<double> lg;
+      dec.forward(segs, base, lg);
+      for (size_t j = 0; j < who.size(); ++j) {
+        auto r = row(lg, int(j), 64);
+        got[size_t(who[j])].push_back(r);
+        hist[size_t(who[j])].push_back(argmax(r));
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      CAPTURE(i);
+      std::vector<int64_t> solo_routed;
+      auto solo = solo_run(m.lm, reqs[size_t(i)], true, solo_routed);
+      REQUIRE(got[size_t(i)].size() == solo.size());
+      for (size_t t = 0; t < solo.size(); ++t) {
+        CAPTURE(t);
+        CHECK(got[size_t(i)][t] == solo[t]);  // bit for bit
+      }
+      CHECK(routed[size_t(i)] == solo_routed);
+      const Req& q = reqs[size_t(i)];
+      const int64_t rows = int64_t(q.prompt.size()) + q.steps;
+      for (int l = 0; l < 3; ++l) {
+        if (q.k.top_p == 0) CHECK(routed[size_t(i)][size_t(l)] == rows * q.k.k[size_t(l)]);
+        else CHECK((routed[size_t(i)][size_t(l)] >= rows && routed[size_t(i)][size_t(l)] <= rows * q.k.k[size_t(l)]));
+      }
+    }
+    // The top-p request really used fewer experts than its cap somewhere (else the case is weak).
+    CHECK(routed[3][0] < (2 + 10) * 4);
+  }
+}
+
+TEST_CASE("per-request K: the row-invariant pass gives the ordinary pass's greedy text") {
+  // A request alone through the ordinary pass (GEMM on its prompt when long) and through the
+  // row-invariant one: the same greedy tokens, logits within f32 rounding.
+  Model m(small(DType::F32, 64, 32), 42);
+  Req q{tokens(20, 64, 9), InferenceK{{3, 1, 2}, 0}, 0, 10};
+  std::vector<int64_t> ra, rb;
+  auto a = solo_run(m.lm, q, false, ra);
+  auto b = solo_run(m.lm, q, true, rb);
+  for (size_t t = 0; t < a.size(); ++t) {
+    CHECK(argmax(a[t]) == argmax(b[t]));
+    CHECK(rel_err(a[t], b[t]) < 1e-5);
+  }
+  CHECK(ra == rb);
+}
+
+TEST_CASE("sample_token: nucleus (top_p) keeps the most likely tokens whose mass first reaches p") {
+  // Probabilities at temperature 1: softmax of log(0.5, 0.3, 0.15, 0.05) = exactly those.
+  const std::vector<double> lg = {std::log(0.15), std::log(0.5), std::log(0.05), std::log(0.3)};
+  for (double p : {0.4, 0.7, 0.9, 1.0}) {
+    std::vector<int> keep = p <= 0.5 ? std::vector<int>{1} : p <= 0.8 ? std::vector<int>{1, 3}
+                                     : p <= 0.95 ? std::vector<int>{0, 1, 3} : std::vector<int>{0, 1, 2, 3};
+    double z = 0;
+    for (int v : keep) z += std::exp(lg[size_t(v)]);
+    const int M = 100000;
+    std::vector<int> count(4, 0);
+    SampleOptions o{1.0, 0, 0, p};
+    for (int i = 0; i < M; ++i) ++count[size_t(sample_token(lg.data(), 4, o, (i + 0.5) / M))];
+    for (int v = 0; v < 4; ++v) {
+      bool in = std::find(keep.begin(), keep.end(), v) != keep.end();
+      CAPTURE(p);
+      CAPTURE(v);
+      CHECK(std::abs(double(count[size_t(v)]) / M - (in ? std::exp(lg[size_t(v)]) / z : 0.0)) < 1e-4);
+    }
+  }
+}
+
 TEST_CASE("sample_token: greedy, top-k and the softmax it draws from") {
   const std::vector<double> lg = {0.5, 2.0, -1.0, 2.0, 1.0};
   CHECK(sample_token(lg.data(), 5, SampleOptions{0, 0, 0}, 0.7) == 1);  // ties: lower id

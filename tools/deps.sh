@@ -2,7 +2,7 @@
 # Installs the Debian packages anyk needs, only those missing (apt-get; needs root or sudo).
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libeigen3-dev libboost-program-options-dev doctest-dev
-      libopenmpi-dev openmpi-bin libhdf5-dev nlohmann-json3-dev libsentencepiece-dev fortunes python3
+      libopenmpi-dev openmpi-bin libhdf5-dev nlohmann-json3-dev libcpp-httplib-dev libsentencepiece-dev fortunes python3
       python3-matplotlib)  # matplotlib: anyk eval --plot (tools/plot_*.py)
 pkgs+=(python3-numpy python3-h5py)  # tools/model_spec_check.py (docs/model-spec.md)
 missing=()
