@@ -121,7 +121,7 @@ template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T
 // several short row streams at once defeat the hardware prefetcher).
 template <class T, int R, int B>
 inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I, int O, int m0, int nb) {
-  static_assert(B == 2 || B == 4, "lane_sums reduces 4 accumulators (B = 2 reduces each twice)");
+  static_assert(B == 1 || B == 2 || B == 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
   constexpr int n = kLanes<T>;
   const int Iv = I - I % n;
   Vec<T> acc[R][B];
@@ -140,7 +140,7 @@ inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I,
   }
   for (int r = 0; r < R; ++r) {
     T s[4];
-    lane_sums(acc[r][0], acc[r][1], acc[r][B - 2], acc[r][B - 1], s);
+    lane_sums(acc[r][0], acc[r][1 % B], acc[r][2 % B], acc[r][3 % B], s);
     T* o = out + int64_t(m0 + r) * O;
     for (int b = 0; b < nb; ++b) o[b] = Iv < I ? add_tail(s[b], xr + int64_t(r) * I, w[b], Iv, I) : s[b];
   }
@@ -159,7 +159,7 @@ template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, i
     const T* rows[B];
     for (int b = 0; b < B; ++b) rows[b] = w + int64_t(o0 + std::min(b, nb - 1)) * I;
     // The block `ahead` further on, when it is whole (a partial last block would read past w).
-    const T* pf = int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
+    const T* pf = B > 1 && int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
     int m = 0;
     for (; m + RM <= M; m += RM, pf = nullptr) dot_block<T, RM, B>(out + o0, x, rows, pf, I, O, m, nb);
     for (; m + 2 <= M; m += 2, pf = nullptr) dot_block<T, 2, B>(out + o0, x, rows, pf, I, O, m, nb);
@@ -169,11 +169,14 @@ template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, i
 
 }  // namespace
 
-// Up to 3 rows: blocks of 4 weight rows, rows in pairs (8 accumulators); 4 rows and more: blocks
-// of 2 weight rows, rows by 4 (8 accumulators, fewer loads per multiply-add). Same bits either way.
+// One row: the weight rows one after another (one sequential stream, which the hardware
+// prefetcher follows best from memory). 2-3 rows: blocks of 4 weight rows, rows in pairs (8
+// accumulators); 4 rows and more: blocks of 2 weight rows, rows by 4 (8 accumulators, fewer loads
+// per multiply-add). Same bits every way (tests/test_decode_kernels.cpp).
 template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
   if (M >= 4) dot_all<T, 2, 4>(out, x, w, M, I, O);
-  else dot_all<T, 4, 2>(out, x, w, M, I, O);
+  else if (M >= 2) dot_all<T, 4, 2>(out, x, w, M, I, O);
+  else dot_all<T, 1, 1>(out, x, w, M, I, O);
 }
 
 ANYK_INSTANTIATE(attention_cached_forward)
