@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <string>
 
 #include "kernels/kernels.h"
@@ -301,6 +302,7 @@ template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, std::span<const Segm
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
   assignments_ += sent;
   token_layers_ += N;
+  for (int e = 0; e < E; ++e) experts_read_ += p.h_counts[e] > 0;
 }
 
 // Final norm and tied head on the rows that need logits; the logits come to the host once.
@@ -398,6 +400,12 @@ double sample_uniform(uint64_t seed, int64_t step) {
 
 int window_keep(int W) { return std::max(1, W / 2); }
 
+static double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
 std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vector<int>>& prompts,
                                        const GenerateOptions& o, const std::function<void(int, int)>& on_token,
                                        GenerateStats* stats) {
@@ -437,6 +445,8 @@ std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vect
   auto t0 = clock::now();
   if (o.max_new > 0) dec.forward(segs, o.k, logits);
   auto t1 = clock::now();
+  const double cpu1 = process_cpu_seconds();
+  const int64_t prompt_experts = dec.experts_read();
   for (int step = 0; step < o.max_new; ++step) {
     const double u = sample_uniform(o.sample.seed, step);
     for (int i = 0; i < B; ++i) {
@@ -461,9 +471,12 @@ std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vect
     st.decoded += B;
   }
   auto t2 = clock::now();
+  st.decode_cpu_seconds = process_cpu_seconds() - cpu1;
   st.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
   st.decode_seconds = std::chrono::duration<double>(t2 - t1).count();
   st.mean_k = dec.token_layers() ? double(dec.assignments()) / double(dec.token_layers()) : 0;
+  const int64_t steps = st.decoded / B;  // decode passes (slides included)
+  st.decode_experts = steps ? double(dec.experts_read() - prompt_experts) / double(steps * c.layers) : 0;
   if (stats) *stats = st;
   return out;
 }

@@ -69,6 +69,8 @@ class KVDecoder {
   // K actually used (below the forced K only under top_p).
   int64_t assignments() const { return assignments_; }
   int64_t token_layers() const { return token_layers_; }
+  // Experts that received at least one row, summed over MoE layer passes (the expert weights read).
+  int64_t experts_read() const { return experts_read_; }
 
  private:
   void check_k(const InferenceK& k) const;
@@ -95,6 +97,7 @@ class KVDecoder {
   Arena host_;         // host side of one forward (ids, the expert sort, logits), rewound too
   int64_t assignments_ = 0, token_layers_ = 0;
   bool row_invariant_ = false;
+  int64_t experts_read_ = 0;
 };
 
 // Next-token choice from logits (V).
@@ -124,7 +127,9 @@ struct GenerateStats {
   int64_t slides = 0;          // window slides (re-reads of the last W/2 tokens)
   double prompt_seconds = 0;   // the batched prompt pass
   double decode_seconds = 0;   // every step after it (sampling and callbacks included)
+  double decode_cpu_seconds = 0;  // the process's CPU time over those steps (all its threads)
   double mean_k = 0;           // routed experts per token per layer, over every pass
+  double decode_experts = 0;   // distinct experts read per layer per decode step (mean)
   double prompt_tps() const { return prompt_seconds > 0 ? prompt_tokens / prompt_seconds : 0; }
   double decode_tps() const { return decode_seconds > 0 ? decoded / decode_seconds : 0; }
 };

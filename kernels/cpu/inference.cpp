@@ -6,7 +6,11 @@
 // Few-rows matmul: each weight row is read once and dotted with every input row (a decode step
 // has one row per sequence, or a few per expert), which a GEMM would first copy into packed
 // panels: for a handful of rows that copy costs more than the arithmetic.
+#include <algorithm>
 #include <cmath>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
@@ -46,37 +50,133 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
   }
 }
 
-template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
-  const bool par = int64_t(O) * I >= (int64_t(1) << 16);
-#pragma omp parallel for schedule(static) if (par)
-  for (int o = 0; o < O; ++o) {
-    const T* wr = w + int64_t(o) * I;
-    int m = 0;
-    for (; m + 4 <= M; m += 4) {
-      const T* x0 = x + int64_t(m) * I;
-      const T *x1 = x0 + I, *x2 = x1 + I, *x3 = x2 + I;
-      T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (int i = 0; i < I; ++i) {
-        const T v = wr[i];
-        s0 += v * x0[i];
-        s1 += v * x1[i];
-        s2 += v * x2[i];
-        s3 += v * x3[i];
-      }
-      out[int64_t(m) * O + o] = s0;
-      out[int64_t(m + 1) * O + o] = s1;
-      out[int64_t(m + 2) * O + o] = s2;
-      out[int64_t(m + 3) * O + o] = s3;
-    }
-    for (; m < M; ++m) {
-      const T* x0 = x + int64_t(m) * I;
-      T s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int i = 0; i < I; ++i) s += wr[i] * x0[i];
-      out[int64_t(m) * O + o] = s;
+namespace {
+
+// 32-byte vectors (GCC/Clang vector extensions: AVX registers on x86-64-v3, two NEON registers
+// elsewhere); loads are unaligned copies.
+template <class T> struct Lanes;
+template <> struct Lanes<float> {
+  typedef float V __attribute__((vector_size(32)));
+};
+template <> struct Lanes<double> {
+  typedef double V __attribute__((vector_size(32)));
+};
+template <class T> using Vec = typename Lanes<T>::V;
+template <class T> constexpr int kLanes = int(sizeof(Vec<T>) / sizeof(T));
+
+// Returned by value: an out-parameter made GCC copy each vector through the stack (measured 2x
+// slower). Without AVX, GCC notes that 32-byte vector returns change the ABI: these functions are
+// inlined, local to this file.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+template <class T> inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The lane sums of 4 accumulators, each by the tree ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (float;
+// (l0+l1)+(l2+l3) for double): AVX's horizontal adds where compiled for it, the same tree in
+// scalar code elsewhere.
+inline void lane_sums(const Vec<float>& a0, const Vec<float>& a1, const Vec<float>& a2, const Vec<float>& a3,
+                      float* s) {
+#if defined(__AVX__)
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(__m256(a0), __m256(a1)), _mm256_hadd_ps(__m256(a2), __m256(a3)));
+  _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+#else
+  const Vec<float> a[4] = {a0, a1, a2, a3};
+  for (int b = 0; b < 4; ++b) {
+    const Vec<float>& l = a[b];
+    s[b] = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+  }
+#endif
+}
+inline void lane_sums(const Vec<double>& a0, const Vec<double>& a1, const Vec<double>& a2, const Vec<double>& a3,
+                      double* s) {
+#if defined(__AVX__)
+  const __m256d h01 = _mm256_hadd_pd(__m256d(a0), __m256d(a1)), h23 = _mm256_hadd_pd(__m256d(a2), __m256d(a3));
+  const __m256d lo = _mm256_permute2f128_pd(h01, h23, 0x20), hi = _mm256_permute2f128_pd(h01, h23, 0x31);
+  _mm256_storeu_pd(s, _mm256_add_pd(lo, hi));
+#else
+  const Vec<double> a[4] = {a0, a1, a2, a3};
+  for (int b = 0; b < 4; ++b) {
+    const Vec<double>& l = a[b];
+    s[b] = (l[0] + l[1]) + (l[2] + l[3]);
+  }
+#endif
+}
+
+// The elements of I past its last full vector, added in order (out of the hot path).
+template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T* w, int i0, int I) {
+  for (int i = i0; i < I; ++i) s += x[i] * w[i];
+  return s;
+}
+
+// out[m][o] for R input rows m0.. and the B weight rows w[0..B) (rows past O repeat the last one
+// and are not stored: nb valid): R*B vector accumulators over the full vectors of I, each weight
+// vector loaded once for the R rows, then the lane sums and the tail elements. Every (m, o) is
+// summed in the same order whatever R, B, M and the row's place in the batch. pf, when set, is
+// prefetched into L2 in step with the reads (the block a few blocks ahead, in address order:
+// several short row streams at once defeat the hardware prefetcher).
+template <class T, int R, int B>
+inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I, int O, int m0, int nb) {
+  static_assert(B == 1 || B == 2 || B == 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
+  constexpr int n = kLanes<T>;
+  const int Iv = I - I % n;
+  Vec<T> acc[R][B];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < B; ++b) acc[r][b] = Vec<T>{};
+  const T* xr = x + int64_t(m0) * I;
+  for (int i = 0; i < Iv; i += n) {
+    if (pf)
+      for (int q = 0; q < B * n; q += int(64 / sizeof(T))) __builtin_prefetch(pf + int64_t(i) * B + q, 0, 2);
+    Vec<T> wv[B];
+    for (int b = 0; b < B; ++b) wv[b] = load(w[b] + i);
+    for (int r = 0; r < R; ++r) {
+      const Vec<T> xv = load(xr + int64_t(r) * I + i);
+      for (int b = 0; b < B; ++b) acc[r][b] += xv * wv[b];
     }
   }
+  for (int r = 0; r < R; ++r) {
+    T s[4];
+    lane_sums(acc[r][0], acc[r][1 % B], acc[r][2 % B], acc[r][3 % B], s);
+    T* o = out + int64_t(m0 + r) * O;
+    for (int b = 0; b < nb; ++b) o[b] = Iv < I ? add_tail(s[b], xr + int64_t(r) * I, w[b], Iv, I) : s[b];
+  }
+}
+
+// Every row of x against the weight rows in blocks of B, each block streamed once from memory
+// (prefetched `ahead` blocks ahead) and dotted with the input rows, RM at a time, while it sits
+// in L1. The accumulators, B weight vectors and an input vector fit the 16 AVX registers.
+template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
+  constexpr int ahead = 32 / B;
+  const bool par = int64_t(O) * I >= (int64_t(1) << 16);
+  const int nblocks = (O + B - 1) / B;
+#pragma omp parallel for schedule(static) if (par)
+  for (int ob = 0; ob < nblocks; ++ob) {
+    const int o0 = ob * B, nb = std::min(B, O - o0);
+    const T* rows[B];
+    for (int b = 0; b < B; ++b) rows[b] = w + int64_t(o0 + std::min(b, nb - 1)) * I;
+    // The block `ahead` further on, when it is whole (a partial last block would read past w).
+    const T* pf = B > 1 && int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
+    int m = 0;
+    for (; m + RM <= M; m += RM, pf = nullptr) dot_block<T, RM, B>(out + o0, x, rows, pf, I, O, m, nb);
+    for (; m + 2 <= M; m += 2, pf = nullptr) dot_block<T, 2, B>(out + o0, x, rows, pf, I, O, m, nb);
+    if (m < M) dot_block<T, 1, B>(out + o0, x, rows, pf, I, O, m, nb);
+  }
+}
+
+}  // namespace
+
+// One row: the weight rows one after another (one sequential stream, which the hardware
+// prefetcher follows best from memory). 2-3 rows: blocks of 4 weight rows, rows in pairs (8
+// accumulators); 4 rows and more: blocks of 2 weight rows, rows by 4 (8 accumulators, fewer loads
+// per multiply-add). Same bits every way (tests/test_decode_kernels.cpp).
+template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
+  if (M >= 4) dot_all<T, 2, 4>(out, x, w, M, I, O);
+  else if (M >= 2) dot_all<T, 4, 2>(out, x, w, M, I, O);
+  else dot_all<T, 1, 1>(out, x, w, M, I, O);
 }
 
 ANYK_INSTANTIATE(attention_cached_forward)
