@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kernels.h"
 
 namespace anyk::cpu {
@@ -30,15 +31,13 @@ template <class T> void embedding_backward(T* dwte, const T* dout, const int* id
 }
 
 template <class T> void linear_forward(T* out, const T* x, const T* w, int N, int I, int O) {
-  MatMap<T> Y(out, N, O);
-  Y.noalias() = CMatMap<T>(x, N, I) * CMatMap<T>(w, O, I).transpose();
+  gemm_xwt(out, x, w, N, I, O, false);
 }
 
 template <class T>
 void linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, int N, int I, int O) {
-  CMatMap<T> dY(dout, N, O);
-  if (dx) MatMap<T>(dx, N, I).noalias() += dY * CMatMap<T>(w, O, I);
-  if (dw) MatMap<T>(dw, O, I).noalias() += dY.transpose() * CMatMap<T>(x, N, I);
+  if (dx) gemm_dyw_acc(dx, dout, w, N, I, O);
+  if (dw) gemm_dytx_acc(dw, dout, x, N, I, O);
 }
 
 template <class T> void add_forward(T* out, const T* a, const T* b, int64_t n) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/router_row.cuh"  // host/device row code, plain C++ without nvcc
 
@@ -119,9 +120,8 @@ void grouped_linear_forward(T* out, const T* x, const T* w, const int* offsets, 
   for (int e = 0; e < E; ++e) {
     int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;  // an expert with no tokens is simply skipped
-    MatMap<T> Y(out + static_cast<int64_t>(r0) * O, rows, O);
-    Y.noalias() = CMatMap<T>(x + static_cast<int64_t>(r0) * I, rows, I) *
-                  CMatMap<T>(w + static_cast<int64_t>(e) * O * I, O, I).transpose();
+    gemm_xwt(out + static_cast<int64_t>(r0) * O, x + static_cast<int64_t>(r0) * I,
+             w + static_cast<int64_t>(e) * O * I, rows, I, O, false);  // row chunks: see parallel.h
   }
 }
 
@@ -131,13 +131,9 @@ void grouped_linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w
   for (int e = 0; e < E; ++e) {
     int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
-    CMatMap<T> dY(dout + static_cast<int64_t>(r0) * O, rows, O);
-    if (dx)
-      MatMap<T>(dx + static_cast<int64_t>(r0) * I, rows, I).noalias() +=
-          dY * CMatMap<T>(w + static_cast<int64_t>(e) * O * I, O, I);
-    if (dw)
-      MatMap<T>(dw + static_cast<int64_t>(e) * O * I, O, I).noalias() +=
-          dY.transpose() * CMatMap<T>(x + static_cast<int64_t>(r0) * I, rows, I);
+    const T* dY = dout + static_cast<int64_t>(r0) * O;
+    if (dx) gemm_dyw_acc(dx + static_cast<int64_t>(r0) * I, dY, w + static_cast<int64_t>(e) * O * I, rows, I, O);
+    if (dw) gemm_dytx_acc(dw + static_cast<int64_t>(e) * O * I, dY, x + static_cast<int64_t>(r0) * I, rows, I, O);
   }
 }
 
