@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <Eigen/Core>
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "io/weights.h"
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "launch/threads.h"
 #include "model/lm.h"
 #include "test_util.h"
 
@@ -164,4 +166,96 @@ TEST_CASE("training under mpiexec -np 2: the same bits at 1 and 2 threads per ra
     r.run(2, "train --data data --run-dir np2_t" + std::to_string(t) + " " + kModel + " --ep 2 --threads " +
                  std::to_string(t));
   check_identical(r, "np2_t1", {"np2_t2"});
+}
+
+TEST_CASE("thread rule: --threads, else OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else cores / ranks") {
+  using launch::thread_rule;
+  auto is = [](const launch::ThreadChoice& c, int n, const std::string& src) {
+    INFO(c.source);
+    CHECK(c.threads == n);
+    CHECK(c.source.find(src) != std::string::npos);
+  };
+  is(thread_rule(3, "2", "4", 8, 8, 4), 3, "--threads");                // the flag wins
+  is(thread_rule(0, "2", "4", 8, 8, 4), 2, "OMP_NUM_THREADS=2");        // per process, not divided
+  is(thread_rule(0, "3,1", nullptr, 8, 8, 1), 3, "OMP_NUM_THREADS");    // a list: its first entry
+  is(thread_rule(0, nullptr, "4", 8, 8, 4), 4, "SLURM_CPUS_PER_TASK=4");
+  is(thread_rule(0, "", "4", 8, 8, 4), 4, "SLURM_CPUS_PER_TASK");       // empty = unset
+  is(thread_rule(0, nullptr, nullptr, 8, 8, 3), 2, "8 cores / 3 ranks");
+  is(thread_rule(0, nullptr, nullptr, 2, 2, 1), 2, "2 cores / 1 rank on it");
+  is(thread_rule(0, nullptr, nullptr, 2, 2, 4), 1, "2 cores / 4 ranks");  // never 0
+  is(thread_rule(0, nullptr, nullptr, 1, 8, 2), 1, "bound to");          // bound: its cores are its share
+  is(thread_rule(0, nullptr, nullptr, 4, 8, 2), 4, "bound to");
+  for (const char* bad : {"abc", "0", "-2", "2x", " "}) {
+    CAPTURE(bad);
+    try {
+      thread_rule(0, bad, nullptr, 2, 2, 1);
+      if (std::string(bad) != " ") FAIL("accepted OMP_NUM_THREADS=" << bad);
+    } catch (const std::exception& e) {
+      CHECK(std::string(e.what()).find("OMP_NUM_THREADS='" + std::string(bad) + "'") != std::string::npos);
+      CHECK(std::string(e.what()).find("--threads") != std::string::npos);
+    }
+  }
+  CHECK_THROWS_WITH(thread_rule(0, nullptr, "many", 2, 2, 1), doctest::Contains("SLURM_CPUS_PER_TASK='many'"));
+}
+
+namespace {
+
+// The lines of err that start with prefix.
+int lines_with(const std::string& err, const std::string& prefix) {
+  int n = 0;
+  for (size_t p = 0; (p = err.find(prefix, p)) != std::string::npos; ++p)
+    if (p == 0 || err[p - 1] == '\n') ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("thread rule: train, eval, generate and convert print their choice, one line on stderr") {
+  Runner r;
+  r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
+  const std::string tiny = "--steps 2 --layers 1 --dim 16 --heads 2 --experts 4 --expert-hidden 16 --seq-len 16 "
+                           "--batch 2 --warmup 0 --eval-every 0 --eval-windows 2";
+  auto run = [&](int np, std::vector<std::string> argv, const std::vector<std::string>& env) {
+    test::RunOptions o{.np = np, .cwd = r.dir, .env = env, .timeout_s = 120};
+    return test::run_command(argv, o);
+  };
+  auto anyk = [](const std::string& args, bool unset_omp = false) {
+    auto a = test::anyk_argv(args);
+    if (unset_omp) a.insert(a.begin(), {"env", "-u", "OMP_NUM_THREADS"});
+    return a;
+  };
+  auto res = run(0, anyk("train --data data --run-dir run " + tiny + " --threads 2"), {});
+  REQUIRE_MESSAGE(res.rc == 0, res.err);
+  CHECK(lines_with(res.err, "anyk train: 2 threads per process (--threads)") == 1);
+  res = run(0, anyk("eval --run-dir run --data data --k 1 --eval-windows 2"), {"OMP_NUM_THREADS=3"});
+  REQUIRE_MESSAGE(res.rc == 0, res.err);
+  CHECK(lines_with(res.err, "anyk eval: 3 threads per process (OMP_NUM_THREADS=3)") == 1);
+  res = run(0, anyk("generate --run-dir run --prompt ab --max-new 2", true), {"SLURM_CPUS_PER_TASK=2"});
+  REQUIRE_MESSAGE(res.rc == 0, res.err);
+  CHECK(lines_with(res.err, "anyk generate: 2 threads per process (SLURM_CPUS_PER_TASK=2)") == 1);
+  res = run(0, anyk("convert --checkpoint run --to consolidated --out c.h5 --threads 1"), {});
+  REQUIRE_MESSAGE(res.rc == 0, res.err);
+  CHECK(lines_with(res.err, "anyk convert: 1 thread per process (--threads)") == 1);
+  // Under mpiexec without a setting: the cores are divided among the ranks, printed once (rank 0).
+  res = run(2, anyk("train --data data --run-dir np2 --ep 2 " + tiny, true), {});
+  REQUIRE_MESSAGE(res.rc == 0, res.err);
+  CHECK(lines_with(res.err, "anyk train: ") == 1);
+  const bool divided = res.err.find("2 ranks on it)") != std::string::npos;
+  const bool bound = res.err.find("this process is bound to)") != std::string::npos;
+  CHECK((divided || bound));
+  // A variable that is not a count: one error line naming it.
+  res = run(0, anyk("train --data data --run-dir bad " + tiny), {"OMP_NUM_THREADS=lots"});
+  CHECK(res.rc != 0);  // (libgomp warns about the value first)
+  CHECK(test::error_of(res.err).find("OMP_NUM_THREADS='lots' is not a thread count") != std::string::npos);
+  // Every command's --help states the rule.
+  for (const char* cmd : {"train", "eval", "generate", "convert"}) {
+    CAPTURE(cmd);
+    res = run(0, anyk(std::string(cmd) + " --help"), {});
+    std::string flat;  // the help's words, one space apart (it wraps lines)
+    for (char c : res.out)
+      if (!std::isspace(static_cast<unsigned char>(c)) || (!flat.empty() && flat.back() != ' '))
+        flat += std::isspace(static_cast<unsigned char>(c)) ? ' ' : c;
+    CHECK(flat.find("OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's cores / its ranks") !=
+          std::string::npos);
+  }
 }
