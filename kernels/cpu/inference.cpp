@@ -10,6 +10,7 @@
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/parallel.h"
 
 namespace anyk::cpu {
 
@@ -19,7 +20,7 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
   const int D = C / NH;
   const int p0 = len - n;  // position of the first new query
   const T scale = T(1) / std::sqrt(T(D));
-  const bool par = int64_t(n) * len * C >= (int64_t(1) << 16);
+  const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
 #pragma omp parallel for schedule(static) if (par)
   for (int h = 0; h < NH; ++h) {
     CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
@@ -47,7 +48,7 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
 }
 
 template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
-  const bool par = int64_t(O) * I >= (int64_t(1) << 16);
+  const bool par = int64_t(O) * I * M >= kGemmGrainFlops;
 #pragma omp parallel for schedule(static) if (par)
   for (int o = 0; o < O; ++o) {
     const T* wr = w + int64_t(o) * I;

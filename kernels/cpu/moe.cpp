@@ -15,7 +15,7 @@ namespace anyk::cpu {
 template <class T>
 void router_forward(T* probs, T* lse, int* ids, T* weights, const T* logits, const int* kcount,
                     int N, int E, int K, bool renorm) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * E >= kRowGrain)
   for (int n = 0; n < N; ++n)
     cuda::row::router_forward_row(probs + static_cast<int64_t>(n) * E, lse + n, ids + static_cast<int64_t>(n) * K,
                                   weights + static_cast<int64_t>(n) * K, logits + static_cast<int64_t>(n) * E,
@@ -28,7 +28,7 @@ void router_forward(T* probs, T* lse, int* ids, T* weights, const T* logits, con
 template <class T>
 void router_backward(T* dlogits, const T* dweights, const T* dprobs, const T* dlse, const T* probs,
                      const int* ids, int N, int E, int K, bool renorm) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * E >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* p = probs + static_cast<int64_t>(n) * E;
     const int* id = ids + static_cast<int64_t>(n) * K;
@@ -58,7 +58,7 @@ void router_backward(T* dlogits, const T* dweights, const T* dprobs, const T* dl
 }
 
 template <class T> void gather_rows_forward(T* out, const T* x, const int* rows, int M, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* src = x + static_cast<int64_t>(rows[m]) * C;
     T* dst = out + static_cast<int64_t>(m) * C;
@@ -68,7 +68,7 @@ template <class T> void gather_rows_forward(T* out, const T* x, const int* rows,
 
 template <class T> void gather_rows_backward(T* dx, const T* dout, const int* rows, int M, int C) {
   // Several rows m may come from one source row: parallelise over columns to avoid races.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int c0 = 0; c0 < C; c0 += 16) {
     int c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int m = 0; m < M; ++m) {
@@ -82,7 +82,7 @@ template <class T> void gather_rows_backward(T* dx, const T* dout, const int* ro
 template <class T>
 void scatter_add_rows_forward(T* out, const T* y, const T* w, const int* tok, const int* widx, int M,
                               int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int c0 = 0; c0 < C; c0 += 16) {
     int c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int m = 0; m < M; ++m) {
@@ -98,7 +98,7 @@ template <class T>
 void scatter_add_rows_backward(T* dy, T* dw, const T* dout, const T* y, const T* w, const int* tok,
                                const int* widx, int M, int C) {
   // Each m owns dy[m] and dw[widx[m]] (assignment slots are unique), so m is parallel.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* g = dout + static_cast<int64_t>(tok[m]) * C;
     const T* ym = y + static_cast<int64_t>(m) * C;

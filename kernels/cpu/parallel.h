@@ -18,10 +18,15 @@
 
 namespace anyk::cpu {
 
-// Below these, a kernel runs on the calling thread.
+// Below these, a kernel runs on the calling thread. A parallel region costs about 7 us of
+// fork/join with passive waiting (measured: a 1024-element RMSNorm took 1.2 us on 1 thread and
+// 7.7 us on 2), so a region opens only where the 1-thread time is several times that: about
+// 40 us of products (2^21 multiply-adds), 25 us of row-wise work (2^15 elements of a norm,
+// softmax or gather), 35 us of element-wise work (2^17 elements). docs/threads.md has the
+// measurement.
 constexpr int64_t kGemmGrainFlops = int64_t(1) << 21;  // multiply-adds of one product
-constexpr int64_t kElementGrain = int64_t(1) << 15;    // elements of an element-wise op
-constexpr int64_t kRowGrain = int64_t(1) << 14;        // elements of a row-wise op (norm, softmax)
+constexpr int64_t kElementGrain = int64_t(1) << 17;    // elements of an element-wise op
+constexpr int64_t kRowGrain = int64_t(1) << 15;        // elements of a row-wise op (norm, softmax)
 
 // Eigen runs single-threaded (once per process, thread-safe).
 inline void eigen_serial() {
