@@ -120,7 +120,7 @@ int convert_command(int argc, char** argv) {
       "threads", po::value(&threads)->default_value(0), kThreadsHelp);
   if (!cmd.parse(argc, argv)) return 0;
   ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0 (0 = the rule of --help)");
-  use_threads(threads, "convert");
+  use_threads(threads);
   cmd.require(!checkpoint.empty(), "checkpoint");
   cmd.require(!out.empty(), "out");
   int ep = 0;
@@ -154,6 +154,7 @@ int convert_command(int argc, char** argv) {
               : s.moments || to == "safetensors" ? ""
                                                  : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  announce_threads("convert");  // after the work: a damaged input stays one error line
   return 0;
 }
 

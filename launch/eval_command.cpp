@@ -287,7 +287,7 @@ int eval_command(int argc, char** argv) {
                                                                                : src.ckpt_dir));
   data::Loader val(data::TokenShards::open(a.data_dir, "val", src.mc.vocab), src.mc.seq_len, uint64_t(src.o.seed));
 
-  use_threads(a.threads, "eval");
+  use_threads(a.threads);
   const Device dev = parse_device(a.device);
   const std::string device_line = use_device(dev, parse_bf16(a.precision));
   if (dev != Device::CPU) std::printf("device: %s\n", device_line.c_str());
@@ -305,6 +305,7 @@ int eval_command(int argc, char** argv) {
     else
       io::load_weights(a.weights.empty() ? a.run_dir + "/model.h5" : a.weights, lm);
   }
+  announce_threads("eval");
   return run_mode(lm, val, src, source, a);
 }
 

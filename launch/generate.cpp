@@ -396,9 +396,10 @@ int generate_command(int argc, char** argv) {
   std::vector<std::vector<int>> prompts;
   read_prompts(a, m, texts, prompts);
   if (a.budget != 0) check_data_tokenizer(a.data_dir, m.train, "the model " + m.source);
-  use_threads(a.threads, "generate");  // the thread rule, not the training run's count
+  use_threads(a.threads);  // the thread rule, not the training run's count
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);
+  announce_threads("generate");
   if (!a.logits_out.empty()) {
     write_prompt_logits(m, prompts, go.k, a.logits_out);
     std::fprintf(stderr, "generate: %s | logits of %zu prompt%s -> %s\n", setting.c_str(), prompts.size(),

@@ -81,13 +81,22 @@ ThreadChoice resolve_threads(int flag) {
                      node, flag > 0 ? 1 : ranks_on_node());
 }
 
-int use_threads(int flag, const char* command) {
-  const ThreadChoice c = resolve_threads(flag);
-  omp_set_num_threads(c.threads);
-  if (is_rank0())
-    std::fprintf(stderr, "anyk %s: %d thread%s per process (%s)\n", command, c.threads, c.threads == 1 ? "" : "s",
-                 c.source.c_str());
-  return c.threads;
+namespace {
+ThreadChoice chosen;  // the last use_threads choice, for announce_threads
+bool announced = false;
+}  // namespace
+
+int use_threads(int flag) {
+  chosen = resolve_threads(flag);
+  omp_set_num_threads(chosen.threads);
+  return chosen.threads;
+}
+
+void announce_threads(const char* command) {
+  if (announced || !is_rank0()) return;
+  announced = true;
+  std::fprintf(stderr, "anyk %s: %d thread%s per process (%s)\n", command, chosen.threads,
+               chosen.threads == 1 ? "" : "s", chosen.source.c_str());
 }
 
 }  // namespace anyk::launch

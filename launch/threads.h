@@ -2,7 +2,8 @@
 // OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's cores divided among the ranks on it
 // (OMPI_COMM_WORLD_LOCAL_SIZE / MPI_LOCALNRANKS, else MPI's shared-memory split, else 1). When the
 // process is bound to fewer cores than the node has (mpirun --bind-to core, taskset), those cores
-// are its share and are not divided again. The choice is printed on stderr, one line, by rank 0.
+// are its share and are not divided again. The choice is printed on stderr, one line, by rank 0,
+// once the command has checked its input.
 #pragma once
 #include <string>
 
@@ -29,8 +30,10 @@ ThreadChoice thread_rule(int flag, const char* omp_env, const char* slurm_env, i
 // The rule applied to this process (its environment, cores and ranks on the node).
 ThreadChoice resolve_threads(int flag);
 
-// resolve_threads, then OpenMP's thread count set to it and one line on stderr (rank 0 only):
-// "anyk <command>: N threads (<source>)". Returns the count.
-int use_threads(int flag, const char* command);
+// resolve_threads, then OpenMP's thread count set to it; returns the count. Silent: the choice is
+// printed by announce_threads once the command's checks have passed (bad input stays one line).
+int use_threads(int flag);
+// One line on stderr (rank 0 only, once): "anyk <command>: N threads per process (<source>)".
+void announce_threads(const char* command);
 
 }  // namespace anyk::launch

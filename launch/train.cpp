@@ -76,7 +76,7 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   if (cmd.vm()["warmup"].defaulted() && o.warmup > o.steps) o.warmup = o.steps;
   resolve_train_tokenizer(o);  // before validation: vocab 0 becomes a SentencePiece model's size
   validate_train_options(o);
-  o.threads = use_threads(o.threads, "train");  // resolved before config.ini records it
+  o.threads = use_threads(o.threads);  // resolved before config.ini records it
   check_comm_device(o, parse_device(o.device));
   check_layout(world_size, o.ep, o.experts);
   p.model = model_config(o);

@@ -14,6 +14,7 @@ template <class T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
   const int D = C / NH;
   const T scale = T(1) / std::sqrt(T(D));
+  eigen_serial();  // the per-head products' blocking must not follow the thread count
 #pragma omp parallel for collapse(2) schedule(dynamic) if (int64_t(B) * Tn * Tn * C >= kGemmGrainFlops)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
@@ -48,6 +49,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const 
                         int Tn, int C, int NH) {
   const int D = C / NH;
   const T scale = T(1) / std::sqrt(T(D));
+  eigen_serial();  // the per-head products' blocking must not follow the thread count
 #pragma omp parallel for collapse(2) schedule(dynamic) if (int64_t(B) * Tn * Tn * C >= kGemmGrainFlops)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {

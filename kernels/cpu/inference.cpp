@@ -21,6 +21,7 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
   const int p0 = len - n;  // position of the first new query
   const T scale = T(1) / std::sqrt(T(D));
   const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
+  eigen_serial();
 #pragma omp parallel for schedule(static) if (par)
   for (int h = 0; h < NH; ++h) {
     CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
