@@ -65,7 +65,7 @@ constexpr const char* kUsage =
     "           offline: one HDF5 file, a checkpoint for another --ep, or safetensors\n"
     "  --threads N (train, eval, generate, convert): threads per process; without it\n"
     "           OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's cores / its ranks\n"
-    "           (printed at start on stderr)\n"
+    "           (printed in one line at start)\n"
     "  tokenize --tokenizer FILE.model|bytes [--input FILE]\n"
     "           each line's ids (the tokenizer of anyk prepare, generate and eval)\n"
     "\n"

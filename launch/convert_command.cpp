@@ -154,7 +154,7 @@ int convert_command(int argc, char** argv) {
               : s.moments || to == "safetensors" ? ""
                                                  : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  announce_threads("convert");  // after the work: a damaged input stays one error line
+  announce_threads("convert", stdout);
   return 0;
 }
 

@@ -305,7 +305,7 @@ int eval_command(int argc, char** argv) {
     else
       io::load_weights(a.weights.empty() ? a.run_dir + "/model.h5" : a.weights, lm);
   }
-  announce_threads("eval");
+  announce_threads("eval", stdout);
   return run_mode(lm, val, src, source, a);
 }
 

@@ -399,7 +399,7 @@ int generate_command(int argc, char** argv) {
   use_threads(a.threads);  // the thread rule, not the training run's count
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);
-  announce_threads("generate");
+  announce_threads("generate", stderr);  // stdout is the text
   if (!a.logits_out.empty()) {
     write_prompt_logits(m, prompts, go.k, a.logits_out);
     std::fprintf(stderr, "generate: %s | logits of %zu prompt%s -> %s\n", setting.c_str(), prompts.size(),

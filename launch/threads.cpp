@@ -92,11 +92,16 @@ int use_threads(int flag) {
   return chosen.threads;
 }
 
-void announce_threads(const char* command) {
+std::string threads_line(const char* command) {
+  return std::string("anyk ") + command + ": " + std::to_string(chosen.threads) + " thread" +
+         (chosen.threads == 1 ? "" : "s") + " per process (" + chosen.source + ")";
+}
+
+void announce_threads(const char* command, std::FILE* to) {
   if (announced || !is_rank0()) return;
   announced = true;
-  std::fprintf(stderr, "anyk %s: %d thread%s per process (%s)\n", command, chosen.threads,
-               chosen.threads == 1 ? "" : "s", chosen.source.c_str());
+  std::fprintf(to, "%s\n", threads_line(command).c_str());
+  std::fflush(to);
 }
 
 }  // namespace anyk::launch

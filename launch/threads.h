@@ -2,9 +2,10 @@
 // OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's cores divided among the ranks on it
 // (OMPI_COMM_WORLD_LOCAL_SIZE / MPI_LOCALNRANKS, else MPI's shared-memory split, else 1). When the
 // process is bound to fewer cores than the node has (mpirun --bind-to core, taskset), those cores
-// are its share and are not divided again. The choice is printed on stderr, one line, by rank 0,
-// once the command has checked its input.
+// are its share and are not divided again. The choice is printed, one line, by rank 0, once the
+// command has checked its input (see announce_threads).
 #pragma once
+#include <cstdio>
 #include <string>
 
 namespace anyk::launch {
@@ -12,7 +13,7 @@ namespace anyk::launch {
 // The --threads help text of every command.
 inline constexpr const char* kThreadsHelp =
     "threads per process (0 = the rule: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's "
-    "cores / its ranks); the choice is printed at start on stderr";
+    "cores / its ranks); the choice is printed in one line at start";
 
 struct ThreadChoice {
   int threads = 1;
@@ -33,7 +34,10 @@ ThreadChoice resolve_threads(int flag);
 // resolve_threads, then OpenMP's thread count set to it; returns the count. Silent: the choice is
 // printed by announce_threads once the command's checks have passed (bad input stays one line).
 int use_threads(int flag);
-// One line on stderr (rank 0 only, once): "anyk <command>: N threads per process (<source>)".
-void announce_threads(const char* command);
+// The line "anyk <command>: N threads per process (<source>)".
+std::string threads_line(const char* command);
+// threads_line on `to` (rank 0 only, once). stdout for train, eval and convert (their stderr holds
+// errors only, one line); stderr for generate, whose stdout is the text.
+void announce_threads(const char* command, std::FILE* to);
 
 }  // namespace anyk::launch

@@ -121,7 +121,7 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
     core_flops_ = world_.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
     peak_ = core_flops_ * o_.threads * P_;
   }
-  announce_threads("train");  // the input is checked and the checkpoint read: no error line follows
+  say(threads_line("train"));  // stdout and train.log: stderr holds errors only
   describe_run();
   describe_resume_and_signals();
   tape_ = std::make_unique<Tape>(arena_);
