@@ -12,6 +12,7 @@
 #include "io/convert.h"
 #include "io/weights.h"
 #include "launch/options.h"
+#include "launch/threads.h"
 #include "launch/tokenizer.h"
 #include "core/check.h"
 
@@ -93,7 +94,7 @@ int trained_k(const std::string& checkpoint, std::string* tokenizer) {
 int convert_command(int argc, char** argv) {
   std::string checkpoint, to, out, dtype = "f32";
   bool no_optimizer = false, overwrite = false;
-  int k = 0;
+  int k = 0, threads = 0;
   po::options_description desc(
       "anyk convert --checkpoint RUN_DIR|DIR|RUN_DIR/checkpoints/latest|FILE.h5 "
       "--to consolidated|ep=M|safetensors|gguf|hf --out PATH [--no-optimizer] [--k K] [--dtype f32|f16]\n"
@@ -115,8 +116,11 @@ int convert_command(int argc, char** argv) {
       "out", po::value(&out), "output file (consolidated, safetensors, gguf) or directory (ep=M, hf)")(
       "no-optimizer", po::bool_switch(&no_optimizer), "leave the AdamW moments out (weights only)")(
       "overwrite", po::bool_switch(&overwrite),
-      "replace an existing --out (the old one is removed only after the new one is complete)");
+      "replace an existing --out (the old one is removed only after the new one is complete)")(
+      "threads", po::value(&threads)->default_value(0), kThreadsHelp);
   if (!cmd.parse(argc, argv)) return 0;
+  ANYK_CHECK(threads >= 0, "--threads " << threads << " must be >= 0 (0 = the rule of --help)");
+  use_threads(threads);
   cmd.require(!checkpoint.empty(), "checkpoint");
   cmd.require(!out.empty(), "out");
   int ep = 0;
@@ -152,6 +156,7 @@ int convert_command(int argc, char** argv) {
               : s.moments || to == "safetensors" ? ""
                                                  : " without optimizer state",
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  announce_threads("convert", stdout);
   return 0;
 }
 

@@ -20,6 +20,7 @@
 #include "io/hf.h"
 #include "io/weights.h"
 #include "launch/tokenizer.h"
+#include "launch/threads.h"
 #include "launch/options.h"
 #include "core/check.h"
 #include "runtime/devices.h"
@@ -72,7 +73,7 @@ void add_eval_options(po::options_description& desc, EvalArgs& a) {
                                        "(tools/plot_sweep.py, needs python3-matplotlib)")(
       "eval-windows", po::value(&a.eval_windows)->default_value(kDefaultEvalWindows), "validation windows (0 = all)")(
       "batch", po::value(&a.batch)->default_value(0), "windows per forward (0 = the run's --batch)")(
-      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)");
+      "threads", po::value(&a.threads)->default_value(0), kThreadsHelp);
   add_device_options(desc, a.device, a.precision);
 }
 
@@ -304,7 +305,7 @@ int eval_command(int argc, char** argv) {
                                                                                : src.ckpt_dir));
   data::Loader val(data::TokenShards::open(a.data_dir, "val", src.mc.vocab), src.mc.seq_len, uint64_t(src.o.seed));
 
-  omp_set_num_threads(src.o.threads);
+  use_threads(a.threads);
   const Device dev = parse_device(a.device);
   const std::string device_line = use_device(dev, parse_bf16(a.precision));
   if (dev != Device::CPU) std::fprintf(stderr, "device: %s\n", device_line.c_str());  // stdout: the results
@@ -322,6 +323,7 @@ int eval_command(int argc, char** argv) {
     else
       io::load_weights(a.weights.empty() ? a.run_dir + "/model.h5" : a.weights, lm);
   }
+  announce_threads("eval", stdout);
   return run_mode(lm, val, src, source, a);
 }
 

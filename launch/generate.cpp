@@ -23,6 +23,7 @@
 #include "io/hf.h"
 #include "io/weights.h"
 #include "launch/tokenizer.h"
+#include "launch/threads.h"
 #include "model/generate.h"
 #include "core/check.h"
 #include "runtime/devices.h"
@@ -205,7 +206,7 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "temperature", po::value(&a.temperature)->default_value(0.0), "sampling temperature (0 = greedy)")(
       "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
       "seed", po::value(&a.seed)->default_value(1), "sampling seed: the same seed gives the same text")(
-      "threads", po::value(&a.threads)->default_value(0), "OpenMP threads (0 = all available)")(
+      "threads", po::value(&a.threads)->default_value(0), kThreadsHelp)(
       "logits-out", po::value(&a.logits_out),
       "generate nothing: write the next-token logits at every prompt position to this file (float64 "
       "little-endian, prompt after prompt, one row of vocab values per token), for comparing with "
@@ -406,9 +407,10 @@ int generate_command(int argc, char** argv) {
   std::vector<std::vector<int>> prompts;
   read_prompts(a, m, texts, prompts);
   if (a.budget != 0) check_data_tokenizer(a.data_dir, m.train, "the model " + m.source);
-  omp_set_num_threads(a.threads > 0 ? a.threads : m.train.threads);
+  use_threads(a.threads);  // the thread rule, not the training run's count
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);
+  announce_threads("generate", stderr);  // stdout is the text
   if (!a.logits_out.empty()) {
     write_prompt_logits(m, prompts, go.k, a.logits_out);
     std::fprintf(stderr, "generate: %s | logits of %zu prompt%s -> %s\n", setting.c_str(), prompts.size(),

@@ -1,4 +1,18 @@
 // The `anyk` executable: hands argv to the command dispatcher in launch/cli.cpp.
+#include <cstdlib>
+
+#include <unistd.h>
+
 #include "launch/cli.h"
 
-int main(int argc, char** argv) { return anyk::run_cli(argc, argv); }
+int main(int argc, char** argv) {
+  // OpenMP threads wait for work passively (sleep at once) unless the user chose a policy:
+  // spinning waiters collapse a run beside another busy process (docs/threads.md measures it:
+  // generate at 2 threads went from about 1% of the 1-thread speed to parity). libgomp reads
+  // the variable when it loads, before main, so the process re-executes itself once with it set.
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    ::setenv("OMP_WAIT_POLICY", "passive", 1);
+    ::execv("/proc/self/exe", argv);  // returns only on failure: then go on with the default policy
+  }
+  return anyk::run_cli(argc, argv);
+}

@@ -1,5 +1,6 @@
 // Train options: the option table, INI round trip, validation and conversion to library configs.
 #include "launch/options.h"
+#include "launch/threads.h"
 
 #include <iostream>
 
@@ -213,7 +214,7 @@ void bind_train_options(OptionTable& t, TrainOptions& o) {
   t.add("log-every", &o.log_every, "log one line every N steps (first and last step always)");
   t.add("eval-every", &o.eval_every, "validation eval every N steps (0 = only the final sweep)");
   t.add("eval-windows", &o.eval_windows, "validation windows per eval (0 = all)");
-  t.add("threads", &o.threads, "OpenMP threads per rank (0 = this node's cores / its ranks)");
+  t.add("threads", &o.threads, kThreadsHelp);
   t.add("device", &o.device, kDeviceHelp);
   t.add("precision", &o.precision, kTrainPrecisionHelp);
   t.add("ep", &o.ep, "expert-parallel ranks: experts are split over groups of this many ranks, "
@@ -283,7 +284,7 @@ void validate_train_options(TrainOptions& o) {
   if (o.vocab == 0) o.vocab = 256;
   ANYK_CHECK(o.eval_every >= 0, "--eval-every " << o.eval_every << " must be >= 0");
   ANYK_CHECK(o.eval_windows >= 0, "--eval-windows " << o.eval_windows << " must be >= 0 (0 = all)");
-  ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = all)");
+  ANYK_CHECK(o.threads >= 0, "--threads " << o.threads << " must be >= 0 (0 = the rule of --help)");
   (void)parse_device(o.device), (void)parse_bf16(o.precision);  // name the choices on anything else
   ANYK_CHECK(o.ep >= 0, "--ep " << o.ep << " must be >= 0 (0 = all ranks)");
   parse_a2a(o.a2a);  // names flat and hier on anything else
@@ -293,7 +294,6 @@ void validate_train_options(TrainOptions& o) {
                                                        "moments over the data-parallel ranks) or 0 (off)");
   ANYK_CHECK(o.save_every >= 0, "--save-every " << o.save_every << " must be >= 0 (0 = only at the end)");
   ANYK_CHECK(o.keep >= 1, "--keep " << o.keep << " must be >= 1");
-  if (o.threads == 0) o.threads = default_threads();
   ANYK_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr " << o.lr << " must be > 0");
   ANYK_CHECK(o.min_lr >= 0 && o.min_lr <= o.lr,
              "--min-lr " << o.min_lr << " must be in [0, --lr " << o.lr << "]");

@@ -90,7 +90,7 @@ void read_train_config_text(const std::string& text, const std::string& what, Tr
 bool read_weights_config_ini(const std::string& weights, TrainOptions& o);
 
 // Range checks on every field, with the option's name in the message. Resolves vocab 0 -> 256
-// and threads 0 -> omp_get_max_threads().
+// (threads 0 stays 0: each command applies launch/threads.h's rule when it starts).
 void validate_train_options(TrainOptions& o);
 
 // --comm nccl moves GPU buffers, so training needs the model on Device::CUDA. Train only: eval

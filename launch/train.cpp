@@ -13,6 +13,7 @@
 #include "io/hf.h"
 #include "io/weights.h"
 #include "launch/options.h"
+#include "launch/threads.h"
 #include "launch/rundir.h"
 #include "launch/signals.h"
 #include "launch/tokenizer.h"
@@ -77,6 +78,7 @@ bool parse_options(int argc, char** argv, TrainSetup& p, int world_size, bool pr
   resolve_train_tokenizer(o);  // before validation: vocab 0 becomes a SentencePiece model's size
   as_usage_error([&] {  // only option values from here on: a failure is a usage error (exit 2)
     validate_train_options(o);
+    o.threads = use_threads(o.threads);  // resolved before config.ini records it
     check_comm_device(o, parse_device(o.device));
     check_layout(world_size, o.ep, o.experts);
     p.model = model_config(o);

@@ -1,5 +1,6 @@
 // The trainer; see trainer.h.
 #include "launch/trainer.h"
+#include "launch/threads.h"
 
 #include <omp.h>
 
@@ -120,6 +121,7 @@ Trainer::Trainer(TrainSetup setup, const Comm& world)
     core_flops_ = world_.all_reduce_max(measure_sgemm_flops_single_core());  // best rank
     peak_ = core_flops_ * o_.threads * P_;
   }
+  say(threads_line("train"));  // stdout and train.log: stderr holds errors only
   describe_run();
   describe_resume_and_signals();
   tape_ = std::make_unique<Tape>(arena_);

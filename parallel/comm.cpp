@@ -1,7 +1,6 @@
 // MPI implementation of Comm; see comm.h.
 #include "parallel/comm.h"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <climits>
@@ -77,9 +76,8 @@ void abort_job_if_parallel(int code) {
   }
 }
 
-int default_threads() {
-  int cores = omp_get_max_threads(), local = 1;
-  int inited = 0, fin = 0;
+int node_ranks() {
+  int local = 1, inited = 0, fin = 0;
   MPI_Initialized(&inited);
   MPI_Finalized(&fin);
   if (inited && !fin) {
@@ -89,7 +87,7 @@ int default_threads() {
       MPI_Comm_free(&node);
     }
   }
-  return std::max(1, cores / std::max(1, local));
+  return std::max(1, local);
 }
 
 Comm::Comm(MPI_Comm c, bool owned) : c_(c), owned_(owned) {

@@ -39,9 +39,9 @@ namespace anyk {
 // Initialises MPI once (idempotent; thread level FUNNELED) and finalises it at exit.
 void mpi_init_once(int* argc = nullptr, char*** argv = nullptr);
 bool mpi_launched();  // true when started by mpirun/srun with more than one rank
-// OpenMP threads a rank should use by default: the cores OpenMP sees divided by the ranks on
-// this node (so 2 ranks on a 2-core node do not oversubscribe it), at least 1.
-int default_threads();
+// The ranks of MPI_COMM_WORLD on this node (MPI's shared-memory split; 1 when MPI is not up).
+// A collective when MPI is up: every rank calls it. launch/threads.h divides the cores by it.
+int node_ranks();
 // When MPI is up with more than one rank, MPI_Abort the whole job (after a rank's fatal error).
 void abort_job_if_parallel(int code);
 

@@ -6,6 +6,7 @@
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/parallel.h"
 
 namespace anyk::cpu {
 
@@ -13,7 +14,8 @@ template <class T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
   const int D = C / NH;
   const T scale = T(1) / std::sqrt(T(D));
-#pragma omp parallel for collapse(2) schedule(dynamic)
+  eigen_serial();  // the per-head products' blocking must not follow the thread count
+#pragma omp parallel for collapse(2) schedule(dynamic) if (int64_t(B) * Tn * Tn * C >= kGemmGrainFlops)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
       const T* base = qkv + static_cast<int64_t>(b) * Tn * 3 * C + static_cast<int64_t>(h) * D;
@@ -47,7 +49,8 @@ void attention_backward(T* dqkv, T* scratch, const T* dout, const T* qkv, const 
                         int Tn, int C, int NH) {
   const int D = C / NH;
   const T scale = T(1) / std::sqrt(T(D));
-#pragma omp parallel for collapse(2) schedule(dynamic)
+  eigen_serial();  // the per-head products' blocking must not follow the thread count
+#pragma omp parallel for collapse(2) schedule(dynamic) if (int64_t(B) * Tn * Tn * C >= kGemmGrainFlops)
   for (int b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
       int64_t off = static_cast<int64_t>(b) * Tn * 3 * C + static_cast<int64_t>(h) * D;

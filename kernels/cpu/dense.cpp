@@ -3,12 +3,13 @@
 #include <cmath>
 
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kernels.h"
 
 namespace anyk::cpu {
 
 template <class T> void embedding_forward(T* out, const int* ids, const T* wte, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* src = wte + static_cast<int64_t>(ids[n]) * C;
     T* dst = out + static_cast<int64_t>(n) * C;
@@ -18,7 +19,7 @@ template <class T> void embedding_forward(T* out, const int* ids, const T* wte, 
 
 template <class T> void embedding_backward(T* dwte, const T* dout, const int* ids, int N, int C) {
   // Rows of dwte repeat across tokens, so parallelise over columns, not tokens.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kRowGrain)
   for (int c0 = 0; c0 < C; c0 += 16) {
     int c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int n = 0; n < N; ++n) {
@@ -30,24 +31,22 @@ template <class T> void embedding_backward(T* dwte, const T* dout, const int* id
 }
 
 template <class T> void linear_forward(T* out, const T* x, const T* w, int N, int I, int O) {
-  MatMap<T> Y(out, N, O);
-  Y.noalias() = CMatMap<T>(x, N, I) * CMatMap<T>(w, O, I).transpose();
+  gemm_xwt(out, x, w, N, I, O, false);
 }
 
 template <class T>
 void linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, int N, int I, int O) {
-  CMatMap<T> dY(dout, N, O);
-  if (dx) MatMap<T>(dx, N, I).noalias() += dY * CMatMap<T>(w, O, I);
-  if (dw) MatMap<T>(dw, O, I).noalias() += dY.transpose() * CMatMap<T>(x, N, I);
+  if (dx) gemm_dyw_acc(dx, dout, w, N, I, O);
+  if (dw) gemm_dytx_acc(dw, dout, x, N, I, O);
 }
 
 template <class T> void add_forward(T* out, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
 template <class T> void add_backward(T* da, T* db, const T* dout, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) {
     if (da) da[i] += dout[i];
     if (db) db[i] += dout[i];
@@ -55,18 +54,18 @@ template <class T> void add_backward(T* da, T* db, const T* dout, int64_t n) {
 }
 
 template <class T> void scale_forward(T* out, const T* a, T s, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) out[i] = s * a[i];
 }
 
 template <class T> void scale_backward(T* da, const T* dout, T s, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) da[i] += s * dout[i];
 }
 
 template <class T>
 void rmsnorm_forward(T* out, T* rstd, const T* x, const T* w, int N, int C, double eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * C >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* xr = x + static_cast<int64_t>(n) * C;
     T* yr = out + static_cast<int64_t>(n) * C;
@@ -82,8 +81,9 @@ template <class T>
 void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const T* rstd, int N,
                       int C) {
   // dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), with xhat = x * rstd, dxhat = dout * w.
+  const bool par = int64_t(N) * C >= kRowGrain;
   if (dx) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (int n = 0; n < N; ++n) {
       const T* xr = x + static_cast<int64_t>(n) * C;
       const T* dy = dout + static_cast<int64_t>(n) * C;
@@ -96,7 +96,7 @@ void rmsnorm_backward(T* dx, T* dw, const T* dout, const T* x, const T* w, const
   }
   if (dw) {
     // dw accumulates over rows: parallel over columns.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (par)
     for (int c0 = 0; c0 < C; c0 += 16) {
       int c1 = c0 + 16 < C ? c0 + 16 : C;
       for (int n = 0; n < N; ++n) {
@@ -123,7 +123,7 @@ static void rope_apply(T* out, const T* x, const T* cos, const T* sin, int B, in
                        int nrot, T sign, bool accumulate) {
   const int half = D / 2;
   const int64_t row = static_cast<int64_t>(NHx) * D;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (int64_t(B) * Tn * row >= kRowGrain)
   for (int b = 0; b < B; ++b) {
     for (int t = 0; t < Tn; ++t) {
       const T* xr = x + (static_cast<int64_t>(b) * Tn + t) * row;
@@ -164,7 +164,7 @@ void rope_backward(T* dx, const T* dout, const T* cos, const T* sin, int B, int 
 }
 
 template <class T> void swiglu_forward(T* out, const T* h, int M, int H) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * H >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* g = h + static_cast<int64_t>(m) * 2 * H;
     const T* u = g + H;
@@ -174,7 +174,7 @@ template <class T> void swiglu_forward(T* out, const T* h, int M, int H) {
 }
 
 template <class T> void swiglu_backward(T* dh, const T* dout, const T* h, int M, int H) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * H >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* g = h + static_cast<int64_t>(m) * 2 * H;
     const T* u = g + H;
@@ -192,7 +192,7 @@ template <class T> void swiglu_backward(T* dh, const T* dout, const T* h, int M,
 
 template <class T>
 void cross_entropy_forward(T* losses, const T* logits, const int* targets, int N, int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * V >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* z = logits + static_cast<int64_t>(n) * V;
     T mx = z[0];
@@ -206,7 +206,7 @@ void cross_entropy_forward(T* losses, const T* logits, const int* targets, int N
 template <class T>
 void cross_entropy_backward(T* dlogits, const T* dlosses, const T* logits, const int* targets, int N,
                             int V) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * V >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* z = logits + static_cast<int64_t>(n) * V;
     T* dz = dlogits + static_cast<int64_t>(n) * V;

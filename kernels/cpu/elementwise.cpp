@@ -7,15 +7,12 @@
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/parallel.h"
 
 namespace anyk::cpu {
 
-namespace {
-constexpr int64_t kParallelMin = int64_t(1) << 15;
-}  // namespace
-
 template <class T> void fill(T* out, T v, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) out[i] = v;
 }
 
@@ -24,7 +21,7 @@ template <class T> void copy(T* dst, const T* src, int64_t n) {
 }
 
 template <class T> void accumulate(T* y, const T* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
@@ -44,7 +41,7 @@ template <class T> void sumsq_accumulate(double* acc, const T* x, int64_t n) {
   constexpr int64_t kChunk = 1 << 16;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> part(static_cast<size_t>(chunks), 0.0);  // host scratch of the CPU backend
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t c = 0; c < chunks; ++c) {
     double a = 0.0;
     for (int64_t i = c * kChunk, end = std::min(n, (c + 1) * kChunk); i < end; ++i)
@@ -65,7 +62,7 @@ int64_t first_bad_id(const int* ids, int64_t n, int V) {
 template <class T>
 void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2, double eps, double shrink,
                   double step_size, double inv_sqrt_bc2) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) {
     const double gi = g[i];
     const double mi = b1 * m[i] + (1.0 - b1) * gi;
@@ -78,7 +75,7 @@ void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2,
 }
 
 void to_bf16(uint16_t* out, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) {
     uint32_t b;
     std::memcpy(&b, &x[i], 4);
@@ -92,7 +89,7 @@ void to_bf16(uint16_t* out, const float* x, int64_t n) {
 }
 
 void from_bf16(float* out, const uint16_t* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n >= kElementGrain)
   for (int64_t i = 0; i < n; ++i) {
     uint32_t b = uint32_t(x[i]) << 16;
     std::memcpy(&out[i], &b, 4);

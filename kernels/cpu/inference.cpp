@@ -14,6 +14,7 @@
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/parallel.h"
 
 namespace anyk::cpu {
 
@@ -23,7 +24,8 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
   const int D = C / NH;
   const int p0 = len - n;  // position of the first new query
   const T scale = T(1) / std::sqrt(T(D));
-  const bool par = int64_t(n) * len * C >= (int64_t(1) << 16);
+  const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
+  eigen_serial();
 #pragma omp parallel for schedule(static) if (par)
   for (int h = 0; h < NH; ++h) {
     CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
@@ -151,7 +153,7 @@ inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I,
 // in L1. The accumulators, B weight vectors and an input vector fit the 16 AVX registers.
 template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
   constexpr int ahead = 32 / B;
-  const bool par = int64_t(O) * I >= (int64_t(1) << 16);
+  const bool par = int64_t(O) * I * M >= kGemmGrainFlops;  // kernels/cpu/parallel.h
   const int nblocks = (O + B - 1) / B;
 #pragma omp parallel for schedule(static) if (par)
   for (int ob = 0; ob < nblocks; ++ob) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/router_row.cuh"  // host/device row code, plain C++ without nvcc
 
@@ -14,7 +15,7 @@ namespace anyk::cpu {
 template <class T>
 void router_forward(T* probs, T* lse, int* ids, T* weights, const T* logits, const int* kcount,
                     int N, int E, int K, bool renorm) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * E >= kRowGrain)
   for (int n = 0; n < N; ++n)
     cuda::row::router_forward_row(probs + static_cast<int64_t>(n) * E, lse + n, ids + static_cast<int64_t>(n) * K,
                                   weights + static_cast<int64_t>(n) * K, logits + static_cast<int64_t>(n) * E,
@@ -27,7 +28,7 @@ void router_forward(T* probs, T* lse, int* ids, T* weights, const T* logits, con
 template <class T>
 void router_backward(T* dlogits, const T* dweights, const T* dprobs, const T* dlse, const T* probs,
                      const int* ids, int N, int E, int K, bool renorm) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(N) * E >= kRowGrain)
   for (int n = 0; n < N; ++n) {
     const T* p = probs + static_cast<int64_t>(n) * E;
     const int* id = ids + static_cast<int64_t>(n) * K;
@@ -57,7 +58,7 @@ void router_backward(T* dlogits, const T* dweights, const T* dprobs, const T* dl
 }
 
 template <class T> void gather_rows_forward(T* out, const T* x, const int* rows, int M, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* src = x + static_cast<int64_t>(rows[m]) * C;
     T* dst = out + static_cast<int64_t>(m) * C;
@@ -67,7 +68,7 @@ template <class T> void gather_rows_forward(T* out, const T* x, const int* rows,
 
 template <class T> void gather_rows_backward(T* dx, const T* dout, const int* rows, int M, int C) {
   // Several rows m may come from one source row: parallelise over columns to avoid races.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int c0 = 0; c0 < C; c0 += 16) {
     int c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int m = 0; m < M; ++m) {
@@ -81,7 +82,7 @@ template <class T> void gather_rows_backward(T* dx, const T* dout, const int* ro
 template <class T>
 void scatter_add_rows_forward(T* out, const T* y, const T* w, const int* tok, const int* widx, int M,
                               int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int c0 = 0; c0 < C; c0 += 16) {
     int c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int m = 0; m < M; ++m) {
@@ -97,7 +98,7 @@ template <class T>
 void scatter_add_rows_backward(T* dy, T* dw, const T* dout, const T* y, const T* w, const int* tok,
                                const int* widx, int M, int C) {
   // Each m owns dy[m] and dw[widx[m]] (assignment slots are unique), so m is parallel.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (int64_t(M) * C >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* g = dout + static_cast<int64_t>(tok[m]) * C;
     const T* ym = y + static_cast<int64_t>(m) * C;
@@ -119,9 +120,8 @@ void grouped_linear_forward(T* out, const T* x, const T* w, const int* offsets, 
   for (int e = 0; e < E; ++e) {
     int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;  // an expert with no tokens is simply skipped
-    MatMap<T> Y(out + static_cast<int64_t>(r0) * O, rows, O);
-    Y.noalias() = CMatMap<T>(x + static_cast<int64_t>(r0) * I, rows, I) *
-                  CMatMap<T>(w + static_cast<int64_t>(e) * O * I, O, I).transpose();
+    gemm_xwt(out + static_cast<int64_t>(r0) * O, x + static_cast<int64_t>(r0) * I,
+             w + static_cast<int64_t>(e) * O * I, rows, I, O, false);  // row chunks: see parallel.h
   }
 }
 
@@ -131,13 +131,9 @@ void grouped_linear_backward(T* dx, T* dw, const T* dout, const T* x, const T* w
   for (int e = 0; e < E; ++e) {
     int r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
-    CMatMap<T> dY(dout + static_cast<int64_t>(r0) * O, rows, O);
-    if (dx)
-      MatMap<T>(dx + static_cast<int64_t>(r0) * I, rows, I).noalias() +=
-          dY * CMatMap<T>(w + static_cast<int64_t>(e) * O * I, O, I);
-    if (dw)
-      MatMap<T>(dw + static_cast<int64_t>(e) * O * I, O, I).noalias() +=
-          dY.transpose() * CMatMap<T>(x + static_cast<int64_t>(r0) * I, rows, I);
+    const T* dY = dout + static_cast<int64_t>(r0) * O;
+    if (dx) gemm_dyw_acc(dx + static_cast<int64_t>(r0) * I, dY, w + static_cast<int64_t>(e) * O * I, rows, I, O);
+    if (dw) gemm_dytx_acc(dw + static_cast<int64_t>(e) * O * I, dY, x + static_cast<int64_t>(r0) * I, rows, I, O);
   }
 }
 
