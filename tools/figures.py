@@ -137,8 +137,8 @@ def deterministic(out):
 def sample_lines(prep, out):
     """The README's abridged quickstart output: header, steps 1 and 50, the step-800 eval, the last
     step, the save and the K-sweep table."""
-    lines = out.splitlines()
-    keep = list(prep)
+    lines = [l.rstrip() for l in out.splitlines()]
+    keep = [l for l in prep if re.match(r"^prepare: \d+ files", l)]
     steps = [l for l in lines if STEP_RE.match(l)]
     head = [l for l in lines if re.match(r"^(anyk train:|data:|layout:|K strategy)", l)]
     keep += head + steps[:2] + ["..."]
@@ -148,7 +148,11 @@ def sample_lines(prep, out):
     keep += [l for l in lines if l.startswith("saved ")]
     i = next((j for j, l in enumerate(lines) if l.startswith("K-sweep")), None)
     if i is not None:
-        keep += [l.rstrip() for l in lines[i:i + 3 + 8]]
+        keep += lines[i:i + 3 + 8]
+    # Shown with tools/quickstart.sh's paths (this script trains in runs/figures/).
+    paths = [(os.path.join(WORK, "data"), "data_cache/fortunes"), (os.path.join(WORK, "quickstart"), "runs/quickstart")]
+    for a, b in paths:
+        keep = [l.replace(a, b) for l in keep]
     return keep
 
 
