@@ -9,6 +9,10 @@
 #   tools/fuzz.sh long N [NAME..]  run each harness (or the named ones) for N executions, one
 #                                  process each, and append to build-fuzz/fuzz-long-summary.txt;
 #                                  FUZZ_MAX_SECONDS=S stops each one after S seconds instead
+#   tools/fuzz.sh rate S [NAME..]  fuzz each harness (or the named ones) for S seconds from the
+#                                  committed corpus only (fresh corpus dir, so runs compare) and
+#                                  print executions, exec/s, CPU seconds, exec per CPU-second and the
+#                                  load average; appended to <build dir>/fuzz-rate-summary.txt
 #
 # Fresh inputs go to <build dir>/corpus/<name>/ (the committed corpus is only read); a crash,
 # leak, sanitizer report, timeout or over-limit allocation leaves its input in
@@ -27,8 +31,13 @@ case "$mode" in
     shift 2
     if (($#)); then harnesses=("$@"); fi
     ;;
+  rate)
+    rate_secs=${2:?usage: tools/fuzz.sh rate SECONDS [harness...]}
+    shift 2
+    if (($#)); then harnesses=("$@"); fi
+    ;;
   *)
-    echo "usage: tools/fuzz.sh smoke | tools/fuzz.sh long N [harness...]" >&2
+    echo "usage: tools/fuzz.sh smoke | tools/fuzz.sh long N [harness...] | tools/fuzz.sh rate SECONDS [harness...]" >&2
     exit 2
     ;;
 esac
@@ -111,6 +120,32 @@ if [ "$mode" = smoke ]; then
     else
       status=1
     fi
+  done
+elif [ "$mode" = rate ]; then
+  # Wall-clock exec/s depends on the machine's load; exec per CPU-second (user + sys of the fuzzer
+  # process, from /proc/<pid>/stat via GNU time) is the figure that compares across runs.
+  summary=$bdir/fuzz-rate-summary.txt
+  for name in "${harnesses[@]}"; do
+    log=$bdir/logs/$name-rate.log
+    mkdir -p "$bdir/corpus" "$bdir/artifacts/$name"
+    fresh=$(mktemp -d "$bdir/corpus/$name-rate.XXXXXX")
+    load0=$(cut -d' ' -f1 /proc/loadavg)
+    if ! /usr/bin/time -f "%U %S %e" -o "$log.time" \
+        "$bdir/tests/fuzz/$name" $(opts_for "$name") $common -artifact_prefix="$bdir/artifacts/$name/" \
+        -max_total_time="$rate_secs" "$fresh" "$root/tests/fuzz/corpus/$name" >"$log" 2>&1; then
+      echo "FAIL: $name (log: $log)" >&2
+      status=1
+    fi
+    rm -rf "$fresh"
+    load1=$(cut -d' ' -f1 /proc/loadavg)
+    read -r n s <<<"$(done_line "$log")"
+    read -r u sy wall <<<"$(tail -1 "$log.time")"
+    line=$(awk -v name="$name" -v n="${n:-0}" -v u="$u" -v sy="$sy" -v w="$wall" -v l0="$load0" -v l1="$load1" \
+      -v np="$(nproc --all)" -v c="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" -v d="$(date -u +%FT%TZ)" \
+      'BEGIN { printf("%s: %d executions in %.0f s wall, %.0f exec/s; %.1f CPU s, %.0f exec per CPU-second; " \
+                      "load %s -> %s, nproc %s; %s %s", name, n, w, (w > 0 ? n / w : 0), u + sy,
+                      (u + sy > 0 ? n / (u + sy) : 0), l0, l1, np, c, d) }')
+    echo "$line" | tee -a "$summary"
   done
 else
   summary=$bdir/fuzz-long-summary.txt
