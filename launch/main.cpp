@@ -12,7 +12,15 @@ int main(int argc, char** argv) {
   // the variable when it loads, before main, so the process re-executes itself once with it set.
   if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
     ::setenv("OMP_WAIT_POLICY", "passive", 1);
-    ::execv("/proc/self/exe", argv);  // returns only on failure: then go on with the default policy
+    // The resolved path, not /proc/self/exe itself: exec names the process after the file it
+    // runs, and "exe" would hide anyk from ps, pgrep, Slurm's and our own tools (cluster_test.sh
+    // finds a host's rank by its name).
+    char self[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+      self[n] = '\0';
+      ::execv(self, argv);  // returns only on failure: then go on with the default policy
+    }
   }
   return anyk::run_cli(argc, argv);
 }

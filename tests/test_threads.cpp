@@ -9,6 +9,9 @@
 
 #include <Eigen/Core>
 #include <cctype>
+#include <csignal>
+#include <cstdlib>
+#include <iterator>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -259,5 +262,41 @@ TEST_CASE("thread rule: train, eval, generate and convert print their choice, on
         flat += std::isspace(static_cast<unsigned char>(c)) ? ' ' : c;
     CHECK(flat.find("OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's cores / its ranks") !=
           std::string::npos);
+  }
+}
+
+// The passive-wait re-exec (launch/main.cpp) keeps the process's name: exec of /proc/self/exe
+// itself would rename it "exe", hiding anyk from ps, pgrep and cluster_test.sh's kill case; and a
+// user's own OMP_WAIT_POLICY is kept.
+TEST_CASE("anyk keeps its process name and sets a passive OpenMP wait unless the user chose one") {
+  Runner r;
+  r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  const bool user_policy = std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT");
+  for (const std::string policy : {"", "active"}) {
+    CAPTURE(policy);
+    test::RunOptions o{.cwd = r.dir};
+    if (!policy.empty()) o.env = {"OMP_WAIT_POLICY=" + policy};
+    const std::string run_dir = policy.empty() ? "long_default" : "long_" + policy;
+    test::Process p(test::anyk_argv("train --data data --run-dir " + run_dir + " " + kModel +
+                                    " --steps 1000000 --threads 1"),
+                    o);
+    const std::string proc = "/proc/" + std::to_string(p.pid());
+    const std::string want = policy.empty() ? (user_policy ? "" : "passive") : policy;
+    // Wait until the process runs with its final environment (after the re-exec, if any).
+    std::string env;
+    for (int i = 0; i < 600 && !p.done(); ++i) {
+      env = read(proc + "/environ");
+      if (want.empty() || env.find(std::string("OMP_WAIT_POLICY=") + want + '\0') != std::string::npos) break;
+      p.wait_for(0.05);
+    }
+    REQUIRE_FALSE(p.done());
+    if (!want.empty()) CHECK(env.find(std::string("OMP_WAIT_POLICY=") + want + '\0') != std::string::npos);
+    CHECK(read(proc + "/comm") == "anyk\n");
+    p.kill_group(SIGKILL);
+    p.wait_for(10);
   }
 }
