@@ -25,11 +25,6 @@ using namespace anyk::test;
 
 namespace {
 
-struct Strict {
-  Strict() { checked_pool().set_strict(true); }
-  ~Strict() { checked_pool().set_strict(false); }
-};
-
 template <class T> std::vector<T> host(const Tensor& t) { return to_host_vector<T>(t); }
 
 template <class T> bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {

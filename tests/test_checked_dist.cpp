@@ -25,16 +25,6 @@ using namespace anyk::test;
 
 namespace {
 
-struct Strict {
-  explicit Strict(bool on) : on_(on) {
-    if (on_) checked_pool().set_strict(true);
-  }
-  ~Strict() {
-    if (on_) checked_pool().set_strict(false);
-  }
-  bool on_;
-};
-
 template <class T> bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
 }

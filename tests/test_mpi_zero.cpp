@@ -19,16 +19,6 @@ using namespace anyk::test;
 
 namespace {
 
-struct Strict {
-  explicit Strict(bool on) : on_(on) {
-    if (on_) checked_pool().set_strict(true);
-  }
-  ~Strict() {
-    if (on_) checked_pool().set_strict(false);
-  }
-  bool on_;
-};
-
 // Rank r's contribution at element i: small integers, so every order of summation is exact.
 float value(int r, int64_t i) { return float((r + 1) * 1000 + i % 997) - 400.0f; }
 

@@ -132,11 +132,6 @@ void check_same(const Run& plain, const Run& rec) {
   CHECK(nonzero > 0);  // not vacuous: the gradients were computed
 }
 
-struct Strict {
-  Strict() { checked_pool().set_strict(true); }
-  ~Strict() { checked_pool().set_strict(false); }
-};
-
 }  // namespace
 
 TEST_CASE("recompute: every parameter gradient, the loss and the router stats are the plain run's bits") {
