@@ -3,10 +3,12 @@
 // The backward adds into dqkv.
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cpu/vexp.h"
 
 namespace anyk::cpu {
 
@@ -29,9 +31,16 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
         T mx = a[0];
         for (int j = 1; j <= i; ++j) mx = a[j] > mx ? a[j] : mx;
         T s = 0;
-        for (int j = 0; j <= i; ++j) {
-          a[j] = std::exp(a[j] - mx);
-          s += a[j];
+        if constexpr (std::is_same_v<T, float>) {
+          // exps 8 at a time (vexp8 is bit-identical to std::exp), then the sum in index order.
+          for (int j = 0; j <= i; ++j) a[j] -= mx;
+          vexp_inplace(a, i + 1);
+          for (int j = 0; j <= i; ++j) s += a[j];
+        } else {
+          for (int j = 0; j <= i; ++j) {
+            a[j] = std::exp(a[j] - mx);
+            s += a[j];
+          }
         }
         T inv = T(1) / s;
         for (int j = 0; j <= i; ++j) a[j] *= inv;

@@ -1,10 +1,13 @@
 // CPU kernels of the dense ops: embedding, linear, add/scale, RMSNorm, RoPE, SwiGLU,
 // cross-entropy. Backward kernels add into their gradient outputs (see kernels.h).
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/eigen_maps.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/kernels.h"
+#include "kernels/cpu/vexp.h"
 
 namespace anyk::cpu {
 
@@ -163,13 +166,28 @@ void rope_backward(T* dx, const T* dout, const T* cos, const T* sin, int B, int 
   rope_apply(dx, dout, cos, sin, B, Tn, NHx, D, nrot, T(-1), true);  // the inverse rotation
 }
 
+// One row of SwiGLU: y = g / (1 + exp(-g)) * u. The float path runs 8 at a time with vexp8
+// (bit-identical to std::exp) and the same operations in the same order.
+template <class T> void swiglu_row(T* y, const T* g, const T* u, int H) {
+  int j = 0;
+#ifdef ANYK_VEXP
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (; j + 8 <= H; j += 8) {
+      const __m256 gv = _mm256_loadu_ps(g + j);
+      const __m256 e = vexp8(_mm256_xor_ps(gv, neg));
+      _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + j)));
+    }
+  }
+#endif
+  for (; j < H; ++j) y[j] = g[j] / (T(1) + std::exp(-g[j])) * u[j];
+}
+
 template <class T> void swiglu_forward(T* out, const T* h, int M, int H) {
 #pragma omp parallel for schedule(static) if (int64_t(M) * H >= kRowGrain)
   for (int m = 0; m < M; ++m) {
     const T* g = h + static_cast<int64_t>(m) * 2 * H;
-    const T* u = g + H;
-    T* y = out + static_cast<int64_t>(m) * H;
-    for (int j = 0; j < H; ++j) y[j] = g[j] / (T(1) + std::exp(-g[j])) * u[j];
+    swiglu_row(out + static_cast<int64_t>(m) * H, g, g + H, H);
   }
 }
 
@@ -181,13 +199,52 @@ template <class T> void swiglu_backward(T* dh, const T* dout, const T* h, int M,
     const T* dy = dout + static_cast<int64_t>(m) * H;
     T* dg = dh + static_cast<int64_t>(m) * 2 * H;
     T* du = dg + H;
-    for (int j = 0; j < H; ++j) {
+    int j0 = 0;
+#ifdef ANYK_VEXP
+    // 8 at a time: the scalar loop's operations, with its two multiply-adds fused as GCC fuses
+    // them there (dg: fma(dy*u*sig, 1 + g*(1-sig), dg), the inner one fma(g, 1-sig, 1); du:
+    // fma(silu, dy, du)), read off the scalar build's disassembly.
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+      for (; j0 + 8 <= H; j0 += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + j0), uv = _mm256_loadu_ps(u + j0), dyv = _mm256_loadu_ps(dy + j0);
+        const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, vexp8(_mm256_xor_ps(gv, neg))));
+        const __m256 silu = _mm256_mul_ps(gv, sig);
+        const __m256 t = _mm256_mul_ps(_mm256_mul_ps(dyv, uv), sig);
+        const __m256 x = _mm256_fmadd_ps(gv, _mm256_sub_ps(one, sig), one);
+        _mm256_storeu_ps(dg + j0, _mm256_fmadd_ps(t, x, _mm256_loadu_ps(dg + j0)));
+        _mm256_storeu_ps(du + j0, _mm256_fmadd_ps(silu, dyv, _mm256_loadu_ps(du + j0)));
+      }
+    }
+#endif
+    for (int j = j0; j < H; ++j) {
       T sig = T(1) / (T(1) + std::exp(-g[j]));
       T silu = g[j] * sig;
       dg[j] += dy[j] * u[j] * sig * (T(1) + g[j] * (T(1) - sig));
       du[j] += dy[j] * silu;
     }
   }
+}
+
+// sum over v of exp(z[v] - mx), added in index order; the float path computes the exps 8 at a
+// time (vexp8, bit-identical to std::exp) into a small buffer, then adds them one by one.
+template <class T> T sum_exp(const T* z, T mx, int V) {
+  T s = 0;
+  int v = 0;
+#ifdef ANYK_VEXP
+  if constexpr (std::is_same_v<T, float>) {
+    alignas(32) float e[256];
+    const __m256 m = _mm256_set1_ps(mx);
+    for (; v + 8 <= V;) {
+      const int n = std::min(256, (V - v) / 8 * 8);
+      for (int i = 0; i < n; i += 8) _mm256_store_ps(e + i, vexp8(_mm256_sub_ps(_mm256_loadu_ps(z + v + i), m)));
+      for (int i = 0; i < n; ++i) s += e[i];
+      v += n;
+    }
+  }
+#endif
+  for (; v < V; ++v) s += std::exp(z[v] - mx);
+  return s;
 }
 
 template <class T>
@@ -197,8 +254,7 @@ void cross_entropy_forward(T* losses, const T* logits, const int* targets, int N
     const T* z = logits + static_cast<int64_t>(n) * V;
     T mx = z[0];
     for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
-    T s = 0;
-    for (int v = 0; v < V; ++v) s += std::exp(z[v] - mx);
+    T s = sum_exp(z, mx, V);
     losses[n] = mx + std::log(s) - z[targets[n]];
   }
 }
@@ -212,10 +268,19 @@ void cross_entropy_backward(T* dlogits, const T* dlosses, const T* logits, const
     T* dz = dlogits + static_cast<int64_t>(n) * V;
     T mx = z[0];
     for (int v = 1; v < V; ++v) mx = z[v] > mx ? z[v] : mx;
-    T s = 0;
-    for (int v = 0; v < V; ++v) s += std::exp(z[v] - mx);
+    T s = sum_exp(z, mx, V);
     T g = dlosses[n], inv = T(1) / s;
-    for (int v = 0; v < V; ++v) dz[v] += g * std::exp(z[v] - mx) * inv;
+    int v0 = 0;
+#ifdef ANYK_VEXP
+    if constexpr (std::is_same_v<T, float>) {  // dz += fma(g * e, inv, dz), as the scalar build fuses it
+      const __m256 m = _mm256_set1_ps(mx), gv = _mm256_set1_ps(g), iv = _mm256_set1_ps(inv);
+      for (; v0 + 8 <= V; v0 += 8) {
+        const __m256 e = vexp8(_mm256_sub_ps(_mm256_loadu_ps(z + v0), m));
+        _mm256_storeu_ps(dz + v0, _mm256_fmadd_ps(_mm256_mul_ps(gv, e), iv, _mm256_loadu_ps(dz + v0)));
+      }
+    }
+#endif
+    for (int v = v0; v < V; ++v) dz[v] += g * std::exp(z[v] - mx) * inv;
     dz[targets[n]] -= g;
   }
 }
