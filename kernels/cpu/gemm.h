@@ -2,6 +2,7 @@
 // parallel.h): results are bit-identical at any thread count and to one unchunked product.
 #pragma once
 #include "kernels/cpu/eigen_maps.h"
+#include "kernels/cpu/gemm_shared_pack.h"
 #include "kernels/cpu/parallel.h"
 
 namespace anyk::cpu {
@@ -9,6 +10,12 @@ namespace anyk::cpu {
 // y (N,O) = x (N,I) · w (O,I)^T, or += when accumulate.
 template <class T> void gemm_xwt(T* y, const T* x, const T* w, int N, int I, int O, bool accumulate) {
   eigen_serial();
+#ifdef ANYK_SHARED_PACK
+  // The same products with W packed once (gemm_shared_pack.h); it declines where Eigen differs.
+  if (shared_pack::run_chunked<T, Eigen::RowMajor, Eigen::ColMajor>(y, O, w, I, x, I, O, N, I, !accumulate,
+                                                                   int64_t(I) * O, kGemmGrainFlops))
+    return;
+#endif
   CMatMap<T> W(w, O, I);
   for_row_chunks(N, int64_t(I) * O, kGemmGrainFlops, [&](int r0, int r1) {
     MatMap<T> Y(y + int64_t(r0) * O, r1 - r0, O);
@@ -23,6 +30,11 @@ template <class T> void gemm_xwt(T* y, const T* x, const T* w, int N, int I, int
 // dx (N,I) += dy (N,O) · w (O,I)
 template <class T> void gemm_dyw_acc(T* dx, const T* dy, const T* w, int N, int I, int O) {
   eigen_serial();
+#ifdef ANYK_SHARED_PACK
+  if (shared_pack::run_chunked<T, Eigen::ColMajor, Eigen::ColMajor>(dx, I, w, I, dy, O, I, N, O, false,
+                                                                   int64_t(I) * O, kGemmGrainFlops))
+    return;
+#endif
   CMatMap<T> W(w, O, I);
   for_row_chunks(N, int64_t(I) * O, kGemmGrainFlops, [&](int r0, int r1) {
     MatMap<T>(dx + int64_t(r0) * I, r1 - r0, I).noalias() += CMatMap<T>(dy + int64_t(r0) * O, r1 - r0, O) * W;
