@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
@@ -56,9 +57,9 @@ struct Shape {
 TEST_CASE("shared-pack products equal the per-chunk Eigen products bit for bit") {
   const Shape shapes[] = {
       {2048, 128, 384}, {2048, 128, 128}, {2048, 128, 256},  {512, 128, 256},   {333, 128, 256},
-      {97, 256, 128},   {4096, 256, 768}, {4096, 256, 256},  {1024, 256, 512},  {777, 512, 256},
-      {64, 128, 256},   {33, 64, 96},     {2048, 128, 4096}, {200, 1000, 300},  {48, 700, 5},
-      {40, 3, 7},       {35, 17, 1},      {2, 300, 300},     {1, 128, 256},     {5000, 40, 1100}};
+      {97, 256, 128},   {1024, 256, 768}, {4096, 256, 256},  {1024, 256, 512},  {777, 512, 256},
+      {64, 128, 256},   {33, 64, 96},     {512, 128, 2048},  {200, 1000, 300},  {48, 700, 5},
+      {40, 3, 7},       {35, 17, 1},      {2, 300, 300},     {1, 128, 256},     {1500, 40, 1100}};
   int engaged = 0;
   for (int threads : {1, 2}) {
     omp_set_num_threads(threads);
@@ -91,6 +92,7 @@ TEST_CASE("shared-pack products equal the per-chunk Eigen products bit for bit")
   omp_set_num_threads(1);
 #ifdef ANYK_SHARED_PACK
   // The shared-pack path ran for most shapes (else this suite would compare Eigen with itself).
+  MESSAGE("shared-pack path taken for " << engaged << " of " << 2 * std::size(shapes) << " shapes");
   CHECK(engaged >= 20);
 #endif
 }
