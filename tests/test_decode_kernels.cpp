@@ -68,6 +68,14 @@ template <class T> void check_row_independence() {
     std::vector<T> four(size_t(4) * O);
     k.linear_rows_forward(kCtx, four.data(), x.data() + size_t(3) * I, w.data(), 4, I, O);
     CHECK(same_bits(four.data(), all.data() + size_t(3) * O, size_t(4) * O));
+    // Every batch size 1..M, as the first and as the last rows (1-3 rows and 4 or more are blocked
+    // differently: 4 weight rows by up to 3 input rows, 3 weight rows by 4 input rows).
+    for (int mb = 1; mb <= M; ++mb)
+      for (int m0 : {0, M - mb}) {
+        std::vector<T> part(size_t(mb) * O);
+        k.linear_rows_forward(kCtx, part.data(), x.data() + size_t(m0) * I, w.data(), mb, I, O);
+        CHECK(same_bits(part.data(), all.data() + size_t(m0) * O, size_t(mb) * O));
+      }
     // Weight rows 9..10 alone (a partial block) against the same rows inside the full 11.
     std::vector<T> tail(size_t(M) * 2);
     k.linear_rows_forward(kCtx, tail.data(), x.data(), w.data() + size_t(9) * I, M, I, 2);

@@ -18,40 +18,6 @@
 
 namespace anyk::cpu {
 
-template <class T>
-void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const T* kc, const T* vc, int n,
-                              int len, int C, int NH) {
-  const int D = C / NH;
-  const int p0 = len - n;  // position of the first new query
-  const T scale = T(1) / std::sqrt(T(D));
-  const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
-  eigen_serial();
-#pragma omp parallel for schedule(static) if (par)
-  for (int h = 0; h < NH; ++h) {
-    CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
-    CSMatMap<T> K(kc + int64_t(h) * D, len, D, Eigen::OuterStride<>(C));
-    CSMatMap<T> V(vc + int64_t(h) * D, len, D, Eigen::OuterStride<>(C));
-    MatMap<T> A(scores + int64_t(h) * n * len, n, len);
-    A.noalias() = (Q * K.transpose()) * scale;
-    for (int i = 0; i < n; ++i) {
-      T* a = A.data() + int64_t(i) * len;
-      const int last = p0 + i;  // keys 0..last are visible
-      T mx = a[0];
-      for (int j = 1; j <= last; ++j) mx = a[j] > mx ? a[j] : mx;
-      T s = 0;
-      for (int j = 0; j <= last; ++j) {
-        a[j] = std::exp(a[j] - mx);
-        s += a[j];
-      }
-      T inv = T(1) / s;
-      for (int j = 0; j <= last; ++j) a[j] *= inv;
-      for (int j = last + 1; j < len; ++j) a[j] = 0;  // causal mask
-    }
-    SMatMap<T> O(out + int64_t(h) * D, n, D, Eigen::OuterStride<>(C));
-    O.noalias() = A * V;
-  }
-}
-
 namespace {
 
 // 32-byte vectors (GCC/Clang vector extensions: AVX registers on x86-64-v3, two NEON registers
@@ -140,7 +106,7 @@ template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T
 // several short row streams at once defeat the hardware prefetcher).
 template <class T, int R, int B>
 inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I, int O, int m0, int nb) {
-  static_assert(B == 1 || B == 2 || B == 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
+  static_assert(B >= 1 && B <= 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
   constexpr int n = kLanes<T>;
   const int Iv = I - I % n;
   Vec<T> acc[R][B];
@@ -169,7 +135,9 @@ inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I,
 // (prefetched `ahead` blocks ahead) and dotted with the input rows, RM at a time, while it sits
 // in L1. The accumulators, B weight vectors and an input vector fit the 16 AVX registers.
 template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
-  constexpr int ahead = 32 / B;
+  // 32 KiB ahead whatever the row length: measured 5% faster from memory than 32 rows ahead
+  // (which was 128 KiB for the rows of H = 1024 of w2).
+  const int ahead = std::max(1, int(32768 / (int64_t(I) * int64_t(sizeof(T)) * B)));
   const bool par = int64_t(O) * I * M >= kGemmGrainFlops;  // kernels/cpu/parallel.h
   const int nblocks = (O + B - 1) / B;
 #pragma omp parallel for schedule(static) if (par)
@@ -186,16 +154,130 @@ template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, i
   }
 }
 
+// Attention of one query row of one head over keys 0..last (decode: a step's single new token),
+// without a matrix product: 4 keys at a time (their 4 dot products reduced together by
+// lane_sums), then the scaled scores' softmax in place in a (as attention_forward: the maximum,
+// exp, the sum, times its inverse), then o = a V by vectors of the head's columns held in
+// registers across the keys. Eigen's matrix-vector products cost more in call overhead than in
+// arithmetic here (D = 64, a few hundred keys). q, o: the head's D values; kc, vc: its first
+// column in the caches (row stride C); a: len scores (zeros past last).
+template <class T>
+void attend_row(T* o, T* a, const T* q, const T* kc, const T* vc, int last, int len, int C, int D, T scale) {
+  constexpr int n = kLanes<T>;
+  const int Dv = D - D % n;
+  auto dot = [&](const Vec<T>& acc, const T* k) {  // acc's lanes summed, then the tail elements
+    T s[4];
+    lane_sums(acc, acc, acc, acc, s);
+    return Dv < D ? add_tail(s[0], q, k, Dv, D) : s[0];
+  };
+  int j = 0;
+  for (; j + 4 <= last + 1; j += 4) {
+    const T* k0 = kc + int64_t(j) * C;
+    Vec<T> c0{}, c1{}, c2{}, c3{};
+    for (int d = 0; d < Dv; d += n) {
+      const Vec<T> qv = load(q + d);
+      c0 = madd(c0, qv, load(k0 + d));
+      c1 = madd(c1, qv, load(k0 + C + d));
+      c2 = madd(c2, qv, load(k0 + 2 * C + d));
+      c3 = madd(c3, qv, load(k0 + 3 * C + d));
+    }
+    T s[4];
+    lane_sums(c0, c1, c2, c3, s);
+    for (int b = 0; b < 4; ++b) a[j + b] = (Dv < D ? add_tail(s[b], q, k0 + b * C, Dv, D) : s[b]) * scale;
+  }
+  for (; j <= last; ++j) {
+    Vec<T> c{};
+    for (int d = 0; d < Dv; d += n) c = madd(c, load(q + d), load(kc + int64_t(j) * C + d));
+    a[j] = dot(c, kc + int64_t(j) * C) * scale;
+  }
+  T mx = a[0];
+  for (int i = 1; i <= last; ++i) mx = a[i] > mx ? a[i] : mx;
+  T sum = 0;
+  for (int i = 0; i <= last; ++i) {
+    a[i] = std::exp(a[i] - mx);
+    sum += a[i];
+  }
+  const T inv = T(1) / sum;
+  for (int i = 0; i <= last; ++i) a[i] *= inv;
+  for (int i = last + 1; i < len; ++i) a[i] = 0;
+  constexpr int W = 4;  // vectors of o in registers per sweep over the keys
+  int d = 0;
+  for (; d + W * n <= Dv; d += W * n) {
+    Vec<T> r[W] = {};
+    for (int i = 0; i <= last; ++i) {
+      Vec<T> av;
+      for (int l = 0; l < n; ++l) av[l] = a[i];
+      for (int w = 0; w < W; ++w) r[w] = madd(r[w], av, load(vc + int64_t(i) * C + d + w * n));
+    }
+    __builtin_memcpy(o + d, r, sizeof r);
+  }
+  for (; d < Dv; d += n) {
+    Vec<T> r{};
+    for (int i = 0; i <= last; ++i) {
+      Vec<T> av;
+      for (int l = 0; l < n; ++l) av[l] = a[i];
+      r = madd(r, av, load(vc + int64_t(i) * C + d));
+    }
+    __builtin_memcpy(o + d, &r, sizeof r);
+  }
+  for (; d < D; ++d) {
+    T r = 0;
+    for (int i = 0; i <= last; ++i) r = madd(r, a[i], vc[int64_t(i) * C + d]);
+    o[d] = r;
+  }
+}
+
 }  // namespace
 
-// One row: blocks of 4 weight rows (4 independent FMA chains: one weight row at a time is bound by
-// the FMA latency, 1.4-2x slower in cache and no faster from memory, prefetched). 2-3 rows: blocks
-// of 4 weight rows, rows in pairs (8 accumulators); 4 rows and more: blocks of 2 weight rows, rows
-// by 4 (8 accumulators, fewer loads per multiply-add). Same bits every way
-// (tests/test_decode_kernels.cpp).
+template <class T>
+void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const T* kc, const T* vc, int n,
+                              int len, int C, int NH) {
+  const int D = C / NH;
+  const int p0 = len - n;  // position of the first new query
+  const T scale = T(1) / std::sqrt(T(D));
+  const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
+  eigen_serial();
+#pragma omp parallel for schedule(static) if (par)
+  for (int h = 0; h < NH; ++h) {
+    if (n == 1) {  // a decode step
+      attend_row(out + int64_t(h) * D, scores + int64_t(h) * len, q + int64_t(h) * D, kc + int64_t(h) * D,
+                 vc + int64_t(h) * D, len - 1, len, C, D, scale);
+      continue;
+    }
+    CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
+    CSMatMap<T> K(kc + int64_t(h) * D, len, D, Eigen::OuterStride<>(C));
+    CSMatMap<T> V(vc + int64_t(h) * D, len, D, Eigen::OuterStride<>(C));
+    MatMap<T> A(scores + int64_t(h) * n * len, n, len);
+    A.noalias() = (Q * K.transpose()) * scale;
+    for (int i = 0; i < n; ++i) {
+      T* a = A.data() + int64_t(i) * len;
+      const int last = p0 + i;  // keys 0..last are visible
+      T mx = a[0];
+      for (int j = 1; j <= last; ++j) mx = a[j] > mx ? a[j] : mx;
+      T s = 0;
+      for (int j = 0; j <= last; ++j) {
+        a[j] = std::exp(a[j] - mx);
+        s += a[j];
+      }
+      T inv = T(1) / s;
+      for (int j = 0; j <= last; ++j) a[j] *= inv;
+      for (int j = last + 1; j < len; ++j) a[j] = 0;  // causal mask
+    }
+    SMatMap<T> O(out + int64_t(h) * D, n, D, Eigen::OuterStride<>(C));
+    O.noalias() = A * V;
+  }
+}
+
+// Up to 3 rows: blocks of 4 weight rows, input rows by 3 (12 accumulators; the remainder by 2,
+// then 1); one row alone has 4 independent FMA chains (one weight row at a time is bound by the
+// FMA latency, 1.4-2x slower in cache and no faster from memory, prefetched). 4 rows and more:
+// blocks of 3 weight rows, input rows by 4 (12 accumulators). Both replace the former 8-accumulator
+// blocks (4x2, 2x4): in L1, 74-91 GFLOP/s at 3-8 rows against 60-68 (f32, 256x256 and 64x1024),
+// so that up to about 5 rows per expert a product is bound by memory, not by the multiply-adds.
+// Same bits every way (tests/test_decode_kernels.cpp).
 template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M >= 4) dot_all<T, 2, 4>(out, x, w, M, I, O);
-  else dot_all<T, 4, 2>(out, x, w, M, I, O);
+  if (M >= 4) dot_all<T, 3, 4>(out, x, w, M, I, O);
+  else dot_all<T, 4, 3>(out, x, w, M, I, O);
 }
 
 ANYK_INSTANTIATE(attention_cached_forward)
