@@ -308,17 +308,21 @@ def report(a, measured, rate_bps, caveat):
         json.dump(cal, open(tmp, "w"), indent=1)
         os.replace(tmp, a.calibration_out)
     lines, ratios = table_lines(cal, a, runs, rate_bps)
-    pr = [r for k in ("step", "dispatch", "sync") for r, _ in ratios["pred"].get(k, []) if r == r]
+    summary = []
+    for label, shaped in (("link-bound (shaped)", True), ("unshaped (CPU-bound)", False)):
+        for k in ("step", "dispatch", "sync"):
+            v = [r for r, c in ratios["pred"].get(k, []) if r == r and (c[1] != "none") == shaped]
+            if v:
+                summary.append(f"{label} {k} {min(v):.2f}-{max(v):.2f}")
     head = [f"Model `{a.model_args}` (qs; d192 = `--dim 192 --expert-hidden 192`), one rank per host, {a.steps} "
             f"steps per run (mean after the first 20%), {a.repeats} repeats per case, interleaved. "
             f"Machine: {caveat}. Load = 1-minute load average before each run.", "",
-            f"Calibration: compute {cal['flops'] / 1e9:.2f} GFLOP/s per rank, optimizer {cal['mem_bw'] / 1e9:.2f} GB/s, "
+            f"Calibration{' (from ' + a.calibrate_from + ')' if a.calibrate_from else ''}: compute {cal['flops'] / 1e9:.2f} GFLOP/s per rank, optimizer {cal['mem_bw'] / 1e9:.2f} GB/s, "
             f"mean K {cal['mean_k']:.3f}; unshaped link {cal['lat_none'] * 1e6:.0f} µs, {cal['bw_none'] / 1e6:.0f} MB/s "
             f"(ping-pong); shaped link: {cal['x_shaped'] * 1e3:.1f} ms per exchange beyond bytes / rate ({cal['x_shaped_from']}); "
             f"time-sharing: compute x{cal['s2']:.2f} at 2 hosts, waits {cal['wait_dispatch_frac']:.3f} (dispatch) and "
             f"{cal['wait_sync_frac']:.3f} (sync) of the compute time.", ""]
-    tail = ["", f"Prediction rows: predicted / measured medians from {min(pr):.2f} to {max(pr):.2f} "
-            "(step, dispatch and sync together)." if pr else "", "", "Byte counts (tools/mpi_bytes.c, every rank, every "
+    tail = ["", "Prediction rows, predicted / measured at the medians: " + "; ".join(summary) + ".", "", "Byte counts (tools/mpi_bytes.c, every rank, every "
             "step):", ""] + bytes_lines(cal, a, runs, rate_bps)
     md = "\n".join(head + lines + tail) + "\n"
     open(os.path.join(a.out, "validation.md"), "w").write(md)
