@@ -5,7 +5,8 @@ Cases are ROLE/RATE/HOSTS/MODEL (one rank per host). Calibration cases (cal) fix
 of the prediction; prediction cases (pred) are then predicted from those constants and their link
 setting alone (nominal rate), never from their own measurements. Each case runs --repeats times,
 the cases of one repeat rotated and interleaved in time, so that the machine's load drift hits
-calibration and prediction alike. Every run also counts the bytes anyk hands to MPI
+calibration and prediction alike; runs already finished under OUT are kept (an interrupted study
+resumes). Every run also counts the bytes anyk hands to MPI
 (tools/mpi_bytes.c, LD_PRELOAD) to check the model's byte counts exactly.
 
 Calibration (medians over the repeats of each cal case):
@@ -109,6 +110,8 @@ def run_all(a, cluster, sh, env, pingpong):
     for rep in range(a.repeats):
         k = rep % len(cases)  # rotate, so no case always runs first or last in a round
         for case in cases[k:] + cases[:k]:
+            if os.path.exists(os.path.join(a.out, "runs", f"{case_name(case)}_r{rep}", "load.json")):
+                continue  # finished in an earlier invocation with this OUT: kept, not run again
             cluster.shape(case[1])
             run_case(a, lib, case, rep, sh, env)
 
