@@ -16,7 +16,10 @@ Measured numbers come from metrics.jsonl (mean over the steps after the first 20
 numbers come from cost_model.step_cost() with the cluster preset: link bandwidth from the
 nominal rate (x 1448/1514 TCP payload per Ethernet frame) or, unshaped, the ping-pong's
 bandwidth; latency per message from the ping-pong; compute FLOP rate and optimizer bandwidth
-from the 1-host unshaped run (the only calibration taken from the study itself).
+from the 1-host unshaped run; the host waits of cost_model.with_host_wait() from the unshaped run
+at the same host count. So this table is in-sample: a description, not a validation. --validate
+(tools/scaling_validate.py) is the out-of-sample check: constants from calibration runs only,
+predictions for other host counts, rates and model sizes, repeats, and MPI byte counts.
 
   /usr/bin/python3 tools/cluster_scaling.py --out runs/cluster_scaling          # up, run, down
   /usr/bin/python3 tools/cluster_scaling.py --out runs/cluster_scaling --collect-only
@@ -90,7 +93,7 @@ def rate_bps(rate):
         return None
     m = re.fullmatch(r"([\d.]+)([kmg]?)bit", rate)
     if not m:
-        sys.exit(f"cluster_scaling: --rates entry {rate!r}: use e.g. 200mbit, 1gbit or none")
+        sys.exit(f"cluster_scaling: link rate {rate!r} (--rates or --cases): use e.g. 200mbit, 1gbit or none")
     return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
 
 
