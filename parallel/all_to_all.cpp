@@ -1,6 +1,7 @@
 // all_to_all_rows and its adjoint; see all_to_all.h.
 #include "parallel/all_to_all.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "runtime/ops/kernel_call.h"
@@ -10,7 +11,7 @@ namespace anyk {
 [[maybe_unused]] static const bool kParallelOpsRegistered = register_ops(kParallelOps);
 
 Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
-                    const Communicator& comm) {
+                    const Communicator& comm, double* backward_seconds) {
   const int P = comm.size();
   const int64_t C = x.shape()[-1];
   check_counts_tensor(send_counts, P, "all_to_all_rows send_counts");
@@ -29,7 +30,10 @@ Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const T
     tape.record("all_to_all_rows", [=] {
       // Gradients travel back along the same routes: counts swapped.
       Tensor back = arena->tensor({S, C}, x.dtype());
+      const auto t0 = std::chrono::steady_clock::now();
       cp->all_to_all_v(out.grad, recv_counts, back, send_counts);
+      if (backward_seconds)
+        *backward_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       with_kernels(x.grad, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
         k.accumulate(ctx, x.grad.dev_ptr<T>(), back.dev_ptr<T>(), S * C);

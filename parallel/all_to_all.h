@@ -12,7 +12,9 @@ inline constexpr std::string_view kParallelOps[] = {"all_to_all_rows"};
 
 // x (S,C) with S = sum(send_counts) -> (R,C) with R = sum(recv_counts). send_counts,
 // recv_counts: I32 (comm.size()) host tensors that must outlive the step (the arena's).
+// backward_seconds, when given, accumulates the wall time of the backward exchange (--profile's
+// dispatch: the forward exchange is timed by the caller); it must outlive the tape's backward.
 Var all_to_all_rows(Tape& tape, const Var& x, const Tensor& send_counts, const Tensor& recv_counts,
-                    const Communicator& comm);
+                    const Communicator& comm, double* backward_seconds = nullptr);
 
 }  // namespace anyk

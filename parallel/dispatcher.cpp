@@ -75,21 +75,26 @@ Tensor AllToAllDispatcher::exchange_counts(Arena& a, const Tensor& expert_counts
 
 // (sent,C) in send order -> (rows,C) source-major, as one flat exchange or the two phases.
 Var AllToAllDispatcher::send_rows(Tape& tape, const Var& send, const DispatchPlan& plan) {
-  if (!node_) return all_to_all_rows(tape, send, plan.send_counts, plan.recv_counts, *ep_);
+  // &exchange_s_: the backward exchanges count as dispatch in --profile too.
+  if (!node_) return all_to_all_rows(tape, send, plan.send_counts, plan.recv_counts, *ep_, &exchange_s_);
   const HierPlan& h = plan.hier;
-  Var p1 = gather_rows(tape, send, h.pack1);               // by local index, node
-  Var got1 = all_to_all_rows(tape, p1, h.node_send, h.node_recv, *node_);   // phase 1: in the node
-  Var p2 = gather_rows(tape, got1, h.pack2);    // by node, then source
-  return all_to_all_rows(tape, p2, h.cross_send, h.cross_recv, *cross_);    // phase 2: across nodes
+  Var p1 = gather_rows(tape, send, h.pack1);  // by local index, node
+  // phase 1: in the node
+  Var got1 = all_to_all_rows(tape, p1, h.node_send, h.node_recv, *node_, &exchange_s_);
+  Var p2 = gather_rows(tape, got1, h.pack2);  // by node, then source
+  // phase 2: across nodes
+  return all_to_all_rows(tape, p2, h.cross_send, h.cross_recv, *cross_, &exchange_s_);
 }
 
 // The mirror of send_rows: (rows,C) source-major -> (sent,C) in send order.
 Var AllToAllDispatcher::return_rows(Tape& tape, const Var& back, const DispatchPlan& plan) {
-  if (!node_) return all_to_all_rows(tape, back, plan.recv_counts, plan.send_counts, *ep_);
+  if (!node_) return all_to_all_rows(tape, back, plan.recv_counts, plan.send_counts, *ep_, &exchange_s_);
   const HierPlan& h = plan.hier;
-  Var r2 = all_to_all_rows(tape, back, h.cross_recv, h.cross_send, *cross_);  // phase 2 reversed
-  Var u2 = gather_rows(tape, r2, h.unpack2);     // phase-1 order
-  Var r1 = all_to_all_rows(tape, u2, h.node_recv, h.node_send, *node_);       // phase 1 reversed
+  // phase 2 reversed
+  Var r2 = all_to_all_rows(tape, back, h.cross_recv, h.cross_send, *cross_, &exchange_s_);
+  Var u2 = gather_rows(tape, r2, h.unpack2);  // phase-1 order
+  // phase 1 reversed
+  Var r1 = all_to_all_rows(tape, u2, h.node_recv, h.node_send, *node_, &exchange_s_);
   return gather_rows(tape, r1, h.unpack1);                    // send order
 }
 

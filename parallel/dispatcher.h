@@ -60,7 +60,8 @@ class AllToAllDispatcher : public Dispatcher {
   Var unpermute(Tape& tape, const Var& y, const Var& weights, const DispatchPlan& plan) override;
   A2A mode() const { return node_ ? A2A::Hier : A2A::Flat; }
 
-  // Time spent in the count and row exchanges since the last reset (seconds), for --profile.
+  // Time spent in the count and row exchanges since the last reset (seconds), for --profile:
+  // the forward exchanges and the backward ones (the row exchanges' adjoints, run by the tape).
   double exchange_seconds() const { return exchange_s_; }
   void reset_timers() { exchange_s_ = 0; }
 

@@ -16,11 +16,16 @@ Measured numbers come from metrics.jsonl (mean over the steps after the first 20
 numbers come from cost_model.step_cost() with the cluster preset: link bandwidth from the
 nominal rate (x 1448/1514 TCP payload per Ethernet frame) or, unshaped, the ping-pong's
 bandwidth; latency per message from the ping-pong; compute FLOP rate and optimizer bandwidth
-from the 1-host unshaped run (the only calibration taken from the study itself).
+from the 1-host unshaped run; the host waits of cost_model.with_host_wait() from the unshaped run
+at the same host count. So this table is in-sample: a description, not a validation. --validate
+(tools/scaling_validate.py) is the out-of-sample check: constants from calibration runs only,
+predictions for other host counts, rates and model sizes, repeats, and MPI byte counts.
 
   /usr/bin/python3 tools/cluster_scaling.py --out runs/cluster_scaling          # up, run, down
   /usr/bin/python3 tools/cluster_scaling.py --out runs/cluster_scaling --collect-only
   /usr/bin/python3 tools/cluster_scaling.py --ntasks-per-node 2 --train-args "--a2a hier" --out runs/hier
+  /usr/bin/python3 tools/cluster_scaling.py --validate --repeats 3 --steps 12 --out runs/validate
+      # out of sample: calibrate on some runs, predict others (tools/scaling_validate.py)
 
 Root only (it runs tools/cluster.sh). A cluster that is already up with enough hosts is used and
 left up; otherwise one is brought up and torn down at the end.
@@ -40,6 +45,7 @@ from dataclasses import replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import cost_model  # noqa: E402
+import scaling_validate  # noqa: E402
 
 DEFAULT_MODEL = ("--layers 4 --dim 128 --heads 4 --experts 8 --expert-hidden 128 --seq-len 128 --batch 8 "
                  "--k-strategy layer --k-min 1 --k-max 4 --eval-windows 4 --seed 1")
@@ -62,7 +68,17 @@ def parse_args():
     p.add_argument("--data", default="", help="prepared data (default: OUT/data, made from generated text)")
     p.add_argument("--pingpong-reps", type=int, default=30)
     p.add_argument("--collect-only", action="store_true", help="re-read OUT's runs; predict again; no runs")
-    return p.parse_args()
+    v = p.add_argument_group("out-of-sample validation (tools/scaling_validate.py; docs/scaling.md section 4)")
+    v.add_argument("--validate", action="store_true",
+                   help="calibrate on the cal cases, predict the pred cases; writes OUT/validation.md/.csv")
+    v.add_argument("--cases", default=scaling_validate.DEFAULT_CASES, help="ROLE/RATE/HOSTS/MODEL,... (see above)")
+    v.add_argument("--repeats", type=int, default=3, help="runs per case, interleaved in time")
+    v.add_argument("--calibrate-from", default="", help="take the calibration from this JSON, not from OUT's cal runs")
+    v.add_argument("--calibration-out", default="", help="write the calibration constants to this JSON")
+    a = p.parse_args()
+    if a.repeats < 1 or a.steps < 5:
+        sys.exit(f"cluster_scaling: --repeats {a.repeats} / --steps {a.steps}: need at least 1 repeat and 5 steps")
+    return a
 
 
 def sh(cmd, timeout=600, env=None, check=True):
@@ -77,7 +93,7 @@ def rate_bps(rate):
         return None
     m = re.fullmatch(r"([\d.]+)([kmg]?)bit", rate)
     if not m:
-        sys.exit(f"cluster_scaling: --rates entry {rate!r}: use e.g. 200mbit, 1gbit or none")
+        sys.exit(f"cluster_scaling: link rate {rate!r} (--rates or --cases): use e.g. 200mbit, 1gbit or none")
     return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
 
 
@@ -267,23 +283,45 @@ def write(a, runs, pred, flops, mem_bw):
     fig.savefig(os.path.join(a.out, "cluster_scaling.png"), dpi=110)
 
 
+def prepare_data(a):
+    if not a.data:
+        a.data = os.path.join(a.out, "data")
+        if not os.path.exists(os.path.join(a.data, "train.bin")):
+            txt = os.path.join(a.out, "text.txt")
+            with open(txt, "w") as f:
+                for i in range(20000):
+                    f.write(f"line {i}: experts learn a coarse-to-fine ranking of what to say next.\n")
+            sh([a.anyk_bin, "prepare", "--input", txt, "--out", a.data, "--val-fraction", "0.05"])
+
+
+def validate(a):
+    cases = scaling_validate.parse_cases(a.cases)
+    for c in cases:
+        rate_bps(c[1])
+        if c[2] < 1:
+            sys.exit(f"cluster_scaling: --cases entry with {c[2]} hosts: use 1 or more")
+    if not a.collect_only:
+        prepare_data(a)
+        cl = Cluster(max(c[2] for c in cases))
+        try:
+            scaling_validate.run_all(a, cl, sh, env(), pingpong)
+        finally:
+            cl.close()
+    scaling_validate.report(a, measured, rate_bps, CAVEAT)
+
+
 def main():
     a = parse_args()
     a.out = os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
+    if a.validate:
+        return validate(a)
     hosts = sorted({int(h) for h in a.hosts.split(",")})
     rates = [r.strip() for r in a.rates.split(",")]
     for r in rates:
         rate_bps(r)
     if not a.collect_only:
-        if not a.data:
-            a.data = os.path.join(a.out, "data")
-            if not os.path.exists(os.path.join(a.data, "train.bin")):
-                txt = os.path.join(a.out, "text.txt")
-                with open(txt, "w") as f:
-                    for i in range(20000):
-                        f.write(f"line {i}: experts learn a coarse-to-fine ranking of what to say next.\n")
-                sh([a.anyk_bin, "prepare", "--input", txt, "--out", a.data, "--val-fraction", "0.05"])
+        prepare_data(a)
         cl = Cluster(max(hosts))
         try:
             for rate in rates:

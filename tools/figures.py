@@ -312,7 +312,8 @@ ONE_OFF = [
     ("docs/sanitizers.md", "build and ctest times", "2026-11-28 (b23acd2, 960a930)", "`tools/sanitize.sh`"),
     ("docs/results.md, docs/results-quick.md", "all tables (generated, dated in their header)",
      "2026-11-25 (2ccf323, 189879a)", "`bench/reproduce.py [--quick]`"),
-    ("docs/scaling.md", "cost-model validation", "2026-11-28 (e3b9d7b)", "`tools/cluster_scaling.py`"),
+    ("docs/scaling.md", "cost-model validation, section 4 (calibration and prediction runs A and B)",
+     "2026-12-07 (9ac71fe)", "`tools/cluster_scaling.py --validate`"),
     ("docs/fuzzing.md", "executions and exec/s per harness", "dated in its tables", "`tools/fuzz.sh long`"),
 ]
 
