@@ -232,16 +232,20 @@ void segments_forward(const K& k, const Ctx& ctx, const Segments& sg, T* o, cons
     }
 }
 
-// dx per segment; dw of expert e += the pairwise tree over its segments' fresh gradients (a
-// binary counter over s: partials of equal size are added, earlier first; an empty segment is a
-// zero leaf), so that it equals the micro-batch tree of one rank (parallel/grad_tree.h).
+// dx per segment; dw of expert e += the pairwise tree over its segments' gradients (a binary
+// counter over s: partials of equal size are added, earlier first; an empty segment is a zero
+// leaf), so that it equals the micro-batch tree of one rank (parallel/grad_tree.h). The first
+// segment adds into dw itself, later ones into zeroed scratch: the bits match one rank when dw
+// starts at zero, as the trainer's store does before every micro-batch.
 template <class T, class K>
 void segments_backward(const K& k, const Ctx& ctx, Device dev, const Segments& sg, T* dx, T* dw, const T* dy,
                        const T* x, const T* w, int E, int I, int O) {
   const int64_t OI = int64_t(O) * I;
-  std::vector<DeviceBuffer> bufs;  // stack of partials, then spares
+  std::vector<DeviceBuffer> bufs;  // scratch for partials 1, 2, ...
   std::vector<int> level;
   for (int e = 0; e < E; ++e) {
+    T* dwe = dw ? dw + int64_t(e) * OI : nullptr;
+    auto part = [&](size_t i) { return i == 0 ? dwe : static_cast<T*>(bufs[i - 1].data()); };
     size_t top = 0;  // partials on the stack
     level.clear();
     for (int s = 0; s < sg.S; ++s) {
@@ -251,16 +255,16 @@ void segments_backward(const K& k, const Ctx& ctx, Device dev, const Segments& s
         k.grouped_linear_backward(ctx, dx + int64_t(r0) * I, nullptr, dy + int64_t(r0) * O, x + int64_t(r0) * I,
                                   w + int64_t(e) * OI, off, 1, I, O);
       if (!dw) continue;
-      if (bufs.size() <= top) bufs.emplace_back(dev, size_t(OI) * sizeof(T));
-      DeviceBuffer& leaf = bufs[top];
-      leaf.zero();
+      if (top > 0) {
+        if (bufs.size() < top) bufs.emplace_back(dev, size_t(OI) * sizeof(T));
+        bufs[top - 1].zero();
+      }
       if (n > 0)
-        k.grouped_linear_backward(ctx, nullptr, static_cast<T*>(leaf.data()), dy + int64_t(r0) * O,
-                                  x + int64_t(r0) * I, w + int64_t(e) * OI, off, 1, I, O);
+        k.grouped_linear_backward(ctx, nullptr, part(top), dy + int64_t(r0) * O, x + int64_t(r0) * I,
+                                  w + int64_t(e) * OI, off, 1, I, O);
       int lv = 0;
       while (top > 0 && level.back() == lv) {  // earlier partial + this one, into the earlier
-        T* a = static_cast<T*>(bufs[top - 1].data());
-        k.add_forward(ctx, a, a, static_cast<const T*>(bufs[top].data()), OI);
+        k.add_forward(ctx, part(top - 1), part(top - 1), part(top), OI);
         --top;
         level.pop_back();
         ++lv;
@@ -268,14 +272,8 @@ void segments_backward(const K& k, const Ctx& ctx, Device dev, const Segments& s
       level.push_back(lv);
       ++top;
     }
-    if (!dw) continue;
-    while (top > 1) {  // a source count that is not a power of two: fold from the right
-      T* a = static_cast<T*>(bufs[top - 2].data());
-      k.add_forward(ctx, a, a, static_cast<const T*>(bufs[top - 1].data()), OI);
-      --top;
-    }
-    T* dwe = dw + int64_t(e) * OI;
-    k.add_forward(ctx, dwe, dwe, static_cast<const T*>(bufs[0].data()), OI);
+    for (; dw && top > 1; --top)  // a source count that is not a power of two: fold from the right
+      k.add_forward(ctx, part(top - 2), part(top - 2), part(top - 1), OI);
   }
 }
 
