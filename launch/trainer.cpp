@@ -429,6 +429,7 @@ int Trainer::run() {
 bool Trainer::step(int64_t s, StepResult& r) {
   const auto t0 = clock::now();
   std::fill(red_.begin(), red_.end(), 0.0);
+  ce_parts_.clear();
   disp_->reset_timers();
   for (int a = 0; a < A_; ++a) {
     // A stop request between micro-batches abandons the step (agreed by every rank): nothing
@@ -445,6 +446,7 @@ bool Trainer::step(int64_t s, StepResult& r) {
   tape_->clear();
   maybe_inject_fault(rank_, s + 1);
   const auto t1 = clock::now();
+  red_[0] = tree_sum(ce_parts_);  // the micro-batches' losses in the gradients' tree (grad_tree.h)
   if (o_.zero)
     reduce_scatter_gradients(lm_->params(), groups_);
   else
@@ -483,7 +485,7 @@ void Trainer::micro_batch(int64_t s, int a, StepResult& r) {
   Var loss = lm_->forward(*tape_, in_.data(), tgt_.data(), B_, T_, k, &st, loss_norm, pool, ks_.sample_key(s, m));
   tape_->backward(loss);
   mb_tree_.fold(lm_->params(), a, A_);  // A > 1: the pairwise tree over micro-batches (grad_tree.h)
-  red_[0] += st.ce;  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
+  ce_parts_.push_back(st.ce);  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
   for (int l = 0; l < L_; ++l) {
     const MoEStats& ls = st.layers[l];
     red_[1 + l] += double(ls.assignments);

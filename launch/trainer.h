@@ -132,6 +132,7 @@ class Trainer {
   std::unique_ptr<Tape> tape_;
   std::vector<int> in_, tgt_;
   MicroBatchTree mb_tree_;   // --grad-accum > 1: the fixed-order sum over micro-batches
+  std::vector<double> ce_parts_;  // this step's per-micro-batch losses
   std::vector<double> red_;  // per step, reduced in one call: [CE, assignments (L), counts (L*E)]
   Interval iv_;
 };

@@ -68,6 +68,22 @@ void MicroBatchTree::fold(ParamStore& ps, int a, int A) {
   }
 }
 
+double tree_sum(const std::vector<double>& v) {
+  std::vector<std::pair<int, double>> stack;  // (level, partial), as MicroBatchTree::fold
+  for (double x : v) {
+    int level = 0;
+    while (!stack.empty() && stack.back().first == level) {
+      x = stack.back().second + x;
+      stack.pop_back();
+      ++level;
+    }
+    stack.emplace_back(level, x);
+  }
+  double sum = stack.empty() ? 0.0 : stack.back().second;
+  for (size_t i = stack.size(); i-- > 1;) sum = stack[i - 1].second + sum;
+  return sum;
+}
+
 double expert_grad_sumsq(const ParamStore& ps, const Comm& ep) {
   const Device d = ps.device();
   std::vector<const ParamInfo*> tensors;

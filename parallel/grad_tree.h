@@ -45,6 +45,9 @@ class MicroBatchTree {
   std::vector<Partial> spare_;  // buffers kept for the next step
 };
 
+// The same pairwise tree over a rank's micro-batch values (the step's loss): ((v0 + v1) + (v2 + v3)).
+double tree_sum(const std::vector<double>& v);
+
 // Canonical squared norm of the expert gradients of an ep group: one sum of squares per
 // (parameter tensor, global expert) slab, computed slab by slab, exchanged over `ep` (each slab
 // lives on exactly one rank of it; the others contribute zeros, and x + 0 = x), then added in
