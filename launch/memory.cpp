@@ -1,5 +1,6 @@
 // See memory.h.
 #include "launch/memory.h"
+#include "parallel/grad_tree.h"
 
 #include <algorithm>
 #include <cmath>
@@ -55,7 +56,9 @@ MemoryEstimate estimate_train_memory(const TrainOptions& o, int world, int ep, b
   const double expert_local = L * E_local * 3 * C * H;
   MemoryEstimate m;
   m.params = 4.0 * (dense + expert_local);
-  m.grads = m.params;
+  // --grad-accum A > 1: the micro-batch tree keeps up to ceil(log2 A) partial gradients
+  // (parallel/grad_tree.h).
+  m.grads = m.params * (1 + MicroBatchTree::copies(o.grad_accum));
   // --zero 1: a block of each region per rank of its data-parallel group (dense: every rank;
   // experts: the world / ep replicas of this rank's experts), rounded up.
   const double dp_dense = o.zero ? std::max(1, world) : 1, dp_expert = o.zero ? std::max(1, world / eps) : 1;

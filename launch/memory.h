@@ -11,7 +11,7 @@ namespace anyk::launch {
 
 struct MemoryEstimate {
   double params = 0;       // this rank's parameters (f32): the dense ones and its experts
-  double grads = 0;        // their gradients (f32, the same layout)
+  double grads = 0;        // their gradients (f32, the same layout; more copies with --grad-accum)
   double moments = 0;      // this rank's AdamW m and v (2 x f32): all of them, or its block under --zero 1
   double activations = 0;  // the per-step arena: forward activations, their gradients, dispatch buffers
   double eval_copy = 0;    // rank 0's single-process copy of every expert (ep > 1 or top_p)

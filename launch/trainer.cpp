@@ -429,6 +429,7 @@ int Trainer::run() {
 bool Trainer::step(int64_t s, StepResult& r) {
   const auto t0 = clock::now();
   std::fill(red_.begin(), red_.end(), 0.0);
+  ce_parts_.clear();
   disp_->reset_timers();
   for (int a = 0; a < A_; ++a) {
     // A stop request between micro-batches abandons the step (agreed by every rank): nothing
@@ -436,6 +437,7 @@ bool Trainer::step(int64_t s, StepResult& r) {
     if (a > 0 && int(world_.all_reduce_max(double(stop_signal()))) != 0) {
       arena_.reset();
       tape_->clear();
+      mb_tree_.clear();
       return false;
     }
     micro_batch(s, a, r);
@@ -444,6 +446,7 @@ bool Trainer::step(int64_t s, StepResult& r) {
   tape_->clear();
   maybe_inject_fault(rank_, s + 1);
   const auto t1 = clock::now();
+  red_[0] = tree_sum(ce_parts_);  // the micro-batches' losses in the gradients' tree (grad_tree.h)
   if (o_.zero)
     reduce_scatter_gradients(lm_->params(), groups_);
   else
@@ -481,7 +484,8 @@ void Trainer::micro_batch(int64_t s, int a, StepResult& r) {
   const double loss_norm = double(B_) * T_ * A_ * P_;  // the global token count of a step
   Var loss = lm_->forward(*tape_, in_.data(), tgt_.data(), B_, T_, k, &st, loss_norm, pool, ks_.sample_key(s, m));
   tape_->backward(loss);
-  red_[0] += st.ce;  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
+  mb_tree_.fold(lm_->params(), a, A_);  // A > 1: the pairwise tree over micro-batches (grad_tree.h)
+  ce_parts_.push_back(st.ce);  // summed CE / global tokens: the sum over micro-batches and ranks is the mean
   for (int l = 0; l < L_; ++l) {
     const MoEStats& ls = st.layers[l];
     red_[1 + l] += double(ls.assignments);
@@ -507,11 +511,9 @@ void Trainer::update(int64_t s, StepResult& r) {
     const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
     r.gnorm = std::sqrt(world_.all_reduce_sum(dn * dn + en * en));
   } else {
-    double en2 = 0;
-    if (expert.second) {
-      const double en = global_grad_norm({{expert.first, expert.second}}, ps.device());
-      en2 = groups_.ep.all_reduce_sum(en * en);
-    }
+    // Each expert slab's squares summed alone and added in global expert order: the same bits
+    // whatever the ep size (grad_tree.h).
+    const double en2 = expert.second ? expert_grad_sumsq(ps, groups_.ep) : 0.0;
     r.gnorm = std::sqrt(dn * dn + en2);
   }
   r.ce = red_[0];

@@ -14,6 +14,7 @@
 #include "data/loader.h"
 #include "io/checkpoint.h"
 #include "io/json.h"
+#include "parallel/grad_tree.h"
 #include "launch/memory.h"
 #include "launch/options.h"
 #include "launch/report.h"
@@ -130,6 +131,8 @@ class Trainer {
   Arena arena_;
   std::unique_ptr<Tape> tape_;
   std::vector<int> in_, tgt_;
+  MicroBatchTree mb_tree_;   // --grad-accum > 1: the fixed-order sum over micro-batches
+  std::vector<double> ce_parts_;  // this step's per-micro-batch losses
   std::vector<double> red_;  // per step, reduced in one call: [CE, assignments (L), counts (L*E)]
   Interval iv_;
 };

@@ -36,10 +36,10 @@ Experts::Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, 
       w13_(ps.add(prefix + ".experts.w13", {E_local, 2 * H, C}, Region::Expert, true)),
       w2_(ps.add(prefix + ".experts.w2", {E_local, C, H}, Region::Expert, true)) {}
 
-Var Experts::forward(Tape& tape, const Var& rows, const Tensor& offsets) const {
-  Var h = grouped_linear(tape, rows, ps_->var(w13_), offsets);  // (R,C) -> (R,2H)
-  Var a = swiglu(tape, h);                                      // (R,2H) -> (R,H)
-  return grouped_linear(tape, a, ps_->var(w2_), offsets);       // (R,H) -> (R,C)
+Var Experts::forward(Tape& tape, const Var& rows, const Tensor& offsets, const Tensor& segments) const {
+  Var h = grouped_linear(tape, rows, ps_->var(w13_), offsets, segments);  // (R,C) -> (R,2H)
+  Var a = swiglu(tape, h);                                                // (R,2H) -> (R,H)
+  return grouped_linear(tape, a, ps_->var(w2_), offsets, segments);       // (R,H) -> (R,C)
 }
 
 MoELayer::MoELayer(ParamStore& ps, const std::string& prefix, int C, int H, Dispatcher& d)
@@ -56,7 +56,7 @@ Var MoELayer::forward(Tape& tape, const Var& x, int K, const RouterOptions& opt,
   }
   DispatchPlan plan;
   Var rows = d_->permute(tape, x, ids, plan);           // (N,C) -> (R,C) by local expert
-  Var y = experts_.forward(tape, rows, plan.offsets);   // (R,C) -> (R,C)
+  Var y = experts_.forward(tape, rows, plan.offsets, plan.segments);  // (R,C) -> (R,C)
   Var out = d_->unpermute(tape, y, r.weights, plan);     // (R,C) -> (N,C), weighted
   if (aux) *aux = r.aux;
   if (st) {

@@ -41,7 +41,8 @@ class Experts {
  public:
   Experts(ParamStore& ps, const std::string& prefix, int E_local, int C, int H);
   // rows (R,C) grouped by local expert (offsets I32 (E_local+1), host memory) -> (R,C)
-  Var forward(Tape& tape, const Var& rows, const Tensor& offsets) const;
+  // segments: DispatchPlan::segments (undefined on one rank); see grouped_linear.
+  Var forward(Tape& tape, const Var& rows, const Tensor& offsets, const Tensor& segments = {}) const;
   int w13_id() const { return w13_; }
   int w2_id() const { return w2_; }
 

@@ -7,6 +7,7 @@
 #include <array>
 #include <vector>
 
+#include "runtime/device.h"
 #include "runtime/ops/kernel_call.h"
 #include "runtime/ops/staging.h"
 
@@ -207,7 +208,78 @@ Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const Rou
   return out;
 }
 
-Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets_t) {
+namespace {
+
+// Segments (local expert e, source rank s) of grouped_linear's rows, expert-major: each is one
+// product of its own, so a row's result and a segment's weight gradient have the bits of the
+// same rows on one rank (parallel/grad_tree.h).
+struct Segments {
+  const int32_t* off = nullptr;  // (E*S + 1)
+  int S = 1;                     // sources per expert
+  int rows(int e, int s) const { return off[e * S + s + 1] - off[e * S + s]; }
+  int start(int e, int s) const { return off[e * S + s]; }
+};
+
+template <class T, class K>
+void segments_forward(const K& k, const Ctx& ctx, const Segments& sg, T* o, const T* x, const T* w, int E, int I,
+                      int O) {
+  for (int e = 0; e < E; ++e)
+    for (int s = 0; s < sg.S; ++s) {
+      const int r0 = sg.start(e, s), n = sg.rows(e, s);
+      if (n == 0) continue;
+      const int32_t off[2] = {0, n};
+      k.grouped_linear_forward(ctx, o + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, off, 1, I, O);
+    }
+}
+
+// dx per segment; dw of expert e += the pairwise tree over its segments' gradients (a binary
+// counter over s: partials of equal size are added, earlier first; an empty segment is a zero
+// leaf), so that it equals the micro-batch tree of one rank (parallel/grad_tree.h). The first
+// segment adds into dw itself, later ones into zeroed scratch: the bits match one rank when dw
+// starts at zero, as the trainer's store does before every micro-batch.
+template <class T, class K>
+void segments_backward(const K& k, const Ctx& ctx, Device dev, const Segments& sg, T* dx, T* dw, const T* dy,
+                       const T* x, const T* w, int E, int I, int O) {
+  const int64_t OI = int64_t(O) * I;
+  std::vector<DeviceBuffer> bufs;  // scratch for partials 1, 2, ...
+  std::vector<int> level;
+  for (int e = 0; e < E; ++e) {
+    T* dwe = dw ? dw + int64_t(e) * OI : nullptr;
+    auto part = [&](size_t i) { return i == 0 ? dwe : static_cast<T*>(bufs[i - 1].data()); };
+    size_t top = 0;  // partials on the stack
+    level.clear();
+    for (int s = 0; s < sg.S; ++s) {
+      const int r0 = sg.start(e, s), n = sg.rows(e, s);
+      const int32_t off[2] = {0, n};
+      if (dx && n > 0)
+        k.grouped_linear_backward(ctx, dx + int64_t(r0) * I, nullptr, dy + int64_t(r0) * O, x + int64_t(r0) * I,
+                                  w + int64_t(e) * OI, off, 1, I, O);
+      if (!dw) continue;
+      if (top > 0) {
+        if (bufs.size() < top) bufs.emplace_back(dev, size_t(OI) * sizeof(T));
+        bufs[top - 1].zero();
+      }
+      if (n > 0)
+        k.grouped_linear_backward(ctx, nullptr, part(top), dy + int64_t(r0) * O, x + int64_t(r0) * I,
+                                  w + int64_t(e) * OI, off, 1, I, O);
+      int lv = 0;
+      while (top > 0 && level.back() == lv) {  // earlier partial + this one, into the earlier
+        k.add_forward(ctx, part(top - 1), part(top - 1), part(top), OI);
+        --top;
+        level.pop_back();
+        ++lv;
+      }
+      level.push_back(lv);
+      ++top;
+    }
+    for (; dw && top > 1; --top)  // a source count that is not a power of two: fold from the right
+      k.add_forward(ctx, part(top - 2), part(top - 2), part(top - 1), OI);
+  }
+}
+
+}  // namespace
+
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets_t, const Tensor& segments_t) {
   ANYK_CHECK(w.shape().ndim == 3, "grouped_linear expects w (E,O,I), got " << w.shape().str());
   int E = int(w.shape()[0]), O = int(w.shape()[1]), I = int(w.shape()[2]);
   ANYK_CHECK(offsets_t.dtype == DType::I32 && offsets_t.numel() == E + 1,
@@ -221,12 +293,24 @@ Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets
   ANYK_CHECK(x.shape()[-1] == I && offsets[0] == 0 && offsets[E] == M,
              "grouped_linear: x " << x.shape().str() << " does not match w " << w.shape().str()
                                   << " and offsets [0.." << offsets[E] << "]");
+  Segments sg;
+  if (segments_t.defined() && segments_t.numel() > E + 1) {
+    ANYK_CHECK(segments_t.dtype == DType::I32 && segments_t.device == Device::CPU && (segments_t.numel() - 1) % E == 0,
+               "grouped_linear: segments must be host I32 (E*S + 1), got " << segments_t.shape.str());
+    sg.off = segments_t.ptr<int32_t>();
+    sg.S = int((segments_t.numel() - 1) / E);
+    for (int e = 0; e <= E; ++e)
+      ANYK_CHECK(sg.off[e * sg.S] == offsets[e], "grouped_linear: segments do not match the offsets at expert " << e);
+  }
   Var out = tape.make_act({M, O}, x.dtype(), any_grad({&x, &w}));
   Staging st(tape);
   Tensor xv = st.in(x.val), o = st.out(out.val);
   with_kernels(xv, [&](auto& k, auto& ctx, auto tag) {
     using T = decltype(tag);
-    k.grouped_linear_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+    if (sg.off)
+      segments_forward<T>(k, ctx, sg, o.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), E, I, O);
+    else
+      k.grouped_linear_forward(ctx, o.dev_ptr<T>(), xv.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
   });
   st.commit();
   if (out.requires_grad()) {
@@ -236,8 +320,12 @@ Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets
       Tensor xb = bs.in(x.val);
       with_kernels(xb, [&](auto& k, auto& ctx, auto tag) {
         using T = decltype(tag);
-        k.grouped_linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
-                                  xb.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
+        if (sg.off)
+          segments_backward<T>(k, ctx, xb.device, sg, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad),
+                               out.grad.dev_ptr<T>(), xb.dev_ptr<T>(), w.val.dev_ptr<T>(), E, I, O);
+        else
+          k.grouped_linear_backward(ctx, dev_or_null<T>(x.grad), dev_or_null<T>(w.grad), out.grad.dev_ptr<T>(),
+                                    xb.dev_ptr<T>(), w.val.dev_ptr<T>(), offsets, E, I, O);
       });
     });
   }

@@ -59,6 +59,9 @@ Var router_aux(Tape& tape, const Var& lb, const Var& z, const Var& kl, const Rou
 template <class T> int top_p_count(const T* probs, int E, double p, int k_min, int k_max);
 
 // Per-expert matmul: x (M,I), w (E,O,I), rows offsets[e]..offsets[e+1] use w[e] -> (M,O)
-Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets);
+// segments (optional, host I32 (E*S + 1)): the rows of each expert split by source rank
+// (DispatchPlan::segments); each segment is then its own product, and the weight gradient sums
+// the segments in a fixed tree, so that the bits match one rank's micro-batches.
+Var grouped_linear(Tape& tape, const Var& x, const Var& w, const Tensor& offsets, const Tensor& segments = {});
 
 }  // namespace anyk

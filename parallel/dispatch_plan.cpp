@@ -113,9 +113,12 @@ void plan_receive(Arena& a, const Tensor& expert_counts, const Tensor& recv, int
   plan.inverse = arena_i32(a, rows);
   int* regroup = plan.regroup.ptr<int32_t>();
   int* inverse = plan.inverse.ptr<int32_t>();
+  plan.segments = arena_i32(a, int64_t(El) * P + 1);
+  int* seg = plan.segments.ptr<int32_t>();
   int j = 0;
   for (int e = 0; e < El; ++e)
     for (int s = 0; s < P; ++s) {
+      seg[e * P + s] = j;
       int p0 = src_off[s];
       for (int e2 = 0; e2 < e; ++e2) p0 += rv[s * El + e2];
       for (int i = 0; i < rv[s * El + e]; ++i, ++j) {
@@ -123,6 +126,7 @@ void plan_receive(Arena& a, const Tensor& expert_counts, const Tensor& recv, int
         inverse[p0 + i] = j;
       }
     }
+  seg[El * P] = j;
 }
 
 namespace {

@@ -40,6 +40,10 @@ struct DispatchPlan {
   Tensor recv_counts;  // I32 (P) rows from each rank
   Tensor regroup;      // I32 (rows) expert-major row j -> its source-major (received) position
   Tensor inverse;      // I32 (rows) source-major position -> expert-major row (inverse of regroup)
+  // I32 (El*P + 1) host: row offsets of the (local expert, source rank) segments in expert-major
+  // order (expert e's rows from source s start at segments[e*P + s]); grouped_linear sums the
+  // weight gradient per segment in a fixed tree (parallel/grad_tree.h). Undefined on one rank.
+  Tensor segments;
   HierPlan hier;       // only for --a2a hier
   Tensor expert_counts;  // I32 (E) host: assignments per global expert on this rank's tokens
 };

@@ -1,7 +1,7 @@
 // Results do not depend on the thread count: the row-chunked products (kernels/cpu/parallel.h)
 // give the bits of one unchunked single-threaded product at 1, 2 and 3 threads; `anyk train`
 // gives bit-identical losses and final weights at 1, 2 and 3 threads, alone and under
-// `mpiexec -np 2` (1 and 2 threads per rank). And the thread rule (launch/threads.h): --threads,
+// `mpiexec -np 2` (1 and 2 threads per rank), and np 1 (--grad-accum 2) gives the bits of np 2. And the thread rule (launch/threads.h): --threads,
 // else OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the node's cores / its ranks, printed once
 // by every command (stdout; generate: stderr).
 #include <doctest/doctest.h>
@@ -105,8 +105,8 @@ struct Runner {
     const auto r = test::run_anyk(args, o);
     REQUIRE_MESSAGE(r.rc == 0, r.command << "\n" << r.err);
   }
-  std::vector<double> losses(const std::string& run_dir) {
-    return test::numbers(test::read_jsonl(dir / run_dir / "metrics.jsonl", "train"), "loss");
+  std::vector<double> losses(const std::string& run_dir, const char* key = "loss") {
+    return test::numbers(test::read_jsonl(dir / run_dir / "metrics.jsonl", "train"), key);
   }
 };
 
@@ -148,6 +148,7 @@ void check_identical(Runner& r, const std::string& ref, const std::vector<std::s
   for (const auto& name : others) {
     CAPTURE(name);
     CHECK(r.losses(name) == want);  // exact
+    CHECK(r.losses(name, "grad_norm") == r.losses(ref, "grad_norm"));  // (the loss is summed from floats)
     CHECK(weight_bytes(r.dir / name / "model.h5") == wbytes);
   }
 }
@@ -162,13 +163,19 @@ TEST_CASE("training: the same losses and weights, bit for bit, at 1, 2 and 3 thr
   check_identical(r, "t1", {"t2", "t3"});
 }
 
-TEST_CASE("training under mpiexec -np 2: the same bits at 1 and 2 threads per rank") {
+// np 1 with --grad-accum 2 reads what np 2 reads and draws the same K; its sums over micro-batches
+// and ranks follow one fixed tree (parallel/grad_tree.h), so it gives the bits of np 2, expert
+// parallel (--ep 2: experts split, an expert's rows from both ranks) or data parallel (--ep 1:
+// expert gradients all-reduced), at 1 and 2 threads per rank.
+TEST_CASE("training at np 1 and under mpiexec -np 2: the same bits, at 1 and 2 threads per rank") {
   Runner r;
   r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
+  r.run(0, "train --data data --run-dir np1 " + kModel + " --grad-accum 2 --threads 1");
   for (int t : {1, 2})
     r.run(2, "train --data data --run-dir np2_t" + std::to_string(t) + " " + kModel + " --ep 2 --threads " +
                  std::to_string(t));
-  check_identical(r, "np2_t1", {"np2_t2"});
+  r.run(2, "train --data data --run-dir np2_ep1 " + kModel + " --ep 1 --threads 2");
+  check_identical(r, "np1", {"np2_t1", "np2_t2", "np2_ep1"});
 }
 
 TEST_CASE("thread rule: --threads, else OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else cores / ranks") {
