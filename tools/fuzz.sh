@@ -58,6 +58,11 @@ bash tools/clang_deps.sh
 bash tools/deps.sh
 
 jobs=${JOBS:-$(nproc)}
+# One configure + build at a time per build directory (two campaigns started together would race on
+# the same outputs); the lock is released before any harness runs.
+mkdir -p "$bdir"
+exec 9<"$bdir"
+flock 9
 if [ -n "${FUZZ_BUILD_DIR:-}" ]; then
   # A build directory configured elsewhere with -DANYK_FUZZ=ON (CI: tools/sanitize.sh's build-asan,
   # clang with ASan + UBSan), so the libraries are not compiled a second time.
@@ -71,6 +76,8 @@ else
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" >/dev/null
 fi
 cmake --build "$bdir" -j "$jobs" --target "${harnesses[@]}"
+flock -u 9
+exec 9<&-
 
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0"
