@@ -184,6 +184,7 @@ elif [ "$mode" = campaign ]; then
     art=$bdir/artifacts/$name/ corpus=$bdir/corpus/$name
     mkdir -p "$art" "$corpus"
     load0=$(cut -d' ' -f1 /proc/loadavg) date0=$(date -u +%FT%TZ)
+    commit0=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     rc=0
     # shellcheck disable=SC2046
     /usr/bin/time -f "%U %S %e" -o "$log.time" "$bdir/tests/fuzz/$name" $(opts_for "$name") $common \
@@ -191,7 +192,7 @@ elif [ "$mode" = campaign ]; then
     n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     read -r u sy wall <<<"$(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+$' "$log.time" | tail -1)"
     echo "${n:-0} $(awk -v u="${u:-0}" -v s="${sy:-0}" 'BEGIN { printf("%.1f", u + s) }') ${wall:-0} $load0" \
-      "$(cut -d' ' -f1 /proc/loadavg) $(git rev-parse --short HEAD 2>/dev/null || echo unknown) $date0 rc=$rc" >>"$ledger"
+      "$(cut -d' ' -f1 /proc/loadavg) $commit0 $date0 rc=$rc" >>"$ledger"
     if ((rc != 0)); then
       if ((rc == 72)); then echo "campaign $name: stopped by a signal; rerun the command to go on" >&2
       else
