@@ -172,7 +172,7 @@ elif [ "$mode" = campaign ]; then
   ledger=$bdir/campaign/$name.ledger
   # Ledger line: executions cpu_s wall_s load_start load_end commit date_start note. The totals are
   # summed over every line; a run stopped by a signal (libFuzzer exits 72) still counts what it ran.
-  totals() { awk '!/^#/ { n += $1; c += $2; w += $3 } END { printf("%d %.0f %.0f", n, c, w) }' "$ledger" 2>/dev/null || echo "0 0 0"; }
+  totals() { awk '!/^#/ { n += $1; c += $2; w += $3 } END { printf("%d %.1f %.0f", n, c, w) }' "$ledger" 2>/dev/null || echo "0 0 0"; }
   [ -f "$ledger" ] || echo "# executions cpu_s wall_s load_start load_end commit date_start note" >"$ledger"
   while :; do
     read -r done_n _ _ <<<"$(totals)"
