@@ -83,8 +83,8 @@ inline void write_file(const std::string& path, const void* data, size_t size) {
 // H5Fopen callocs its metadata cache structure (H5C_t, about 0.5 MiB, mostly the index's hash
 // table); HDF5's default per-list limit of 64 KiB for "regular" blocks frees it at every H5Fclose,
 // and under ASan a block that size is mapped and unmapped afresh each time, so every open paid for
-// about 130 page faults and zeroing new pages. That was a third of the checkpoint and weights
-// harnesses' CPU time (docs/fuzzing.md, "Campaign speed"). The limits stay finite (4 MiB for the
+// about 130 page faults and zeroing new pages. That was a third (checkpoint) to a half (weights) of
+// those harnesses' CPU time per input (docs/fuzzing.md, "HDF5's free lists"). The limits stay finite (4 MiB for the
 // regular lists, 16 MiB for arrays, 64 MiB for blocks), so memory does not grow with the number
 // of inputs. Blocks on these lists are reachable from HDF5's globals, so LeakSanitizer does not
 // count them; an HDF5 object anyk forgets to close is still caught by check_no_h5_objects_open.
