@@ -13,6 +13,13 @@
 #                                  committed corpus only (fresh corpus dir, so runs compare) and
 #                                  print executions, exec/s, CPU seconds, exec per CPU-second and the
 #                                  load average; appended to <build dir>/fuzz-rate-summary.txt
+#   tools/fuzz.sh campaign NAME N  fuzz one harness until it has run N executions in total over
+#                                  <build dir>/corpus/NAME, in as many runs as it takes (each run
+#                                  continues from the corpus the earlier ones left); every run is a
+#                                  line in <build dir>/campaign/NAME.ledger (executions, CPU s, wall s,
+#                                  load, commit, date), so a stopped campaign resumes where it was.
+#                                  FUZZ_MAX_SECONDS=S ends each run after S seconds (then rerun the
+#                                  command to go on). Prints the totals. Not part of CI.
 #
 # Fresh inputs go to <build dir>/corpus/<name>/ (the committed corpus is only read); a crash,
 # leak, sanitizer report, timeout or over-limit allocation leaves its input in
@@ -36,8 +43,13 @@ case "$mode" in
     shift 2
     if (($#)); then harnesses=("$@"); fi
     ;;
+  campaign)
+    harnesses=("${2:?usage: tools/fuzz.sh campaign HARNESS EXECUTIONS}")
+    goal=${3:?usage: tools/fuzz.sh campaign HARNESS EXECUTIONS}
+    ;;
   *)
-    echo "usage: tools/fuzz.sh smoke | tools/fuzz.sh long N [harness...] | tools/fuzz.sh rate SECONDS [harness...]" >&2
+    echo "usage: tools/fuzz.sh smoke | tools/fuzz.sh long N [harness...] | tools/fuzz.sh rate SECONDS [harness...]" \
+      "| tools/fuzz.sh campaign HARNESS EXECUTIONS" >&2
     exit 2
     ;;
 esac
@@ -46,6 +58,11 @@ bash tools/clang_deps.sh
 bash tools/deps.sh
 
 jobs=${JOBS:-$(nproc)}
+# One configure + build at a time per build directory (two campaigns started together would race on
+# the same outputs); the lock is released before any harness runs.
+mkdir -p "$bdir"
+exec 9<"$bdir"
+flock 9
 if [ -n "${FUZZ_BUILD_DIR:-}" ]; then
   # A build directory configured elsewhere with -DANYK_FUZZ=ON (CI: tools/sanitize.sh's build-asan,
   # clang with ASan + UBSan), so the libraries are not compiled a second time.
@@ -59,6 +76,8 @@ else
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" >/dev/null
 fi
 cmake --build "$bdir" -j "$jobs" --target "${harnesses[@]}"
+flock -u 9
+exec 9<&-
 
 export OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0"
@@ -147,6 +166,52 @@ elif [ "$mode" = rate ]; then
                       (u + sy > 0 ? n / (u + sy) : 0), l0, l1, np, c, d) }')
     echo "$line" | tee -a "$summary"
   done
+elif [ "$mode" = campaign ]; then
+  name=${harnesses[0]}
+  mkdir -p "$bdir/campaign"
+  ledger=$bdir/campaign/$name.ledger
+  # Ledger line: executions cpu_s wall_s load_start load_end commit date_start note. The totals are
+  # summed over every line; a run stopped by a signal (libFuzzer exits 72) still counts what it ran.
+  totals() { awk '!/^#/ { n += $1; c += $2; w += $3 } END { printf("%d %.1f %.0f", n, c, w) }' "$ledger" 2>/dev/null || echo "0 0 0"; }
+  [ -f "$ledger" ] || echo "# executions cpu_s wall_s load_start load_end commit date_start note" >"$ledger"
+  while :; do
+    read -r done_n _ _ <<<"$(totals)"
+    left=$((goal - done_n))
+    ((left > 0)) || break
+    log=$bdir/logs/$name-campaign.log
+    cap=()
+    if [ -n "${FUZZ_MAX_SECONDS:-}" ]; then cap=(-max_total_time="$FUZZ_MAX_SECONDS"); fi
+    art=$bdir/artifacts/$name/ corpus=$bdir/corpus/$name
+    mkdir -p "$art" "$corpus"
+    load0=$(cut -d' ' -f1 /proc/loadavg) date0=$(date -u +%FT%TZ)
+    commit0=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    rc=0
+    # shellcheck disable=SC2046
+    /usr/bin/time -f "%U %S %e" -o "$log.time" "$bdir/tests/fuzz/$name" $(opts_for "$name") $common \
+      -artifact_prefix="$art" -runs="$left" "${cap[@]}" "$corpus" "$root/tests/fuzz/corpus/$name" >"$log" 2>&1 || rc=$?
+    n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    read -r u sy wall <<<"$(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+$' "$log.time" | tail -1)"
+    echo "${n:-0} $(awk -v u="${u:-0}" -v s="${sy:-0}" 'BEGIN { printf("%.1f", u + s) }') ${wall:-0} $load0" \
+      "$(cut -d' ' -f1 /proc/loadavg) $commit0 $date0 rc=$rc" >>"$ledger"
+    if ((rc != 0)); then
+      if ((rc == 72)); then echo "campaign $name: stopped by a signal; rerun the command to go on" >&2
+      else
+        echo "FAIL: $name (log: $log; reproducer in $art)" >&2
+        grep -E "ERROR|SUMMARY|runtime error|Test unit written|==[0-9]+==" "$log" | head -20 >&2 || true
+      fi
+      status=1
+      break
+    fi
+    if [ -z "${n:-}" ] || ((n == 0)); then echo "campaign $name: no executions counted (log: $log)" >&2; status=1; break; fi
+    if [ -n "${FUZZ_MAX_SECONDS:-}" ]; then break; fi
+  done
+  read -r n c w <<<"$(totals)"
+  runs=$(grep -vc '^#' "$ledger")
+  loads=$(awk '!/^#/ { for (i = 4; i <= 5; ++i) { if (min == "" || $i < min) min = $i; if ($i > max) max = $i } }
+               END { printf("%s-%s", min, max) }' "$ledger")
+  echo "campaign $name: $n of $goal executions in $runs run(s), $c CPU s, $w s wall," \
+    "$(awk -v n="$n" -v c="$c" 'BEGIN { printf("%.0f", c > 0 ? n / c : 0) }') exec per CPU-second," \
+    "load average $loads (ledger: $ledger)"
 else
   summary=$bdir/fuzz-long-summary.txt
   for name in "${harnesses[@]}"; do

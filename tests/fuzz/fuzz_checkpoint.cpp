@@ -79,6 +79,11 @@ void load(const std::string& dir) {
 
 }  // namespace
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  fuzz::keep_h5_free_blocks();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t meta_len = 0;
   if (!split(data, size, meta_len)) return 0;

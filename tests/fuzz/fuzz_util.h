@@ -79,6 +79,22 @@ inline void write_file(const std::string& path, const void* data, size_t size) {
   ::close(fd);
 }
 
+// Lets libhdf5 keep the blocks it frees on its own free lists, so that every H5Fopen reuses them.
+// H5Fopen callocs its metadata cache structure (H5C_t, about 0.5 MiB, mostly the index's hash
+// table); HDF5's default per-list limit of 64 KiB for "regular" blocks frees it at every H5Fclose,
+// and under ASan a block that size is mapped and unmapped afresh each time, so every open paid for
+// about 130 page faults and zeroing new pages. That was a third (checkpoint) to a half (weights) of
+// those harnesses' CPU time per input (docs/fuzzing.md, "HDF5's free lists"). The limits stay finite (4 MiB for the
+// regular lists, 16 MiB for arrays, 64 MiB for blocks), so memory does not grow with the number
+// of inputs. Blocks on these lists are reachable from HDF5's globals, so LeakSanitizer does not
+// count them; an HDF5 object anyk forgets to close is still caught by check_no_h5_objects_open.
+inline void keep_h5_free_blocks() {
+  if (H5set_free_list_limits(4 << 20, 1 << 20, 16 << 20, 4 << 20, 64 << 20, 16 << 20) < 0) {
+    std::fprintf(stderr, "anyk fuzz: H5set_free_list_limits failed\n");
+    std::abort();
+  }
+}
+
 // Every HDF5 file, group, dataset, attribute and type anyk opened must be closed again, on the
 // error paths too: aborts (a finding) when any is still open after the loader returned.
 inline void check_no_h5_objects_open(const char* harness) {

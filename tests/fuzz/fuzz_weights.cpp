@@ -63,6 +63,11 @@ template <class F> void refused_ok(F&& f) {
 
 }  // namespace
 
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  fuzz::keep_h5_free_blocks();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& dir = fuzz::temp_dir("weights");
   const std::string path = dir + "/model.h5", out = dir + "/out.safetensors";
