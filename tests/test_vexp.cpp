@@ -4,9 +4,9 @@
 // it on the promise that nothing moves.
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -14,16 +14,8 @@
 
 namespace {
 
-uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+uint32_t bits(float f) { return std::bit_cast<uint32_t>(f); }
+float from_bits(uint32_t u) { return std::bit_cast<float>(u); }
 
 // Runs vexp_inplace over the floats with bit patterns lo, lo + stride, ... <= hi, 4096 at a time,
 // and counts those whose result differs from std::exp in any bit (nan: any nan matches).

@@ -88,6 +88,19 @@ inline int64_t adamw_update_x4(float* p, float* m, float* v, const float* g, int
 }
 #endif
 
+// Element i of the AdamW update in double (the reference the 4-wide path reproduces bit for bit).
+template <class T>
+inline void adamw_update_one(T* p, T* m, T* v, const T* g, int64_t i, double b1, double b2, double eps,
+                             double shrink, double step_size, double inv_sqrt_bc2) {
+  const double gi = g[i];
+  const double mi = b1 * m[i] + (1.0 - b1) * gi;
+  const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+  m[i] = static_cast<T>(mi);
+  v[i] = static_cast<T>(vi);
+  const double denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
+  p[i] = static_cast<T>(p[i] * shrink - step_size * mi / denom);
+}
+
 template <class T>
 void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2, double eps, double shrink,
                   double step_size, double inv_sqrt_bc2) {
@@ -99,29 +112,14 @@ void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2,
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t i1 = std::min(n, (b + 1) * kBlock);
       for (int64_t i = adamw_update_x4(p, m, v, g, b * kBlock, i1, b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
-           i < i1; ++i) {
-        const double gi = g[i];
-        const double mi = b1 * m[i] + (1.0 - b1) * gi;
-        const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-        m[i] = static_cast<T>(mi);
-        v[i] = static_cast<T>(vi);
-        const double denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
-        p[i] = static_cast<T>(p[i] * shrink - step_size * mi / denom);
-      }
+           i < i1; ++i)
+        adamw_update_one(p, m, v, g, i, b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
     }
     return;
   }
 #endif
 #pragma omp parallel for schedule(static) if (n >= kElementGrain)
-  for (int64_t i = 0; i < n; ++i) {
-    const double gi = g[i];
-    const double mi = b1 * m[i] + (1.0 - b1) * gi;
-    const double vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-    m[i] = static_cast<T>(mi);
-    v[i] = static_cast<T>(vi);
-    const double denom = std::sqrt(vi) * inv_sqrt_bc2 + eps;
-    p[i] = static_cast<T>(p[i] * shrink - step_size * mi / denom);
-  }
+  for (int64_t i = 0; i < n; ++i) adamw_update_one(p, m, v, g, i, b1, b2, eps, shrink, step_size, inv_sqrt_bc2);
 }
 
 void to_bf16(uint16_t* out, const float* x, int64_t n) {
