@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "io/json.h"
+#include "kernels/cpu/thread_governor.h"
 #include "core/check.h"
 
 namespace anyk::eval {
@@ -48,6 +49,7 @@ EvalResult evaluate(const LM& lm, const data::Loader& val, std::span<const int> 
   bool printed = false;
   const bool tty = isatty(fileno(stderr));
   for (int64_t w0 = 0; w0 < n; w0 += B) {
+    cpu::governor_tick();  // the thread count for this batch (kernels/cpu/thread_governor.h)
     const int b = int(std::min<int64_t>(B, n - w0));
     for (int i = 0; i < b; ++i) val.eval_window(w0 + i, &in[size_t(i) * T], &tgt[size_t(i) * T]);
     arena.reset();

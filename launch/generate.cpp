@@ -356,11 +356,11 @@ void emit(const InferenceModel& m, const std::vector<std::string>& texts, const 
   std::fflush(stdout);
   std::fprintf(stderr,
                "generate: %s | %zu prompt%s, %lld prompt tokens at %.0f tok/s | %lld new tokens at %.1f tok/s | "
-               "mean K %.2f | active params/token %s of %s | %d thread%s%s\n",
+               "mean K %.2f | active params/token %s of %s | %s%s\n",
                setting.c_str(), prompts.size(), prompts.size() == 1 ? "" : "s", (long long)st.prompt_tokens,
                st.prompt_tps(), (long long)st.generated, st.decode_tps(), st.mean_k,
                human(double(mc.active_params(st.mean_k))).c_str(), human(double(mc.num_params())).c_str(),
-               omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s",
+               threads_used().c_str(),
                st.slides ? (" | " + std::to_string(st.slides) + " window slides").c_str() : "");
 }
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "core/check.h"
+#include "kernels/cpu/thread_governor.h"
 #include "parallel/comm.h"
 
 namespace anyk::launch {
@@ -88,13 +89,22 @@ bool announced = false;
 
 int use_threads(int flag) {
   chosen = resolve_threads(flag);
-  omp_set_num_threads(chosen.threads);
+  cpu::governor_configure(chosen.threads, true);  // sets OpenMP's count; adapts it at unit boundaries
   return chosen.threads;
 }
 
 std::string threads_line(const char* command) {
   return std::string("anyk ") + command + ": " + std::to_string(chosen.threads) + " thread" +
-         (chosen.threads == 1 ? "" : "s") + " per process (" + chosen.source + ")";
+         (chosen.threads == 1 ? "" : "s") + " per process (" + chosen.source + ")" + cpu::governor_mode_text();
+}
+
+std::string threads_used() {
+  const cpu::GovernorSummary g = cpu::governor_summary();
+  std::string s = std::to_string(g.max_threads) + (g.max_threads == 1 ? " thread" : " threads");
+  if (g.changes > 0)
+    s += " (" + std::to_string(g.min_used) + " for a while: other processes held cores; " +
+         std::to_string(g.changes) + (g.changes == 1 ? " change)" : " changes)");
+  return s;
 }
 
 void announce_threads(const char* command, std::FILE* to) {

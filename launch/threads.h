@@ -36,6 +36,9 @@ ThreadChoice resolve_threads(int flag);
 int use_threads(int flag);
 // The line "anyk <command>: N threads per process (<source>)".
 std::string threads_line(const char* command);
+// The threads a command used, for its closing summary: "2 threads", or with the governor's
+// changes "2 threads (1 for a while: other processes held cores; 3 changes)".
+std::string threads_used();
 // threads_line on `to` (rank 0 only, once). stdout for train, eval and convert (their stderr holds
 // errors only, one line); stderr for generate, whose stdout is the text.
 void announce_threads(const char* command, std::FILE* to);

@@ -11,6 +11,7 @@
 
 #include "eval/evaluate.h"
 #include "io/fsio.h"
+#include "kernels/cpu/thread_governor.h"
 #include "io/hf.h"
 #include "io/weights.h"
 #include "launch/signals.h"
@@ -427,6 +428,7 @@ int Trainer::run() {
 // One optimizer step: next batch, forward, backward for each micro-batch; then sync + clip +
 // update. Returns false when a stop request between micro-batches abandoned the step.
 bool Trainer::step(int64_t s, StepResult& r) {
+  cpu::governor_tick();  // the thread count for this step (kernels/cpu/thread_governor.h)
   const auto t0 = clock::now();
   std::fill(red_.begin(), red_.end(), 0.0);
   ce_parts_.clear();
@@ -558,7 +560,8 @@ void Trainer::log_step(int64_t done, const StepResult& r) {
           {"tok_per_s", tps}, {"mfu", mfu}, {"mean_k", r.mean_k}, {"imbalance", r.imbalance},
           {"k_per_layer", k_per_layer}, {"arena_mb", arena_mb}, {"t_compute", iv_.compute / n},
           {"t_dispatch", iv_.dispatch / n}, {"t_sync", iv_.sync / n}, {"t_optim", iv_.optim / n},
-          {"device", o_.device}, {"precision", o_.precision}});
+          {"device", o_.device}, {"precision", o_.precision}, {"threads", cpu::governor_threads()},
+          {"thread_changes", cpu::governor_summary().changes}});
   iv_ = Interval{};
 }
 

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <string>
 
+#include "kernels/cpu/thread_governor.h"
 #include "kernels/kernels.h"
 #include "model/moe_ops.h"
 #include "parallel/dispatch_plan.h"
@@ -331,6 +332,7 @@ void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, s
   Pass<T> p = make_pass<T>(segs, kk);
   p.kn->embedding_forward(*p.ctx, p.x, p.idx, p.P(lm_->params(), wte_), p.N, p.C);
   for (int l = 0; l < lm_->config().layers; ++l) {
+    cpu::governor_tick();  // the thread count for this layer (kernels/cpu/thread_governor.h)
     attention_t<T>(p, l, segs);
     moe_t<T>(p, l, segs, kk);
   }

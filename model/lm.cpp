@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/thread_governor.h"
 #include "runtime/device.h"
 #include "runtime/rng.h"
 
@@ -210,6 +211,7 @@ Var LM::forward(Tape& tape, const Tensor& inputs, const Tensor& targets, int B, 
   Var aux_total;
   const bool ckpt = recompute_ == Recompute::Layer && tape.grad_enabled();
   for (int l = 0; l < cfg_.layers; ++l) {
+    cpu::governor_tick();  // the thread count for this layer (kernels/cpu/thread_governor.h)
     Var aux;
     RouterOptions ro = cfg_.router;
     if (!pool.empty() && pool[l] > k[l]) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <new>
 
+#include "kernels/cpu/thread_governor.h"
 #include "kernels/kernels.h"
 #include "runtime/device.h"
 
@@ -63,7 +64,10 @@ void Tape::backward(const Var& loss) {
 }
 
 void Tape::backward_seeded() {
-  for (size_t i = nodes_.size(); i-- > 0;) nodes_[i].run(nodes_[i].closure);
+  for (size_t i = nodes_.size(); i-- > 0;) {
+    cpu::governor_tick();  // a few ns unless a window has passed (kernels/cpu/thread_governor.h)
+    nodes_[i].run(nodes_[i].closure);
+  }
 }
 
 namespace {

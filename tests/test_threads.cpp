@@ -160,7 +160,15 @@ TEST_CASE("training: the same losses and weights, bit for bit, at 1, 2 and 3 thr
   r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
   for (int t : {1, 2, 3})
     r.run(0, "train --data data --run-dir t" + std::to_string(t) + " " + kModel + " --threads " + std::to_string(t));
-  check_identical(r, "t1", {"t2", "t3"});
+  // The thread governor may change the count at every layer of the forward and every op of the
+  // backward (kernels/cpu/thread_governor.h); its test hook makes it do so (3, 2, 1, 3, ...).
+  r.run(0, "train --data data --run-dir cycle " + kModel + " --threads 3", {"ANYK_TEST_GOVERNOR_CYCLE=1"});
+  const auto changes = r.losses("cycle", "thread_changes");
+  REQUIRE(changes.size() == 30);
+  CHECK(changes.front() >= 3);    // within the first step already
+  CHECK(changes.back() >= 30 * 10);  // many per step
+  for (double t : r.losses("t3", "thread_changes")) CHECK(t >= 0);  // recorded without the hook too
+  check_identical(r, "t1", {"t2", "t3", "cycle"});
 }
 
 // np 1 with --grad-accum 2 reads what np 2 reads and draws the same K; its sums over micro-batches
@@ -272,10 +280,11 @@ TEST_CASE("thread rule: train, eval, generate and convert print their choice, on
   }
 }
 
-// The passive-wait re-exec (launch/main.cpp) keeps the process's name: exec of /proc/self/exe
-// itself would rename it "exe", hiding anyk from ps, pgrep and cluster_test.sh's kill case; and a
-// user's own OMP_WAIT_POLICY is kept.
-TEST_CASE("anyk keeps its process name and sets a passive OpenMP wait unless the user chose one") {
+// The wait-policy re-exec (launch/main.cpp) keeps the process's name: exec of /proc/self/exe
+// itself would rename it "exe", hiding anyk from ps, pgrep and cluster_test.sh's kill case. By
+// default OpenMP spins briefly (the thread governor gives threads back on a busy machine); with
+// the governor off (ANYK_ADAPTIVE_THREADS=0) threads sleep at once; a user's own policy is kept.
+TEST_CASE("anyk keeps its process name and sets its OpenMP wait policy unless the user chose one") {
   Runner r;
   r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
   auto read = [](const std::string& path) {
@@ -283,25 +292,32 @@ TEST_CASE("anyk keeps its process name and sets a passive OpenMP wait unless the
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   };
   const bool user_policy = std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT");
-  for (const std::string policy : {"", "active"}) {
-    CAPTURE(policy);
+  struct Case {
+    std::string env, want;
+  };
+  const std::vector<Case> cases = {{"", user_policy ? "" : "GOMP_SPINCOUNT=100000"},
+                                   {"ANYK_ADAPTIVE_THREADS=0", user_policy ? "" : "OMP_WAIT_POLICY=passive"},
+                                   {"OMP_WAIT_POLICY=active", "OMP_WAIT_POLICY=active"}};
+  int n = 0;
+  for (const Case& c : cases) {
+    CAPTURE(c.env);
     test::RunOptions o{.cwd = r.dir};
-    if (!policy.empty()) o.env = {"OMP_WAIT_POLICY=" + policy};
-    const std::string run_dir = policy.empty() ? "long_default" : "long_" + policy;
-    test::Process p(test::anyk_argv("train --data data --run-dir " + run_dir + " " + kModel +
+    if (!c.env.empty()) o.env = {c.env};
+    test::Process p(test::anyk_argv("train --data data --run-dir long_" + std::to_string(n++) + " " + kModel +
                                     " --steps 1000000 --threads 1"),
                     o);
     const std::string proc = "/proc/" + std::to_string(p.pid());
-    const std::string want = policy.empty() ? (user_policy ? "" : "passive") : policy;
     // Wait until the process runs with its final environment (after the re-exec, if any).
     std::string env;
     for (int i = 0; i < 600 && !p.done(); ++i) {
       env = read(proc + "/environ");
-      if (want.empty() || env.find(std::string("OMP_WAIT_POLICY=") + want + '\0') != std::string::npos) break;
+      if (c.want.empty() || env.find(c.want + '\0') != std::string::npos) break;
       p.wait_for(0.05);
     }
     REQUIRE_FALSE(p.done());
-    if (!want.empty()) CHECK(env.find(std::string("OMP_WAIT_POLICY=") + want + '\0') != std::string::npos);
+    if (!c.want.empty()) CHECK(env.find(c.want + '\0') != std::string::npos);
+    // Never both: the default does not add a second policy beside the one it chose.
+    if (c.env.empty() && !user_policy) CHECK(env.find("OMP_WAIT_POLICY=") == std::string::npos);
     CHECK(read(proc + "/comm") == "anyk\n");
     p.kill_group(SIGKILL);
     p.wait_for(10);
