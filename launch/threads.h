@@ -13,7 +13,8 @@ namespace anyk::launch {
 // The --threads help text of every command.
 inline constexpr const char* kThreadsHelp =
     "threads per process (0 = the rule: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else this node's "
-    "cores / its ranks); the choice is printed in one line at start";
+    "cores / its ranks); the choice is printed in one line at start. Fewer run while other processes hold "
+    "the cores (ANYK_ADAPTIVE_THREADS=0 keeps the count fixed; docs/threads.md)";
 
 struct ThreadChoice {
   int threads = 1;
