@@ -1,7 +1,8 @@
 // The thread governor (kernels/cpu/thread_governor.h): its rule keeps the count in [1, max],
 // gives threads back only on run delay and takes them only on idle cores, monotonically; its
-// sensors see what they claim on this machine's own threads: two busy threads pinned to one core
-// wait for each other (run delay), a sleeping thread does not, and a core kept busy is not idle.
+// sensors see what they claim on this machine's own threads: three busy threads pinned to one core
+// wait for each other as long as their wall time minus their CPU time says (run delay), sleeping
+// threads do not wait, and a core kept busy is not idle.
 // That the count may change between steps without changing any bit is tests/test_threads.cpp's.
 #include <doctest/doctest.h>
 #include <sched.h>
@@ -87,12 +88,8 @@ Delay delay_of(int n, int cpu, double seconds, bool busy) {
       tids[size_t(i)] = gettid_();
       ++ready;
       volatile uint64_t x = 0;
-      while (!stop.load()) {
-        if (busy)
-          x = x + 1;
-        else
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
+      if (!busy) stop.wait(false);  // asleep until the end: not runnable, so no run delay
+      while (!stop.load()) x = x + 1;
     });
   while (ready.load() < n) std::this_thread::yield();
   auto cpu_seconds = [&] {
@@ -113,6 +110,7 @@ Delay delay_of(int n, int cpu, double seconds, bool busy) {
   const auto t1 = clk::now();
   const double d1 = run_delay_seconds(tids), c1 = cpu_seconds();
   stop = true;
+  stop.notify_all();
   for (auto& t : ts) t.join();
   REQUIRE(d0 >= 0);
   REQUIRE(d1 >= 0);
