@@ -193,6 +193,7 @@ template <class T, int B> void dot_all(T* out, const T* x, const T* w, int M, in
 // step the caches come from memory (other sequences' weights and caches came between): profiled,
 // its attention took 1.8x the time of the same rows decoded one sequence at a time. Each score's
 // sum is that of one head alone, in the order of the former per-head loop (same bits).
+constexpr int kAheadKeys = 16;  // key rows prefetched ahead of the scores
 template <class T>
 void head_scores(T* a, const T* q, const T* kc, const T* vc, int last, int len, int C, int NH, int D, T scale) {
   constexpr int n = kLanes<T>;
@@ -200,7 +201,10 @@ void head_scores(T* a, const T* q, const T* kc, const T* vc, int last, int len, 
   int j = 0;
   for (; j + 4 <= last + 1; j += 4) {
     const T* k0 = kc + int64_t(j) * C;
-    for (int c = 0; c < 4 * C; c += int(64 / sizeof(T))) __builtin_prefetch(vc + int64_t(j) * C + c, 0, 2);
+    for (int c = 0; c < 4 * C; c += int(64 / sizeof(T))) {
+      __builtin_prefetch(k0 + int64_t(kAheadKeys) * C + c, 0, 2);
+      __builtin_prefetch(vc + int64_t(j) * C + c, 0, 2);
+    }
     for (int h = 0; h < NH; ++h) {
       const T* qh = q + int64_t(h) * D;
       const T* kh = k0 + int64_t(h) * D;
