@@ -198,6 +198,10 @@ template <class T>
 void head_scores(T* a, const T* q, const T* kc, const T* vc, int last, int len, int C, int NH, int D, T scale) {
   constexpr int n = kLanes<T>;
   const int Dv = D - D % n;
+  // The first kAheadKeys key rows at once (the loop prefetches from there on): a decode step's
+  // cache is a few dozen rows, whose start the hardware prefetcher would reach late.
+  for (int r = 0; r < std::min(kAheadKeys, last + 1); ++r)
+    for (int c = 0; c < C; c += int(64 / sizeof(T))) __builtin_prefetch(kc + int64_t(r) * C + c, 0, 2);
   int j = 0;
   for (; j + 4 <= last + 1; j += 4) {
     const T* k0 = kc + int64_t(j) * C;
