@@ -71,8 +71,18 @@ int main(int argc, char** argv) {
   c.expert_hidden = 1024;
   std::string json, clock_name = "wall";
   double temperature = 1.0;  // of the batched comparison
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("usage: decode_bench [--threads 1] [--rounds 5] [--new 128] [--prompt 16] [--sweep 1] "
+                  "[--temperature 1] [--clock wall|cpu] [--singles 1] [--layers 4 --dim 256 --heads 4 "
+                  "--experts 8 --hidden 1024] [--json F]\n(see the comment at the top of bench/decode_bench.cpp)\n");
+      return 0;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "decode_bench: option %s needs a value (--help lists them)\n", a.c_str());
+      return 2;
+    }
     int v = std::atoi(argv[i + 1]);
     if (a == "--threads") threads = v;
     else if (a == "--rounds") rounds = v;

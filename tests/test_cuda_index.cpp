@@ -247,8 +247,11 @@ TEST_CASE("attention: head packing and the batched GEMMs replay attention_forwar
 }
 
 TEST_CASE("cached attention: a strided q and the per-head strided batch replay attention_cached_forward") {
-  const int shapes[][4] = {{3, 7, 2, 4}, {5, 5, 2, 3}, {1, 6, 3, 5}, {4, 4, 1, 2}, {1, 1, 2, 3}, {2, 9, 4, 1}};
-  for (const auto& sh : shapes) {  // n == len (prefill) and n == 1 (decode) among them
+  // n == len (prefill) and n == 1 (decode) among them; decode with head widths of whole vectors
+  // (16, 64) and with a tail (20), keys by 4 and a remainder (every head read in one pass).
+  const int shapes[][4] = {{3, 7, 2, 4},   {5, 5, 2, 3},   {1, 6, 3, 5},   {4, 4, 1, 2}, {1, 1, 2, 3},
+                           {2, 9, 4, 1},   {1, 11, 3, 16}, {1, 10, 2, 20}, {1, 37, 4, 64}};
+  for (const auto& sh : shapes) {
     const int n = sh[0], len = sh[1], NH = sh[2], D = sh[3];  // not a structured binding: CAPTURE is a lambda
     for (int packed = 0; packed < 2; ++packed) {  // q inside packed qkv rows (stride 3C), or (n, C)
       CAPTURE(n);

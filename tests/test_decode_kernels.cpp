@@ -24,9 +24,9 @@ template <class T> std::vector<T> rand_vec(size_t n, uint64_t seed) {
 
 template <class T> void check_against_naive(double tol) {
   const auto& k = kernels<T>(Device::CPU);
-  for (int I : {1, 7, 8, 37, 256, 259})
+  for (int I : {1, 7, 8, 37, 256, 259, 1024})
     for (int O : {1, 3, 4, 6, 17})
-      for (int M : {1, 2, 3, 5, 8}) {
+      for (int M : {1, 2, 3, 5, 6, 7, 8, 11}) {
         CAPTURE(I);
         CAPTURE(O);
         CAPTURE(M);
@@ -52,8 +52,9 @@ template <class T> bool same_bits(const T* a, const T* b, size_t n) { return std
 
 template <class T> void check_row_independence() {
   const auto& k = kernels<T>(Device::CPU);
-  for (int I : {37, 256}) {
-    const int M = 7, O = 11;
+  // I = 256 and 1024 (f32 rows of 1 and 4 KiB) take the copy of 5 or more input rows 64 bytes apart.
+  for (int I : {37, 256, 1024}) {
+    const int M = 12, O = 11;
     auto x = rand_vec<T>(size_t(M) * I, 5);
     auto w = rand_vec<T>(size_t(O) * I, 6);
     std::vector<T> all(size_t(M) * O);
@@ -69,7 +70,8 @@ template <class T> void check_row_independence() {
     k.linear_rows_forward(kCtx, four.data(), x.data() + size_t(3) * I, w.data(), 4, I, O);
     CHECK(same_bits(four.data(), all.data() + size_t(3) * O, size_t(4) * O));
     // Every batch size 1..M, as the first and as the last rows (1-3 rows and 4 or more are blocked
-    // differently: 4 weight rows by up to 3 input rows, 3 weight rows by 4 input rows).
+    // differently: 4 weight rows by up to 3 input rows, 3 weight rows by 4 input rows, the last 5-7
+    // rows as 4 + 1, 3 + 3 or 4 + 3; from 5 rows, rows of a multiple of 1 KiB are copied apart).
     for (int mb = 1; mb <= M; ++mb)
       for (int m0 : {0, M - mb}) {
         std::vector<T> part(size_t(mb) * O);

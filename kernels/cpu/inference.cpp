@@ -8,6 +8,7 @@
 // panels: for a handful of rows that copy costs more than the arithmetic.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -98,28 +99,29 @@ template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T
   return s;
 }
 
-// out[m][o] for R input rows m0.. and the B weight rows w[0..B) (rows past O repeat the last one
-// and are not stored: nb valid): R*B vector accumulators over the full vectors of I, each weight
-// vector loaded once for the R rows, then the lane sums and the tail elements. Every (m, o) is
-// summed in the same order whatever R, B, M and the row's place in the batch. pf, when set, is
-// prefetched into L2 in step with the reads (the block a few blocks ahead, in address order:
-// several short row streams at once defeat the hardware prefetcher).
+// out[m][o] for R input rows m0.. of x (row stride xs) and the B weight rows w[0..B) (rows past O
+// repeat the last one and are not stored: nb valid): R*B vector accumulators over the full vectors
+// of I, each weight vector loaded once for the R rows, then the lane sums and the tail elements.
+// Every (m, o) is summed in the same order whatever R, B, M and the row's place in the batch. pf,
+// when set, is prefetched into L2 in step with the reads (the block a few blocks ahead, in address
+// order: several short row streams at once defeat the hardware prefetcher).
 template <class T, int R, int B>
-inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I, int O, int m0, int nb) {
+inline void dot_block(T* out, const T* x, int64_t xs, const T* const* w, const T* pf, int I, int O, int m0,
+                      int nb) {
   static_assert(B >= 1 && B <= 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
   constexpr int n = kLanes<T>;
   const int Iv = I - I % n;
   Vec<T> acc[R][B];
   for (int r = 0; r < R; ++r)
     for (int b = 0; b < B; ++b) acc[r][b] = Vec<T>{};
-  const T* xr = x + int64_t(m0) * I;
+  const T* xr = x + m0 * xs;
   for (int i = 0; i < Iv; i += n) {
     if (pf)
       for (int q = 0; q < B * n; q += int(64 / sizeof(T))) __builtin_prefetch(pf + int64_t(i) * B + q, 0, 2);
     Vec<T> wv[B];
     for (int b = 0; b < B; ++b) wv[b] = load(w[b] + i);
     for (int r = 0; r < R; ++r) {
-      const Vec<T> xv = load(xr + int64_t(r) * I + i);
+      const Vec<T> xv = load(xr + r * xs + i);
       for (int b = 0; b < B; ++b) acc[r][b] = madd(acc[r][b], xv, wv[b]);
     }
   }
@@ -127,19 +129,51 @@ inline void dot_block(T* out, const T* x, const T* const* w, const T* pf, int I,
     T s[4];
     lane_sums(acc[r][0], acc[r][1 % B], acc[r][2 % B], acc[r][3 % B], s);
     T* o = out + int64_t(m0 + r) * O;
-    for (int b = 0; b < nb; ++b) o[b] = Iv < I ? add_tail(s[b], xr + int64_t(r) * I, w[b], Iv, I) : s[b];
+    for (int b = 0; b < nb; ++b) o[b] = Iv < I ? add_tail(s[b], xr + r * xs, w[b], Iv, I) : s[b];
+  }
+}
+
+// The input rows against one block of weight rows, in groups: 1-3 rows as one group (B = 4); 4 or
+// more (B = 3) by 4, the last 6 as 3 + 3 and the last 7 as 4 + 3 (not 4 + 2 and 4 + 2 + 1: a group
+// of one or two rows is 3 or 6 dependent FMA chains, bound by the FMA latency). A last 5 stays
+// 4 + 1 (measured faster than 3 + 2). Only the first group prefetches.
+template <class T, int B>
+inline void dot_groups(T* out, const T* x, int64_t xs, const T* const* rows, const T* pf, int M, int I, int O,
+                       int nb) {
+  if constexpr (B == 4) {
+    if (M == 3) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, 0, nb);
+    else if (M == 2) dot_block<T, 2, B>(out, x, xs, rows, pf, I, O, 0, nb);
+    else dot_block<T, 1, B>(out, x, xs, rows, pf, I, O, 0, nb);
+  } else {
+    const int r = M % 4, fours = r == 2 ? M / 4 - 1 : M / 4;
+    int m = 0;
+    for (; m < 4 * fours; m += 4, pf = nullptr) dot_block<T, 4, B>(out, x, xs, rows, pf, I, O, m, nb);
+    if (r == 1) dot_block<T, 1, B>(out, x, xs, rows, pf, I, O, m, nb);
+    if (r == 2) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, m, nb), m += 3, pf = nullptr;
+    if (r >= 2) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, m, nb);
   }
 }
 
 // Every row of x against the weight rows in blocks of B, each block streamed once from memory
-// (prefetched `ahead` blocks ahead) and dotted with the input rows, RM at a time, while it sits
-// in L1. The accumulators, B weight vectors and an input vector fit the 16 AVX registers.
-template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
+// (prefetched `ahead` blocks ahead) and dotted with the input rows while it sits in L1. The
+// accumulators, B weight vectors and an input vector fit the 16 AVX registers. Input rows whose
+// length is a multiple of 1 KiB (w2's rows of H = 1024: 4 KiB) all fall in the same few L1 sets at
+// a given i, with the weight rows: from 5 rows on they evict each other, so they are first copied
+// 64 bytes apart (the same values: the same bits).
+template <class T, int B> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
   // 32 KiB ahead whatever the row length: measured 5% faster from memory than 32 rows ahead
   // (which was 128 KiB for the rows of H = 1024 of w2).
   const int ahead = std::max(1, int(32768 / (int64_t(I) * int64_t(sizeof(T)) * B)));
   const bool par = int64_t(O) * I * M >= kGemmGrainFlops;  // kernels/cpu/parallel.h
   const int nblocks = (O + B - 1) / B;
+  int64_t xs = I;
+  static thread_local std::vector<T> padded;
+  if (M >= 5 && (int64_t(I) * int64_t(sizeof(T))) % 1024 == 0) {
+    xs = I + int64_t(64 / sizeof(T));
+    if (padded.size() < size_t(M * xs)) padded.resize(size_t(M * xs));
+    for (int m = 0; m < M; ++m) std::copy(x + int64_t(m) * I, x + int64_t(m + 1) * I, padded.data() + m * xs);
+    x = padded.data();
+  }
 #pragma omp parallel for schedule(static) if (par)
   for (int ob = 0; ob < nblocks; ++ob) {
     const int o0 = ob * B, nb = std::min(B, O - o0);
@@ -147,49 +181,71 @@ template <class T, int B, int RM> void dot_all(T* out, const T* x, const T* w, i
     for (int b = 0; b < B; ++b) rows[b] = w + int64_t(o0 + std::min(b, nb - 1)) * I;
     // The block `ahead` further on, when it is whole (a partial last block would read past w).
     const T* pf = B > 1 && int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
-    int m = 0;
-    for (; m + RM <= M; m += RM, pf = nullptr) dot_block<T, RM, B>(out + o0, x, rows, pf, I, O, m, nb);
-    for (; m + 2 <= M; m += 2, pf = nullptr) dot_block<T, 2, B>(out + o0, x, rows, pf, I, O, m, nb);
-    if (m < M) dot_block<T, 1, B>(out + o0, x, rows, pf, I, O, m, nb);
+    dot_groups<T, B>(out + o0, x, xs, rows, pf, M, I, O, nb);
   }
 }
 
-// Attention of one query row of one head over keys 0..last (decode: a step's single new token),
-// without a matrix product: 4 keys at a time (their 4 dot products reduced together by
-// lane_sums), then the scaled scores' softmax in place in a (as attention_forward: the maximum,
-// exp, the sum, times its inverse), then o = a V by vectors of the head's columns held in
-// registers across the keys. Eigen's matrix-vector products cost more in call overhead than in
-// arithmetic here (D = 64, a few hundred keys). q, o: the head's D values; kc, vc: its first
-// column in the caches (row stride C); a: len scores (zeros past last).
+// The scaled scores of one query row against keys 0..last, every head (NH heads of D columns),
+// into a + h*len: keys 4 at a time (their 4 dot products per head reduced together by lane_sums),
+// each block of 4 key rows read whole, every head in turn, so that the cache streams once in
+// address order (one head at a time read a strided quarter of every row per sweep); the value rows
+// of the block are prefetched into L2 for the product with the values that follows. In a batched
+// step the caches come from memory (other sequences' weights and caches came between): profiled,
+// its attention took 1.8x the time of the same rows decoded one sequence at a time. Each score's
+// sum is that of one head alone, in the order of the former per-head loop (same bits).
+constexpr int kAheadKeys = 16;  // key rows prefetched ahead of the scores
 template <class T>
-void attend_row(T* o, T* a, const T* q, const T* kc, const T* vc, int last, int len, int C, int D, T scale) {
+void head_scores(T* a, const T* q, const T* kc, const T* vc, int last, int len, int C, int NH, int D, T scale) {
   constexpr int n = kLanes<T>;
   const int Dv = D - D % n;
-  auto dot = [&](const Vec<T>& acc, const T* k) {  // acc's lanes summed, then the tail elements
-    T s[4];
-    lane_sums(acc, acc, acc, acc, s);
-    return Dv < D ? add_tail(s[0], q, k, Dv, D) : s[0];
-  };
+  // The first kAheadKeys key rows at once (the loop prefetches from there on): a decode step's
+  // cache is a few dozen rows, whose start the hardware prefetcher would reach late.
+  for (int r = 0; r < std::min(kAheadKeys, last + 1); ++r)
+    for (int c = 0; c < C; c += int(64 / sizeof(T))) __builtin_prefetch(kc + int64_t(r) * C + c, 0, 2);
   int j = 0;
   for (; j + 4 <= last + 1; j += 4) {
     const T* k0 = kc + int64_t(j) * C;
-    Vec<T> c0{}, c1{}, c2{}, c3{};
-    for (int d = 0; d < Dv; d += n) {
-      const Vec<T> qv = load(q + d);
-      c0 = madd(c0, qv, load(k0 + d));
-      c1 = madd(c1, qv, load(k0 + C + d));
-      c2 = madd(c2, qv, load(k0 + 2 * C + d));
-      c3 = madd(c3, qv, load(k0 + 3 * C + d));
+    for (int c = 0; c < 4 * C; c += int(64 / sizeof(T))) {
+      __builtin_prefetch(k0 + int64_t(kAheadKeys) * C + c, 0, 2);
+      __builtin_prefetch(vc + int64_t(j) * C + c, 0, 2);
     }
-    T s[4];
-    lane_sums(c0, c1, c2, c3, s);
-    for (int b = 0; b < 4; ++b) a[j + b] = (Dv < D ? add_tail(s[b], q, k0 + b * C, Dv, D) : s[b]) * scale;
+    for (int h = 0; h < NH; ++h) {
+      const T* qh = q + int64_t(h) * D;
+      const T* kh = k0 + int64_t(h) * D;
+      Vec<T> c0{}, c1{}, c2{}, c3{};
+      for (int d = 0; d < Dv; d += n) {
+        const Vec<T> qv = load(qh + d);
+        c0 = madd(c0, qv, load(kh + d));
+        c1 = madd(c1, qv, load(kh + C + d));
+        c2 = madd(c2, qv, load(kh + 2 * C + d));
+        c3 = madd(c3, qv, load(kh + 3 * C + d));
+      }
+      T s[4];
+      lane_sums(c0, c1, c2, c3, s);
+      T* ah = a + int64_t(h) * len;
+      for (int b = 0; b < 4; ++b) ah[j + b] = (Dv < D ? add_tail(s[b], qh, kh + b * C, Dv, D) : s[b]) * scale;
+    }
   }
-  for (; j <= last; ++j) {
-    Vec<T> c{};
-    for (int d = 0; d < Dv; d += n) c = madd(c, load(q + d), load(kc + int64_t(j) * C + d));
-    a[j] = dot(c, kc + int64_t(j) * C) * scale;
-  }
+  for (; j <= last; ++j)
+    for (int h = 0; h < NH; ++h) {
+      const T* qh = q + int64_t(h) * D;
+      const T* kh = kc + int64_t(j) * C + int64_t(h) * D;
+      Vec<T> c{};
+      for (int d = 0; d < Dv; d += n) c = madd(c, load(qh + d), load(kh + d));
+      T s[4];
+      lane_sums(c, c, c, c, s);
+      a[int64_t(h) * len + j] = (Dv < D ? add_tail(s[0], qh, kh, Dv, D) : s[0]) * scale;
+    }
+}
+
+// One head's attention output from its scores a (len; keys 0..last): the softmax in place (as
+// attention_forward: the maximum, exp, the sum, times its inverse; zeros past last), then
+// o = a V by vectors of the head's columns held in registers across the keys. Eigen's
+// matrix-vector products cost more in call overhead than in arithmetic here (D = 64, a few hundred
+// keys). o: the head's D values; vc: its first column in the value cache (row stride C).
+template <class T> void head_output(T* o, T* a, const T* vc, int last, int len, int C, int D) {
+  constexpr int n = kLanes<T>;
+  const int Dv = D - D % n;
   T mx = a[0];
   for (int i = 1; i <= last; ++i) mx = a[i] > mx ? a[i] : mx;
   T sum = 0;
@@ -236,12 +292,19 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
   const int p0 = len - n;  // position of the first new query
   const T scale = T(1) / std::sqrt(T(D));
   const bool par = int64_t(n) * len * C >= kGemmGrainFlops;
+  if (n == 1 && !par) {  // a decode step: every head's scores in one pass over the keys
+    head_scores(scores, q, kc, vc, len - 1, len, C, NH, D, scale);
+    for (int h = 0; h < NH; ++h)
+      head_output(out + int64_t(h) * D, scores + int64_t(h) * len, vc + int64_t(h) * D, len - 1, len, C, D);
+    return;
+  }
   eigen_serial();
 #pragma omp parallel for schedule(static) if (par)
   for (int h = 0; h < NH; ++h) {
-    if (n == 1) {  // a decode step
-      attend_row(out + int64_t(h) * D, scores + int64_t(h) * len, q + int64_t(h) * D, kc + int64_t(h) * D,
-                 vc + int64_t(h) * D, len - 1, len, C, D, scale);
+    if (n == 1) {  // a decode step (serial whenever the heads are small enough to read together)
+      head_scores(scores + int64_t(h) * len, q + int64_t(h) * D, kc + int64_t(h) * D, vc + int64_t(h) * D,
+                  len - 1, len, C, 1, D, scale);
+      head_output(out + int64_t(h) * D, scores + int64_t(h) * len, vc + int64_t(h) * D, len - 1, len, C, D);
       continue;
     }
     CSMatMap<T> Q(q + int64_t(h) * D, n, D, Eigen::OuterStride<>(q_stride));
@@ -271,13 +334,13 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
 // Up to 3 rows: blocks of 4 weight rows, input rows by 3 (12 accumulators; the remainder by 2,
 // then 1); one row alone has 4 independent FMA chains (one weight row at a time is bound by the
 // FMA latency, 1.4-2x slower in cache and no faster from memory, prefetched). 4 rows and more:
-// blocks of 3 weight rows, input rows by 4 (12 accumulators). Both replace the former 8-accumulator
+// blocks of 3 weight rows, input rows by 4 (12 accumulators; dot_groups, dot_all for the rest). Both replace the former 8-accumulator
 // blocks (4x2, 2x4): in L1, 74-91 GFLOP/s at 3-8 rows against 60-68 (f32, 256x256 and 64x1024),
 // so that up to about 5 rows per expert a product is bound by memory, not by the multiply-adds.
 // Same bits every way (tests/test_decode_kernels.cpp).
 template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M >= 4) dot_all<T, 3, 4>(out, x, w, M, I, O);
-  else dot_all<T, 4, 3>(out, x, w, M, I, O);
+  if (M >= 4) dot_all<T, 3>(out, x, w, M, I, O);
+  else dot_all<T, 4>(out, x, w, M, I, O);
 }
 
 ANYK_INSTANTIATE(attention_cached_forward)
