@@ -53,6 +53,8 @@ template <class T> void ref_forward(T* out, T* att, const T* qkv, int B, int Tn,
     }
 }
 
+template <class T> using Buf = std::vector<T, Eigen::aligned_allocator<T>>;
+
 template <class T> void check_shapes() {
   struct Shape {
     int B, Tn, C, NH;
@@ -68,10 +70,12 @@ template <class T> void check_shapes() {
       CAPTURE(s.C);
       CAPTURE(s.NH);
       const auto d = anyk::test::randn(size_t(s.B) * s.Tn * 3 * s.C, 7 + uint64_t(s.Tn), 2.0);
-      const std::vector<T> qkv(d.begin(), d.end());
+      const Buf<T> qkv(d.begin(), d.end());
       const size_t no = size_t(s.B) * s.Tn * s.C, na = size_t(s.B) * s.NH * s.Tn * s.Tn;
       // Different garbage in the two att buffers: the masked half must be written, not inherited.
-      std::vector<T> out(no, T(1)), att(na, T(-3)), rout(no, T(2)), ratt(na, T(5));
+      // Aligned alike: Eigen's coefficient-based path for tiny products (O = A V at T = 2..5)
+      // splits its sums by the address's alignment.
+      Buf<T> out(no, T(1)), att(na, T(-3)), rout(no, T(2)), ratt(na, T(5));
       attention_forward(out.data(), att.data(), qkv.data(), s.B, s.Tn, s.C, s.NH);
       ref_forward(rout.data(), ratt.data(), qkv.data(), s.B, s.Tn, s.C, s.NH);
       CHECK(std::memcmp(out.data(), rout.data(), no * sizeof(T)) == 0);
