@@ -1,6 +1,7 @@
 // CPU causal multi-head self-attention over packed qkv, one (batch, head) pair per OpenMP task;
 // each pair's matmuls run through Eigen maps with a row stride (no copies of q, k, v).
 // The backward adds into dqkv.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -11,6 +12,34 @@
 #include "kernels/cpu/vexp.h"
 
 namespace anyk::cpu {
+
+namespace {
+
+// The causal part (j <= i) of a = (Q Kᵀ) * scale, row-major Tn x Tn; the rest of a is left as it
+// is (the softmax masks it). The same bits as Eigen's `A = (Q * K.transpose()) * scale`, which
+// evaluates the product into a fresh column-major temporary (malloc, setZero, GEMM) and then
+// copies it, scaled, into A in A's row order (a strided read per element): here the same product
+// runs into a reused column-major buffer of the thread (the same Eigen call on a column-major
+// destination, so the same kernel path and sums), and only the causal half is copied, scaled, in
+// blocks of 16 columns, each element once with the same single multiply.
+template <class T, class M>
+void scaled_scores(T* a, const M& Q, const M& K, T scale, int Tn) {
+  static thread_local Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic> S;
+  S.resize(Tn, Tn);
+  S.noalias() = Q * K.transpose();
+  const T* s = S.data();
+  constexpr int kB = 16;
+  for (int j0 = 0; j0 < Tn; j0 += kB) {
+    const int j1 = std::min(Tn, j0 + kB);
+    for (int i = j0; i < Tn; ++i) {
+      T* ar = a + static_cast<int64_t>(i) * Tn;
+      const int je = std::min(j1, i + 1);
+      for (int j = j0; j < je; ++j) ar[j] = s[static_cast<int64_t>(j) * Tn + i] * scale;
+    }
+  }
+}
+
+}  // namespace
 
 template <class T>
 void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int NH) {
@@ -25,7 +54,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int N
       CSMatMap<T> K(base + C, Tn, D, Eigen::OuterStride<>(3 * C));
       CSMatMap<T> V(base + 2 * C, Tn, D, Eigen::OuterStride<>(3 * C));
       MatMap<T> A(att + (static_cast<int64_t>(b) * NH + h) * Tn * Tn, Tn, Tn);
-      A.noalias() = (Q * K.transpose()) * scale;
+      scaled_scores(A.data(), Q, K, scale, Tn);
       for (int i = 0; i < Tn; ++i) {
         T* a = A.data() + static_cast<int64_t>(i) * Tn;
         T mx = a[0];

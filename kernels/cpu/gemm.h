@@ -42,8 +42,15 @@ template <class T> void gemm_dyw_acc(T* dx, const T* dy, const T* w, int N, int 
 }
 
 // dw (O,I) += dy (N,O)^T · x (N,I): chunks of dw's rows, each summing over all N in one product.
+// In Eigen's column-major view a chunk is dw^T's columns += X^T (I,N) · dY's columns (N, chunk):
+// x is the operand shared by all chunks, packed once (gemm_shared_pack.h).
 template <class T> void gemm_dytx_acc(T* dw, const T* dy, const T* x, int N, int I, int O) {
   eigen_serial();
+#ifdef ANYK_SHARED_PACK
+  if (shared_pack::run_chunked<T, Eigen::ColMajor, Eigen::RowMajor>(dw, I, x, I, dy, O, I, O, N, false,
+                                                                   int64_t(N) * I, kGemmGrainFlops))
+    return;
+#endif
   CMatMap<T> X(x, N, I);
   for_row_chunks(O, int64_t(N) * I, kGemmGrainFlops, [&](int o0, int o1) {
     CSMatMap<T> dY(dy + o0, N, o1 - o0, Eigen::OuterStride<>(O));

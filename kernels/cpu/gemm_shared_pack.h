@@ -4,9 +4,12 @@
 // Each chunk of gemm_xwt / gemm_dyw_acc used to be its own Eigen product, and each Eigen product
 // packs its whole left operand (in Eigen's column-major view: the weight matrix) before it
 // starts: at 32..96 result rows per chunk that repacking of W was 7-13% of a training step
-// (docs/design.md, "Where training time goes"). run_chunked() runs, for every chunk, the same
-// loop as Eigen 3.4's sequential general_matrix_matrix_product::run: the same blocking (computed
-// by Eigen's own computeProductBlockingSizes for that chunk's shape), the same pack_rhs and the
+// (docs/design.md, "Where training time goes"). The weight gradient gemm_dytx_acc, cut into
+// chunks of dW's rows, had the same waste with x, the operand all its chunks share (the left
+// operand of dWᵀ = Xᵀ · dY in Eigen's view), and takes the same path (docs/threads.md).
+// run_chunked() runs, for every chunk, the same loop as Eigen 3.4's sequential
+// general_matrix_matrix_product::run: the same blocking (computed by Eigen's own
+// computeProductBlockingSizes for that chunk's shape), the same pack_rhs and the
 // same gebp micro-kernel calls on the same packed blocks, in the same order; only the packed
 // blocks of the left operand are made once and shared. So every element's sum is Eigen's, bit
 // for bit (tests/test_gemm_shared_pack.cpp compares with the per-chunk Eigen products).
