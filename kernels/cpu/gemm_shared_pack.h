@@ -82,6 +82,7 @@ bool run_chunked(T* res, Index ldres, const T* lhs, Index ldl, const T* rhs, Ind
   static thread_local std::vector<T, Eigen::aligned_allocator<T>> abuf;
   T* A = scratch(abuf, size_t(mb * kb * blk));
   const bool par = int64_t(n) * work_per_row >= grain;
+  if (par) governor_tick();  // as in for_row_chunks
   LhsMapper L(lhs, ldl);
   RhsMapper Rm(rhs, ldr);
   ResMapper Res(res, ldres);

@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/cpu/thread_governor.h"
+
 namespace anyk::cpu {
 
 // Below these, a kernel runs on the calling thread. A parallel region costs about 7 us of
@@ -49,6 +51,7 @@ template <class F> void for_row_chunks(int rows, int64_t work_per_row, int64_t g
   const int R = row_chunk(rows);
   const int chunks = std::max(1, rows / R);
   const bool par = chunks > 1 && int64_t(rows) * work_per_row >= grain;
+  if (par) governor_tick();  // a short command sees a busy core within its first layer
 #pragma omp parallel for schedule(static) if (par)
   for (int c = 0; c < chunks; ++c) f(c * R, c + 1 == chunks ? rows : (c + 1) * R);
 }

@@ -120,6 +120,7 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 constexpr double kDelayWindow = 0.05;  // seconds
+constexpr double kFirstDelayWindow = 0.015;  // the first reading after configure
 constexpr double kIdleWindow = 0.25;
 
 struct Governor {
@@ -131,6 +132,7 @@ struct Governor {
   int min_used = 1;
   int64_t changes = 0;
   bool have_sample = false;
+  int64_t readings = 0;     // decisions taken since configure
   GovernorSample last;      // the last sample, for the run delay
   clock::time_point last_t;
   double idle_s = 0;        // idle time at the start of the idle window
@@ -175,7 +177,7 @@ void record(Governor& g, int next) {
 }
 
 // One reading and decision, when a window has passed (under the lock). Run delay is counted in
-// nanoseconds, so a short window (50 ms) sees a busy core at once; idle time comes in clock ticks
+// nanoseconds, so a short window (50 ms; 15 ms for the first) sees a busy core at once; idle time comes in clock ticks
 // (10 ms), so adding a thread waits for a longer idle window (250 ms). After a change both windows
 // start again, so every reading is of the current count.
 void measure(Governor& g) {
@@ -186,7 +188,7 @@ void measure(Governor& g) {
   }
   const auto now = clock::now();
   const auto since = [&](clock::time_point t) { return std::chrono::duration<double>(now - t).count(); };
-  if (g.have_sample && since(g.last_t) < kDelayWindow) return;
+  if (g.have_sample && since(g.last_t) < (g.readings == 0 ? kFirstDelayWindow : kDelayWindow)) return;
   const GovernorSample s = governor_sample();
   if (!s.ok) {  // no /proc: keep the count fixed from now on
     g.adaptive.store(false);
@@ -199,6 +201,7 @@ void measure(Governor& g) {
     if (since(g.idle_t) >= kIdleWindow) r.idle_cores = std::max(0.0, s.idle_s - g.idle_s) / since(g.idle_t);
     next = governed_threads(cur, g.max_threads, r);
     record(g, next);
+    ++g.readings;
   }
   g.last = s;
   g.last_t = now;
@@ -221,6 +224,7 @@ void governor_configure(int max_threads, bool adaptive) {
     g.min_used = g.max_threads;
     g.changes = 0;
     g.have_sample = false;
+    g.readings = 0;
     g.configured.store(true);
   }
   applied = -1;
@@ -228,6 +232,7 @@ void governor_configure(int max_threads, bool adaptive) {
 }
 
 void governor_tick() {
+  if (omp_in_parallel()) return;  // a kernel called inside another's region: its caller ticks
   Governor& g = gov();
   if (!g.configured.load(std::memory_order_relaxed)) return;  // a library user that set its own count
   if (g.adaptive.load(std::memory_order_relaxed)) {

@@ -11,9 +11,11 @@
 // hold the cores, and add them back when cores go idle.
 //
 // Ticks: the code that runs the kernels calls governor_tick at each layer of a forward pass
-// (training, evaluation, decoding), each op of a backward pass and each evaluation batch; a tick
-// costs a clock read unless a window has passed. Sensors (Linux /proc), read at most once per
-// window (50 ms for run delay, 250 ms for idle cores):
+// (training, evaluation, decoding), each op of a backward pass, each evaluation batch and each
+// product or row-chunked kernel that opens a parallel region (parallel.h); a tick costs a clock
+// read unless a window has passed. Sensors (Linux /proc), read at most once per window (50 ms for
+// run delay, 15 ms for the first reading after configure so that a command of a second sees a
+// busy core within its first layer; 250 ms for idle cores):
 //  - run delay: the time this process's threads spent runnable but not running (the second field
 //    of /proc/self/task/*/schedstat), in cores: delay seconds / window seconds. Sleeping threads
 //    add nothing, so a spinning or idle team reads about 0 on a machine it has to itself, and
@@ -61,8 +63,9 @@ double idle_seconds(const std::vector<int>& cpus);
 // Process-wide governor. configure: the rule's count and whether to adapt (also off when
 // ANYK_ADAPTIVE_THREADS=0); sets OpenMP's count on the calling thread.
 void governor_configure(int max_threads, bool adaptive);
-// Between kernels (never inside a parallel region), on the thread that runs them: takes a reading when a window has
-// passed, applies the rule, and sets OpenMP's thread count on the calling thread when it changed.
+// Between kernels, on the thread that runs them (inside a parallel region it does nothing): takes
+// a reading when a window has passed, applies the rule, and sets OpenMP's thread count on the
+// calling thread when it changed.
 void governor_tick();
 // The current count, and a summary for logs: the count's range and number of changes.
 int governor_threads();
