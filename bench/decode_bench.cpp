@@ -22,12 +22,15 @@
 // time, in line with those bytes (about 8% of a K=1 step's).
 //
 //   build/decode_bench [--threads 1] [--rounds 5] [--new 128] [--prompt 16] [--sweep 1]
-//                      [--temperature 1] [--clock wall|cpu] [--singles 1]
+//                      [--temperature 1] [--clock wall|cpu] [--singles 1] [--weights f32|bf16]
 //                      [--layers 4 --dim 256 --heads 4 --experts 8 --hidden 1024] [--json F]
 // --sweep 0 skips the single-prompt K sweep (only the batched comparison at K=1 and K=4);
 // --singles 0 also skips the single-prompt runs of that comparison (to profile the batch alone).
 // --clock cpu times decode by the process's CPU time instead of the wall clock: on a machine
 // shared with other jobs, time spent descheduled then does not count (at 1 thread).
+// --weights bf16 decodes from a bf16 copy of the matrices (DecodeWeights::bf16, model/generate.h):
+// the bound then counts 2 bytes for each weight of those matrices (attention projections, experts,
+// head) and 4 for the routers and norms; the KV cache stays f32.
 #include <omp.h>
 
 #include <algorithm>
@@ -69,13 +72,13 @@ int main(int argc, char** argv) {
   c.heads = 4;
   c.experts = 8;
   c.expert_hidden = 1024;
-  std::string json, clock_name = "wall";
+  std::string json, clock_name = "wall", weights_name = "f32";
   double temperature = 1.0;  // of the batched comparison
   for (int i = 1; i < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--help" || a == "-h") {
       std::printf("usage: decode_bench [--threads 1] [--rounds 5] [--new 128] [--prompt 16] [--sweep 1] "
-                  "[--temperature 1] [--clock wall|cpu] [--singles 1] [--layers 4 --dim 256 --heads 4 "
+                  "[--temperature 1] [--clock wall|cpu] [--singles 1] [--weights f32|bf16] [--layers 4 --dim 256 --heads 4 "
                   "--experts 8 --hidden 1024] [--json F]\n(see the comment at the top of bench/decode_bench.cpp)\n");
       return 0;
     }
@@ -99,7 +102,12 @@ int main(int argc, char** argv) {
     else if (a == "--temperature") temperature = std::atof(argv[i + 1]);
     else if (a == "--clock" && (std::string(argv[i + 1]) == "wall" || std::string(argv[i + 1]) == "cpu"))
       clock_name = argv[i + 1];
-    else {
+    else if (a == "--weights" && (std::string(argv[i + 1]) == "f32" || std::string(argv[i + 1]) == "bf16"))
+      weights_name = argv[i + 1];
+    else if (a == "--weights") {
+      std::fprintf(stderr, "decode_bench: --weights takes f32 or bf16, got '%s'\n", argv[i + 1]);
+      return 2;
+    } else {
       std::fprintf(stderr, "decode_bench: unknown option %s\n", a.c_str());
       return 2;
     }
@@ -116,8 +124,9 @@ int main(int argc, char** argv) {
   std::vector<std::vector<int>> prompts;
   for (int i = 0; i < nb; ++i) prompts.push_back(random_tokens(prompt_len, c.vocab, 100 + uint64_t(i)));
 
-  std::printf("decode_bench: %s | %d threads | prompt %d, %d new tokens | %d rounds (medians) | %s clock\n",
-              c.summary().c_str(), threads, prompt_len, max_new, rounds, clock_name.c_str());
+  const bool bf16 = weights_name == "bf16";
+  std::printf("decode_bench: %s | %d threads | prompt %d, %d new tokens | %d rounds (medians) | %s clock | %s weights\n",
+              c.summary().c_str(), threads, prompt_len, max_new, rounds, clock_name.c_str(), weights_name.c_str());
   const double expert_share = double(3LL * c.expert_hidden * c.dim) /
                               (4.0 * c.dim * c.dim + c.experts * c.dim + 3.0 * c.expert_hidden * c.dim);
   std::printf("one expert is %.0f%% of a layer's per-token weights at K=1\n", 100 * expert_share);
@@ -128,6 +137,7 @@ int main(int argc, char** argv) {
     o.sample.seed = 7;
     o.k = InferenceK{std::vector<int>(size_t(L), K), 0};
     o.max_new = max_new;
+    o.weights = bf16 ? DecodeWeights::bf16 : DecodeWeights::f32;
     GenerateStats st;
     generate(lm, ps, o, {}, &st);
     if (clock_name == "cpu") st.decode_seconds = st.decode_cpu_seconds;
@@ -165,7 +175,8 @@ int main(int argc, char** argv) {
   if (sweep) std::printf("\nsingle-prompt decode (greedy, KV cache):\n");
   std::printf("K | decode tok/s (median) | min..max       | active params/token | GFLOP/token\n");
   std::printf("--+-----------------------+----------------+---------------------+------------\n");
-  std::string js = "{\"model\": \"" + c.summary() + "\", \"threads\": " + std::to_string(threads) +
+  std::string js = "{\"model\": \"" + c.summary() + "\", \"weights\": \"" + weights_name +
+                   "\", \"threads\": " + std::to_string(threads) +
                    ", \"rounds\": " + std::to_string(rounds) + ", \"single\": [";
   for (size_t i = 0; i < ks.size() && sweep; ++i) {
     auto [mn, mx] = std::minmax_element(tps[i].begin(), tps[i].end());
@@ -180,10 +191,11 @@ int main(int argc, char** argv) {
                 median(r14));
   js += "], \"k1_over_k4\": " + std::to_string(sweep ? median(r14) : 0.0) + ", \"batched\": [";
   // Weight bytes a decode step reads (module comment): dense once per step, each expert once.
-  const double es = double(dtype_size(lm.params().dtype()));
-  const double dense = es * (double(L) * (4.0 * c.dim * c.dim + double(c.experts) * c.dim + 2.0 * c.dim) +
-                             double(c.vocab) * c.dim + c.dim);
-  const double expert = es * 3.0 * c.expert_hidden * c.dim;
+  // bf16: the matrices (attention projections, head, experts) at 2 bytes, routers and norms as stored.
+  const double es = double(dtype_size(lm.params().dtype())), ms = bf16 ? 2.0 : es;
+  const double dense = ms * (double(L) * 4.0 * c.dim * c.dim + double(c.vocab) * c.dim) +
+                       es * (double(L) * (double(c.experts) * c.dim + 2.0 * c.dim) + c.dim);
+  const double expert = ms * 3.0 * c.expert_hidden * c.dim;
   // KV cache per decoded token: decode pass s (0..max_new-2) attends over prompt + 1 + s positions.
   const double kv = es * L * 2.0 * c.dim * (prompt_len + max_new / 2.0);
   std::printf("weights read per step: dense %.2f MB (once per step), one expert %.2f MB (per layer it is used);"

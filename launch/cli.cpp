@@ -63,7 +63,7 @@ constexpr const char* kUsageTail =
     "           [--prompt TEXT | --prompt-file F | --prompts F] [--max-new N]\n"
     "           [--k K | --layer-k 4,3,2,1 | --budget B --data DIR | --expert-top-p P]\n"
     "           [--temperature T --top-k N --seed S --threads N --device D --precision P]\n"
-    "           [--eval-windows N --batch B --logits-out F]\n"
+    "           [--eval-windows N --batch B --logits-out F --decode-weights f32|bf16]\n"
     "           text at any K with a KV cache, streamed; ends with tokens/s and mean K (stderr);\n"
     "           --expert-top-p picks the experts per token, --top-k and --temperature sample tokens\n"
     "  serve    (--run-dir DIR | --checkpoint DIR|latest | --weights FILE.h5) [--host 127.0.0.1]\n"

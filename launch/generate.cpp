@@ -170,7 +170,7 @@ namespace {
 struct GenArgs {
   std::string run_dir, checkpoint, weights, prompt, prompt_file, prompts_file, k_text, layer_k, data_dir;
   std::string logits_out;
-  std::string device = "cpu", precision = "f32";
+  std::string device = "cpu", precision = "f32", decode_weights = "f32";
   double budget = 0, top_p = 0, temperature = 0;
   int max_new = 200, top_k = 0, threads = 0, batch = 0;
   int64_t seed = 1, eval_windows = kDefaultEvalWindows;
@@ -207,6 +207,10 @@ void add_generate_options(po::options_description& desc, GenArgs& a) {
       "top-k", po::value(&a.top_k)->default_value(0), "sample among the K most likely tokens (0 = all)")(
       "seed", po::value(&a.seed)->default_value(1), "sampling seed: the same seed gives the same text")(
       "threads", po::value(&a.threads)->default_value(0), kThreadsHelp)(
+      "decode-weights", po::value(&a.decode_weights)->default_value("f32"),
+      "f32 | bf16: the decoder's matrices (attention, experts, embedding and head) as they are, or a bf16 "
+      "copy: half the bytes per decode step, logits within about 2^-8 relative of f32's but not "
+      "bit-identical (CPU, f32 models)")(
       "logits-out", po::value(&a.logits_out),
       "generate nothing: write the next-token logits at every prompt position to this file (float64 "
       "little-endian, prompt after prompt, one row of vocab values per token), for comparing with "
@@ -237,6 +241,11 @@ void check_generate_values(const GenArgs& a, const po::variables_map& vm) {
   ANYK_CHECK(a.temperature >= 0 && std::isfinite(a.temperature), "--temperature " << a.temperature << " must be >= 0");
   ANYK_CHECK(a.top_k >= 0, "--top-k " << a.top_k << " must be >= 0 (0 = all tokens)");
   ANYK_CHECK(a.threads >= 0, "--threads " << a.threads << " must be >= 0");
+  ANYK_CHECK(a.decode_weights == "f32" || a.decode_weights == "bf16",
+             "--decode-weights '" << a.decode_weights << "' is not a choice hint: give f32 (the default) or bf16");
+  ANYK_CHECK(a.decode_weights == "f32" || parse_device(a.device) == Device::CPU,
+             "--decode-weights bf16 runs on the CPU only (--device " << a.device << ") hint: drop --decode-weights "
+                                                                      "or use --device cpu");
   ANYK_CHECK(vm.count("expert-top-p") == 0 || (a.top_p > 0 && a.top_p <= 1),
              "--expert-top-p " << a.top_p << " must be in (0, 1]");
   ANYK_CHECK(vm.count("budget") == 0 || a.budget > 0, "--budget " << a.budget << " must be > 0");
@@ -367,8 +376,8 @@ void emit(const InferenceModel& m, const std::vector<std::string>& texts, const 
 // --logits-out: each prompt through the KV decoder in one pass (its own cache slot), every
 // position's logits in prompt order.
 void write_prompt_logits(const InferenceModel& m, const std::vector<std::vector<int>>& prompts, const InferenceK& k,
-                         const std::string& path) {
-  KVDecoder dec(*m.lm, 1);
+                         DecodeWeights w, const std::string& path) {
+  KVDecoder dec(*m.lm, 1, 0, w);
   std::string bytes;
   std::vector<double> logits;
   for (const std::vector<int>& p : prompts) {
@@ -410,9 +419,10 @@ int generate_command(int argc, char** argv) {
   use_threads(a.threads);  // the thread rule, not the training run's count
   GenerateOptions go;
   const std::string setting = choose_k(a, m, go);
+  go.weights = a.decode_weights == "bf16" ? DecodeWeights::bf16 : DecodeWeights::f32;
   announce_threads("generate", stderr);  // stdout is the text
   if (!a.logits_out.empty()) {
-    write_prompt_logits(m, prompts, go.k, a.logits_out);
+    write_prompt_logits(m, prompts, go.k, go.weights, a.logits_out);
     std::fprintf(stderr, "generate: %s | logits of %zu prompt%s -> %s\n", setting.c_str(), prompts.size(),
                  prompts.size() == 1 ? "" : "s", a.logits_out.c_str());
     return 0;

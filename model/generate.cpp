@@ -8,7 +8,9 @@
 #include <cstring>
 #include <ctime>
 #include <string>
+#include <type_traits>
 
+#include "kernels/cpu/kernels.h"
 #include "kernels/cpu/thread_governor.h"
 #include "kernels/kernels.h"
 #include "model/moe_ops.h"
@@ -31,9 +33,21 @@ int param_id(const ParamStore& ps, const std::string& name) {
 constexpr int kFewRows = 16;
 
 // rows: always the few-row kernel (row-invariant passes, KVDecoder::set_row_invariant).
+// w16 (f32 models on the CPU, DecodeWeights::bf16): the weights' bf16 bits, read instead of w: the
+// few-row kernel widens them as it loads them; the GEMM gets them widened into *wide first (a long
+// pass: the copy costs little beside its arithmetic). Either way the bits of the f32 path over the
+// widened weights.
 template <class T>
 void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, int M, int I, int O,
-            bool rows) {
+            bool rows, const uint16_t* w16 = nullptr, std::vector<float>* wide = nullptr) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (w16) {
+      if (rows || M <= kFewRows) return cpu::linear_rows_forward_bf16(out, x, w16, M, I, O);
+      wide->resize(size_t(O) * size_t(I));
+      cpu::from_bf16(wide->data(), w16, int64_t(O) * I);
+      return kn.linear_forward(ctx, out, x, wide->data(), M, I, O);
+    }
+  }
   if (rows || M <= kFewRows) kn.linear_rows_forward(ctx, out, x, w, M, I, O);
   else kn.linear_forward(ctx, out, x, w, M, I, O);
 }
@@ -42,17 +56,18 @@ void matmul(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w
 // offsets (E+1) are host memory; out, x, w device memory.
 template <class T>
 void grouped(const Kernels<T>& kn, const Ctx& ctx, T* out, const T* x, const T* w, const int* offsets, int E,
-             int I, int O, bool rows) {
+             int I, int O, bool rows, const uint16_t* w16, std::vector<float>* wide) {
   for (int e = 0; e < E; ++e) {
     const int r0 = offsets[e], n = offsets[e + 1] - offsets[e];
     if (n > 0)
-      matmul<T>(kn, ctx, out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, n, I, O, rows);
+      matmul<T>(kn, ctx, out + int64_t(r0) * O, x + int64_t(r0) * I, w + int64_t(e) * O * I, n, I, O, rows,
+                w16 ? w16 + int64_t(e) * O * I : nullptr, wide);
   }
 }
 
 }  // namespace
 
-KVDecoder::KVDecoder(const LM& lm, int slots, int capacity)
+KVDecoder::KVDecoder(const LM& lm, int slots, int capacity, DecodeWeights weights)
     : lm_(&lm), dev_(lm.params().device()), slots_(slots), arena_(size_t(16) << 20, dev_), host_(size_t(1) << 20) {
   const ModelConfig& c = lm.config();
   cap_ = capacity > 0 ? capacity : c.seq_len;
@@ -72,6 +87,7 @@ KVDecoder::KVDecoder(const LM& lm, int slots, int capacity)
                                param_id(ps, p + ".moe.router"), param_id(ps, p + ".moe.experts.w13"),
                                param_id(ps, p + ".moe.experts.w2")});
   }
+  if (weights == DecodeWeights::bf16) make_bf16_copy();
   len_.assign(size_t(slots), 0);
   const size_t es = dtype_size(ps.dtype());
   kv_.resize(dev_, size_t(slots) * c.layers * 2 * cap_ * c.dim * es);
@@ -85,6 +101,24 @@ KVDecoder::KVDecoder(const LM& lm, int slots, int capacity)
 }
 
 KVDecoder::~KVDecoder() = default;
+
+// The bf16 bits (round to nearest even) of the matrices a decode step reads: the tied embedding
+// and head, and each layer's attention projections and experts.
+void KVDecoder::make_bf16_copy() {
+  const ParamStore& ps = lm_->params();
+  ANYK_CHECK(dev_ == Device::CPU && ps.dtype() == DType::F32,
+             "bf16 decode weights need an f32 model on the CPU (this one is "
+                 << dtype_name(ps.dtype()) << (dev_ == Device::CPU ? " on the CPU" : " on another device")
+                 << ") hint: decode with f32 weights");
+  w16_.assign(size_t(ps.size()), {});
+  std::vector<int> ids{wte_};
+  for (const LayerIds& li : layers_) ids.insert(ids.end(), {li.wqkv, li.wo, li.w13, li.w2});
+  for (int id : ids) {
+    const Tensor& v = ps.value(id);
+    w16_[size_t(id)].resize(size_t(v.numel()));
+    cpu::to_bf16(w16_[size_t(id)].data(), v.dev_ptr<float>(), v.numel());
+  }
+}
 
 void KVDecoder::reset(int slot) {
   ANYK_CHECK(slot >= 0 && slot < slots_, "slot " << slot << " is outside [0, " << slots_ << ")");
@@ -143,6 +177,7 @@ template <class T> struct KVDecoder::Pass {
   int *idx, *ids, *kcount, *stok, *sslot;
   int *h_ids, *h_stok, *h_sslot, *h_counts, *h_next, *h_offsets;  // the expert sort, on the host
   int* h_kcount;    // (N) per-row K when the segments' K differ
+  const int* h_tok;  // (N) the token ids on the host
   int Kmax;         // the largest K of any segment at any layer: the ids' row stride
   bool rows;        // row-invariant pass: every matmul on the few-row kernel
   const T* P(const ParamStore& ps, int id) const { return ps.value(id).template dev_ptr<T>(); }
@@ -169,6 +204,7 @@ KVDecoder::Pass<T> KVDecoder::make_pass(std::span<const Segment> segs, const Inf
   for (int s = 0; s < S; ++s) std::memcpy(hidx + p.r0[s], segs[s].tokens, sizeof(int) * size_t(segs[s].n));
   for (int r = 0; r < N; ++r) hidx[N + r] = 3 * r + 1, hidx[2 * N + r] = 3 * r + 2;
   for (int s = 0; s < S; ++s) hidx[3 * N + s] = p.r0[s + 1] - 1;
+  p.h_tok = hidx;
   p.idx = ibuf(3 * int64_t(N) + S);
   p.mem->from_host(p.idx, hidx, sizeof(int) * (3 * size_t(N) + size_t(S)));
   p.x = buf(int64_t(N) * C), p.h = buf(int64_t(N) * C), p.rstd = buf(N);
@@ -212,7 +248,7 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
     return kvbase + ((int64_t(slot) * L + l) * 2 + which) * cap_ * C;
   };
   kn.rmsnorm_forward(ctx, p.h, p.rstd, p.x, p.P(ps, li.ln1), N, C, c.norm_eps);
-  matmul<T>(kn, ctx, p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C, p.rows);
+  matmul<T>(kn, ctx, p.qkv, p.h, p.P(ps, li.wqkv), N, C, 3 * C, p.rows, w16(li.wqkv), &wide_);
   for (int s = 0; s < p.S; ++s) {
     const int p0 = len_[segs[s].slot], n = segs[s].n;
     const int64_t o = int64_t(p.r0[s]) * 3 * C;
@@ -225,7 +261,7 @@ template <class T> void KVDecoder::attention_t(Pass<T>& p, int l, std::span<cons
     kn.attention_cached_forward(ctx, p.att + int64_t(p.r0[s]) * C, p.scores, p.qkr + o, 3 * C, kc, vc, n,
                                 p0 + n, C, p.NH);
   }
-  matmul<T>(kn, ctx, p.a, p.att, p.P(ps, li.wo), N, C, C, p.rows);
+  matmul<T>(kn, ctx, p.a, p.att, p.P(ps, li.wo), N, C, C, p.rows, w16(li.wo), &wide_);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
 }
 
@@ -295,9 +331,9 @@ template <class T> void KVDecoder::moe_t(Pass<T>& p, int l, std::span<const Segm
     p.mem->from_host(p.sslot, p.h_sslot, sizeof(int) * size_t(sent));
   }
   kn.gather_rows_forward(ctx, p.rows_buf, p.h, p.stok, sent, C);
-  grouped<T>(kn, ctx, p.h13, p.rows_buf, p.P(ps, li.w13), p.h_offsets, E, C, 2 * H, p.rows);
+  grouped<T>(kn, ctx, p.h13, p.rows_buf, p.P(ps, li.w13), p.h_offsets, E, C, 2 * H, p.rows, w16(li.w13), &wide_);
   kn.swiglu_forward(ctx, p.sw, p.h13, sent, H);
-  grouped<T>(kn, ctx, p.y, p.sw, p.P(ps, li.w2), p.h_offsets, E, H, C, p.rows);
+  grouped<T>(kn, ctx, p.y, p.sw, p.P(ps, li.w2), p.h_offsets, E, H, C, p.rows, w16(li.w2), &wide_);
   kn.fill(ctx, p.a, T(0), int64_t(N) * C);
   kn.scatter_add_rows_forward(ctx, p.a, p.y, p.wts, p.stok, p.sslot, sent, C);
   kn.add_forward(ctx, p.x, p.x, p.a, int64_t(N) * C);
@@ -320,17 +356,29 @@ template <class T> void KVDecoder::head_t(Pass<T>& p, std::vector<double>& logit
   T* xn = p.a;
   p.kn->rmsnorm_forward(*p.ctx, xn, p.rstd, xs, p.P(ps, lnf_), R, C, c.norm_eps);
   T* lg = arena_.alloc_n<T>(size_t(R) * V);
-  matmul<T>(*p.kn, *p.ctx, lg, xn, p.P(ps, wte_), R, C, V, p.rows);
+  matmul<T>(*p.kn, *p.ctx, lg, xn, p.P(ps, wte_), R, C, V, p.rows, w16(wte_), &wide_);
   T* hl = static_cast<T*>(host_.alloc(sizeof(T) * size_t(R) * V));
   p.mem->to_host(hl, lg, sizeof(T) * size_t(R) * V);
   logits.assign(hl, hl + int64_t(R) * V);
+}
+
+// The embedding rows of the pass's tokens: the f32 table, or its bf16 copy widened (the tied head's
+// weights, so that bf16 mode is an f32 model over rounded weights throughout).
+template <class T> void KVDecoder::embed_t(Pass<T>& p) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (const uint16_t* e = w16(wte_)) {
+      for (int r = 0; r < p.N; ++r) cpu::from_bf16(p.x + int64_t(r) * p.C, e + int64_t(p.h_tok[r]) * p.C, p.C);
+      return;
+    }
+  }
+  p.kn->embedding_forward(*p.ctx, p.x, p.idx, p.P(lm_->params(), wte_), p.N, p.C);
 }
 
 template <class T>
 void KVDecoder::forward_t(std::span<const Segment> segs, const InferenceK& kk, std::vector<double>& logits,
                           bool all_logits) {
   Pass<T> p = make_pass<T>(segs, kk);
-  p.kn->embedding_forward(*p.ctx, p.x, p.idx, p.P(lm_->params(), wte_), p.N, p.C);
+  embed_t<T>(p);
   for (int l = 0; l < lm_->config().layers; ++l) {
     cpu::governor_tick();  // the thread count for this layer (kernels/cpu/thread_governor.h)
     attention_t<T>(p, l, segs);
@@ -430,7 +478,7 @@ std::vector<std::vector<int>> generate(const LM& lm, const std::vector<std::vect
   // plus max_new is enough (a model file's seq_len alone never sizes the allocation).
   int64_t need = 0;
   for (const auto& p : prompts) need = std::max<int64_t>(need, int64_t(p.size()) + o.max_new);
-  KVDecoder dec(lm, B, int(std::min<int64_t>(W, need)));
+  KVDecoder dec(lm, B, int(std::min<int64_t>(W, need)), o.weights);
   std::vector<std::vector<int>> hist(static_cast<size_t>(B));
   std::vector<std::vector<int>> out(static_cast<size_t>(B));
   GenerateStats st;

@@ -37,12 +37,22 @@ struct Segment {
   int64_t* routed = nullptr;      // (L) when given: += the experts routed for these rows at each layer
 };
 
+// The weights a decoder's matrices read: the LM's own (f32: the default, the training forward's
+// bits), or a bf16 copy made when the decoder is built (half the bytes per decode step: the packed
+// attention projections, the output projection, the experts' w13 and w2, and the tied embedding
+// and head; norms and routers stay f32). bf16 logits are not the f32 ones: each weight moves by up
+// to 2^-9 of itself; they are bit for bit those of an f32 decoder over the same weights rounded to
+// bf16 (round to nearest even). CPU and f32 models only.
+enum class DecodeWeights { f32, bf16 };
+
 // Keys and values of every layer for up to `slots` sequences of up to `capacity` tokens each
 // (capacity <= the model's seq_len: positions stay inside the trained context), and the forward
 // pass that extends them. The LM must hold every expert (a LocalDispatcher) and outlive this.
 class KVDecoder {
  public:
-  KVDecoder(const LM& lm, int slots, int capacity = 0);  // capacity 0: the model's seq_len
+  // capacity 0: the model's seq_len. weights bf16: a bf16 copy of the matrices (DecodeWeights),
+  // made here: changes to the LM's weights after this are not seen.
+  KVDecoder(const LM& lm, int slots, int capacity = 0, DecodeWeights weights = DecodeWeights::f32);
   ~KVDecoder();
 
   // One batched pass over every segment's tokens: embedding, norms, projections and the MoE run
@@ -85,6 +95,10 @@ class KVDecoder {
   template <class T> void moe_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& k);
   template <class T> int route_t(Pass<T>& p, int l, std::span<const Segment> segs, const InferenceK& k);
   template <class T> void head_t(Pass<T>& p, std::vector<double>& logits, bool all_logits);
+  template <class T> void embed_t(Pass<T>& p);
+  // The bf16 copy of parameter id (null: none, read the f32 value).
+  const uint16_t* w16(int id) const { return w16_.empty() || w16_[size_t(id)].empty() ? nullptr : w16_[size_t(id)].data(); }
+  void make_bf16_copy();
   const LM* lm_;
   Device dev_;  // the LM's device: caches, scratch and every kernel call
   int slots_, cap_;
@@ -98,6 +112,8 @@ class KVDecoder {
   int64_t assignments_ = 0, token_layers_ = 0;
   bool row_invariant_ = false;
   int64_t experts_read_ = 0;
+  std::vector<std::vector<uint16_t>> w16_;  // by parameter id, in bf16 mode: the matrices' bf16 bits
+  std::vector<float> wide_;                 // bf16 mode: a matrix widened for the GEMM of long passes
 };
 
 // Next-token choice from logits (V).
@@ -118,6 +134,7 @@ struct GenerateOptions {
   SampleOptions sample;
   int max_new = 64;
   int window = 0;  // context window W (0: the model's seq_len)
+  DecodeWeights weights = DecodeWeights::f32;  // the decoder's matrices (see DecodeWeights)
 };
 
 struct GenerateStats {

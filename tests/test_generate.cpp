@@ -555,3 +555,54 @@ TEST_CASE("anyk generate --device checked prints the CPU's text bit for bit") {
     CHECK(mean_k(cli.err()) == mean_k(cpu_err));
   }
 }
+
+TEST_CASE("anyk generate --decode-weights: bf16 prints the library's bf16 text; f32 is the default; bad values") {
+  Cli cli;
+  Model m(byte_model(), 41);
+  io::save_weights((cli.dir / "w.h5").string(), m.lm);
+  const std::string w = "generate --weights w.h5 --threads 1 --prompt 'Hello' --max-new 30 --k 2 --temperature 1 ";
+  REQUIRE(cli.sh(w + "--decode-weights bf16") == 0);
+  GenerateOptions o;
+  o.k = InferenceK{{2, 2}, 0};
+  o.max_new = 30;
+  o.sample.temperature = 1;
+  o.sample.seed = 1;  // the CLI's default seed
+  o.weights = DecodeWeights::bf16;
+  std::string want = "Hello";
+  const auto toks = generate(m.lm, {{'H', 'e', 'l', 'l', 'o'}}, o)[0];
+  for (int t : toks) want += char(t);
+  CHECK(cli.out() == want + "\n");
+  // --logits-out: the library decoder's bf16 logits bit for bit, and not the f32 ones.
+  auto logits_out = [&](const std::string& opt) {
+    REQUIRE(cli.sh("generate --weights w.h5 --threads 1 --prompt 'Hello' --k 2 --logits-out l.bin " + opt) == 0);
+    std::ifstream in(cli.dir / "l.bin", std::ios::binary);
+    std::vector<double> v(5 * 256);
+    in.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * sizeof(double)));
+    CHECK(in.gcount() == std::streamsize(v.size() * sizeof(double)));
+    return v;
+  };
+  auto lib_logits = [&](DecodeWeights dw) {
+    KVDecoder dec(m.lm, 1, 0, dw);
+    const std::vector<int> p{'H', 'e', 'l', 'l', 'o'};
+    std::vector<double> lg;
+    Segment seg{0, p.data(), 5};
+    dec.forward({&seg, 1}, InferenceK{{2, 2}, 0}, lg, true);
+    return lg;
+  };
+  const auto b16 = logits_out("--decode-weights bf16"), f32 = logits_out("");
+  CHECK(b16 == lib_logits(DecodeWeights::bf16));
+  CHECK(f32 == lib_logits(DecodeWeights::f32));
+  CHECK(b16 != f32);
+  REQUIRE(cli.sh(w) == 0);
+  const std::string dflt = cli.out();
+  REQUIRE(cli.sh(w + "--decode-weights f32") == 0);
+  CHECK(cli.out() == dflt);
+  for (const std::string& bad : {std::string("--decode-weights fp8"), std::string("--decode-weights bf16 --device checked")}) {
+    CAPTURE(bad);
+    CHECK(cli.sh(w + bad) == 2);
+    const std::string e = cli.err();
+    CHECK(e.rfind("anyk: error: ", 0) == 0);
+    CHECK(std::count(e.begin(), e.end(), '\n') == 1);
+    CHECK(e.find("--decode-weights") != std::string::npos);
+  }
+}

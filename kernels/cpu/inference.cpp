@@ -45,6 +45,29 @@ template <class T> inline Vec<T> load(const T* p) {
   return v;
 }
 
+// Weight elements and vectors: f32 (or f64) as they are; bf16 (the upper 16 bits of an f32, as
+// uint16_t) widened exactly to f32 by a shift of 16, so that a bf16 product sums exactly what the
+// f32 kernel sums over the widened weights, in the same order (same bits).
+inline float widen(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline float widen(float v) { return v; }
+inline double widen(double v) { return v; }
+template <class T> inline Vec<T> loadw(const T* p) { return load(p); }
+inline Vec<float> loadw(const uint16_t* p) {
+#if defined(__AVX2__)
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return Vec<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+#else
+  Vec<float> v;
+  for (int l = 0; l < 8; ++l) v[l] = widen(p[l]);
+  return v;
+#endif
+}
+
 // The lane sums of 4 accumulators, each by the tree ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (float;
 // (l0+l1)+(l2+l3) for double): AVX's horizontal adds where compiled for it, the same tree in
 // scalar code elsewhere.
@@ -94,8 +117,8 @@ template <class V> inline V madd(const V& a, const V& x, const V& w) { return a 
 #endif
 
 // The elements of I past its last full vector, added in order (out of the hot path).
-template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T* w, int i0, int I) {
-  for (int i = i0; i < I; ++i) s = madd(s, x[i], w[i]);
+template <class T, class WT> __attribute__((noinline)) T add_tail(T s, const T* x, const WT* w, int i0, int I) {
+  for (int i = i0; i < I; ++i) s = madd(s, x[i], T(widen(w[i])));
   return s;
 }
 
@@ -104,9 +127,10 @@ template <class T> __attribute__((noinline)) T add_tail(T s, const T* x, const T
 // of I, each weight vector loaded once for the R rows, then the lane sums and the tail elements.
 // Every (m, o) is summed in the same order whatever R, B, M and the row's place in the batch. pf,
 // when set, is prefetched into L2 in step with the reads (the block a few blocks ahead, in address
-// order: several short row streams at once defeat the hardware prefetcher).
-template <class T, int R, int B>
-inline void dot_block(T* out, const T* x, int64_t xs, const T* const* w, const T* pf, int I, int O, int m0,
+// order: several short row streams at once defeat the hardware prefetcher). WT: the weights' type
+// (T, or uint16_t bf16 bits with T = float).
+template <class T, class WT, int R, int B>
+inline void dot_block(T* out, const T* x, int64_t xs, const WT* const* w, const WT* pf, int I, int O, int m0,
                       int nb) {
   static_assert(B >= 1 && B <= 4, "lane_sums reduces 4 accumulators (B < 4: some twice)");
   constexpr int n = kLanes<T>;
@@ -117,9 +141,9 @@ inline void dot_block(T* out, const T* x, int64_t xs, const T* const* w, const T
   const T* xr = x + m0 * xs;
   for (int i = 0; i < Iv; i += n) {
     if (pf)
-      for (int q = 0; q < B * n; q += int(64 / sizeof(T))) __builtin_prefetch(pf + int64_t(i) * B + q, 0, 2);
+      for (int q = 0; q < B * n; q += int(64 / sizeof(WT))) __builtin_prefetch(pf + int64_t(i) * B + q, 0, 2);
     Vec<T> wv[B];
-    for (int b = 0; b < B; ++b) wv[b] = load(w[b] + i);
+    for (int b = 0; b < B; ++b) wv[b] = loadw(w[b] + i);
     for (int r = 0; r < R; ++r) {
       const Vec<T> xv = load(xr + r * xs + i);
       for (int b = 0; b < B; ++b) acc[r][b] = madd(acc[r][b], xv, wv[b]);
@@ -137,20 +161,20 @@ inline void dot_block(T* out, const T* x, int64_t xs, const T* const* w, const T
 // more (B = 3) by 4, the last 6 as 3 + 3 and the last 7 as 4 + 3 (not 4 + 2 and 4 + 2 + 1: a group
 // of one or two rows is 3 or 6 dependent FMA chains, bound by the FMA latency). A last 5 stays
 // 4 + 1 (measured faster than 3 + 2). Only the first group prefetches.
-template <class T, int B>
-inline void dot_groups(T* out, const T* x, int64_t xs, const T* const* rows, const T* pf, int M, int I, int O,
+template <class T, class WT, int B>
+inline void dot_groups(T* out, const T* x, int64_t xs, const WT* const* rows, const WT* pf, int M, int I, int O,
                        int nb) {
   if constexpr (B == 4) {
-    if (M == 3) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, 0, nb);
-    else if (M == 2) dot_block<T, 2, B>(out, x, xs, rows, pf, I, O, 0, nb);
-    else dot_block<T, 1, B>(out, x, xs, rows, pf, I, O, 0, nb);
+    if (M == 3) dot_block<T, WT, 3, B>(out, x, xs, rows, pf, I, O, 0, nb);
+    else if (M == 2) dot_block<T, WT, 2, B>(out, x, xs, rows, pf, I, O, 0, nb);
+    else dot_block<T, WT, 1, B>(out, x, xs, rows, pf, I, O, 0, nb);
   } else {
     const int r = M % 4, fours = r == 2 ? M / 4 - 1 : M / 4;
     int m = 0;
-    for (; m < 4 * fours; m += 4, pf = nullptr) dot_block<T, 4, B>(out, x, xs, rows, pf, I, O, m, nb);
-    if (r == 1) dot_block<T, 1, B>(out, x, xs, rows, pf, I, O, m, nb);
-    if (r == 2) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, m, nb), m += 3, pf = nullptr;
-    if (r >= 2) dot_block<T, 3, B>(out, x, xs, rows, pf, I, O, m, nb);
+    for (; m < 4 * fours; m += 4, pf = nullptr) dot_block<T, WT, 4, B>(out, x, xs, rows, pf, I, O, m, nb);
+    if (r == 1) dot_block<T, WT, 1, B>(out, x, xs, rows, pf, I, O, m, nb);
+    if (r == 2) dot_block<T, WT, 3, B>(out, x, xs, rows, pf, I, O, m, nb), m += 3, pf = nullptr;
+    if (r >= 2) dot_block<T, WT, 3, B>(out, x, xs, rows, pf, I, O, m, nb);
   }
 }
 
@@ -160,10 +184,10 @@ inline void dot_groups(T* out, const T* x, int64_t xs, const T* const* rows, con
 // length is a multiple of 1 KiB (w2's rows of H = 1024: 4 KiB) all fall in the same few L1 sets at
 // a given i, with the weight rows: from 5 rows on they evict each other, so they are first copied
 // 64 bytes apart (the same values: the same bits).
-template <class T, int B> void dot_all(T* out, const T* x, const T* w, int M, int I, int O) {
+template <class T, class WT, int B> void dot_all(T* out, const T* x, const WT* w, int M, int I, int O) {
   // 32 KiB ahead whatever the row length: measured 5% faster from memory than 32 rows ahead
   // (which was 128 KiB for the rows of H = 1024 of w2).
-  const int ahead = std::max(1, int(32768 / (int64_t(I) * int64_t(sizeof(T)) * B)));
+  const int ahead = std::max(1, int(32768 / (int64_t(I) * int64_t(sizeof(WT)) * B)));
   const bool par = int64_t(O) * I * M >= kGemmGrainFlops;  // kernels/cpu/parallel.h
   const int nblocks = (O + B - 1) / B;
   int64_t xs = I;
@@ -177,11 +201,11 @@ template <class T, int B> void dot_all(T* out, const T* x, const T* w, int M, in
 #pragma omp parallel for schedule(static) if (par)
   for (int ob = 0; ob < nblocks; ++ob) {
     const int o0 = ob * B, nb = std::min(B, O - o0);
-    const T* rows[B];
+    const WT* rows[B];
     for (int b = 0; b < B; ++b) rows[b] = w + int64_t(o0 + std::min(b, nb - 1)) * I;
     // The block `ahead` further on, when it is whole (a partial last block would read past w).
-    const T* pf = B > 1 && int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
-    dot_groups<T, B>(out + o0, x, xs, rows, pf, M, I, O, nb);
+    const WT* pf = B > 1 && int64_t(o0) + (ahead + 1) * B <= O ? w + int64_t(o0 + ahead * B) * I : nullptr;
+    dot_groups<T, WT, B>(out + o0, x, xs, rows, pf, M, I, O, nb);
   }
 }
 
@@ -339,8 +363,15 @@ void attention_cached_forward(T* out, T* scores, const T* q, int q_stride, const
 // so that up to about 5 rows per expert a product is bound by memory, not by the multiply-adds.
 // Same bits every way (tests/test_decode_kernels.cpp).
 template <class T> void linear_rows_forward(T* out, const T* x, const T* w, int M, int I, int O) {
-  if (M >= 4) dot_all<T, 3>(out, x, w, M, I, O);
-  else dot_all<T, 4>(out, x, w, M, I, O);
+  if (M >= 4) dot_all<T, T, 3>(out, x, w, M, I, O);
+  else dot_all<T, T, 4>(out, x, w, M, I, O);
+}
+
+// The same blocks and order of sums with bf16 weights widened as they are loaded: half the bytes
+// read per weight, and the bits of linear_rows_forward over the widened weights.
+void linear_rows_forward_bf16(float* out, const float* x, const uint16_t* w, int M, int I, int O) {
+  if (M >= 4) dot_all<float, uint16_t, 3>(out, x, w, M, I, O);
+  else dot_all<float, uint16_t, 4>(out, x, w, M, I, O);
 }
 
 ANYK_INSTANTIATE(attention_cached_forward)

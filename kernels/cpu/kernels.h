@@ -117,4 +117,9 @@ void adamw_update(T* p, T* m, T* v, const T* g, int64_t n, double b1, double b2,
 void to_bf16(uint16_t* out, const float* x, int64_t n);
 void from_bf16(float* out, const uint16_t* x, int64_t n);
 
+// linear_rows_forward (out (M,O) = x (M,I) w^T) with bf16 weights (uint16_t bits, widened exactly to
+// f32): the bits of linear_rows_forward<float> over from_bf16(w) (kernels/cpu/inference.cpp). CPU
+// only; the bf16 decode of model/generate.h.
+void linear_rows_forward_bf16(float* out, const float* x, const uint16_t* w, int M, int I, int O);
+
 }  // namespace anyk::cpu
