@@ -2,7 +2,9 @@
 // gives threads back only on run delay and takes them only on idle cores, monotonically; its
 // sensors see what they claim on this machine's own threads: three busy threads pinned to one core
 // wait for each other as long as their wall time minus their CPU time says (run delay), sleeping
-// threads do not wait, and a core kept busy is not idle.
+// threads do not wait, and a core kept busy is not idle. A tick changes the count (and OpenMP's)
+// outside parallel regions and never inside one, active or not (planted: guarding with
+// omp_in_parallel(), which is false in an `if (false)` region, fails 4 checks).
 // That the count may change between steps without changing any bit is tests/test_threads.cpp's.
 #include <doctest/doctest.h>
 #include <sched.h>
@@ -11,6 +13,9 @@
 
 #include <pthread.h>
 #include <time.h>
+
+#include <omp.h>
+#include <stdlib.h>
 
 #include <atomic>
 #include <cmath>
@@ -184,4 +189,43 @@ TEST_CASE("governor sensors: a core kept busy is not idle, and the sample reads 
   CHECK(s1.delay_s >= s0.delay_s - 1e-9);
   // A cpu this machine does not have: unreadable, not zero.
   CHECK(idle_seconds({CPU_SETSIZE + 7}) < 0);
+}
+
+TEST_CASE("governor ticks: outside parallel regions they change the count, inside one (even inactive) never") {
+  // The test hook steps the count down at every tick that takes a reading (from 1 back to the
+  // maximum), without /proc. It is read once, at the first reading: no other case here ticks.
+  ::setenv("ANYK_TEST_GOVERNOR_CYCLE", "1", 1);
+  governor_configure(3, true);
+  REQUIRE(governor_threads() == 3);
+  REQUIRE(omp_get_max_threads() == 3);
+  governor_tick();  // outside: 3 -> 2, and OpenMP's count follows
+  CHECK(governor_threads() == 2);
+  CHECK(omp_get_max_threads() == 2);
+  int inside_count = -1, inside_omp = -1;
+#pragma omp parallel if (false)
+  {
+    // An inactive region has its own copy of OpenMP's count: a change here would be lost at its
+    // end while the governor believed it applied. The tick must leave both alone.
+    governor_tick();
+    inside_count = governor_threads();
+    inside_omp = omp_get_max_threads();
+  }
+  CHECK(inside_count == 2);
+  CHECK(inside_omp == 2);
+  CHECK(governor_threads() == 2);
+  CHECK(omp_get_max_threads() == 2);
+#pragma omp parallel num_threads(2)
+  {
+#pragma omp master
+    governor_tick();
+  }
+  CHECK(governor_threads() == 2);
+  governor_tick();  // outside again: 2 -> 1
+  CHECK(governor_threads() == 1);
+  CHECK(omp_get_max_threads() == 1);
+  governor_tick();  // and from 1 back to the maximum
+  CHECK(governor_threads() == 3);
+  CHECK(omp_get_max_threads() == 3);
+  governor_configure(1, false);
+  ::unsetenv("ANYK_TEST_GOVERNOR_CYCLE");
 }

@@ -232,7 +232,9 @@ void governor_configure(int max_threads, bool adaptive) {
 }
 
 void governor_tick() {
-  if (omp_in_parallel()) return;  // a kernel called inside another's region: its caller ticks
+  // Inside any parallel region, active or not (an `if (false)` region has its own copy of the
+  // thread count, which a change would not outlive): the caller outside it ticks.
+  if (omp_get_level() > 0) return;
   Governor& g = gov();
   if (!g.configured.load(std::memory_order_relaxed)) return;  // a library user that set its own count
   if (g.adaptive.load(std::memory_order_relaxed)) {
