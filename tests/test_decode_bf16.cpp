@@ -22,10 +22,7 @@ namespace {
 
 const Ctx kCtx{};
 
-std::vector<float> rand_f(size_t n, uint64_t seed) {
-  auto d = test::randn(n, seed, 1.0);
-  return std::vector<float>(d.begin(), d.end());
-}
+std::vector<float> rand_f(size_t n, uint64_t seed) { return test::randn_as<float>(n, seed); }
 
 std::vector<uint16_t> rand_bf16(size_t n, uint64_t seed) {
   auto f = rand_f(n, seed);

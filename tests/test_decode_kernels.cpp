@@ -17,10 +17,7 @@ namespace {
 
 const Ctx kCtx{};
 
-template <class T> std::vector<T> rand_vec(size_t n, uint64_t seed) {
-  auto d = test::randn(n, seed, 1.0);
-  return std::vector<T>(d.begin(), d.end());
-}
+template <class T> std::vector<T> rand_vec(size_t n, uint64_t seed) { return test::randn_as<T>(n, seed); }
 
 template <class T> void check_against_naive(double tol) {
   const auto& k = kernels<T>(Device::CPU);

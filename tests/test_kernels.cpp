@@ -19,10 +19,7 @@ namespace {
 
 const Ctx kCtx{};
 
-std::vector<float> randf(size_t n, uint64_t seed) {
-  auto d = test::randn(n, seed, 2.0);
-  return std::vector<float>(d.begin(), d.end());
-}
+std::vector<float> randf(size_t n, uint64_t seed) { return test::randn_as<float>(n, seed, 2.0); }
 
 uint32_t bits_of(float f) {
   uint32_t b;

@@ -30,10 +30,7 @@ using namespace anyk;
 
 namespace {
 
-std::vector<float> randf(size_t n, uint64_t seed) {
-  auto d = test::randn(n, seed, 1.0);
-  return std::vector<float>(d.begin(), d.end());
-}
+std::vector<float> randf(size_t n, uint64_t seed) { return test::randn_as<float>(n, seed); }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;

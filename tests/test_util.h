@@ -60,6 +60,12 @@ inline std::vector<double> randn(size_t n, uint64_t seed, double scale = 1.0) {
   return v;
 }
 
+// randn's values converted to T (float: each rounded once from the double).
+template <class T> std::vector<T> randn_as(size_t n, uint64_t seed, double scale = 1.0) {
+  const std::vector<double> d = randn(n, seed, scale);
+  return std::vector<T>(d.begin(), d.end());
+}
+
 // max |a - b| / max(max |b|, floor)
 inline double rel_err(const std::vector<double>& a, const std::vector<double>& b, double floor = 1e-12) {
   double num = 0, den = floor;
