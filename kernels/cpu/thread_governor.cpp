@@ -132,7 +132,7 @@ struct Governor {
   int min_used = 1;
   int64_t changes = 0;
   bool have_sample = false;
-  int64_t readings = 0;     // decisions taken since configure
+  bool decided = false;     // a decision was taken since configure (the first window is shorter)
   GovernorSample last;      // the last sample, for the run delay
   clock::time_point last_t;
   double idle_s = 0;        // idle time at the start of the idle window
@@ -177,8 +177,8 @@ void record(Governor& g, int next) {
 }
 
 // One reading and decision, when a window has passed (under the lock). Run delay is counted in
-// nanoseconds, so a short window (50 ms; 15 ms for the first) sees a busy core at once; idle time comes in clock ticks
-// (10 ms), so adding a thread waits for a longer idle window (250 ms). After a change both windows
+// nanoseconds, so a short window (50 ms; 15 ms for the first) sees a busy core at once; idle time
+// comes in clock ticks (10 ms), so adding a thread waits for a longer idle window (250 ms). After a change both windows
 // start again, so every reading is of the current count.
 void measure(Governor& g) {
   if (test_cycle()) {
@@ -188,7 +188,7 @@ void measure(Governor& g) {
   }
   const auto now = clock::now();
   const auto since = [&](clock::time_point t) { return std::chrono::duration<double>(now - t).count(); };
-  if (g.have_sample && since(g.last_t) < (g.readings == 0 ? kFirstDelayWindow : kDelayWindow)) return;
+  if (g.have_sample && since(g.last_t) < (g.decided ? kDelayWindow : kFirstDelayWindow)) return;
   const GovernorSample s = governor_sample();
   if (!s.ok) {  // no /proc: keep the count fixed from now on
     g.adaptive.store(false);
@@ -201,7 +201,7 @@ void measure(Governor& g) {
     if (since(g.idle_t) >= kIdleWindow) r.idle_cores = std::max(0.0, s.idle_s - g.idle_s) / since(g.idle_t);
     next = governed_threads(cur, g.max_threads, r);
     record(g, next);
-    ++g.readings;
+    g.decided = true;
   }
   g.last = s;
   g.last_t = now;
@@ -224,7 +224,7 @@ void governor_configure(int max_threads, bool adaptive) {
     g.min_used = g.max_threads;
     g.changes = 0;
     g.have_sample = false;
-    g.readings = 0;
+    g.decided = false;
     g.configured.store(true);
   }
   applied = -1;
