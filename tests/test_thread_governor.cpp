@@ -229,3 +229,32 @@ TEST_CASE("governor ticks: outside parallel regions they change the count, insid
   governor_configure(1, false);
   ::unsetenv("ANYK_TEST_GOVERNOR_CYCLE");
 }
+
+// The rule that picks the few-row decode grain (regions_cheap, kernels/cpu/parallel.h): libgomp's
+// reading of OMP_WAIT_POLICY and GOMP_SPINCOUNT, both sides of every threshold.
+TEST_CASE("wait policy: which settings spin between regions, as libgomp reads them") {
+  using anyk::cpu::wait_policy_spins;
+  // Neither set: libgomp's default spins (300000); the policy alone.
+  CHECK(wait_policy_spins(nullptr, nullptr));
+  CHECK(wait_policy_spins("active", nullptr));
+  CHECK(wait_policy_spins("ACTIVE", nullptr));
+  CHECK_FALSE(wait_policy_spins("passive", nullptr));
+  CHECK_FALSE(wait_policy_spins("PASSIVE", nullptr));
+  // A count decides, whatever the policy says; kSpinningCount is the boundary.
+  CHECK(wait_policy_spins("passive", "100000"));  // anyk's launcher sets 100000
+  CHECK(wait_policy_spins(nullptr, "10000"));
+  CHECK_FALSE(wait_policy_spins(nullptr, "9999"));
+  CHECK_FALSE(wait_policy_spins("active", "0"));
+  CHECK(wait_policy_spins(nullptr, "infinite"));
+  CHECK(wait_policy_spins("passive", "INFINITY"));
+  // Suffixes multiply by 1000 each: 10k = 10000 spins, 9k does not reach it, 1M does.
+  CHECK(wait_policy_spins(nullptr, "10k"));
+  CHECK_FALSE(wait_policy_spins(nullptr, "9k"));
+  CHECK(wait_policy_spins("passive", "1M"));
+  CHECK_FALSE(wait_policy_spins("active", "0T"));
+  // What libgomp ignores falls back to the policy.
+  CHECK_FALSE(wait_policy_spins("passive", "lots"));
+  CHECK(wait_policy_spins(nullptr, "-5"));
+  CHECK_FALSE(wait_policy_spins("passive", "10x"));
+  CHECK_FALSE(wait_policy_spins("passive", ""));
+}

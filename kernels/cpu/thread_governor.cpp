@@ -4,11 +4,13 @@
 #include <dirent.h>
 #include <omp.h>
 #include <sched.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -254,6 +256,34 @@ GovernorSummary governor_summary() {
   Governor& g = gov();
   std::lock_guard<std::mutex> lock(g.mu);
   return {g.max_threads, g.adaptive.load(), g.min_used, g.changes};
+}
+
+bool wait_policy_spins(const char* wait_policy, const char* spincount) {
+  if (spincount) {
+    if (strcasecmp(spincount, "infinite") == 0 || strcasecmp(spincount, "infinity") == 0) return true;
+    char* end = nullptr;
+    errno = 0;
+    const long long n = std::strtoll(spincount, &end, 10);
+    // libgomp takes a count with an optional k/M/G/T suffix (x1000 each); anything else it ignores.
+    long long scale = 1;
+    if (end != spincount && *end) {
+      const char* units = "kMGT";
+      const char* u = std::strchr(units, *end);
+      if (u && end[1] == '\0') {
+        for (const char* q = units; q <= u; ++q) scale *= 1000;
+        ++end;
+      }
+    }
+    if (end != spincount && *end == '\0' && errno == 0 && n >= 0)
+      return n >= (kSpinningCount + scale - 1) / scale;
+  }
+  return !(wait_policy && strcasecmp(wait_policy, "passive") == 0);
+}
+
+bool regions_cheap() {
+  static const bool spins = wait_policy_spins(std::getenv("OMP_WAIT_POLICY"), std::getenv("GOMP_SPINCOUNT"));
+  static const int cpus = std::max<int>(1, int(allowed_cpus().size()));
+  return spins && omp_get_max_threads() <= cpus;
 }
 
 std::string governor_mode_text() {

@@ -79,4 +79,19 @@ GovernorSummary governor_summary();
 // "adaptive: fewer threads while other processes hold this process's cores" or "fixed (...)".
 std::string governor_mode_text();
 
+// Whether libgomp's threads spin between parallel regions under these two variables (null: unset),
+// read as libgomp reads them: GOMP_SPINCOUNT, when it is a count or "infinite"/"infinity", decides
+// (spinning from kSpinningCount spins on, which recovered most of the
+// idle speed in docs/threads.md's measurements; fewer count as sleeping); otherwise OMP_WAIT_POLICY:
+// passive sleeps at once, active or unset spins (libgomp's default is 300000 spins). A pure
+// function, for the tests.
+constexpr long long kSpinningCount = 10000;
+bool wait_policy_spins(const char* wait_policy, const char* spincount);
+// Whether opening a parallel region is cheap now: this process's policy spins (its environment,
+// read once; anyk's launcher sets GOMP_SPINCOUNT=100000 unless the governor is off or the command
+// is `serve`, launch/main.cpp) and OpenMP's current count fits the CPUs this process may run on
+// (with more threads than CPUs libgomp spins only 100-1000 times whatever was set). About 0.8 us
+// per 2-thread region then, against 5-40 us when threads sleep (docs/threads.md, "Grain sizes").
+bool regions_cheap();
+
 }  // namespace anyk::cpu
