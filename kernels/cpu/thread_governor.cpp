@@ -19,14 +19,16 @@
 
 namespace anyk::cpu {
 
+constexpr double kDropDelayCores = 0.3, kAddIdleCores = 0.7;  // the rule's thresholds
+
 int governed_threads(int current, int max_threads, const GovernorReading& r) {
   max_threads = std::max(1, max_threads);
   current = std::clamp(current, 1, max_threads);
-  if (current > 1 && r.delay_cores >= 0.3) {
+  if (current > 1 && r.delay_cores >= kDropDelayCores) {
     const int drop = std::max(1, int(std::lround(r.delay_cores)));
     return std::max(1, current - drop);
   }
-  if (current < max_threads && r.idle_cores >= 0.7) {
+  if (current < max_threads && r.idle_cores >= kAddIdleCores) {
     const int add = std::max(1, int(std::floor(r.idle_cores + 0.3)));
     return std::min(max_threads, current + add);
   }
@@ -124,6 +126,7 @@ using clock = std::chrono::steady_clock;
 constexpr double kDelayWindow = 0.05;  // seconds
 constexpr double kFirstDelayWindow = 0.015;  // the first reading after configure
 constexpr double kIdleWindow = 0.25;
+constexpr double kSpareWindow = 0.05;  // regions_cheap's spare-core reading
 
 struct Governor {
   std::mutex mu;
@@ -135,6 +138,10 @@ struct Governor {
   int64_t changes = 0;
   bool have_sample = false;
   bool decided = false;     // a decision was taken since configure (the first window is shorter)
+  std::atomic<bool> spare{false};  // a reading since configure showed a core to spare
+  bool spare_started = false;      // the spare-core window: idle time and start
+  double spare_idle_s = 0;
+  clock::time_point spare_t;
   GovernorSample last;      // the last sample, for the run delay
   clock::time_point last_t;
   double idle_s = 0;        // idle time at the start of the idle window
@@ -178,6 +185,25 @@ void record(Governor& g, int next) {
   ++g.changes;
 }
 
+// Whether a core is to spare (regions_cheap): idle time of at least kAddIdleCores over a window of
+// kSpareWindow, checked at each reading until it is seen once. /proc/stat counts in 10 ms ticks,
+// so a 50 ms window of 2 CPUs reads 0-1 ticks beside a busy process and 4-6 with one idle core.
+void note_spare(Governor& g, const GovernorSample& s, clock::time_point now) {
+  if (g.spare.load(std::memory_order_relaxed)) return;
+  const double dt = std::chrono::duration<double>(now - g.spare_t).count();
+  if (g.spare_started && dt >= kSpareWindow) {
+    if (std::max(0.0, s.idle_s - g.spare_idle_s) / dt >= kAddIdleCores) {
+      g.spare.store(true, std::memory_order_relaxed);
+      return;
+    }
+  } else if (g.spare_started) {
+    return;
+  }
+  g.spare_started = true;
+  g.spare_idle_s = s.idle_s;
+  g.spare_t = now;
+}
+
 // One reading and decision, when a window has passed (under the lock). Run delay is counted in
 // nanoseconds, so a short window (50 ms; 15 ms for the first) sees a busy core at once; idle time
 // comes in clock ticks (10 ms), so adding a thread waits for a longer idle window (250 ms). After a change both windows
@@ -205,6 +231,7 @@ void measure(Governor& g) {
     record(g, next);
     g.decided = true;
   }
+  note_spare(g, s, now);
   g.last = s;
   g.last_t = now;
   if (!g.have_sample || next != cur || since(g.idle_t) >= kIdleWindow) {
@@ -227,6 +254,8 @@ void governor_configure(int max_threads, bool adaptive) {
     g.changes = 0;
     g.have_sample = false;
     g.decided = false;
+    g.spare.store(false);
+    g.spare_started = false;
     g.configured.store(true);
   }
   applied = -1;
@@ -283,7 +312,10 @@ bool wait_policy_spins(const char* wait_policy, const char* spincount) {
 bool regions_cheap() {
   static const bool spins = wait_policy_spins(std::getenv("OMP_WAIT_POLICY"), std::getenv("GOMP_SPINCOUNT"));
   static const int cpus = std::max<int>(1, int(allowed_cpus().size()));
-  return spins && omp_get_max_threads() <= cpus;
+  if (!spins || omp_get_max_threads() > cpus) return false;
+  const Governor& g = gov();
+  if (!g.configured.load(std::memory_order_relaxed) || !g.adaptive.load(std::memory_order_relaxed)) return true;
+  return g.spare.load(std::memory_order_relaxed);
 }
 
 std::string governor_mode_text() {
