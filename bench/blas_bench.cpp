@@ -19,13 +19,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/cpu/gemm.h"
 
 using namespace anyk::cpu;
+using bench::cpu_now;
+using bench::median;
 
 namespace {
 
@@ -35,18 +37,6 @@ typedef void (*SgemmFn)(int, int, int, int, int, int, float, const float*, int, 
                         int);
 typedef void (*SetThreadsFn)(int);
 
-double cpu_now() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double d = 0, m = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -55,11 +45,6 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   }
   return m > 0 ? d / m : d;
 }
-
-struct Shape {
-  const char* what;
-  int N, I, O;
-};
 
 // The library and its sgemm, or nullptr with the paths tried in `tried`.
 SgemmFn load_blas(const std::string& given, std::string& tried, std::string& path) {
@@ -125,21 +110,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   omp_set_num_threads(1);
-  // The products of bench/wgrad_bench.cpp: tokens N = batch x seq; an expert's rows about
-  // N x mean K / E (K in [1,4], E = 8).
-  const Shape shapes[] = {{"quickstart qkv (N2048 C128 -> 384)", 2048, 128, 384},
-                          {"quickstart out (C128 -> 128)", 2048, 128, 128},
-                          {"quickstart expert up (640 rows, 128 -> 256)", 640, 128, 256},
-                          {"quickstart expert down (640 rows, 128 -> 128)", 640, 128, 128},
-                          {"C256 qkv (N4096 C256 -> 768)", 4096, 256, 768},
-                          {"C256 out (C256 -> 256)", 4096, 256, 256},
-                          {"C256 expert up (1280 rows, 256 -> 512)", 1280, 256, 512},
-                          {"C256 expert down (1280 rows, 256 -> 256)", 1280, 256, 256}};
   std::printf("blas_bench: 1 thread, %d rounds x %d reps, GFLOP/s of CPU time (medians); BLAS %s\n", rounds,
               reps, path.c_str());
   std::printf("%-46s %-8s %8s %8s %9s %9s\n", "shape", "product", "anyk", "BLAS", "anyk/BLAS", "rel.diff");
   std::vector<double> all;
-  for (const Shape& s : shapes) {
+  for (const bench::ProductShape& s : bench::kTrainingProducts) {  // wgrad_bench's
     const int N = s.N, I = s.I, O = s.O;
     std::vector<float> x(size_t(N) * I), w(size_t(O) * I), dy(size_t(N) * O);
     uint32_t r = 12345;

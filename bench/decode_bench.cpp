@@ -41,18 +41,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "model/generate.h"
 #include "runtime/rng.h"
 
 using namespace anyk;
+using bench::median;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 std::vector<int> random_tokens(int n, int vocab, uint64_t seed) {
   CounterRng r(seed, 9);

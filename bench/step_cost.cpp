@@ -17,18 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "model/generate.h"
 #include "serve/auto_k.h"
 
 using namespace anyk;
+using bench::median;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Median ms of `steps` decode steps at batch B, K everywhere (after a 4-token prompt each).
 double step_ms(const LM& lm, KVDecoder& dec, int B, int K, int steps) {

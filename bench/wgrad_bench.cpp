@@ -12,27 +12,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/cpu/gemm.h"
 
 using namespace anyk::cpu;
+using bench::cpu_now;
+using bench::median;
 
 namespace {
-
-double cpu_now() {
-  timespec t;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // The former gemm_dytx_acc: one Eigen product per chunk of dW's rows.
 void old_dytx(float* dw, const float* dy, const float* x, int N, int I, int O) {
@@ -43,11 +33,6 @@ void old_dytx(float* dw, const float* dy, const float* x, int N, int I, int O) {
     MatMap<float>(dw + int64_t(o0) * I, o1 - o0, I).noalias() += dY.transpose() * X;
   });
 }
-
-struct Shape {
-  const char* what;
-  int N, I, O;
-};
 
 }  // namespace
 
@@ -69,19 +54,10 @@ int main(int argc, char** argv) {
     }
   }
   omp_set_num_threads(threads);
-  // Tokens N = batch x seq; an expert's rows about N x mean K / E (K in [1,4], E = 8).
-  const Shape shapes[] = {{"quickstart qkv (N2048 C128 -> 384)", 2048, 128, 384},
-                          {"quickstart out (C128 -> 128)", 2048, 128, 128},
-                          {"quickstart expert up (640 rows, 128 -> 256)", 640, 128, 256},
-                          {"quickstart expert down (640 rows, 128 -> 128)", 640, 128, 128},
-                          {"C256 qkv (N4096 C256 -> 768)", 4096, 256, 768},
-                          {"C256 out (C256 -> 256)", 4096, 256, 256},
-                          {"C256 expert up (1280 rows, 256 -> 512)", 1280, 256, 512},
-                          {"C256 expert down (1280 rows, 256 -> 256)", 1280, 256, 256}};
   std::printf("wgrad_bench: %d thread(s), %d rounds x %d reps, CPU ms per product (medians)\n", threads, rounds,
               reps);
   std::printf("%-48s %10s %10s %8s %6s\n", "shape", "per-chunk", "shared", "new/old", "bits");
-  for (const Shape& s : shapes) {
+  for (const bench::ProductShape& s : bench::kTrainingProducts) {
     std::vector<float> x(size_t(s.N) * s.I), dy(size_t(s.N) * s.O), a(size_t(s.O) * s.I), b(a.size());
     uint32_t r = 12345;
     auto next = [&] { return float(int32_t(r = r * 1664525u + 1013904223u) >> 8) * 0x1p-23f; };
