@@ -32,8 +32,9 @@ constexpr int64_t kRowGrain = int64_t(1) << 15;        // elements of a row-wise
 // The few-row products of decode steps (linear_rows_forward) while regions are cheap (spinning
 // threads, regions_cheap() in thread_governor.h: about 0.8 us per region): 2^16 multiply-adds
 // read 256 KB of f32 weights, about 13 us from memory. A single prompt's projections and experts
-// then split over the threads; with sleeping threads they keep kGemmGrainFlops (measured: 2 threads
-// decoded 1.3-1.5x faster than 1 with spinning and 5x slower with sleeping, docs/threads.md).
+// then split over the threads; with sleeping threads they keep kGemmGrainFlops (measured on 1000-
+// token decodes: 2 threads 1.25-1.63x faster than 1 with spinning; the small grain with sleeping
+// threads was 5x slower, docs/threads.md).
 constexpr int64_t kFewRowsSpinGrainFlops = int64_t(1) << 16;
 
 // Eigen runs single-threaded (once per process, thread-safe).

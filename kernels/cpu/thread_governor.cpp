@@ -139,9 +139,6 @@ struct Governor {
   bool have_sample = false;
   bool decided = false;     // a decision was taken since configure (the first window is shorter)
   std::atomic<bool> spare{false};  // a reading since configure showed a core to spare
-  bool spare_started = false;      // the spare-core window: idle time and start
-  double spare_idle_s = 0;
-  clock::time_point spare_t;
   GovernorSample last;      // the last sample, for the run delay
   clock::time_point last_t;
   double idle_s = 0;        // idle time at the start of the idle window
@@ -185,29 +182,12 @@ void record(Governor& g, int next) {
   ++g.changes;
 }
 
-// Whether a core is to spare (regions_cheap): idle time of at least kAddIdleCores over a window of
-// kSpareWindow, checked at each reading until it is seen once. /proc/stat counts in 10 ms ticks,
-// so a 50 ms window of 2 CPUs reads 0-1 ticks beside a busy process and 4-6 with one idle core.
-void note_spare(Governor& g, const GovernorSample& s, clock::time_point now) {
-  if (g.spare.load(std::memory_order_relaxed)) return;
-  const double dt = std::chrono::duration<double>(now - g.spare_t).count();
-  if (g.spare_started && dt >= kSpareWindow) {
-    if (std::max(0.0, s.idle_s - g.spare_idle_s) / dt >= kAddIdleCores) {
-      g.spare.store(true, std::memory_order_relaxed);
-      return;
-    }
-  } else if (g.spare_started) {
-    return;
-  }
-  g.spare_started = true;
-  g.spare_idle_s = s.idle_s;
-  g.spare_t = now;
-}
-
 // One reading and decision, when a window has passed (under the lock). Run delay is counted in
 // nanoseconds, so a short window (50 ms; 15 ms for the first) sees a busy core at once; idle time
-// comes in clock ticks (10 ms), so adding a thread waits for a longer idle window (250 ms). After a change both windows
-// start again, so every reading is of the current count.
+// comes in clock ticks (10 ms), so adding a thread waits for a longer idle window (250 ms). After
+// a change both windows start again, so every reading is of the current count. A core to spare
+// (regions_cheap) needs only kSpareWindow of the idle window: 50 ms of 2 CPUs read 0-1 ticks of
+// idle time beside a busy process and 4-6 with one core idle.
 void measure(Governor& g) {
   if (test_cycle()) {
     const int cur = g.threads.load(std::memory_order_relaxed);
@@ -226,12 +206,13 @@ void measure(Governor& g) {
   int next = cur;
   if (g.have_sample) {
     GovernorReading r{std::max(0.0, s.delay_s - g.last.delay_s) / since(g.last_t), 0};
-    if (since(g.idle_t) >= kIdleWindow) r.idle_cores = std::max(0.0, s.idle_s - g.idle_s) / since(g.idle_t);
+    const double idle_cores = std::max(0.0, s.idle_s - g.idle_s) / since(g.idle_t);
+    if (since(g.idle_t) >= kIdleWindow) r.idle_cores = idle_cores;
+    if (since(g.idle_t) >= kSpareWindow && idle_cores >= kAddIdleCores) g.spare.store(true, std::memory_order_relaxed);
     next = governed_threads(cur, g.max_threads, r);
     record(g, next);
     g.decided = true;
   }
-  note_spare(g, s, now);
   g.last = s;
   g.last_t = now;
   if (!g.have_sample || next != cur || since(g.idle_t) >= kIdleWindow) {
@@ -255,7 +236,6 @@ void governor_configure(int max_threads, bool adaptive) {
     g.have_sample = false;
     g.decided = false;
     g.spare.store(false);
-    g.spare_started = false;
     g.configured.store(true);
   }
   applied = -1;

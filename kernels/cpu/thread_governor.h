@@ -81,10 +81,10 @@ std::string governor_mode_text();
 
 // Whether libgomp's threads spin between parallel regions under these two variables (null: unset),
 // read as libgomp reads them: GOMP_SPINCOUNT, when it is a count or "infinite"/"infinity", decides
-// (spinning from kSpinningCount spins on, which recovered most of the
-// idle speed in docs/threads.md's measurements; fewer count as sleeping); otherwise OMP_WAIT_POLICY:
-// passive sleeps at once, active or unset spins (libgomp's default is 300000 spins). A pure
-// function, for the tests.
+// (spinning from kSpinningCount spins on, which recovered most of the idle speed in
+// docs/threads.md's measurements; fewer count as sleeping); otherwise OMP_WAIT_POLICY: passive
+// sleeps at once, active or unset spins (libgomp's default is 300000 spins). A pure function, for
+// the tests.
 constexpr long long kSpinningCount = 10000;
 bool wait_policy_spins(const char* wait_policy, const char* spincount);
 // Whether opening a parallel region is cheap now: this process's policy spins (its environment,
