@@ -170,39 +170,35 @@ TEST_CASE("training: the same losses and weights, bit for bit, at 1, 2 and 3 thr
 
 // generate's decode steps split their few-row products over the threads while the threads spin
 // (kFewRowsSpinGrainFlops, kernels/cpu/parallel.h): this model's projections and experts (C 256,
-// H 256: 2^16 to 2^18 multiply-adds per row) are above that grain and below the GEMM grain. The
-// text sampled at 2 threads must be that of 1 thread, byte for byte. GOMP_SPINCOUNT with the
-// governor off keeps 2 spinning threads whatever the machine's load, so the split always runs.
-TEST_CASE("generate: the same sampled text at 1 and 2 threads (the decode products split), K=1 and K=4") {
+// H 256: 2^16 to 2^18 multiply-adds per row) are above that grain and below the GEMM grain. At 2
+// threads the sampled text must be that of 1 thread byte for byte, and a short prompt's logits bit
+// for bit. GOMP_SPINCOUNT with the governor off keeps 2 spinning threads whatever the machine's
+// load, so the split always runs.
+TEST_CASE("generate: the same sampled text and logits at 1 and 2 threads (the decode products split)") {
   Runner r;
   r.run(0, "prepare --input text.txt --out data --val-fraction 0.2");
   r.run(0, "train --data data --run-dir g --steps 2 --layers 2 --dim 256 --heads 4 --experts 4 "
            "--expert-hidden 256 --seq-len 64 --batch 2 --eval-every 0 --eval-windows 2 --threads 1");
+  const auto generate = [&](const std::string& args, int t) {
+    test::RunOptions o{.cwd = r.dir, .env = {"GOMP_SPINCOUNT=100000", "ANYK_ADAPTIVE_THREADS=0"}, .timeout_s = 120};
+    const auto res = test::run_anyk("generate --run-dir g " + args + " --threads " + std::to_string(t), o);
+    REQUIRE_MESSAGE(res.rc == 0, res.command << "\n" << res.err);
+    CHECK(res.err.find("anyk generate: " + std::to_string(t) + " thread") != std::string::npos);
+    return res.out;
+  };
   for (int k : {1, 4}) {
-    std::string text[2];
-    for (int t : {1, 2}) {
-      test::RunOptions o{.cwd = r.dir, .env = {"GOMP_SPINCOUNT=100000", "ANYK_ADAPTIVE_THREADS=0"}, .timeout_s = 120};
-      const auto res = test::run_anyk("generate --run-dir g --prompt 'line 1' --max-new 48 --temperature 1 --seed 3 --k " +
-                                          std::to_string(k) + " --threads " + std::to_string(t),
-                                      o);
-      REQUIRE_MESSAGE(res.rc == 0, res.command << "\n" << res.err);
-      CHECK(res.err.find("anyk generate: " + std::to_string(t) + " thread") != std::string::npos);
-      text[t - 1] = res.out;
-    }
+    const std::string args = "--prompt 'line 1' --max-new 48 --temperature 1 --seed 3 --k " + std::to_string(k);
+    const std::string text1 = generate(args, 1), text2 = generate(args, 2);
     CAPTURE(k);
-    CHECK(text[0].size() > 40);
-    CHECK(text[0] == text[1]);
+    CHECK(text1.size() > 40);
+    CHECK(text1 == text2);
   }
   // Sampled text moves only when a token's draw falls near a boundary; the logits of a short
-  // prompt's pass (12 rows: the few-row kernel too) are compared bit for bit.
+  // prompt's pass (14 rows: the few-row kernel too) are compared bit for bit.
   std::string logits[2];
   for (int t : {1, 2}) {
-    test::RunOptions o{.cwd = r.dir, .env = {"GOMP_SPINCOUNT=100000", "ANYK_ADAPTIVE_THREADS=0"}, .timeout_s = 120};
     const std::string file = "logits" + std::to_string(t) + ".bin";
-    const auto res = test::run_anyk("generate --run-dir g --prompt 'line 12: a red' --k 2 --logits-out " + file +
-                                        " --threads " + std::to_string(t),
-                                    o);
-    REQUIRE_MESSAGE(res.rc == 0, res.command << "\n" << res.err);
+    generate("--prompt 'line 12: a red' --k 2 --logits-out " + file, t);
     std::ifstream f(r.dir / file, std::ios::binary);
     logits[t - 1].assign(std::istreambuf_iterator<char>(f), {});
   }

@@ -93,8 +93,8 @@ bool wait_policy_spins(const char* wait_policy, const char* spincount);
 // (with more threads than CPUs libgomp spins only 100-1000 times whatever was set). About 0.8 us
 // per 2-thread region then, against 5-40 us when threads sleep (docs/threads.md, "Grain sizes").
 // Under the adaptive governor also: a reading since configure showed a core to spare (at least
-// 0.7 idle cores over 50 ms). Until then, and beside busy processes, the second thread is not
-// asked into short regions: a spinning team beside a busy core slowed a 20 ms decode to
+// 0.7 idle cores over at least 50 ms). Until then, and beside busy processes, the second thread
+// is not asked into short regions: a spinning team beside a busy core slowed a 20 ms decode to
 // 0.73-0.81x of 1 thread before the governor's first reading could drop it.
 bool regions_cheap();
 
